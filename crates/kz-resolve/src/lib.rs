@@ -1,1 +1,18 @@
-//! placeholder
+//! The resolution engine and the provider trait.
+//!
+//! [`Provider`] is the seam every backend implements (batch `resolve`, `write`, `delete`,
+//! `describe`, `check`). [`engine::resolve_all`] runs a whole configuration's secrets: grouped by
+//! provider instance, batched, concurrent up to each instance's `concurrency`, each batch under
+//! its `timeout` (retries of transient errors included, at most three attempts with jittered
+//! exponential backoff), and every failure kept with its [`ErrorKind`], so callers can list them
+//! all and honour `optional` and `allow_empty`.
+//!
+//! Boundary: no provider code, no printing. Values stay in [`kz_secret::SecretValue`].
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod engine;
+pub mod provider;
+
+pub use engine::{Instance, Outcome, item_for, resolve_all};
+pub use provider::{BoxFuture, Description, ErrorKind, Item, Provider, ProviderError, json_field};

@@ -1,0 +1,316 @@
+//! The command-line interface: every command and flag, with help texts and examples.
+//! Help, completions and man pages are all generated from these definitions.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+
+const AFTER_HELP: &str = "\
+Examples:
+  kz init                         create .keyzero.toml here
+  kz add DATABASE_URL             map a variable to a secret (local store by default)
+  kz put DATABASE_URL             store its value (hidden prompt)
+  kz run -- npm start             run with the secrets in the environment
+  kz status                       check that every secret resolves
+
+Docs: README.md and docs/ in the keyzero repository.";
+
+/// keyzero: resolve secrets at run time from any vault, never from .env files.
+#[derive(Debug, Parser)]
+#[command(name = "kz", version, about, after_help = AFTER_HELP, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command accepts.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Start configuration discovery in DIR instead of the working directory
+    #[arg(long, global = true, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Use FILE as the project file (also KEYZERO_CONFIG)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The active environment (else KEYZERO_ENV, NODE_ENV, RAILS_ENV, APP_ENV, RACK_ENV, development)
+    #[arg(long = "env", global = true, value_name = "NAME")]
+    pub env: Option<String>,
+    /// Trust the project file's program and server options for this invocation (also KEYZERO_TRUST=1)
+    #[arg(long, global = true)]
+    pub trust: bool,
+    /// Print only errors
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    /// More detail (repeatable)
+    #[arg(long, short, global = true, action = ArgAction::Count)]
+    pub verbose: u8,
+    /// No colours (also NO_COLOR)
+    #[arg(long, global = true)]
+    pub no_color: bool,
+    /// How errors are printed
+    #[arg(long, global = true, value_enum, default_value_t = ErrorFormat::Human, value_name = "FORMAT")]
+    pub error_format: ErrorFormat,
+}
+
+/// Error output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ErrorFormat {
+    /// A diagnostic per error, for people
+    Human,
+    /// One JSON object per line
+    Json,
+}
+
+/// Output format of `status`, `list` and `validate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum ReportFormat {
+    /// A table for people
+    #[default]
+    Text,
+    /// JSON with "version": 1
+    Json,
+}
+
+/// Output format of `export`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// export NAME='value' lines for a shell
+    Shell,
+    /// NAME="value" lines (dotenv, for env_file:)
+    Env,
+    /// {"NAME": "value"}
+    Json,
+}
+
+/// Shells with an integration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HookShell {
+    /// GNU bash
+    Bash,
+    /// Z shell
+    Zsh,
+    /// fish
+    Fish,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a starter .keyzero.toml in this directory
+    #[command(after_help = "Examples:\n  kz init\n  kz init --force      overwrite an existing .keyzero.toml")]
+    Init(InitArgs),
+    /// Map an environment variable to a secret reference
+    #[command(after_help = "Examples:\n  kz add DATABASE_URL                                  local store, ref <project>/DATABASE_URL\n  kz add STRIPE_KEY --provider aws --ref sm://prod/stripe --field secret_key\n  kz add OPENAI_API_KEY --ref op://Dev/openai/credential --hosts api.openai.com\n  kz add DATABASE_URL --env production --provider vault --ref secret/data/prod/db")]
+    Add(AddArgs),
+    /// Store a secret's value in its provider (hidden prompt or --stdin, never argv)
+    #[command(after_help = "Examples:\n  kz put DATABASE_URL                  hidden prompt\n  printf %s \"$TOKEN\" | kz put API_TOKEN --stdin\n  kz put --missing                     prompt for every secret that is not stored yet")]
+    Put(PutArgs),
+    /// Remove a mapping (and with --purge, the stored value)
+    #[command(after_help = "Examples:\n  kz rm OLD_TOKEN\n  kz rm OLD_TOKEN --purge --yes")]
+    Rm(RmArgs),
+    /// Move a .env file into the store and map every key
+    #[command(after_help = "Examples:\n  kz import                 read .env, store each value in the local store\n  kz import .env.dev --dry-run\n  rm .env                   once `kz run -- env` shows the values")]
+    Import(ImportArgs),
+    /// Resolve every secret, then run a command with them in its environment
+    #[command(after_help = "Examples:\n  kz run -- npm start\n  kz run --only DATABASE_URL -- psql\n  kz run --clean-env --keep-env AWS_PROFILE -- ./deploy.sh")]
+    Run(RunArgs),
+    /// Print the resolved secrets (shell, dotenv or JSON)
+    #[command(after_help = "Examples:\n  eval \"$(kz export)\"\n  kz export --shell fish | source\n  kz export --format env --output .env.runtime    (refused unless git ignores it)\n  kz export --format json --only API_KEY")]
+    Export(ExportArgs),
+    /// Resolve every secret and report which work (never any part of a value)
+    #[command(after_help = "Examples:\n  kz status\n  kz status --format json --only DATABASE_URL")]
+    Status(StatusArgs),
+    /// Check the configuration without contacting any backend
+    #[command(after_help = "Examples:\n  kz validate\n  kz validate --format json")]
+    Validate(ReportArgs),
+    /// List the mappings of the active environment without resolving them
+    #[command(visible_alias = "ls", after_help = "Examples:\n  kz list\n  kz list --env production --format json")]
+    List(ReportArgs),
+    /// Print the shell integration that loads secrets on entering a project
+    #[command(after_help = "Examples:\n  eval \"$(kz hook --shell zsh)\"      in ~/.zshrc\n  eval \"$(kz hook --shell bash)\"     in ~/.bashrc\n  kz hook --shell fish | source       in ~/.config/fish/config.fish")]
+    Hook(HookArgs),
+    /// Trust this project's configuration (shell hook, program and server options)
+    Allow,
+    /// Revoke trust in this project's configuration
+    Deny,
+    /// Check the environment: config, providers, tools, blind mode and isolation support
+    Doctor,
+    /// Print a completion script
+    #[command(after_help = "Examples:\n  kz completions bash > ~/.local/share/bash-completion/completions/kz\n  kz completions zsh > \"${fpath[1]}/_kz\"\n  kz completions fish > ~/.config/fish/completions/kz.fish")]
+    Completions(CompletionsArgs),
+    /// (internal) the shell hook's per-prompt check
+    #[command(name = "__hook-env", hide = true)]
+    HookEnv(HookEnvArgs),
+    /// (internal) write man pages into DIR
+    #[command(name = "__man", hide = true)]
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Overwrite an existing .keyzero.toml
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// The environment variable (asked for when omitted on a terminal)
+    pub name: Option<String>,
+    /// Provider instance or type (default: local)
+    #[arg(long, value_name = "PROVIDER")]
+    pub provider: Option<String>,
+    /// The reference in that provider
+    #[arg(long = "ref", value_name = "REF")]
+    pub reference: Option<String>,
+    /// One field of a JSON / key-value secret
+    #[arg(long)]
+    pub field: Option<String>,
+    /// Blind mode: hosts this secret may be sent to (comma-separated)
+    #[arg(long, value_delimiter = ',', value_name = "HOSTS")]
+    pub hosts: Vec<String>,
+    /// Write into .keyzero.local.toml instead of .keyzero.toml
+    #[arg(long)]
+    pub local: bool,
+    /// Replace an existing mapping of the same name
+    #[arg(long)]
+    pub force: bool,
+    #[arg(long = "name", hide = true, value_name = "NAME")]
+    pub old_name: Option<String>,
+    #[arg(long = "resolver", hide = true)]
+    pub old_resolver: Option<String>,
+    #[arg(long = "reference", hide = true)]
+    pub old_reference: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PutArgs {
+    /// The mapped secret to store
+    #[arg(required_unless_present = "missing", conflicts_with = "missing")]
+    pub name: Option<String>,
+    /// Read the value from standard input (one trailing newline stripped)
+    #[arg(long)]
+    pub stdin: bool,
+    /// Prompt for every secret that is not found and whose provider can store it
+    #[arg(long)]
+    pub missing: bool,
+    /// Refused: a value on the command line is visible to every local user
+    #[arg(long, hide = true, value_name = "VALUE")]
+    pub value: Option<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// The mapping to remove
+    pub name: String,
+    /// Also delete the stored value (asks first)
+    #[arg(long)]
+    pub purge: bool,
+    /// Do not ask (required with --purge when there is no terminal)
+    #[arg(long, short)]
+    pub yes: bool,
+    /// Remove from .keyzero.local.toml instead of .keyzero.toml
+    #[arg(long)]
+    pub local: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The .env file to import
+    #[arg(default_value = ".env", value_name = "FILE")]
+    pub file: PathBuf,
+    /// Writable provider to store the values in (default: local)
+    #[arg(long)]
+    pub provider: Option<String>,
+    /// Prefix of the refs (default: "<project>/")
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// Show what would be stored and mapped, change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long = "file", hide = true, value_name = "FILE")]
+    pub old_file: Option<PathBuf>,
+    #[arg(long = "resolver", hide = true)]
+    pub old_resolver: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Only these secrets (comma-separated)
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub only: Vec<String>,
+    /// Start the command with only PATH HOME USER SHELL TERM LANG LC_ALL TMPDIR TZ plus the secrets
+    #[arg(long)]
+    pub clean_env: bool,
+    /// With --clean-env: also pass these variables (comma-separated)
+    #[arg(long, value_delimiter = ',', value_name = "NAMES", requires = "clean_env")]
+    pub keep_env: Vec<String>,
+    /// The command and its arguments
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Only these secrets (comma-separated)
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub only: Vec<String>,
+    /// Output format (default: shell)
+    #[arg(long, value_enum)]
+    pub format: Option<ExportFormat>,
+    /// Quote for this shell (implies --format shell)
+    #[arg(long, value_enum, conflicts_with = "format")]
+    pub shell: Option<HookShell>,
+    /// Write to FILE (atomically, mode 0600) instead of standard output
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Write FILE even inside a git work tree that does not ignore it
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Only these secrets (comma-separated)
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub only: Vec<String>,
+    /// Output format
+    #[arg(long, value_enum, default_value_t)]
+    pub format: ReportFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Output format
+    #[arg(long, value_enum, default_value_t)]
+    pub format: ReportFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct HookArgs {
+    /// The shell
+    #[arg(long, value_enum)]
+    pub shell: HookShell,
+}
+
+#[derive(Debug, Args)]
+pub struct HookEnvArgs {
+    #[arg(long, value_enum)]
+    pub shell: HookShell,
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    pub state: String,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Where to write the pages
+    pub dir: PathBuf,
+}

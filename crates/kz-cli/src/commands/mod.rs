@@ -1,0 +1,77 @@
+//! One module per command. Each `run` returns the exit code or a [`crate::report::Failure`].
+
+pub mod add;
+pub mod completions;
+pub mod doctor;
+pub mod export;
+pub mod hook;
+pub mod import;
+pub mod init;
+pub mod list;
+pub mod put;
+pub mod rm;
+pub mod run;
+pub mod status;
+pub mod trust;
+pub mod validate;
+
+use std::io::Write;
+
+use kz_config::{Config, Diagnostic};
+use kz_resolve::{ErrorKind, Outcome};
+use kz_secret::{Resolved, SecretValue};
+
+use crate::context::{Ctx, provider_diag};
+use crate::report::Failure;
+
+/// Resolved variables, in config order: `(NAME, value)`.
+pub type Vars = Vec<(String, SecretValue)>;
+
+/// Turns outcomes into variables, or every failure as one diagnostic each. Skipped optional
+/// secrets are reported as warnings.
+pub fn collect(ctx: &Ctx, config: &Config, outcomes: Vec<Outcome>) -> Result<Vars, Failure> {
+    let mut vars = Vars::new();
+    let mut diags = Vec::new();
+    for o in outcomes {
+        let Some(entry) = config.secret(&o.name) else { continue };
+        match o.result {
+            Ok(Resolved::Single(v)) => vars.push((o.name, v)),
+            Ok(Resolved::Multi(m)) => vars.extend(m),
+            Err(e) if o.skipped => ctx.out.diagnostic(&Diagnostic::warning(
+                "secret::skipped",
+                format!("skipping optional secret {} ({}: {})", o.name, e.kind.label(), e.message),
+            )
+            .secret(&o.name)),
+            Err(e) => diags.push(provider_diag(entry, &e)),
+        }
+    }
+    if !diags.is_empty() {
+        return Err(Failure::many(diags));
+    }
+    // Environment values cannot hold NUL.
+    for (name, v) in &vars {
+        if v.expose_bytes().contains(&0) {
+            diags.push(
+                Diagnostic::error("secret::nul", format!("{name}: the value contains a NUL byte, which an environment variable cannot hold"))
+                    .secret(name)
+                    .help("store the value base64-encoded, or deliver it another way"),
+            );
+        }
+    }
+    if diags.is_empty() { Ok(vars) } else { Err(Failure::many(diags)) }
+}
+
+/// Whether an error kind means "not stored yet".
+pub fn is_missing(kind: ErrorKind) -> bool {
+    kind == ErrorKind::NotFound
+}
+
+/// Writes to stdout, treating a closed pipe as success.
+pub fn print_out(text: &str) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(Failure::msg("io::stdout", format!("cannot write to standard output: {e}"), "check where the output goes")),
+    }
+}

@@ -1,0 +1,90 @@
+//! `kz status`: resolve every secret and report per secret: provider, ref, ok/error, latency.
+//! Never prints any part of a value.
+
+use kz_resolve::Outcome;
+use serde_json::json;
+
+use crate::cli::{ReportFormat, StatusArgs};
+use crate::commands::print_out;
+use crate::context::Ctx;
+use crate::report::{CmdResult, exit};
+
+/// Runs the command.
+pub fn run(ctx: &Ctx, args: &StatusArgs) -> CmdResult {
+    let config = ctx.load()?;
+    let selected = ctx.select(&config, &args.only)?;
+    let outcomes = ctx.resolve(&config, &selected)?;
+    let all_ok = !outcomes.iter().any(Outcome::is_failure);
+    let text = match args.format {
+        ReportFormat::Json => {
+            let secrets: Vec<_> = outcomes
+                .iter()
+                .map(|o| {
+                    let mut v = json!({
+                        "name": o.name,
+                        "provider": o.provider,
+                        "resolver": o.provider,
+                        "type": o.type_name,
+                        "ref": o.reference,
+                        "status": if o.result.is_ok() { "ok" } else { "error" },
+                        "latency_ms": u64::try_from(o.latency.as_millis()).unwrap_or(u64::MAX),
+                        "cache": "off",
+                    });
+                    if let (Err(e), Some(m)) = (&o.result, v.as_object_mut()) {
+                        m.insert("error".into(), format!("{}: {}", e.kind.label(), e.message).into());
+                        m.insert("optional".into(), o.skipped.into());
+                    }
+                    v
+                })
+                .collect();
+            let doc = json!({"version": 1, "environment": config.environment, "all_ok": all_ok, "secrets": secrets});
+            format!("{doc}\n")
+        }
+        ReportFormat::Text => {
+            let mut rows = vec![["NAME".to_string(), "PROVIDER".into(), "REF".into(), "STATUS".into(), "LATENCY".into()]];
+            for o in &outcomes {
+                let status = match &o.result {
+                    Ok(_) => "ok".to_string(),
+                    Err(e) if o.skipped => format!("skipped (optional): {}", e.kind.label()),
+                    Err(e) => format!("error: {}: {}", e.kind.label(), e.message),
+                };
+                rows.push([
+                    o.name.clone(),
+                    format!("{} ({})", o.provider, o.type_name),
+                    o.reference.clone(),
+                    status,
+                    format!("{}ms", o.latency.as_millis()),
+                ]);
+            }
+            let mut t = format!("environment: {}\n", config.environment);
+            t.push_str(&table(&rows));
+            t
+        }
+    };
+    print_out(&text)?;
+    Ok(if all_ok { exit::OK } else { exit::ERROR })
+}
+
+/// Left-aligned columns separated by two spaces; the last column is not padded.
+pub fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in rows {
+        let mut line = String::new();
+        for (i, (c, w)) in r.iter().zip(widths).enumerate() {
+            if i + 1 == N {
+                line.push_str(c);
+            } else {
+                line.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,299 @@
+//! What every command shares: kz's directories, the loaded configuration, trust, provider
+//! instances and resolution (with a spinner on slow backends).
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::future::Future;
+use std::time::Duration;
+
+use kz_config::{Config, Diagnostic, Discovered, LoadRequest, ProviderInstance, SecretEntry};
+use kz_providers::BuildContext;
+use kz_resolve::{Instance, Outcome, Provider, ProviderError};
+
+use crate::cli::Global;
+use crate::report::{Failure, Reporter};
+
+/// kz's view of the machine: environment and directories.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// `$HOME`.
+    pub home: Option<PathBuf>,
+    /// `$XDG_CONFIG_HOME` or `~/.config`.
+    pub config_home: PathBuf,
+    /// `$XDG_DATA_HOME` or `~/.local/share`.
+    pub data_home: PathBuf,
+    /// `$XDG_RUNTIME_DIR`.
+    pub runtime_dir: Option<PathBuf>,
+    /// The working directory.
+    pub cwd: PathBuf,
+}
+
+impl Paths {
+    /// Reads them from the environment.
+    pub fn from_env() -> Self {
+        let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from).filter(|p| p.is_absolute());
+        let home = var("HOME");
+        let base = home.clone().unwrap_or_else(|| PathBuf::from("/"));
+        Self {
+            config_home: var("XDG_CONFIG_HOME").unwrap_or_else(|| base.join(".config")),
+            data_home: var("XDG_DATA_HOME").unwrap_or_else(|| base.join(".local/share")),
+            runtime_dir: var("XDG_RUNTIME_DIR"),
+            cwd: std::env::current_dir().unwrap_or(base),
+            home,
+        }
+    }
+
+    /// The global provider file.
+    pub fn global_file(&self) -> PathBuf {
+        self.config_home.join("keyzero").join("config.toml")
+    }
+
+    /// kz's state directory (`$XDG_DATA_HOME/keyzero`).
+    pub fn state_dir(&self) -> PathBuf {
+        self.data_home.join("keyzero")
+    }
+
+    /// Where trust records live.
+    pub fn trust_dir(&self) -> PathBuf {
+        self.state_dir().join("trust")
+    }
+}
+
+/// The invocation: global flags, paths and the reporter.
+#[derive(Debug)]
+pub struct Ctx {
+    /// Global flags.
+    pub global: Global,
+    /// Paths.
+    pub paths: Paths,
+    /// Where diagnostics go.
+    pub out: Reporter,
+}
+
+fn getenv(k: &str) -> Option<String> {
+    std::env::var(k).ok()
+}
+
+impl Ctx {
+    /// Where discovery starts.
+    pub fn start_dir(&self) -> PathBuf {
+        match &self.global.dir {
+            Some(d) if d.is_absolute() => d.clone(),
+            Some(d) => self.paths.cwd.join(d),
+            None => self.paths.cwd.clone(),
+        }
+    }
+
+    /// `--config`, else `KEYZERO_CONFIG`.
+    pub fn config_file(&self) -> Option<PathBuf> {
+        self.global
+            .config
+            .clone()
+            .or_else(|| std::env::var_os("KEYZERO_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from))
+    }
+
+    /// Loads the configuration; errors and warnings are printed, errors fail the command.
+    pub fn load(&self) -> Result<Config, Failure> {
+        let start = self.start_dir();
+        let file = self.config_file();
+        let global = self.paths.global_file();
+        let loaded = kz_config::load(&LoadRequest {
+            start_dir: &start,
+            config_file: file.as_deref(),
+            env_flag: self.global.env.as_deref(),
+            global_file: Some(&global),
+            getenv: &getenv,
+        });
+        match loaded.config {
+            Some(c) => {
+                self.out.all(&c.warnings);
+                Ok(c)
+            }
+            None => Err(Failure::many(loaded.diagnostics)),
+        }
+    }
+
+    /// The provider-building context.
+    pub fn build_context(&self, project_dir: &Path) -> BuildContext {
+        BuildContext {
+            home: self.paths.home.clone(),
+            config_home: self.paths.config_home.clone(),
+            data_home: self.paths.data_home.clone(),
+            runtime_dir: self.paths.runtime_dir.clone(),
+            project_dir: project_dir.to_path_buf(),
+            getenv: Arc::new(getenv),
+            verbose: self.global.verbose > 0,
+            interactive: std::io::stdin().is_terminal() && std::io::stderr().is_terminal(),
+        }
+    }
+
+    /// Whether the operator trusts the project file for this invocation.
+    pub fn trust_override(&self) -> bool {
+        self.global.trust || std::env::var("KEYZERO_TRUST").is_ok_and(|v| v == "1")
+    }
+
+    /// Refuses provider instances whose program/server options come from an untrusted project
+    /// file, before anything is contacted.
+    pub fn check_trust(&self, config: &Config, instances: &[&ProviderInstance]) -> Result<(), Failure> {
+        let mut diags = Vec::new();
+        let needs: Vec<_> = instances.iter().flat_map(|i| i.untrusted_options().into_iter().map(move |o| (*i, o))).collect();
+        if needs.is_empty() || self.trust_override() || crate::trust::is_trusted(&self.paths, &config.discovered) {
+            return Ok(());
+        }
+        for (inst, (opt, pos)) in needs {
+            diags.push(
+                Diagnostic::error(
+                    "trust::untrusted_option",
+                    format!(
+                        "the option `{opt}` of provider `{}` runs a program or names a server, and this .keyzero.toml is not trusted",
+                        inst.name
+                    ),
+                )
+                .at(pos)
+                .key(format!("providers.{}.{opt}", inst.name))
+                .help("review the file, then run `kz allow` to trust it (or pass --trust / KEYZERO_TRUST=1 for one invocation)"),
+            );
+        }
+        Err(Failure::many(diags))
+    }
+
+    /// Builds the instances the given secrets use (after the trust check).
+    pub fn instances(&self, config: &Config, secrets: &[&SecretEntry]) -> Result<HashMap<String, Instance>, Failure> {
+        let mut used: Vec<&ProviderInstance> = Vec::new();
+        for s in secrets {
+            if let Some(p) = config.provider(&s.provider) {
+                if !used.iter().any(|u| u.name == p.name) {
+                    used.push(p);
+                }
+            }
+        }
+        self.check_trust(config, &used)?;
+        let bctx = self.build_context(&config.discovered.dir);
+        let mut map = HashMap::new();
+        let mut diags = Vec::new();
+        for inst in used {
+            match kz_providers::build(inst, &bctx) {
+                Ok(p) => {
+                    map.insert(
+                        inst.name.clone(),
+                        Instance {
+                            provider: p,
+                            timeout: inst.timeout(),
+                            concurrency: inst.concurrency(),
+                        },
+                    );
+                }
+                Err(e) => {
+                    for s in secrets.iter().filter(|s| s.provider == inst.name) {
+                        diags.push(provider_diag(s, &e));
+                    }
+                }
+            }
+        }
+        if diags.is_empty() { Ok(map) } else { Err(Failure::many(diags)) }
+    }
+
+    /// One provider instance, built (for `put`, `rm --purge`, `import`).
+    pub fn instance(&self, config: &Config, name: &str) -> Result<Arc<dyn Provider>, Failure> {
+        let inst = config.provider(name).ok_or_else(|| {
+            Failure::msg("provider::unknown", format!("unknown provider `{name}`"), "declare it under [providers.NAME] or use a provider type")
+        })?;
+        self.check_trust(config, &[inst])?;
+        kz_providers::build(inst, &self.build_context(&config.discovered.dir)).map_err(|e| {
+            Failure::one(
+                Diagnostic::error("provider::build", format!("provider `{name}` ({}): {}", inst.ty.name, e.message))
+                    .help(e.help.clone().unwrap_or_else(|| "check the provider's options".into())),
+            )
+        })
+    }
+
+    /// Resolves secrets on a single-threaded runtime, with a spinner after 300 ms on a terminal.
+    pub fn resolve(&self, config: &Config, secrets: &[&SecretEntry]) -> Result<Vec<Outcome>, Failure> {
+        let instances = self.instances(config, secrets)?;
+        block_on_with_spinner(&self.out, "resolving secrets", kz_resolve::resolve_all(secrets, &instances))
+    }
+
+    /// The secrets of `--only A,B` (all when empty); an unknown name is an error.
+    pub fn select<'c>(&self, config: &'c Config, only: &[String]) -> Result<Vec<&'c SecretEntry>, Failure> {
+        if only.is_empty() {
+            return Ok(config.secrets.iter().collect());
+        }
+        let mut out = Vec::new();
+        let mut diags = Vec::new();
+        for n in only {
+            match config.secret(n) {
+                Some(s) => out.push(s),
+                None => diags.push(unknown_secret(config, n)),
+            }
+        }
+        if diags.is_empty() { Ok(out) } else { Err(Failure::many(diags)) }
+    }
+}
+
+/// `unknown secret X` with a "did you mean" and the environment.
+pub fn unknown_secret(config: &Config, name: &str) -> Diagnostic {
+    let d = Diagnostic::error(
+        "secret::unknown",
+        format!("`{name}` is not mapped in the `{}` environment", config.environment),
+    )
+    .secret(name);
+    match kz_config::diag::did_you_mean(name, config.secrets.iter().map(|s| s.name.as_str())) {
+        Some(s) => d.help(format!("did you mean `{s}`?")),
+        None => d.help(format!("map it first with `kz add {name}`")),
+    }
+}
+
+/// The diagnostic for a failed secret: secret, provider instance and type, ref, and the
+/// backend's message (never a value).
+pub fn provider_diag(s: &SecretEntry, e: &ProviderError) -> Diagnostic {
+    let d = Diagnostic::error(
+        "provider::resolve",
+        format!("{}: {} from provider `{}` ({}): {}", s.name, e.kind.label(), s.provider, s.ty.name, e.message),
+    )
+    .at(&s.pos)
+    .secret(&s.name)
+    .reference(&s.reference);
+    match &e.help {
+        Some(h) => d.help(h.clone()),
+        None => d,
+    }
+}
+
+/// Runs a future to completion on a current-thread runtime; shows a spinner on stderr when it
+/// takes longer than 300 ms and stderr is a terminal.
+pub fn block_on_with_spinner<T>(out: &Reporter, what: &str, fut: impl Future<Output = T>) -> Result<T, Failure> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::msg("internal::runtime", format!("cannot start the async runtime: {e}"), "this is a bug; please report it"))?;
+    let show = std::io::stderr().is_terminal() && !out.quiet;
+    let what = what.to_string();
+    Ok(rt.block_on(async move {
+        let spinner = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let pb = indicatif::ProgressBar::new_spinner();
+            pb.set_message(what);
+            pb.enable_steady_tick(Duration::from_millis(100));
+            pb
+        };
+        tokio::pin!(fut);
+        if !show {
+            return fut.await;
+        }
+        tokio::select! {
+            v = &mut fut => v,
+            pb = spinner => {
+                let v = fut.await;
+                pb.finish_and_clear();
+                v
+            }
+        }
+    }))
+}
+
+/// The project's name (directory name), used for `local` refs.
+pub fn project_name(d: &Discovered) -> String {
+    kz_config::model::project_name(&d.dir)
+}
