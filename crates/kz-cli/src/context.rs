@@ -163,10 +163,10 @@ impl Ctx {
     pub fn instances(&self, config: &Config, secrets: &[&SecretEntry]) -> Result<HashMap<String, Instance>, Failure> {
         let mut used: Vec<&ProviderInstance> = Vec::new();
         for s in secrets {
-            if let Some(p) = config.provider(&s.provider) {
-                if !used.iter().any(|u| u.name == p.name) {
-                    used.push(p);
-                }
+            if let Some(p) = config.provider(&s.provider)
+                && !used.iter().any(|u| u.name == p.name)
+            {
+                used.push(p);
             }
         }
         self.check_trust(config, &used)?;

@@ -857,9 +857,12 @@ fn long_form(ms: &MSecret, t: &[Entry], path: &str, ctx: &mut Ctx) -> Option<Sec
             ok = false;
         }
     }
-    if ty.name == "aws_sts" {
-        if let Some((_, n)) = params.iter().find(|(k, _)| k == "format") {
-            if !matches!(n.as_str(), Some("env" | "json")) {
+    if ty.name == "aws_sts"
+        && let Some((_, n)) = params.iter().find(|(k, _)| k == "format")
+        && !matches!(n.as_str(), Some("env" | "json"))
+    {
+        {
+            {
                 ctx.diags.push(
                     Diagnostic::error("config::value", format!("`{path}.format` must be \"env\" or \"json\""))
                         .at(&n.pos)

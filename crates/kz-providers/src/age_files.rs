@@ -150,7 +150,10 @@ impl AgeProvider {
 }
 
 impl Provider for AgeProvider {
-    fn resolve<'a>(&'a self, items: &'a [Item]) -> BoxFuture<'a, Vec<Result<Resolved, ProviderError>>> {
+    fn resolve<'a>(
+        &'a self,
+        items: &'a [Item],
+    ) -> BoxFuture<'a, Vec<Result<Resolved, ProviderError>>> {
         let inner = Arc::clone(&self.inner);
         let owned: Vec<Item> = items.to_vec();
         let n = items.len();
@@ -158,21 +161,33 @@ impl Provider for AgeProvider {
             match tokio::task::spawn_blocking(move || inner.resolve_all(&owned)).await {
                 Ok(results) => results,
                 Err(e) => {
-                    let err = ProviderError::new(ErrorKind::Backend, format!("the age provider's worker failed: {e}"));
+                    let err = ProviderError::new(
+                        ErrorKind::Backend,
+                        format!("the age provider's worker failed: {e}"),
+                    );
                     (0..n).map(|_| Err(err.clone())).collect()
                 }
             }
         })
     }
 
-    fn write<'a>(&'a self, item: &'a Item, value: &'a SecretValue) -> BoxFuture<'a, Result<(), ProviderError>> {
+    fn write<'a>(
+        &'a self,
+        item: &'a Item,
+        value: &'a SecretValue,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
         let inner = Arc::clone(&self.inner);
         let item = item.clone();
         let value = value.duplicate();
         Box::pin(async move {
             tokio::task::spawn_blocking(move || inner.write(&item, &value))
                 .await
-                .map_err(|e| ProviderError::new(ErrorKind::Backend, format!("the age provider's worker failed: {e}")))?
+                .map_err(|e| {
+                    ProviderError::new(
+                        ErrorKind::Backend,
+                        format!("the age provider's worker failed: {e}"),
+                    )
+                })?
         })
     }
 
@@ -191,7 +206,10 @@ impl Provider for AgeProvider {
             instance: inner.instance.clone(),
             type_name: "age",
             details: vec![
-                ("files relative to".into(), inner.project_dir.display().to_string()),
+                (
+                    "files relative to".into(),
+                    inner.project_dir.display().to_string(),
+                ),
                 (
                     "identity".into(),
                     if identities.is_empty() {
@@ -217,7 +235,12 @@ impl Provider for AgeProvider {
         Box::pin(async move {
             tokio::task::spawn_blocking(move || inner.identities().map(|_| ()))
                 .await
-                .map_err(|e| ProviderError::new(ErrorKind::Backend, format!("the age provider's worker failed: {e}")))?
+                .map_err(|e| {
+                    ProviderError::new(
+                        ErrorKind::Backend,
+                        format!("the age provider's worker failed: {e}"),
+                    )
+                })?
         })
     }
 }
@@ -246,8 +269,11 @@ impl Inner {
     /// above it through `..`.
     fn file_path(&self, reference: &str) -> Result<PathBuf, ProviderError> {
         if reference.trim().is_empty() {
-            return Err(ProviderError::new(ErrorKind::BadReference, "the reference is empty")
-                .help("an age reference is the path of an encrypted file, such as `secrets/db.age`"));
+            return Err(
+                ProviderError::new(ErrorKind::BadReference, "the reference is empty").help(
+                    "an age reference is the path of an encrypted file, such as `secrets/db.age`",
+                ),
+            );
         }
         let p = Path::new(reference);
         if p.is_absolute() {
@@ -262,9 +288,13 @@ impl Inner {
                     if !inside.pop() {
                         return Err(ProviderError::new(
                             ErrorKind::BadReference,
-                            format!("`{reference}` climbs out of the project directory through `..`"),
+                            format!(
+                                "`{reference}` climbs out of the project directory through `..`"
+                            ),
                         )
-                        .help("keep encrypted files inside the project, or give an absolute path"));
+                        .help(
+                            "keep encrypted files inside the project, or give an absolute path",
+                        ));
                     }
                 }
                 Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
@@ -282,10 +312,12 @@ impl Inner {
 
     /// The identities, loaded once.
     fn identities(&self) -> Result<Arc<Identities>, ProviderError> {
-        let mut cache = self
-            .cache
-            .lock()
-            .map_err(|_| ProviderError::new(ErrorKind::Backend, "the age identity cache is unusable after a crash"))?;
+        let mut cache = self.cache.lock().map_err(|_| {
+            ProviderError::new(
+                ErrorKind::Backend,
+                "the age identity cache is unusable after a crash",
+            )
+        })?;
         if let Some(ids) = cache.as_ref() {
             return Ok(Arc::clone(ids));
         }
@@ -342,7 +374,11 @@ impl Inner {
     }
 
     /// Decrypts a passphrase-encrypted identity file (asks for the passphrase).
-    fn unlock_identity_file(&self, bytes: &[u8], label: &str) -> Result<Zeroizing<Vec<u8>>, ProviderError> {
+    fn unlock_identity_file(
+        &self,
+        bytes: &[u8],
+        label: &str,
+    ) -> Result<Zeroizing<Vec<u8>>, ProviderError> {
         if !self.interactive {
             return Err(ProviderError::new(
                 ErrorKind::Config,
@@ -351,7 +387,10 @@ impl Inner {
             .help("run kz in a terminal to type the passphrase, or use an unencrypted identity file (mode 0600) or KEYZERO_AGE_IDENTITY"));
         }
         let decryptor = Decryptor::new_buffered(ArmoredReader::new(bytes)).map_err(|e| {
-            ProviderError::new(ErrorKind::Config, format!("the age identity {label} is not a readable age file: {e}"))
+            ProviderError::new(
+                ErrorKind::Config,
+                format!("the age identity {label} is not a readable age file: {e}"),
+            )
         })?;
         if !decryptor.is_scrypt() {
             return Err(ProviderError::new(
@@ -365,15 +404,26 @@ impl Inner {
         let mut reader = decryptor
             .decrypt(std::iter::once(&identity as &dyn age::Identity))
             .map_err(|e| match e {
-                DecryptError::NoMatchingKeys | DecryptError::DecryptionFailed | DecryptError::KeyDecryptionFailed => {
-                    ProviderError::new(ErrorKind::Auth, format!("wrong passphrase for the age identity {label}"))
-                        .help("run the command again and type the passphrase the identity was encrypted with")
-                }
-                other => ProviderError::new(ErrorKind::Config, format!("cannot decrypt the age identity {label}: {other}")),
+                DecryptError::NoMatchingKeys
+                | DecryptError::DecryptionFailed
+                | DecryptError::KeyDecryptionFailed => ProviderError::new(
+                    ErrorKind::Auth,
+                    format!("wrong passphrase for the age identity {label}"),
+                )
+                .help(
+                    "run the command again and type the passphrase the identity was encrypted with",
+                ),
+                other => ProviderError::new(
+                    ErrorKind::Config,
+                    format!("cannot decrypt the age identity {label}: {other}"),
+                ),
             })?;
         let mut plain = Zeroizing::new(Vec::new());
         reader.read_to_end(&mut plain).map_err(|e| {
-            ProviderError::new(ErrorKind::Config, format!("the age identity {label} is corrupt: {e}"))
+            ProviderError::new(
+                ErrorKind::Config,
+                format!("the age identity {label} is corrupt: {e}"),
+            )
         })?;
         Ok(plain)
     }
@@ -382,7 +432,10 @@ impl Inner {
         if self.recipients.is_empty() {
             return Err(ProviderError::new(
                 ErrorKind::Unsupported,
-                format!("provider `{}` has no recipients, so it cannot write", self.instance),
+                format!(
+                    "provider `{}` has no recipients, so it cannot write",
+                    self.instance
+                ),
             )
             .help("set `recipients` on the age provider to let kz write"));
         }
@@ -392,15 +445,24 @@ impl Inner {
             .iter()
             .map(|r| parse_recipient(r))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|why| ProviderError::new(ErrorKind::Config, format!("invalid recipient: {why}")))?;
+            .map_err(|why| {
+                ProviderError::new(ErrorKind::Config, format!("invalid recipient: {why}"))
+            })?;
 
         let (plaintext, armored) = match &item.field {
-            None => (Zeroizing::new(value.expose_bytes().to_vec()), existing_is_armored(&path)?),
+            None => (
+                Zeroizing::new(value.expose_bytes().to_vec()),
+                existing_is_armored(&path)?,
+            ),
             Some(field) => self.merge_field(&path, field, value)?,
         };
 
-        let ciphertext = encrypt(&recipients, &plaintext, armored)
-            .map_err(|e| ProviderError::new(ErrorKind::Backend, format!("cannot encrypt {}: {e}", path.display())))?;
+        let ciphertext = encrypt(&recipients, &plaintext, armored).map_err(|e| {
+            ProviderError::new(
+                ErrorKind::Backend,
+                format!("cannot encrypt {}: {e}", path.display()),
+            )
+        })?;
         write_atomically(&path, &ciphertext)
     }
 
@@ -437,41 +499,70 @@ impl Inner {
         } else {
             (serde_json::Map::new(), false)
         };
-        map.insert(field.to_string(), serde_json::Value::String(text.to_string()));
-        let out = serde_json::to_vec(&serde_json::Value::Object(map))
-            .map_err(|e| ProviderError::new(ErrorKind::Backend, format!("cannot encode the JSON object: {e}")))?;
+        map.insert(
+            field.to_string(),
+            serde_json::Value::String(text.to_string()),
+        );
+        let out = serde_json::to_vec(&serde_json::Value::Object(map)).map_err(|e| {
+            ProviderError::new(
+                ErrorKind::Backend,
+                format!("cannot encode the JSON object: {e}"),
+            )
+        })?;
         Ok((Zeroizing::new(out), armored))
     }
 }
 
 /// Parses the plaintext of an identity source: one SSH private key, or X25519 identity lines.
-fn parse_identities(bytes: &[u8], label: &str, interactive: bool) -> Result<Identities, ProviderError> {
-    let text = std::str::from_utf8(bytes)
-        .map_err(|_| ProviderError::new(ErrorKind::Config, format!("the age identity {label} is not text")))?;
+fn parse_identities(
+    bytes: &[u8],
+    label: &str,
+    interactive: bool,
+) -> Result<Identities, ProviderError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| {
+        ProviderError::new(
+            ErrorKind::Config,
+            format!("the age identity {label} is not text"),
+        )
+    })?;
     let text = text.trim();
     if text.starts_with("-----BEGIN ") && text.contains("PRIVATE KEY-----") {
-        return parse_ssh_identity(&text, label, interactive);
+        return parse_ssh_identity(text, label, interactive);
     }
     let file = age::IdentityFile::from_buffer(text.as_bytes()).map_err(|e| {
         ProviderError::new(ErrorKind::Config, format!("the age identity {label} is invalid: {e}"))
             .help("an identity file holds `AGE-SECRET-KEY-1…` lines (from `age-keygen`) and `#` comments, or one SSH private key")
     })?;
-    let ids = file
-        .into_identities()
-        .map_err(|e| ProviderError::new(ErrorKind::Config, format!("the age identity {label} is unusable: {e}")))?;
+    let ids = file.into_identities().map_err(|e| {
+        ProviderError::new(
+            ErrorKind::Config,
+            format!("the age identity {label} is unusable: {e}"),
+        )
+    })?;
     if ids.is_empty() {
-        return Err(ProviderError::new(ErrorKind::Config, format!("the age identity {label} holds no identity"))
-            .help("generate one with `age-keygen`"));
+        return Err(ProviderError::new(
+            ErrorKind::Config,
+            format!("the age identity {label} holds no identity"),
+        )
+        .help("generate one with `age-keygen`"));
     }
     Ok(ids)
 }
 
 /// Parses an SSH private key (ed25519 or RSA); an encrypted key asks for its passphrase.
-fn parse_ssh_identity(text: &str, label: &str, interactive: bool) -> Result<Identities, ProviderError> {
-    let identity = age::ssh::Identity::from_buffer(text.as_bytes(), Some(label.to_string())).map_err(|e| {
-        ProviderError::new(ErrorKind::Config, format!("the SSH key {label} cannot be read: {e}"))
+fn parse_ssh_identity(
+    text: &str,
+    label: &str,
+    interactive: bool,
+) -> Result<Identities, ProviderError> {
+    let identity = age::ssh::Identity::from_buffer(text.as_bytes(), Some(label.to_string()))
+        .map_err(|e| {
+            ProviderError::new(
+                ErrorKind::Config,
+                format!("the SSH key {label} cannot be read: {e}"),
+            )
             .help("use an OpenSSH ed25519 or RSA private key (`ssh-keygen -t ed25519`)")
-    })?;
+        })?;
     match identity {
         age::ssh::Identity::Unencrypted(_) => Ok(vec![Box::new(identity)]),
         age::ssh::Identity::Encrypted(key) => {
@@ -484,14 +575,20 @@ fn parse_ssh_identity(text: &str, label: &str, interactive: bool) -> Result<Iden
             }
             let passphrase = prompt(&format!("Passphrase for the SSH key {label}"))?;
             let key = key.decrypt(passphrase).map_err(|_| {
-                ProviderError::new(ErrorKind::Auth, format!("wrong passphrase for the SSH key {label}"))
-                    .help("run the command again and type the key's passphrase")
+                ProviderError::new(
+                    ErrorKind::Auth,
+                    format!("wrong passphrase for the SSH key {label}"),
+                )
+                .help("run the command again and type the key's passphrase")
             })?;
             Ok(vec![Box::new(age::ssh::Identity::Unencrypted(key))])
         }
         age::ssh::Identity::Unsupported(why) => Err(ProviderError::new(
             ErrorKind::Config,
-            format!("the SSH key {label} is not supported: {}", Unsupported(&why)),
+            format!(
+                "the SSH key {label} is not supported: {}",
+                Unsupported(&why)
+            ),
         )
         .help("use an OpenSSH ed25519 or RSA key, or an age identity from `age-keygen`")),
     }
@@ -512,7 +609,12 @@ fn prompt(text: &str) -> Result<SecretString, ProviderError> {
         .with_prompt(text)
         .interact()
         .map(SecretString::from)
-        .map_err(|e| ProviderError::new(ErrorKind::Config, format!("cannot read the passphrase: {e}")))
+        .map_err(|e| {
+            ProviderError::new(
+                ErrorKind::Config,
+                format!("cannot read the passphrase: {e}"),
+            )
+        })
 }
 
 /// Parses one recipient string.
@@ -527,10 +629,18 @@ fn parse_recipient(s: &str) -> Result<Box<dyn age::Recipient + Send>, String> {
             .map(|r| Box::new(r) as Box<dyn age::Recipient + Send>)
             .map_err(|e| match e {
                 age::ssh::ParseRecipientKeyError::Invalid(why) => why.to_string(),
-                age::ssh::ParseRecipientKeyError::Unsupported(ty) => format!("unsupported SSH key type `{ty}`"),
-                age::ssh::ParseRecipientKeyError::RsaModulusTooLarge => "the RSA key is too large".into(),
-                age::ssh::ParseRecipientKeyError::RsaModulusTooSmall => "the RSA key is too small (under 2048 bits)".into(),
-                age::ssh::ParseRecipientKeyError::Ignore => "this SSH key type cannot be a recipient".into(),
+                age::ssh::ParseRecipientKeyError::Unsupported(ty) => {
+                    format!("unsupported SSH key type `{ty}`")
+                }
+                age::ssh::ParseRecipientKeyError::RsaModulusTooLarge => {
+                    "the RSA key is too large".into()
+                }
+                age::ssh::ParseRecipientKeyError::RsaModulusTooSmall => {
+                    "the RSA key is too small (under 2048 bits)".into()
+                }
+                age::ssh::ParseRecipientKeyError::Ignore => {
+                    "this SSH key type cannot be a recipient".into()
+                }
                 _ => "this SSH key cannot be a recipient".into(),
             })
     } else {
@@ -549,12 +659,18 @@ fn shorten(s: &str) -> String {
 }
 
 fn trim_start(bytes: &[u8]) -> &[u8] {
-    let start = bytes.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(bytes.len());
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
     bytes.get(start..).unwrap_or_default()
 }
 
 /// Reads and decrypts an age file; also says whether it was armoured.
-fn decrypt_file(path: &Path, identities: &Identities) -> Result<(Zeroizing<Vec<u8>>, bool), ProviderError> {
+fn decrypt_file(
+    path: &Path,
+    identities: &Identities,
+) -> Result<(Zeroizing<Vec<u8>>, bool), ProviderError> {
     let shown = path.display();
     let data = std::fs::read(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
@@ -567,10 +683,14 @@ fn decrypt_file(path: &Path, identities: &Identities) -> Result<(Zeroizing<Vec<u
     })?;
     let armored = trim_start(&data).starts_with(ARMOR_BEGIN);
     let corrupt = |e: &dyn fmt::Display| {
-        ProviderError::new(ErrorKind::Backend, format!("{shown} is not a valid age file or is corrupt: {e}"))
-            .help("check that the file was written by age and not truncated or edited")
+        ProviderError::new(
+            ErrorKind::Backend,
+            format!("{shown} is not a valid age file or is corrupt: {e}"),
+        )
+        .help("check that the file was written by age and not truncated or edited")
     };
-    let decryptor = Decryptor::new_buffered(ArmoredReader::new(data.as_slice())).map_err(|e| corrupt(&e))?;
+    let decryptor =
+        Decryptor::new_buffered(ArmoredReader::new(data.as_slice())).map_err(|e| corrupt(&e))?;
     if decryptor.is_scrypt() {
         return Err(ProviderError::new(
             ErrorKind::Config,
@@ -608,7 +728,10 @@ fn pick_field(plain: &[u8], field: &str, path: &Path) -> Result<SecretValue, Pro
         )
         .help("remove `field` to get the whole value"));
     };
-    if matches!(serde_json::from_str::<serde_json::Value>(text), Ok(serde_json::Value::Object(_))) {
+    if matches!(
+        serde_json::from_str::<serde_json::Value>(text),
+        Ok(serde_json::Value::Object(_))
+    ) {
         let value = SecretValue::from_str_copy(text);
         return json_field(&value, field).map_err(|mut e| {
             e.message = format!("{} in {shown}", e.message);
@@ -624,15 +747,24 @@ fn pick_field(plain: &[u8], field: &str, path: &Path) -> Result<SecretValue, Pro
     })?;
     match entries.into_iter().find(|(k, _)| k == field) {
         Some((_, v)) => Ok(v),
-        None => Err(ProviderError::new(ErrorKind::Field, format!("field `{field}` does not exist in {shown}"))
-            .help(format!("the fields are: {}", list_keys(text)))),
+        None => Err(ProviderError::new(
+            ErrorKind::Field,
+            format!("field `{field}` does not exist in {shown}"),
+        )
+        .help(format!("the fields are: {}", list_keys(text)))),
     }
 }
 
 /// The keys of dotenv text, for a "did you mean" list (never the values).
 fn list_keys(text: &str) -> String {
     crate::dotenv::parse(text)
-        .map(|entries| entries.into_iter().map(|(k, _)| k).collect::<Vec<_>>().join(", "))
+        .map(|entries| {
+            entries
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
         .unwrap_or_default()
 }
 
@@ -645,7 +777,10 @@ fn existing_is_armored(path: &Path) -> Result<bool, ProviderError> {
             Ok(trim_start(head.get(..n).unwrap_or_default()).starts_with(ARMOR_BEGIN))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(ProviderError::new(ErrorKind::Backend, format!("cannot read {}: {e}", path.display()))),
+        Err(e) => Err(ProviderError::new(
+            ErrorKind::Backend,
+            format!("cannot read {}: {e}", path.display()),
+        )),
     }
 }
 
@@ -655,8 +790,9 @@ fn encrypt(
     plaintext: &[u8],
     armored: bool,
 ) -> Result<Vec<u8>, String> {
-    let encryptor = Encryptor::with_recipients(recipients.iter().map(|r| r.as_ref() as &dyn age::Recipient))
-        .map_err(|e| e.to_string())?;
+    let encryptor =
+        Encryptor::with_recipients(recipients.iter().map(|r| r.as_ref() as &dyn age::Recipient))
+            .map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     let io = |e: std::io::Error| e.to_string();
     if armored {
@@ -677,8 +813,11 @@ fn encrypt(
 fn write_atomically(path: &Path, data: &[u8]) -> Result<(), ProviderError> {
     let shown = path.display();
     let fail = |what: &str, e: &dyn fmt::Display| {
-        ProviderError::new(ErrorKind::Backend, format!("cannot write {shown}: {what}: {e}"))
-            .help("check that the directory exists and is writable")
+        ProviderError::new(
+            ErrorKind::Backend,
+            format!("cannot write {shown}: {what}: {e}"),
+        )
+        .help("check that the directory exists and is writable")
     };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -699,7 +838,8 @@ fn write_atomically(path: &Path, data: &[u8]) -> Result<(), ProviderError> {
     }
     tmp.write_all(data).map_err(|e| fail("writing", &e))?;
     tmp.as_file().sync_all().map_err(|e| fail("syncing", &e))?;
-    tmp.persist(path).map_err(|e| fail("renaming into place", &e.error))?;
+    tmp.persist(path)
+        .map_err(|e| fail("renaming into place", &e.error))?;
     if let Ok(d) = std::fs::File::open(&dir) {
         // Best effort: some filesystems cannot sync a directory.
         let _ = d.sync_all();

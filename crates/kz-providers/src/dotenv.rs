@@ -267,7 +267,9 @@ impl Parser<'_> {
             }
             Some(_) => Err(Self::error(
                 self.line,
-                format!("unexpected text after the closing quote of `{key}` (quote the whole value)"),
+                format!(
+                    "unexpected text after the closing quote of `{key}` (quote the whole value)"
+                ),
             )),
         }
     }
@@ -321,26 +323,40 @@ impl DotenvProvider {
                 )));
             }
             Err(e) => {
-                return Err(ProviderError::new(ErrorKind::Config, format!("cannot read the dotenv file {path}: {e}"))
-                    .help(format!("check that {path} is a readable file")));
+                return Err(ProviderError::new(
+                    ErrorKind::Config,
+                    format!("cannot read the dotenv file {path}: {e}"),
+                )
+                .help(format!("check that {path} is a readable file")));
             }
         };
         let text = std::str::from_utf8(&text).map_err(|e| {
             ProviderError::new(
                 ErrorKind::Config,
-                format!("the dotenv file {path} is not UTF-8 text (invalid byte at offset {})", e.valid_up_to()),
+                format!(
+                    "the dotenv file {path} is not UTF-8 text (invalid byte at offset {})",
+                    e.valid_up_to()
+                ),
             )
             .help("save the file as UTF-8")
         })?;
         parse(text).map_err(|e| {
-            ProviderError::new(ErrorKind::Config, format!("{path}:{}: {}", e.line, e.message)).help(format!(
+            ProviderError::new(
+                ErrorKind::Config,
+                format!("{path}:{}: {}", e.line, e.message),
+            )
+            .help(format!(
                 "fix line {} of {path} (dotenv syntax: KEY=VALUE, quotes, `#` comments)",
                 e.line
             ))
         })
     }
 
-    fn lookup(&self, entries: &[(String, SecretValue)], item: &Item) -> Result<Resolved, ProviderError> {
+    fn lookup(
+        &self,
+        entries: &[(String, SecretValue)],
+        item: &Item,
+    ) -> Result<Resolved, ProviderError> {
         let key = item.reference.as_str();
         if !is_valid_key(key) {
             return Err(ProviderError::new(
@@ -364,10 +380,16 @@ impl DotenvProvider {
 }
 
 impl Provider for DotenvProvider {
-    fn resolve<'a>(&'a self, items: &'a [Item]) -> BoxFuture<'a, Vec<Result<Resolved, ProviderError>>> {
+    fn resolve<'a>(
+        &'a self,
+        items: &'a [Item],
+    ) -> BoxFuture<'a, Vec<Result<Resolved, ProviderError>>> {
         Box::pin(async move {
             match self.load() {
-                Ok(entries) => items.iter().map(|item| self.lookup(&entries, item)).collect(),
+                Ok(entries) => items
+                    .iter()
+                    .map(|item| self.lookup(&entries, item))
+                    .collect(),
                 Err(e) => items.iter().map(|_| Err(e.clone())).collect(),
             }
         })
@@ -419,7 +441,8 @@ mod tests {
 
     #[test]
     fn basic_lines_comments_and_blanks() {
-        let m = map("# comment\n\nA=1\n  # indented comment\nB = two\nexport C=3\n\texport\tD = 4 \n");
+        let m =
+            map("# comment\n\nA=1\n  # indented comment\nB = two\nexport C=3\n\texport\tD = 4 \n");
         assert_eq!(
             m,
             vec![
@@ -441,7 +464,10 @@ mod tests {
         assert_eq!(one("A=  spaced  out  "), "spaced  out");
         assert_eq!(one("A=it's \"fine\""), "it's \"fine\"");
         assert_eq!(one("A="), "");
-        assert_eq!(map("A=\nB=x"), vec![("A".into(), "".into()), ("B".into(), "x".into())]);
+        assert_eq!(
+            map("A=\nB=x"),
+            vec![("A".into(), "".into()), ("B".into(), "x".into())]
+        );
     }
 
     #[test]
@@ -457,9 +483,15 @@ mod tests {
     #[test]
     fn double_quotes_process_escapes() {
         assert_eq!(one(r#"A="a\nb\rc\td\\e\"f\$g""#), "a\nb\rc\td\\e\"f$g");
-        assert_eq!(one(r#"A="unknown \q \u00e9 kept""#), r"unknown \q \u00e9 kept");
+        assert_eq!(
+            one(r#"A="unknown \q \u00e9 kept""#),
+            r"unknown \q \u00e9 kept"
+        );
         assert_eq!(one("A=\"line1\nline2\""), "line1\nline2");
-        assert_eq!(one(r#"A="$HOME ${HOME} not expanded""#), "$HOME ${HOME} not expanded");
+        assert_eq!(
+            one(r#"A="$HOME ${HOME} not expanded""#),
+            "$HOME ${HOME} not expanded"
+        );
         assert_eq!(one(r#"A="""#), "");
         assert_eq!(one(r#"A="ends with backslash\\""#), "ends with backslash\\");
     }
@@ -480,7 +512,10 @@ mod tests {
     fn line_numbers_follow_multiline_values() {
         let e = err("A=\"x\ny\"\nB='z\n\nC=1\n");
         assert_eq!(e.line, 3);
-        assert!(e.message.contains("`B`") && e.message.contains("single quote"), "{e}");
+        assert!(
+            e.message.contains("`B`") && e.message.contains("single quote"),
+            "{e}"
+        );
         let e = err("A=1\r\nB=\"open\r\n");
         assert_eq!(e.line, 2);
         assert!(e.message.contains("double quote"));
@@ -558,7 +593,9 @@ mod tests {
         // Many lines, none of them panicking.
         let many: String = (0..5000).map(|i| format!("K{i}=v{i}\n")).collect();
         assert_eq!(parse(&many).unwrap().len(), 5000);
-        for junk in ["=", "==", "\"", "'", "A=\"\\", "export =", "\r", "A\r=1", "#\n=", "A='", "\u{0}"] {
+        for junk in [
+            "=", "==", "\"", "'", "A=\"\\", "export =", "\r", "A\r=1", "#\n=", "A='", "\u{0}",
+        ] {
             let _ = parse(junk);
         }
     }

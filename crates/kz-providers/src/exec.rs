@@ -109,7 +109,10 @@ impl ExecProvider {
         };
         let (_, output) = tokio::join!(feed, child.wait_with_output());
         let output = output.map_err(|e| {
-            ProviderError::new(ErrorKind::Backend, format!("{}: cannot read the plugin's output: {e}", self.who()))
+            ProviderError::new(
+                ErrorKind::Backend,
+                format!("{}: cannot read the plugin's output: {e}", self.who()),
+            )
         })?;
         Ok(RunOutput {
             status: output.status,
@@ -128,16 +131,26 @@ impl ExecProvider {
         match e.kind() {
             std::io::ErrorKind::NotFound => {
                 let help = if self.name().contains('/') {
-                    format!("check that {shown} exists (relative paths are taken from the project directory)")
+                    format!(
+                        "check that {shown} exists (relative paths are taken from the project directory)"
+                    )
                 } else {
-                    format!("install `{}` or put it on PATH, or give its path in `command`", self.name())
+                    format!(
+                        "install `{}` or put it on PATH, or give its path in `command`",
+                        self.name()
+                    )
                 };
-                ProviderError::new(ErrorKind::Config, format!("cannot run {}: program not found", self.who())).help(help)
+                ProviderError::new(
+                    ErrorKind::Config,
+                    format!("cannot run {}: program not found", self.who()),
+                )
+                .help(help)
             }
-            std::io::ErrorKind::PermissionDenied => {
-                ProviderError::new(ErrorKind::Config, format!("cannot run {}: permission denied", self.who()))
-                    .help(format!("make it executable: chmod +x {shown}"))
-            }
+            std::io::ErrorKind::PermissionDenied => ProviderError::new(
+                ErrorKind::Config,
+                format!("cannot run {}: permission denied", self.who()),
+            )
+            .help(format!("make it executable: chmod +x {shown}")),
             _ => ProviderError::new(ErrorKind::Config, format!("cannot run {}: {e}", self.who())),
         }
     }
@@ -174,7 +187,10 @@ impl ExecProvider {
         )
     }
 
-    async fn resolve_batch(&self, items: &[Item]) -> Result<Vec<Result<Resolved, ProviderError>>, ProviderError> {
+    async fn resolve_batch(
+        &self,
+        items: &[Item],
+    ) -> Result<Vec<Result<Resolved, ProviderError>>, ProviderError> {
         let request = serde_json::json!({
             "v": PROTOCOL_VERSION,
             "op": "resolve",
@@ -184,14 +200,23 @@ impl ExecProvider {
                 "params": params_object(&i.params),
             })).collect::<Vec<_>>(),
         });
-        let input = serde_json::to_vec(&request)
-            .map_err(|e| ProviderError::new(ErrorKind::Backend, format!("cannot encode the request: {e}")))?;
+        let input = serde_json::to_vec(&request).map_err(|e| {
+            ProviderError::new(
+                ErrorKind::Backend,
+                format!("cannot encode the request: {e}"),
+            )
+        })?;
         let out = self.run(Zeroizing::new(input)).await?;
         let answer = parse_resolve(&out.stdout, items.len());
 
         let mut secrets = stdout_candidates(&out.stdout);
         if let Ok(Answer::Results(results)) = &answer {
-            secrets.extend(results.values().filter_map(|r| r.value.as_ref()).map(|v| v.0.as_bytes()));
+            secrets.extend(
+                results
+                    .values()
+                    .filter_map(|r| r.value.as_ref())
+                    .map(|v| v.0.as_bytes()),
+            );
         }
         self.show_stderr(&out.stderr, &secrets);
         if !out.status.success() {
@@ -219,18 +244,37 @@ impl ExecProvider {
         }
     }
 
-    fn item_result(&self, item: &Item, r: &ItemAnswer, secrets: &[&[u8]]) -> Result<Resolved, ProviderError> {
+    fn item_result(
+        &self,
+        item: &Item,
+        r: &ItemAnswer,
+        secrets: &[&[u8]],
+    ) -> Result<Resolved, ProviderError> {
         if r.error.is_some() || r.not_found {
-            return Err(self.plugin_error(r.error.as_deref().unwrap_or(""), r.not_found, Some(item), secrets));
+            return Err(self.plugin_error(
+                r.error.as_deref().unwrap_or(""),
+                r.not_found,
+                Some(item),
+                secrets,
+            ));
         }
         match &r.value {
             Some(v) => Ok(Resolved::Single(SecretValue::from_str_copy(&v.0))),
-            None => Err(self.malformed(&format!("the result for `{}` has neither `value` nor `error`", item.name))),
+            None => Err(self.malformed(&format!(
+                "the result for `{}` has neither `value` nor `error`",
+                item.name
+            ))),
         }
     }
 
     /// An error the plugin reported (masked; `not_found` decides the kind).
-    fn plugin_error(&self, error: &str, not_found: bool, item: Option<&Item>, secrets: &[&[u8]]) -> ProviderError {
+    fn plugin_error(
+        &self,
+        error: &str,
+        not_found: bool,
+        item: Option<&Item>,
+        secrets: &[&[u8]],
+    ) -> ProviderError {
         let said = quote(error.as_bytes(), secrets);
         let subject = match item {
             Some(i) => format!("`{}`", i.reference),
@@ -242,9 +286,13 @@ impl ExecProvider {
             } else {
                 format!("{} says {subject} does not exist: {said}", self.who())
             };
-            ProviderError::not_found(message).help("check the reference, or create the secret in the plugin's backend")
+            ProviderError::not_found(message)
+                .help("check the reference, or create the secret in the plugin's backend")
         } else {
-            ProviderError::new(ErrorKind::Backend, format!("{} failed for {subject}: {said}", self.who()))
+            ProviderError::new(
+                ErrorKind::Backend,
+                format!("{} failed for {subject}: {said}", self.who()),
+            )
         }
     }
 
@@ -263,14 +311,27 @@ impl ExecProvider {
         self.show_stderr(&out.stderr, &secrets);
 
         let answer = serde_json::from_slice::<WriteAnswer>(&out.stdout).ok();
-        if let Some(WriteAnswer { error: Some(error), .. }) = &answer {
+        if let Some(WriteAnswer {
+            error: Some(error), ..
+        }) = &answer
+        {
             if error == "unsupported" {
-                return Err(ProviderError::new(ErrorKind::Unsupported, format!("{} does not support writes", self.who()))
-                    .help("store this secret with another provider, or teach the plugin the `write` op"));
+                return Err(ProviderError::new(
+                    ErrorKind::Unsupported,
+                    format!("{} does not support writes", self.who()),
+                )
+                .help(
+                    "store this secret with another provider, or teach the plugin the `write` op",
+                ));
             }
             return Err(ProviderError::new(
                 ErrorKind::Backend,
-                format!("{} could not store `{}`: {}", self.who(), item.reference, quote(error.as_bytes(), &secrets)),
+                format!(
+                    "{} could not store `{}`: {}",
+                    self.who(),
+                    item.reference,
+                    quote(error.as_bytes(), &secrets)
+                ),
             ));
         }
         if !out.status.success() {
@@ -284,7 +345,10 @@ impl ExecProvider {
 }
 
 impl Provider for ExecProvider {
-    fn resolve<'a>(&'a self, items: &'a [Item]) -> BoxFuture<'a, Vec<Result<Resolved, ProviderError>>> {
+    fn resolve<'a>(
+        &'a self,
+        items: &'a [Item],
+    ) -> BoxFuture<'a, Vec<Result<Resolved, ProviderError>>> {
         Box::pin(async move {
             match self.resolve_batch(items).await {
                 Ok(results) => results,
@@ -293,7 +357,11 @@ impl Provider for ExecProvider {
         })
     }
 
-    fn write<'a>(&'a self, item: &'a Item, value: &'a SecretValue) -> BoxFuture<'a, Result<(), ProviderError>> {
+    fn write<'a>(
+        &'a self,
+        item: &'a Item,
+        value: &'a SecretValue,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
         Box::pin(self.write_value(item, value))
     }
 
@@ -307,7 +375,10 @@ impl Provider for ExecProvider {
             type_name: "exec",
             details: vec![
                 ("program".into(), self.program.display().to_string()),
-                ("arguments".into(), self.argv.len().saturating_sub(1).to_string()),
+                (
+                    "arguments".into(),
+                    self.argv.len().saturating_sub(1).to_string(),
+                ),
             ],
         }
     }
@@ -402,7 +473,12 @@ fn parse_resolve(stdout: &[u8], items: usize) -> Result<Answer, &'static str> {
 
 /// The write request, built in one pre-sized zeroizing buffer (it holds the value).
 fn write_request(item: &Item, value: &str) -> Result<Zeroizing<Vec<u8>>, ProviderError> {
-    let encode = |e: serde_json::Error| ProviderError::new(ErrorKind::Backend, format!("cannot encode the request: {e}"));
+    let encode = |e: serde_json::Error| {
+        ProviderError::new(
+            ErrorKind::Backend,
+            format!("cannot encode the request: {e}"),
+        )
+    };
     let head = serde_json::to_vec(&serde_json::json!({
         "v": PROTOCOL_VERSION,
         "op": "write",
@@ -412,7 +488,10 @@ fn write_request(item: &Item, value: &str) -> Result<Zeroizing<Vec<u8>>, Provide
     }))
     .map_err(encode)?;
     let Some(head) = head.strip_suffix(b"}") else {
-        return Err(ProviderError::new(ErrorKind::Backend, "cannot encode the request"));
+        return Err(ProviderError::new(
+            ErrorKind::Backend,
+            "cannot encode the request",
+        ));
     };
     // JSON escaping at most sextuples a byte (`\u00XX`): reserve enough that the buffer never
     // reallocates and leaves a copy of the value behind.
@@ -451,8 +530,14 @@ fn stdout_candidates(stdout: &[u8]) -> Vec<&[u8]> {
 }
 
 fn trim(bytes: &[u8]) -> &[u8] {
-    let start = bytes.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(bytes.len());
-    let end = bytes.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |i| i + 1);
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |i| i + 1);
     bytes.get(start..end).unwrap_or_default()
 }
 
@@ -532,32 +617,58 @@ mod tests {
 
     #[test]
     fn mask_replaces_longest_first() {
-        let out = mask(b"a secret and secret-long here", &[b"secret", b"secret-long"]);
+        let out = mask(
+            b"a secret and secret-long here",
+            &[b"secret", b"secret-long"],
+        );
         assert_eq!(String::from_utf8(out).unwrap(), "a **** and **** here");
         assert_eq!(mask(b"abc", &[b""]), b"abc");
         assert_eq!(mask(b"", &[b"x"]), b"");
-        assert_eq!(mask("é secret é".as_bytes(), &[b"secret"]), "é **** é".as_bytes());
+        assert_eq!(
+            mask("é secret é".as_bytes(), &[b"secret"]),
+            "é **** é".as_bytes()
+        );
     }
 
     #[test]
     fn stderr_is_prefixed_and_masked() {
-        let lines = stderr_lines("bw", b"debug: got kz-canary-5d1e7b\nok\n", &[b"kz-canary-5d1e7b"]);
-        assert_eq!(lines, vec!["kz: exec bw: debug: got ****", "kz: exec bw: ok"]);
-        let lines = stderr_lines("bw", b"x kz-canary-5d1e7b\n", &stdout_candidates(b"kz-canary-5d1e7b\n"));
+        let lines = stderr_lines(
+            "bw",
+            b"debug: got kz-canary-5d1e7b\nok\n",
+            &[b"kz-canary-5d1e7b"],
+        );
+        assert_eq!(
+            lines,
+            vec!["kz: exec bw: debug: got ****", "kz: exec bw: ok"]
+        );
+        let lines = stderr_lines(
+            "bw",
+            b"x kz-canary-5d1e7b\n",
+            &stdout_candidates(b"kz-canary-5d1e7b\n"),
+        );
         assert_eq!(lines, vec!["kz: exec bw: x ****"]);
     }
 
     #[test]
     fn plain_answers_strip_one_newline() {
-        let Ok(Answer::Plain(v)) = parse_resolve(b"value\n\n", 1) else { panic!() };
+        let Ok(Answer::Plain(v)) = parse_resolve(b"value\n\n", 1) else {
+            panic!()
+        };
         assert_eq!(v.expose_str(), Some("value\n"));
-        let Ok(Answer::Plain(v)) = parse_resolve(b"v\r\n", 1) else { panic!() };
+        let Ok(Answer::Plain(v)) = parse_resolve(b"v\r\n", 1) else {
+            panic!()
+        };
         assert_eq!(v.expose_str(), Some("v"));
-        let Ok(Answer::Plain(v)) = parse_resolve(br#"{"user":"u"}"#, 1) else { panic!() };
+        let Ok(Answer::Plain(v)) = parse_resolve(br#"{"user":"u"}"#, 1) else {
+            panic!()
+        };
         assert_eq!(v.expose_str(), Some(r#"{"user":"u"}"#));
         assert!(parse_resolve(b"value", 2).is_err());
         assert!(parse_resolve(br#"{"results":[]}"#, 1).is_err());
-        assert!(matches!(parse_resolve(br#"{"error":"x"}"#, 2), Ok(Answer::BatchError { .. })));
+        assert!(matches!(
+            parse_resolve(br#"{"error":"x"}"#, 2),
+            Ok(Answer::BatchError { .. })
+        ));
     }
 
     #[test]

@@ -142,8 +142,10 @@ impl LocalProvider {
             ProviderError::new(ErrorKind::Config, format!("the identity record `{}` is malformed", path.display()))
                 .help("restore it from a backup")
         })?;
-        if let Some(opt) = &self.identity_option {
-            if *opt != meta.identity {
+        if let Some(opt) = &self.identity_option
+            && *opt != meta.identity
+        {
+            {
                 return Err(ProviderError::new(
                     ErrorKind::Config,
                     format!(

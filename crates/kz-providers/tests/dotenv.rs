@@ -1,4 +1,7 @@
 //! The `dotenv` provider against real files.
+// Test helpers may unwrap and panic: a panic here is a failed assertion (clippy.toml's
+// `allow-*-in-tests` covers `#[test]` functions only, not their helpers).
+#![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::path::Path;
 use std::sync::Arc;
@@ -33,7 +36,9 @@ fn instance(dir: &Path, toml: &str, name: &str) -> ProviderInstance {
         global_file: None,
         getenv: &|_| None,
     });
-    let config = loaded.config.unwrap_or_else(|| panic!("{:?}", loaded.diagnostics));
+    let config = loaded
+        .config
+        .unwrap_or_else(|| panic!("{:?}", loaded.diagnostics));
     config.provider(name).unwrap().clone()
 }
 
@@ -47,7 +52,10 @@ fn item(key: &str) -> Item {
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn resolve(p: &dyn Provider, keys: &[&str]) -> Vec<Result<Resolved, ProviderError>> {
@@ -88,7 +96,11 @@ MULTI=\"line1\\nline2\"
 fn resolves_a_batch_in_order_from_the_default_path() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join(".env"), ENV_FILE).unwrap();
-    let p = DotenvProvider::new(&instance(dir.path(), "[providers.dotenv]\n", "dotenv"), &ctx(dir.path())).unwrap();
+    let p = DotenvProvider::new(
+        &instance(dir.path(), "[providers.dotenv]\n", "dotenv"),
+        &ctx(dir.path()),
+    )
+    .unwrap();
     assert!(p.max_batch() >= 1000);
     assert!(!p.handles_field());
 
@@ -101,7 +113,10 @@ fn resolves_a_batch_in_order_from_the_default_path() {
     let mut out = out;
     let e = error(out.remove(2));
     assert_eq!(e.kind, ErrorKind::NotFound);
-    assert!(e.message.contains("`NOPE`") && e.message.contains(".env"), "{e}");
+    assert!(
+        e.message.contains("`NOPE`") && e.message.contains(".env"),
+        "{e}"
+    );
     assert!(e.help.unwrap().contains("NOPE="));
 }
 
@@ -110,13 +125,21 @@ fn path_option_is_relative_to_the_config_file() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("conf")).unwrap();
     std::fs::write(dir.path().join("conf/app.env"), "A=from-conf\n").unwrap();
-    let inst = instance(dir.path(), "[providers.files]\ntype = \"env_file\"\npath = \"conf/app.env\"\n", "files");
+    let inst = instance(
+        dir.path(),
+        "[providers.files]\ntype = \"env_file\"\npath = \"conf/app.env\"\n",
+        "files",
+    );
     let p = DotenvProvider::new(&inst, &ctx(dir.path())).unwrap();
     assert_eq!(value(&resolve(&p, &["A"])[0]), "from-conf");
     let d = p.describe();
     assert_eq!(d.type_name, "dotenv");
     assert_eq!(d.instance, "files");
-    assert!(d.details.iter().any(|(k, v)| k == "path" && v.ends_with("conf/app.env")));
+    assert!(
+        d.details
+            .iter()
+            .any(|(k, v)| k == "path" && v.ends_with("conf/app.env"))
+    );
 }
 
 #[test]
@@ -124,7 +147,11 @@ fn the_file_is_read_again_on_every_resolve() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join(".env");
     std::fs::write(&file, "A=1\n").unwrap();
-    let p = DotenvProvider::new(&instance(dir.path(), "[providers.dotenv]\n", "dotenv"), &ctx(dir.path())).unwrap();
+    let p = DotenvProvider::new(
+        &instance(dir.path(), "[providers.dotenv]\n", "dotenv"),
+        &ctx(dir.path()),
+    )
+    .unwrap();
     assert_eq!(value(&resolve(&p, &["A"])[0]), "1");
     std::fs::write(&file, "A=2\n").unwrap();
     assert_eq!(value(&resolve(&p, &["A"])[0]), "2");
@@ -133,12 +160,19 @@ fn the_file_is_read_again_on_every_resolve() {
 #[test]
 fn a_missing_file_is_a_config_error_naming_the_path() {
     let dir = tempfile::tempdir().unwrap();
-    let inst = instance(dir.path(), "[providers.dotenv]\npath = \"missing.env\"\n", "dotenv");
+    let inst = instance(
+        dir.path(),
+        "[providers.dotenv]\npath = \"missing.env\"\n",
+        "dotenv",
+    );
     let p = DotenvProvider::new(&inst, &ctx(dir.path())).unwrap();
     let mut out = resolve(&p, &["A", "B"]);
     let e = error(out.remove(0));
     assert_eq!(e.kind, ErrorKind::Config);
-    assert!(e.message.contains("missing.env") && e.message.contains("does not exist"), "{e}");
+    assert!(
+        e.message.contains("missing.env") && e.message.contains("does not exist"),
+        "{e}"
+    );
     assert!(e.help.as_deref().unwrap().contains("create"));
     assert_eq!(error(out.remove(0)).kind, ErrorKind::Config);
     let e = rt().block_on(p.check()).unwrap_err();
@@ -153,7 +187,11 @@ fn a_syntax_error_names_file_and_line_but_no_value() {
         format!("A=1\nB=2\nTOKEN=\"{CANARY}\n{CANARY}\n"),
     )
     .unwrap();
-    let p = DotenvProvider::new(&instance(dir.path(), "[providers.dotenv]\n", "dotenv"), &ctx(dir.path())).unwrap();
+    let p = DotenvProvider::new(
+        &instance(dir.path(), "[providers.dotenv]\n", "dotenv"),
+        &ctx(dir.path()),
+    )
+    .unwrap();
     let e = error(resolve(&p, &["A"]).remove(0));
     assert_eq!(e.kind, ErrorKind::Config);
     assert!(e.message.contains(".env:3:"), "{e}");
@@ -170,7 +208,11 @@ fn a_file_that_is_not_utf8_is_a_config_error() {
     let mut bytes = format!("A={CANARY}").into_bytes();
     bytes.push(0xff);
     std::fs::write(dir.path().join(".env"), bytes).unwrap();
-    let p = DotenvProvider::new(&instance(dir.path(), "[providers.dotenv]\n", "dotenv"), &ctx(dir.path())).unwrap();
+    let p = DotenvProvider::new(
+        &instance(dir.path(), "[providers.dotenv]\n", "dotenv"),
+        &ctx(dir.path()),
+    )
+    .unwrap();
     let e = error(resolve(&p, &["A"]).remove(0));
     assert_eq!(e.kind, ErrorKind::Config);
     assert!(e.message.contains("UTF-8"));
@@ -180,7 +222,11 @@ fn a_file_that_is_not_utf8_is_a_config_error() {
 fn a_reference_that_is_not_a_key_is_rejected() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join(".env"), "A=1\n").unwrap();
-    let p = DotenvProvider::new(&instance(dir.path(), "[providers.dotenv]\n", "dotenv"), &ctx(dir.path())).unwrap();
+    let p = DotenvProvider::new(
+        &instance(dir.path(), "[providers.dotenv]\n", "dotenv"),
+        &ctx(dir.path()),
+    )
+    .unwrap();
     let e = error(resolve(&p, &["has space"]).remove(0));
     assert_eq!(e.kind, ErrorKind::BadReference);
 }
@@ -188,8 +234,14 @@ fn a_reference_that_is_not_a_key_is_rejected() {
 #[test]
 fn writes_are_unsupported() {
     let dir = tempfile::tempdir().unwrap();
-    let p = DotenvProvider::new(&instance(dir.path(), "[providers.dotenv]\n", "dotenv"), &ctx(dir.path())).unwrap();
-    let e = rt().block_on(p.write(&item("A"), &SecretValue::from_str_copy(CANARY))).unwrap_err();
+    let p = DotenvProvider::new(
+        &instance(dir.path(), "[providers.dotenv]\n", "dotenv"),
+        &ctx(dir.path()),
+    )
+    .unwrap();
+    let e = rt()
+        .block_on(p.write(&item("A"), &SecretValue::from_str_copy(CANARY)))
+        .unwrap_err();
     assert_no_canary(&e);
     assert_eq!(e.kind, ErrorKind::Unsupported);
 }
@@ -198,7 +250,11 @@ fn writes_are_unsupported() {
 fn build_dispatches_to_dotenv() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join(".env"), "A=x\n").unwrap();
-    let p = kz_providers::build(&instance(dir.path(), "[providers.dotenv]\n", "dotenv"), &ctx(dir.path())).unwrap();
+    let p = kz_providers::build(
+        &instance(dir.path(), "[providers.dotenv]\n", "dotenv"),
+        &ctx(dir.path()),
+    )
+    .unwrap();
     assert_eq!(value(&resolve(p.as_ref(), &["A"])[0]), "x");
     rt().block_on(p.check()).unwrap();
 }

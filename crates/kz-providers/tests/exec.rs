@@ -1,4 +1,7 @@
 //! The `exec` provider against real plugin scripts (python3 and bash).
+// Test helpers may unwrap and panic: a panic here is a failed assertion (clippy.toml's
+// `allow-*-in-tests` covers `#[test]` functions only, not their helpers).
+#![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -20,7 +23,10 @@ fn require(tool: &str, package: &str) {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    assert!(found, "`{tool}` is needed by these tests: install it (apt-get install {package})");
+    assert!(
+        found,
+        "`{tool}` is needed by these tests: install it (apt-get install {package})"
+    );
 }
 
 struct Project {
@@ -65,7 +71,10 @@ impl Project {
 
     fn instance(&self, command: &[&str]) -> ProviderInstance {
         let argv: Vec<String> = command.iter().map(|a| format!("{a:?}")).collect();
-        let toml = format!("[providers.plug]\ntype = \"exec\"\ncommand = [{}]\n", argv.join(", "));
+        let toml = format!(
+            "[providers.plug]\ntype = \"exec\"\ncommand = [{}]\n",
+            argv.join(", ")
+        );
         std::fs::write(self.path().join(".keyzero.toml"), toml).unwrap();
         let loaded = load(&LoadRequest {
             start_dir: self.path(),
@@ -74,7 +83,9 @@ impl Project {
             global_file: None,
             getenv: &|_| None,
         });
-        let config = loaded.config.unwrap_or_else(|| panic!("{:?}", loaded.diagnostics));
+        let config = loaded
+            .config
+            .unwrap_or_else(|| panic!("{:?}", loaded.diagnostics));
         config.provider("plug").unwrap().clone()
     }
 
@@ -93,7 +104,10 @@ fn item(name: &str, reference: &str) -> Item {
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn resolve(p: &dyn Provider, items: &[Item]) -> Vec<Result<Resolved, ProviderError>> {
@@ -152,7 +166,11 @@ fn a_batch_is_one_invocation_in_order() {
     p.script("batch.py", BATCH_PLUGIN);
     let counter = p.path().join("calls");
     let request = p.path().join("request.json");
-    let prov = p.provider(&["./plugins/batch.py", counter.to_str().unwrap(), request.to_str().unwrap()]);
+    let prov = p.provider(&[
+        "./plugins/batch.py",
+        counter.to_str().unwrap(),
+        request.to_str().unwrap(),
+    ]);
     assert_eq!(prov.max_batch(), 256);
     assert!(!prov.handles_field());
 
@@ -161,9 +179,13 @@ fn a_batch_is_one_invocation_in_order() {
     assert_eq!(value(&out[0]), "value-of-a/1");
     assert_eq!(value(&out[1]), "value-of-b/2");
     assert_eq!(value(&out[2]), "value-of-c/3");
-    assert_eq!(std::fs::read_to_string(&counter).unwrap().lines().count(), 1);
+    assert_eq!(
+        std::fs::read_to_string(&counter).unwrap().lines().count(),
+        1
+    );
 
-    let req: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&request).unwrap()).unwrap();
+    let req: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&request).unwrap()).unwrap();
     assert_eq!(req["v"], 1);
     assert_eq!(req["op"], "resolve");
     assert_eq!(req["items"][1]["id"], "B");
@@ -177,7 +199,11 @@ fn params_are_passed_through() {
     p.script("batch.py", BATCH_PLUGIN);
     let counter = p.path().join("calls");
     let request = p.path().join("request.json");
-    let prov = p.provider(&["plugins/batch.py", counter.to_str().unwrap(), request.to_str().unwrap()]);
+    let prov = p.provider(&[
+        "plugins/batch.py",
+        counter.to_str().unwrap(),
+        request.to_str().unwrap(),
+    ]);
     let mut it = item("A", "params");
     it.params = vec![("vault".into(), "Private".into()), ("n".into(), "3".into())];
     let out = resolve(&prov, &[it]);
@@ -190,17 +216,32 @@ fn not_found_errors_and_missing_ids_map_per_item() {
     p.script("batch.py", BATCH_PLUGIN);
     let counter = p.path().join("calls");
     let request = p.path().join("request.json");
-    let prov = p.provider(&["./plugins/batch.py", counter.to_str().unwrap(), request.to_str().unwrap()]);
-    let items = [item("A", "missing"), item("B", "ok"), item("C", "broken"), item("D", "skip")];
+    let prov = p.provider(&[
+        "./plugins/batch.py",
+        counter.to_str().unwrap(),
+        request.to_str().unwrap(),
+    ]);
+    let items = [
+        item("A", "missing"),
+        item("B", "ok"),
+        item("C", "broken"),
+        item("D", "skip"),
+    ];
     let out = resolve(&prov, &items);
 
     let e = error(&out[0]);
     assert_eq!(e.kind, ErrorKind::NotFound);
-    assert!(e.message.contains("`missing`") && e.message.contains("no such item"), "{e}");
+    assert!(
+        e.message.contains("`missing`") && e.message.contains("no such item"),
+        "{e}"
+    );
     assert_eq!(value(&out[1]), "value-of-ok");
     let e = error(&out[2]);
     assert_eq!(e.kind, ErrorKind::Backend);
-    assert!(e.message.contains("backend exploded") && e.message.contains("./plugins/batch.py"), "{e}");
+    assert!(
+        e.message.contains("backend exploded") && e.message.contains("./plugins/batch.py"),
+        "{e}"
+    );
     let e = error(&out[3]);
     assert_eq!(e.kind, ErrorKind::Backend);
     assert!(e.message.contains("no result for `D`"), "{e}");
@@ -209,7 +250,10 @@ fn not_found_errors_and_missing_ids_map_per_item() {
 #[test]
 fn a_single_item_may_be_answered_with_a_plain_value() {
     let p = Project::new();
-    p.script("plain.sh", "#!/bin/bash\ncat >/dev/null\nprintf 'plain value\\n\\n'\n");
+    p.script(
+        "plain.sh",
+        "#!/bin/bash\ncat >/dev/null\nprintf 'plain value\\n\\n'\n",
+    );
     let prov = p.provider(&["./plugins/plain.sh"]);
     let out = resolve(&prov, &[item("A", "x")]);
     // Exactly one trailing newline is removed.
@@ -221,9 +265,15 @@ fn a_single_item_may_be_answered_with_a_plain_value() {
     assert_eq!(value(&resolve(&prov, &[item("A", "x")])[0]), "v");
 
     // JSON that is not a protocol answer is a plain value.
-    p.script("json.sh", "#!/bin/bash\ncat >/dev/null\necho '{\"user\":\"u\",\"password\":\"p\"}'\n");
+    p.script(
+        "json.sh",
+        "#!/bin/bash\ncat >/dev/null\necho '{\"user\":\"u\",\"password\":\"p\"}'\n",
+    );
     let prov = p.provider(&["./plugins/json.sh"]);
-    assert_eq!(value(&resolve(&prov, &[item("A", "x")])[0]), r#"{"user":"u","password":"p"}"#);
+    assert_eq!(
+        value(&resolve(&prov, &[item("A", "x")])[0]),
+        r#"{"user":"u","password":"p"}"#
+    );
 
     // ... but not for two items.
     let out = resolve(&prov, &[item("A", "x"), item("B", "y")]);
@@ -243,7 +293,10 @@ fn the_program_is_found_on_path_or_relative_to_the_project() {
     // The plugin runs in the project directory.
     let prov = p.provider(&["sh", "-c", "cat >/dev/null; pwd"]);
     let pwd = PathBuf::from(value(&resolve(&prov, &[item("A", "x")])[0]));
-    assert_eq!(pwd.canonicalize().unwrap(), p.path().canonicalize().unwrap());
+    assert_eq!(
+        pwd.canonicalize().unwrap(),
+        p.path().canonicalize().unwrap()
+    );
 
     let prov = p.provider(&["./plugins/does-not-exist"]);
     let e = error(&resolve(&prov, &[item("A", "x")])[0]);
@@ -299,10 +352,14 @@ fn a_non_zero_exit_names_the_program_and_code_and_masks_values() {
     );
     let prov = p.provider(&["./plugins/fail-plain.sh"]);
     let e = error(&resolve(&prov, &[item("A", "x")])[0]);
-    assert!(e.message.contains("status 1") && e.message.contains("cannot finish: ****"), "{e}");
+    assert!(
+        e.message.contains("status 1") && e.message.contains("cannot finish: ****"),
+        "{e}"
+    );
 
     // Verbose mode prints the plugin's stderr (masked) and still fails cleanly.
-    let verbose = ExecProvider::new(&p.instance(&["./plugins/fail-plain.sh"]), &p.ctx(true)).unwrap();
+    let verbose =
+        ExecProvider::new(&p.instance(&["./plugins/fail-plain.sh"]), &p.ctx(true)).unwrap();
     let e = error(&resolve(&verbose, &[item("A", "x")])[0]);
     assert!(e.help.unwrap().contains("above"));
 }
@@ -327,10 +384,22 @@ fn plugin_error_messages_are_masked_with_the_batch_values() {
 fn malformed_output_is_a_backend_error_naming_the_program() {
     let p = Project::new();
     for (name, body) in [
-        ("garbage.sh", "#!/bin/bash\ncat >/dev/null\necho 'this is not json'\n"),
-        ("results-not-map.sh", "#!/bin/bash\ncat >/dev/null\necho '{\"results\": 5}'\n"),
-        ("number-value.sh", "#!/bin/bash\ncat >/dev/null\necho '{\"results\": {\"A\": {\"value\": 5}}}'\n"),
-        ("empty-result.sh", "#!/bin/bash\ncat >/dev/null\necho '{\"results\": {\"A\": {}, \"B\": {}}}'\n"),
+        (
+            "garbage.sh",
+            "#!/bin/bash\ncat >/dev/null\necho 'this is not json'\n",
+        ),
+        (
+            "results-not-map.sh",
+            "#!/bin/bash\ncat >/dev/null\necho '{\"results\": 5}'\n",
+        ),
+        (
+            "number-value.sh",
+            "#!/bin/bash\ncat >/dev/null\necho '{\"results\": {\"A\": {\"value\": 5}}}'\n",
+        ),
+        (
+            "empty-result.sh",
+            "#!/bin/bash\ncat >/dev/null\necho '{\"results\": {\"A\": {}, \"B\": {}}}'\n",
+        ),
     ] {
         p.script(name, body);
         let prov = p.provider(&[&format!("./plugins/{name}")]);
@@ -351,7 +420,10 @@ fn malformed_output_is_a_backend_error_naming_the_program() {
 #[test]
 fn a_batch_wide_error_applies_to_every_item() {
     let p = Project::new();
-    p.script("down.sh", "#!/bin/bash\ncat >/dev/null\necho '{\"error\":\"vault is sealed\"}'\n");
+    p.script(
+        "down.sh",
+        "#!/bin/bash\ncat >/dev/null\necho '{\"error\":\"vault is sealed\"}'\n",
+    );
     let prov = p.provider(&["./plugins/down.sh"]);
     let out = resolve(&prov, &[item("A", "a"), item("B", "b")]);
     for r in &out {
@@ -359,9 +431,15 @@ fn a_batch_wide_error_applies_to_every_item() {
         assert_eq!(e.kind, ErrorKind::Backend);
         assert!(e.message.contains("vault is sealed"), "{e}");
     }
-    p.script("gone.sh", "#!/bin/bash\ncat >/dev/null\necho '{\"error\":\"gone\",\"not_found\":true}'\n");
+    p.script(
+        "gone.sh",
+        "#!/bin/bash\ncat >/dev/null\necho '{\"error\":\"gone\",\"not_found\":true}'\n",
+    );
     let prov = p.provider(&["./plugins/gone.sh"]);
-    assert_eq!(error(&resolve(&prov, &[item("A", "a")])[0]).kind, ErrorKind::NotFound);
+    assert_eq!(
+        error(&resolve(&prov, &[item("A", "a")])[0]).kind,
+        ErrorKind::NotFound
+    );
 }
 
 /// A plugin that stores writes in argv[1] (one JSON line per write).
@@ -397,7 +475,8 @@ fn writes_send_the_value_and_map_answers() {
     let mut it = item("DB", "db/password");
     it.params = vec![("vault".into(), "Team".into())];
     rt.block_on(prov.write(&it, &value)).unwrap();
-    let req: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&log).unwrap().trim()).unwrap();
+    let req: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&log).unwrap().trim()).unwrap();
     assert_eq!(req["v"], 1);
     assert_eq!(req["op"], "write");
     assert_eq!(req["id"], "DB");
@@ -405,26 +484,39 @@ fn writes_send_the_value_and_map_answers() {
     assert_eq!(req["params"]["vault"], "Team");
     assert_eq!(req["value"].as_str().unwrap(), value.expose_str().unwrap());
 
-    let e = rt.block_on(prov.write(&item("A", "ro"), &value)).unwrap_err();
+    let e = rt
+        .block_on(prov.write(&item("A", "ro"), &value))
+        .unwrap_err();
     assert_no_canary(&e);
     assert_eq!(e.kind, ErrorKind::Unsupported);
     assert!(e.message.contains("does not support writes"), "{e}");
 
-    let e = rt.block_on(prov.write(&item("A", "deny"), &value)).unwrap_err();
+    let e = rt
+        .block_on(prov.write(&item("A", "deny"), &value))
+        .unwrap_err();
     assert_no_canary(&e);
     assert_eq!(e.kind, ErrorKind::Backend);
     assert!(e.message.contains("refused to store ****"), "{e}");
 
-    let e = rt.block_on(prov.write(&item("A", "crash"), &value)).unwrap_err();
+    let e = rt
+        .block_on(prov.write(&item("A", "crash"), &value))
+        .unwrap_err();
     assert_no_canary(&e);
     assert_eq!(e.kind, ErrorKind::Backend);
-    assert!(e.message.contains("status 4") && e.message.contains("crashing with ****"), "{e}");
+    assert!(
+        e.message.contains("status 4") && e.message.contains("crashing with ****"),
+        "{e}"
+    );
 
-    let e = rt.block_on(prov.write(&item("A", "silent"), &value)).unwrap_err();
+    let e = rt
+        .block_on(prov.write(&item("A", "silent"), &value))
+        .unwrap_err();
     assert_no_canary(&e);
     assert!(e.message.contains("malformed"), "{e}");
 
-    let e = rt.block_on(prov.write(&item("A", "db"), &SecretValue::from_bytes(vec![0xff, 0x00]))).unwrap_err();
+    let e = rt
+        .block_on(prov.write(&item("A", "db"), &SecretValue::from_bytes(vec![0xff, 0x00])))
+        .unwrap_err();
     assert_eq!(e.kind, ErrorKind::Unsupported);
     assert!(e.help.unwrap().contains("another provider"));
 }
@@ -443,6 +535,13 @@ fn describe_names_the_program_but_not_its_arguments() {
 #[test]
 fn build_dispatches_to_exec() {
     let p = Project::new();
-    let prov = kz_providers::build(&p.instance(&["sh", "-c", "cat >/dev/null; echo built"]), &p.ctx(false)).unwrap();
-    assert_eq!(value(&resolve(prov.as_ref(), &[item("A", "x")])[0]), "built");
+    let prov = kz_providers::build(
+        &p.instance(&["sh", "-c", "cat >/dev/null; echo built"]),
+        &p.ctx(false),
+    )
+    .unwrap();
+    assert_eq!(
+        value(&resolve(prov.as_ref(), &[item("A", "x")])[0]),
+        "built"
+    );
 }

@@ -1,1 +1,16 @@
+//! Integration tests: the real `kz` binary in temporary projects.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+mod util;
+
+mod add_rm;
+mod config;
+mod export;
+mod help;
+mod hook;
+mod import;
+mod leaks;
+mod put;
+mod run;
+mod status;
+mod trust;
