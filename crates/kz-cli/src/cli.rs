@@ -99,25 +99,37 @@ pub enum HookShell {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create a starter .keyzero.toml in this directory
-    #[command(after_help = "Examples:\n  kz init\n  kz init --force      overwrite an existing .keyzero.toml")]
+    #[command(
+        after_help = "Examples:\n  kz init\n  kz init --force      overwrite an existing .keyzero.toml"
+    )]
     Init(InitArgs),
     /// Map an environment variable to a secret reference
-    #[command(after_help = "Examples:\n  kz add DATABASE_URL                                  local store, ref <project>/DATABASE_URL\n  kz add STRIPE_KEY --provider aws --ref sm://prod/stripe --field secret_key\n  kz add OPENAI_API_KEY --ref op://Dev/openai/credential --hosts api.openai.com\n  kz add DATABASE_URL --env production --provider vault --ref secret/data/prod/db")]
+    #[command(
+        after_help = "Examples:\n  kz add DATABASE_URL                                  local store, ref <project>/DATABASE_URL\n  kz add STRIPE_KEY --provider aws --ref sm://prod/stripe --field secret_key\n  kz add OPENAI_API_KEY --ref op://Dev/openai/credential --hosts api.openai.com\n  kz add DATABASE_URL --env production --provider vault --ref secret/data/prod/db"
+    )]
     Add(AddArgs),
     /// Store a secret's value in its provider (hidden prompt or --stdin, never argv)
-    #[command(after_help = "Examples:\n  kz put DATABASE_URL                  hidden prompt\n  printf %s \"$TOKEN\" | kz put API_TOKEN --stdin\n  kz put --missing                     prompt for every secret that is not stored yet")]
+    #[command(
+        after_help = "Examples:\n  kz put DATABASE_URL                  hidden prompt\n  printf %s \"$TOKEN\" | kz put API_TOKEN --stdin\n  kz put --missing                     prompt for every secret that is not stored yet"
+    )]
     Put(PutArgs),
     /// Remove a mapping (and with --purge, the stored value)
     #[command(after_help = "Examples:\n  kz rm OLD_TOKEN\n  kz rm OLD_TOKEN --purge --yes")]
     Rm(RmArgs),
     /// Move a .env file into the store and map every key
-    #[command(after_help = "Examples:\n  kz import                 read .env, store each value in the local store\n  kz import .env.dev --dry-run\n  rm .env                   once `kz run -- env` shows the values")]
+    #[command(
+        after_help = "Examples:\n  kz import                 read .env, store each value in the local store\n  kz import .env.dev --dry-run\n  rm .env                   once `kz run -- env` shows the values"
+    )]
     Import(ImportArgs),
     /// Resolve every secret, then run a command with them in its environment
-    #[command(after_help = "Examples:\n  kz run -- npm start\n  kz run --only DATABASE_URL -- psql\n  kz run --clean-env --keep-env AWS_PROFILE -- ./deploy.sh")]
+    #[command(
+        after_help = "Examples:\n  kz run -- npm start\n  kz run --only DATABASE_URL -- psql\n  kz run --clean-env --keep-env AWS_PROFILE -- ./deploy.sh"
+    )]
     Run(RunArgs),
     /// Print the resolved secrets (shell, dotenv or JSON)
-    #[command(after_help = "Examples:\n  eval \"$(kz export)\"\n  kz export --shell fish | source\n  kz export --format env --output .env.runtime    (refused unless git ignores it)\n  kz export --format json --only API_KEY")]
+    #[command(
+        after_help = "Examples:\n  eval \"$(kz export)\"\n  kz export --shell fish | source\n  kz export --format env --output .env.runtime    (refused unless git ignores it)\n  kz export --format json --only API_KEY"
+    )]
     Export(ExportArgs),
     /// Resolve every secret and report which work (never any part of a value)
     #[command(after_help = "Examples:\n  kz status\n  kz status --format json --only DATABASE_URL")]
@@ -126,10 +138,15 @@ pub enum Command {
     #[command(after_help = "Examples:\n  kz validate\n  kz validate --format json")]
     Validate(ReportArgs),
     /// List the mappings of the active environment without resolving them
-    #[command(visible_alias = "ls", after_help = "Examples:\n  kz list\n  kz list --env production --format json")]
+    #[command(
+        visible_alias = "ls",
+        after_help = "Examples:\n  kz list\n  kz list --env production --format json"
+    )]
     List(ReportArgs),
     /// Print the shell integration that loads secrets on entering a project
-    #[command(after_help = "Examples:\n  eval \"$(kz hook --shell zsh)\"      in ~/.zshrc\n  eval \"$(kz hook --shell bash)\"     in ~/.bashrc\n  kz hook --shell fish | source       in ~/.config/fish/config.fish")]
+    #[command(
+        after_help = "Examples:\n  eval \"$(kz hook --shell zsh)\"      in ~/.zshrc\n  eval \"$(kz hook --shell bash)\"     in ~/.bashrc\n  kz hook --shell fish | source       in ~/.config/fish/config.fish"
+    )]
     Hook(HookArgs),
     /// Trust this project's configuration (shell hook, program and server options)
     Allow,
@@ -138,7 +155,9 @@ pub enum Command {
     /// Check the environment: config, providers, tools, blind mode and isolation support
     Doctor,
     /// Print a completion script
-    #[command(after_help = "Examples:\n  kz completions bash > ~/.local/share/bash-completion/completions/kz\n  kz completions zsh > \"${fpath[1]}/_kz\"\n  kz completions fish > ~/.config/fish/completions/kz.fish")]
+    #[command(
+        after_help = "Examples:\n  kz completions bash > ~/.local/share/bash-completion/completions/kz\n  kz completions zsh > \"${fpath[1]}/_kz\"\n  kz completions fish > ~/.config/fish/completions/kz.fish"
+    )]
     Completions(CompletionsArgs),
     /// (internal) the shell hook's per-prompt check
     #[command(name = "__hook-env", hide = true)]
@@ -245,10 +264,20 @@ pub struct RunArgs {
     #[arg(long)]
     pub clean_env: bool,
     /// With --clean-env: also pass these variables (comma-separated)
-    #[arg(long, value_delimiter = ',', value_name = "NAMES", requires = "clean_env")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "NAMES",
+        requires = "clean_env"
+    )]
     pub keep_env: Vec<String>,
     /// The command and its arguments
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
     pub command: Vec<OsString>,
 }
 

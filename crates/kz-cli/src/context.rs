@@ -2,10 +2,10 @@
 //! instances and resolution (with a spinner on slow backends).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::future::Future;
 use std::time::Duration;
 
 use kz_config::{Config, Diagnostic, Discovered, LoadRequest, ProviderInstance, SecretEntry};
@@ -33,7 +33,12 @@ pub struct Paths {
 impl Paths {
     /// Reads them from the environment.
     pub fn from_env() -> Self {
-        let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from).filter(|p| p.is_absolute());
+        let var = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+        };
         let home = var("HOME");
         let base = home.clone().unwrap_or_else(|| PathBuf::from("/"));
         Self {
@@ -88,10 +93,11 @@ impl Ctx {
 
     /// `--config`, else `KEYZERO_CONFIG`.
     pub fn config_file(&self) -> Option<PathBuf> {
-        self.global
-            .config
-            .clone()
-            .or_else(|| std::env::var_os("KEYZERO_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from))
+        self.global.config.clone().or_else(|| {
+            std::env::var_os("KEYZERO_CONFIG")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
     }
 
     /// Loads the configuration; errors and warnings are printed, errors fail the command.
@@ -136,10 +142,20 @@ impl Ctx {
 
     /// Refuses provider instances whose program/server options come from an untrusted project
     /// file, before anything is contacted.
-    pub fn check_trust(&self, config: &Config, instances: &[&ProviderInstance]) -> Result<(), Failure> {
+    pub fn check_trust(
+        &self,
+        config: &Config,
+        instances: &[&ProviderInstance],
+    ) -> Result<(), Failure> {
         let mut diags = Vec::new();
-        let needs: Vec<_> = instances.iter().flat_map(|i| i.untrusted_options().into_iter().map(move |o| (*i, o))).collect();
-        if needs.is_empty() || self.trust_override() || crate::trust::is_trusted(&self.paths, &config.discovered) {
+        let needs: Vec<_> = instances
+            .iter()
+            .flat_map(|i| i.untrusted_options().into_iter().map(move |o| (*i, o)))
+            .collect();
+        if needs.is_empty()
+            || self.trust_override()
+            || crate::trust::is_trusted(&self.paths, &config.discovered)
+        {
             return Ok(());
         }
         for (inst, (opt, pos)) in needs {
@@ -160,7 +176,11 @@ impl Ctx {
     }
 
     /// Builds the instances the given secrets use (after the trust check).
-    pub fn instances(&self, config: &Config, secrets: &[&SecretEntry]) -> Result<HashMap<String, Instance>, Failure> {
+    pub fn instances(
+        &self,
+        config: &Config,
+        secrets: &[&SecretEntry],
+    ) -> Result<HashMap<String, Instance>, Failure> {
         let mut used: Vec<&ProviderInstance> = Vec::new();
         for s in secrets {
             if let Some(p) = config.provider(&s.provider)
@@ -192,31 +212,58 @@ impl Ctx {
                 }
             }
         }
-        if diags.is_empty() { Ok(map) } else { Err(Failure::many(diags)) }
+        if diags.is_empty() {
+            Ok(map)
+        } else {
+            Err(Failure::many(diags))
+        }
     }
 
     /// One provider instance, built (for `put`, `rm --purge`, `import`).
     pub fn instance(&self, config: &Config, name: &str) -> Result<Arc<dyn Provider>, Failure> {
         let inst = config.provider(name).ok_or_else(|| {
-            Failure::msg("provider::unknown", format!("unknown provider `{name}`"), "declare it under [providers.NAME] or use a provider type")
+            Failure::msg(
+                "provider::unknown",
+                format!("unknown provider `{name}`"),
+                "declare it under [providers.NAME] or use a provider type",
+            )
         })?;
         self.check_trust(config, &[inst])?;
         kz_providers::build(inst, &self.build_context(&config.discovered.dir)).map_err(|e| {
             Failure::one(
-                Diagnostic::error("provider::build", format!("provider `{name}` ({}): {}", inst.ty.name, e.message))
-                    .help(e.help.clone().unwrap_or_else(|| "check the provider's options".into())),
+                Diagnostic::error(
+                    "provider::build",
+                    format!("provider `{name}` ({}): {}", inst.ty.name, e.message),
+                )
+                .help(
+                    e.help
+                        .clone()
+                        .unwrap_or_else(|| "check the provider's options".into()),
+                ),
             )
         })
     }
 
     /// Resolves secrets on a single-threaded runtime, with a spinner after 300 ms on a terminal.
-    pub fn resolve(&self, config: &Config, secrets: &[&SecretEntry]) -> Result<Vec<Outcome>, Failure> {
+    pub fn resolve(
+        &self,
+        config: &Config,
+        secrets: &[&SecretEntry],
+    ) -> Result<Vec<Outcome>, Failure> {
         let instances = self.instances(config, secrets)?;
-        block_on_with_spinner(&self.out, "resolving secrets", kz_resolve::resolve_all(secrets, &instances))
+        block_on_with_spinner(
+            &self.out,
+            "resolving secrets",
+            kz_resolve::resolve_all(secrets, &instances),
+        )
     }
 
     /// The secrets of `--only A,B` (all when empty); an unknown name is an error.
-    pub fn select<'c>(&self, config: &'c Config, only: &[String]) -> Result<Vec<&'c SecretEntry>, Failure> {
+    pub fn select<'c>(
+        &self,
+        config: &'c Config,
+        only: &[String],
+    ) -> Result<Vec<&'c SecretEntry>, Failure> {
         if only.is_empty() {
             return Ok(config.secrets.iter().collect());
         }
@@ -228,7 +275,11 @@ impl Ctx {
                 None => diags.push(unknown_secret(config, n)),
             }
         }
-        if diags.is_empty() { Ok(out) } else { Err(Failure::many(diags)) }
+        if diags.is_empty() {
+            Ok(out)
+        } else {
+            Err(Failure::many(diags))
+        }
     }
 }
 
@@ -236,7 +287,10 @@ impl Ctx {
 pub fn unknown_secret(config: &Config, name: &str) -> Diagnostic {
     let d = Diagnostic::error(
         "secret::unknown",
-        format!("`{name}` is not mapped in the `{}` environment", config.environment),
+        format!(
+            "`{name}` is not mapped in the `{}` environment",
+            config.environment
+        ),
     )
     .secret(name);
     match kz_config::diag::did_you_mean(name, config.secrets.iter().map(|s| s.name.as_str())) {
@@ -250,7 +304,14 @@ pub fn unknown_secret(config: &Config, name: &str) -> Diagnostic {
 pub fn provider_diag(s: &SecretEntry, e: &ProviderError) -> Diagnostic {
     let d = Diagnostic::error(
         "provider::resolve",
-        format!("{}: {} from provider `{}` ({}): {}", s.name, e.kind.label(), s.provider, s.ty.name, e.message),
+        format!(
+            "{}: {} from provider `{}` ({}): {}",
+            s.name,
+            e.kind.label(),
+            s.provider,
+            s.ty.name,
+            e.message
+        ),
     )
     .at(&s.pos)
     .secret(&s.name)
@@ -263,11 +324,21 @@ pub fn provider_diag(s: &SecretEntry, e: &ProviderError) -> Diagnostic {
 
 /// Runs a future to completion on a current-thread runtime; shows a spinner on stderr when it
 /// takes longer than 300 ms and stderr is a terminal.
-pub fn block_on_with_spinner<T>(out: &Reporter, what: &str, fut: impl Future<Output = T>) -> Result<T, Failure> {
+pub fn block_on_with_spinner<T>(
+    out: &Reporter,
+    what: &str,
+    fut: impl Future<Output = T>,
+) -> Result<T, Failure> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| Failure::msg("internal::runtime", format!("cannot start the async runtime: {e}"), "this is a bug; please report it"))?;
+        .map_err(|e| {
+            Failure::msg(
+                "internal::runtime",
+                format!("cannot start the async runtime: {e}"),
+                "this is a bug; please report it",
+            )
+        })?;
     let show = std::io::stderr().is_terminal() && !out.quiet;
     let what = what.to_string();
     Ok(rt.block_on(async move {

@@ -25,15 +25,25 @@ fn read_doc(path: &Path) -> Result<DocumentMut, Diagnostic> {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => {
-            return Err(Diagnostic::error("edit::io", format!("cannot read `{}`: {e}", path.display()))
-                .in_file(path)
-                .help("check the file's permissions"));
+            return Err(Diagnostic::error(
+                "edit::io",
+                format!("cannot read `{}`: {e}", path.display()),
+            )
+            .in_file(path)
+            .help("check the file's permissions"));
         }
     };
     text.parse::<DocumentMut>().map_err(|e| {
-        Diagnostic::error("config::syntax", format!("cannot edit `{}`: invalid TOML: {}", path.display(), e.message().trim()))
-            .in_file(path)
-            .help("fix the file's syntax first (`kz validate` shows where)")
+        Diagnostic::error(
+            "config::syntax",
+            format!(
+                "cannot edit `{}`: invalid TOML: {}",
+                path.display(),
+                e.message().trim()
+            ),
+        )
+        .in_file(path)
+        .help("fix the file's syntax first (`kz validate` shows where)")
     })
 }
 
@@ -70,14 +80,21 @@ pub fn has_secret(path: &Path, env: Option<&str>, name: &str) -> Result<bool, Di
 
 /// Adds (or with `replace`, replaces) a mapping. Returns the previous text of the file, so
 /// the caller can roll back if the result does not validate.
-pub fn add_secrets(path: &Path, env: Option<&str>, entries: &[(String, NewEntry)]) -> Result<Option<String>, Diagnostic> {
+pub fn add_secrets(
+    path: &Path,
+    env: Option<&str>,
+    entries: &[(String, NewEntry)],
+) -> Result<Option<String>, Diagnostic> {
     let before = std::fs::read_to_string(path).ok();
     let mut doc = read_doc(path)?;
     let Some(t) = section(&mut doc, env, true) else {
         let s = env.map_or_else(|| "secrets".to_string(), |e| format!("{e}.secrets"));
-        return Err(Diagnostic::error("edit::shape", format!("`{s}` in `{}` is not a table", path.display()))
-            .in_file(path)
-            .help(format!("make `{s}` a table ([{s}]) and try again")));
+        return Err(Diagnostic::error(
+            "edit::shape",
+            format!("`{s}` in `{}` is not a table", path.display()),
+        )
+        .in_file(path)
+        .help(format!("make `{s}` a table ([{s}]) and try again")));
     };
     for (name, e) in entries {
         let mut it = InlineTable::new();
@@ -121,13 +138,26 @@ pub fn restore(path: &Path, before: Option<&str>) {
 pub fn write(path: &Path, text: &str) -> Result<(), Diagnostic> {
     use std::io::Write;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mode = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o777).unwrap_or(0o644);
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mode = std::fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o777)
+        .unwrap_or(0o644);
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(format!(".kz-tmp-{}", std::process::id()));
     let tmp = dir.join(name);
     let r = (|| {
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
         f.write_all(text.as_bytes())?;
         f.sync_all()?;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
@@ -135,9 +165,12 @@ pub fn write(path: &Path, text: &str) -> Result<(), Diagnostic> {
     })();
     r.map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
-        Diagnostic::error("edit::io", format!("cannot write `{}`: {e}", path.display()))
-            .in_file(path)
-            .help("check the directory's permissions")
+        Diagnostic::error(
+            "edit::io",
+            format!("cannot write `{}`: {e}", path.display()),
+        )
+        .in_file(path)
+        .help("check the directory's permissions")
     })
 }
 
@@ -150,16 +183,45 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join(".keyzero.toml");
         std::fs::write(&p, "# top comment\n[providers.local]\n# keep me\n\n[secrets]\nA = \"env://A\" # trailing\n").unwrap();
-        let e = NewEntry { provider: "local".into(), reference: "p/B".into(), field: None, hosts: vec!["api.x.com".into()] };
+        let e = NewEntry {
+            provider: "local".into(),
+            reference: "p/B".into(),
+            field: None,
+            hosts: vec!["api.x.com".into()],
+        };
         add_secrets(&p, None, &[("B".into(), e)]).unwrap();
-        add_secrets(&p, Some("production"), &[("C".into(), NewEntry { provider: "env".into(), reference: "C".into(), ..Default::default() })]).unwrap();
+        add_secrets(
+            &p,
+            Some("production"),
+            &[(
+                "C".into(),
+                NewEntry {
+                    provider: "env".into(),
+                    reference: "C".into(),
+                    ..Default::default()
+                },
+            )],
+        )
+        .unwrap();
         let text = std::fs::read_to_string(&p).unwrap();
-        assert!(text.contains("# top comment") && text.contains("# keep me") && text.contains("# trailing"), "{text}");
-        assert!(text.contains("B = { provider = \"local\", ref = \"p/B\", hosts = [\"api.x.com\"] }"), "{text}");
+        assert!(
+            text.contains("# top comment")
+                && text.contains("# keep me")
+                && text.contains("# trailing"),
+            "{text}"
+        );
+        assert!(
+            text.contains("B = { provider = \"local\", ref = \"p/B\", hosts = [\"api.x.com\"] }"),
+            "{text}"
+        );
         assert!(text.contains("[production.secrets]\nC = "), "{text}");
         assert!(has_secret(&p, Some("production"), "C").unwrap());
         assert!(remove_secret(&p, None, "A").unwrap());
         assert!(!remove_secret(&p, None, "A").unwrap());
-        assert!(std::fs::read_to_string(&p).unwrap().contains("# top comment"));
+        assert!(
+            std::fs::read_to_string(&p)
+                .unwrap()
+                .contains("# top comment")
+        );
     }
 }

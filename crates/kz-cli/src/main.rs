@@ -25,12 +25,21 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
             let _ = e.print();
             return ExitCode::from(code);
         }
     };
-    let out = Reporter::new(cli.global.error_format, cli.global.no_color, cli.global.quiet, cli.global.verbose);
+    let out = Reporter::new(
+        cli.global.error_format,
+        cli.global.no_color,
+        cli.global.quiet,
+        cli.global.verbose,
+    );
     let ctx = Ctx {
         global: cli.global,
         paths: Paths::from_env(),

@@ -38,12 +38,33 @@ mod tests {
     use super::*;
 
     fn sh(shell: &str, script: &str) -> String {
-        let out = std::process::Command::new(shell).arg("-c").arg(script).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = std::process::Command::new(shell)
+            .arg("-c")
+            .arg(script)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 
-    const HOSTILE: &[&str] = &["plain", "it's", "a'b'c", "$(touch /tmp/kz-pwned)", "`x`", "back\\slash", "new\nline", "tab\there", "\"dq\"", "", "$HOME", "ünï"];
+    const HOSTILE: &[&str] = &[
+        "plain",
+        "it's",
+        "a'b'c",
+        "$(touch /tmp/kz-pwned)",
+        "`x`",
+        "back\\slash",
+        "new\nline",
+        "tab\there",
+        "\"dq\"",
+        "",
+        "$HOME",
+        "ünï",
+    ];
 
     #[test]
     fn posix_round_trips_through_bash() {

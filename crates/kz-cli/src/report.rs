@@ -87,7 +87,9 @@ pub struct Reporter {
 impl Reporter {
     /// A reporter for the global flags.
     pub fn new(format: ErrorFormat, no_color: bool, quiet: bool, verbose: u8) -> Self {
-        let color = !no_color && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal();
+        let color = !no_color
+            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+            && std::io::stderr().is_terminal();
         Self {
             format,
             color,
@@ -97,7 +99,11 @@ impl Reporter {
     }
 
     fn paint(&self, code: &str, s: &str) -> String {
-        if self.color { format!("\x1b[{code}m{s}\x1b[0m") } else { s.to_string() }
+        if self.color {
+            format!("\x1b[{code}m{s}\x1b[0m")
+        } else {
+            s.to_string()
+        }
     }
 
     /// Prints one diagnostic (warnings are dropped with `--quiet`).
@@ -160,7 +166,11 @@ impl Reporter {
             facts.push(format!("ref: {r}"));
         }
         if !facts.is_empty() {
-            out.push_str(&format!("\n  {} {}", self.paint("1;34", "="), facts.join(", ")));
+            out.push_str(&format!(
+                "\n  {} {}",
+                self.paint("1;34", "="),
+                facts.join(", ")
+            ));
         }
         if let Some(h) = &d.help {
             out.push_str(&format!("\n{}: {h}", self.paint("1;36", "help")));
@@ -184,7 +194,12 @@ pub fn json_line(d: &Diagnostic) -> String {
     if let Some(c) = d.column {
         m.insert("column".into(), c.into());
     }
-    for (k, v) in [("key", &d.key), ("secret", &d.secret), ("ref", &d.reference), ("help", &d.help)] {
+    for (k, v) in [
+        ("key", &d.key),
+        ("secret", &d.secret),
+        ("ref", &d.reference),
+        ("help", &d.help),
+    ] {
         if let Some(v) = v {
             m.insert(k.into(), v.clone().into());
         }

@@ -22,8 +22,9 @@ pub fn is_trusted(paths: &Paths, d: &Discovered) -> bool {
 
 /// Same, with the content hash already computed.
 pub fn is_trusted_hash(paths: &Paths, d: &Discovered, hash: &str) -> bool {
-    std::fs::read_to_string(record_path(paths, &d.dir))
-        .is_ok_and(|text| text.lines().nth(1) == Some(hash) && text.lines().next() == Some(&*d.dir.to_string_lossy()))
+    std::fs::read_to_string(record_path(paths, &d.dir)).is_ok_and(|text| {
+        text.lines().nth(1) == Some(hash) && text.lines().next() == Some(&*d.dir.to_string_lossy())
+    })
 }
 
 /// Records trust in the project's current files.

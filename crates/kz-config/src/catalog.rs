@@ -132,7 +132,10 @@ pub struct ProviderType {
 impl ProviderType {
     /// The declared option called `name` (type-specific or common).
     pub fn option(&self, name: &str) -> Option<&'static OptSpec> {
-        self.options.iter().chain(COMMON_OPTIONS).find(|o| o.name == name)
+        self.options
+            .iter()
+            .chain(COMMON_OPTIONS)
+            .find(|o| o.name == name)
     }
 
     /// All option names, for "did you mean".
@@ -195,7 +198,10 @@ pub static TYPES: &[ProviderType] = &[
         name: "age",
         aliases: &[],
         summary: "age-encrypted files",
-        options: &[opt("identity", Kind::StrOrList), opt("recipients", Kind::StrList)],
+        options: &[
+            opt("identity", Kind::StrOrList),
+            opt("recipients", Kind::StrList),
+        ],
         params: &[],
         any_params: false,
         writable: Writable::WhenOption("recipients"),
@@ -231,7 +237,12 @@ pub static TYPES: &[ProviderType] = &[
         writable: Writable::Yes,
         ref_syntax: "op://VAULT/ITEM[/SECTION]/FIELD",
         example: "op://Dev/openai/credential",
-        credential_env: &["OP_SERVICE_ACCOUNT_TOKEN", "OP_CONNECT_TOKEN", "OP_CONNECT_HOST", "OP_SESSION_*"],
+        credential_env: &[
+            "OP_SERVICE_ACCOUNT_TOKEN",
+            "OP_CONNECT_TOKEN",
+            "OP_CONNECT_HOST",
+            "OP_SESSION_*",
+        ],
         implemented: false,
     },
     ProviderType {
@@ -260,7 +271,14 @@ pub static TYPES: &[ProviderType] = &[
             opt("profile", Kind::Str),
             trusted("endpoint_url", Kind::Str),
         ],
-        params: &["role_arn", "duration_seconds", "session_name", "external_id", "format", "prefix"],
+        params: &[
+            "role_arn",
+            "duration_seconds",
+            "session_name",
+            "external_id",
+            "format",
+            "prefix",
+        ],
         any_params: false,
         writable: Writable::No,
         ref_syntax: "ROLE-ARN (or the `role_arn` parameter)",
@@ -343,12 +361,16 @@ pub static TYPES: &[ProviderType] = &[
 
 /// Looks a type up by name or alias (exact, case-sensitive as published).
 pub fn find(name: &str) -> Option<&'static ProviderType> {
-    TYPES.iter().find(|t| t.name == name || t.aliases.contains(&name))
+    TYPES
+        .iter()
+        .find(|t| t.name == name || t.aliases.contains(&name))
 }
 
 /// All names and aliases, for "did you mean" and help texts.
 pub fn all_names() -> impl Iterator<Item = &'static str> {
-    TYPES.iter().flat_map(|t| std::iter::once(t.name).chain(t.aliases.iter().copied()))
+    TYPES
+        .iter()
+        .flat_map(|t| std::iter::once(t.name).chain(t.aliases.iter().copied()))
 }
 
 #[cfg(test)]

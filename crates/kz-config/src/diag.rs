@@ -159,7 +159,10 @@ impl std::error::Error for Diagnostic {}
 pub type Diagnostics = Vec<Diagnostic>;
 
 /// The closest of `candidates` to `input`, when close enough to suggest ("did you mean").
-pub fn did_you_mean<'a>(input: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    input: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     let input = input.to_ascii_lowercase();
     candidates
         .into_iter()
@@ -192,7 +195,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
             let bj = b.get(j - 1);
             let cost = usize::from(ai != bj);
             let get = |i, j| d.get(at(i, j)).copied().unwrap_or(usize::MAX / 2);
-            let mut best = (get(i - 1, j) + 1).min(get(i, j - 1) + 1).min(get(i - 1, j - 1) + cost);
+            let mut best = (get(i - 1, j) + 1)
+                .min(get(i, j - 1) + 1)
+                .min(get(i - 1, j - 1) + cost);
             if i > 1 && j > 1 && a.get(i - 1) == b.get(j - 2) && a.get(i - 2) == b.get(j - 1) {
                 best = best.min(get(i - 2, j - 2) + 1);
             }
@@ -210,8 +215,14 @@ mod tests {
 
     #[test]
     fn suggests_close_names_only() {
-        assert_eq!(did_you_mean("feild", ["field", "ref", "provider"]), Some("field"));
-        assert_eq!(did_you_mean("resolvr", ["provider", "resolver"]), Some("resolver"));
+        assert_eq!(
+            did_you_mean("feild", ["field", "ref", "provider"]),
+            Some("field")
+        );
+        assert_eq!(
+            did_you_mean("resolvr", ["provider", "resolver"]),
+            Some("resolver")
+        );
         assert_eq!(did_you_mean("zzzzzz", ["field", "ref"]), None);
         assert_eq!(did_you_mean("", ["a"]), Some("a"));
     }
@@ -220,7 +231,11 @@ mod tests {
     fn location_renders_what_is_known() {
         let d = Diagnostic::error("x", "m").in_file(Path::new("/a/b.toml"));
         assert_eq!(d.location().as_deref(), Some("/a/b.toml"));
-        let d = d.at(&Pos { file: "/a/b.toml".into(), line: 3, column: 7 });
+        let d = d.at(&Pos {
+            file: "/a/b.toml".into(),
+            line: 3,
+            column: 7,
+        });
         assert_eq!(d.location().as_deref(), Some("/a/b.toml:3:7"));
     }
 }

@@ -25,12 +25,16 @@ pub struct Discovered {
 impl Discovered {
     /// The project file path, whether or not it exists.
     pub fn project_path(&self) -> PathBuf {
-        self.project.clone().unwrap_or_else(|| self.dir.join(PROJECT_FILE))
+        self.project
+            .clone()
+            .unwrap_or_else(|| self.dir.join(PROJECT_FILE))
     }
 
     /// The local file path, whether or not it exists.
     pub fn local_path(&self) -> PathBuf {
-        self.local.clone().unwrap_or_else(|| self.dir.join(LOCAL_FILE))
+        self.local
+            .clone()
+            .unwrap_or_else(|| self.dir.join(LOCAL_FILE))
     }
 
     /// SHA-256 over the project and local files' contents (what `kz allow` trusts and what the
@@ -55,10 +59,12 @@ impl Discovered {
 /// Lowercase hex of bytes.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// Finds the project: `explicit` (`--config` / `KEYZERO_CONFIG`) names the project file
@@ -74,7 +80,9 @@ pub fn discover(start: &Path, explicit: Option<&Path>) -> Result<Discovered, Dia
             .in_file(&file)
             .help("check the path given with --config or KEYZERO_CONFIG"));
         }
-        let dir = file.parent().map_or_else(|| start.to_path_buf(), Path::to_path_buf);
+        let dir = file
+            .parent()
+            .map_or_else(|| start.to_path_buf(), Path::to_path_buf);
         let local = dir.join(LOCAL_FILE);
         return Ok(Discovered {
             local: local.is_file().then_some(local),
@@ -86,7 +94,10 @@ pub fn discover(start: &Path, explicit: Option<&Path>) -> Result<Discovered, Dia
     find_up(&start).ok_or_else(|| {
         Diagnostic::error(
             "config::not_found",
-            format!("no {PROJECT_FILE} found in `{}` or any parent directory", start.display()),
+            format!(
+                "no {PROJECT_FILE} found in `{}` or any parent directory",
+                start.display()
+            ),
         )
         .help("run `kz init` to create one here, or use --dir / --config")
     })
@@ -112,12 +123,19 @@ pub fn find_up(start: &Path) -> Option<Discovered> {
 }
 
 fn absolute(base: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
 }
 
 /// Reads a config file, refusing (with a warning) one not owned by the current user or root.
 /// `Ok(None)` means "ignore this file".
-pub fn read_owned(path: &Path, warnings: &mut Vec<Diagnostic>) -> Result<Option<String>, Diagnostic> {
+pub fn read_owned(
+    path: &Path,
+    warnings: &mut Vec<Diagnostic>,
+) -> Result<Option<String>, Diagnostic> {
     use std::os::unix::fs::MetadataExt;
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
@@ -136,13 +154,18 @@ pub fn read_owned(path: &Path, warnings: &mut Vec<Diagnostic>) -> Result<Option<
         );
         return Ok(None);
     }
-    std::fs::read_to_string(path).map(Some).map_err(|e| io_error(path, &e))
+    std::fs::read_to_string(path)
+        .map(Some)
+        .map_err(|e| io_error(path, &e))
 }
 
 fn io_error(path: &Path, e: &std::io::Error) -> Diagnostic {
-    Diagnostic::error("config::io", format!("cannot read `{}`: {e}", path.display()))
-        .in_file(path)
-        .help("check that the file exists, is readable and is UTF-8 text")
+    Diagnostic::error(
+        "config::io",
+        format!("cannot read `{}`: {e}", path.display()),
+    )
+    .in_file(path)
+    .help("check that the file exists, is readable and is UTF-8 text")
 }
 
 #[cfg(test)]

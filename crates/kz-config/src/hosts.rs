@@ -24,7 +24,9 @@ impl HostPattern {
             return Err("a host pattern is empty".into());
         }
         if s.contains("://") || s.contains('/') {
-            return Err(format!("`{input}` is a URL or path, not a host (write just the host, e.g. `api.example.com`)"));
+            return Err(format!(
+                "`{input}` is a URL or path, not a host (write just the host, e.g. `api.example.com`)"
+            ));
         }
         let (hostpart, port) = split_port(s).map_err(|e| format!("`{input}`: {e}"))?;
         let (wildcard, host) = match hostpart.strip_prefix("*.") {
@@ -39,21 +41,36 @@ impl HostPattern {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if let Ok(ip) = host.parse::<IpAddr>() {
             if wildcard {
-                return Err(format!("`{input}`: a wildcard cannot precede an IP address"));
+                return Err(format!(
+                    "`{input}`: a wildcard cannot precede an IP address"
+                ));
             }
-            return Ok(Self { wildcard, host: ip.to_string(), port });
+            return Ok(Self {
+                wildcard,
+                host: ip.to_string(),
+                port,
+            });
         }
-        let ascii = idna::domain_to_ascii(host).map_err(|_| format!("`{input}` is not a valid host name"))?;
+        let ascii = idna::domain_to_ascii(host)
+            .map_err(|_| format!("`{input}` is not a valid host name"))?;
         if ascii.is_empty()
             || ascii.split('.').any(|l| l.is_empty() || l.len() > 63)
-            || !ascii.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
+            || !ascii
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
         {
             return Err(format!("`{input}` is not a valid host name"));
         }
         if wildcard && !ascii.contains('.') {
-            return Err(format!("`{input}`: a wildcard needs at least two labels after it (`*.example.com`)"));
+            return Err(format!(
+                "`{input}`: a wildcard needs at least two labels after it (`*.example.com`)"
+            ));
         }
-        Ok(Self { wildcard, host: ascii, port })
+        Ok(Self {
+            wildcard,
+            host: ascii,
+            port,
+        })
     }
 
     /// Whether `host` (already lowercase ASCII) on `port` matches.
@@ -125,8 +142,14 @@ fn parse_port(p: &str) -> Result<u16, String> {
 /// Parses a duration: `"500ms"`, `"10s"`, `"5m"`, `"1h"`, `"1d"`, or a plain number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let bad = || format!("`{s}` is not a duration (write e.g. \"500ms\", \"10s\", \"5m\", \"1h\" or a number of seconds)");
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let bad = || {
+        format!(
+            "`{s}` is not a duration (write e.g. \"500ms\", \"10s\", \"5m\", \"1h\" or a number of seconds)"
+        )
+    };
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: f64 = num.parse().map_err(|_| bad())?;
     let scale = match unit {
@@ -170,12 +193,27 @@ mod tests {
         assert_eq!(HostPattern::parse("[::1]:8080").unwrap().port, Some(8080));
         assert!(HostPattern::parse("::1").unwrap().is_exact_loopback());
         assert!(HostPattern::parse("127.0.0.1").unwrap().is_exact_loopback());
-        assert_eq!(HostPattern::parse("bücher.de").unwrap().host, "xn--bcher-kva.de");
+        assert_eq!(
+            HostPattern::parse("bücher.de").unwrap().host,
+            "xn--bcher-kva.de"
+        );
     }
 
     #[test]
     fn rejects_bad_patterns() {
-        for bad in ["", "https://x.com", "x.com/path", "a.*.com", "*", "*.com", "x.com:0", "x.com:99999", "*.1.2.3.4", "a b.com", "[::1"] {
+        for bad in [
+            "",
+            "https://x.com",
+            "x.com/path",
+            "a.*.com",
+            "*",
+            "*.com",
+            "x.com:0",
+            "x.com:99999",
+            "*.1.2.3.4",
+            "a b.com",
+            "[::1",
+        ] {
             assert!(HostPattern::parse(bad).is_err(), "{bad}");
         }
     }

@@ -27,5 +27,6 @@ pub use discover::{Discovered, LOCAL_FILE, PROJECT_FILE};
 pub use hosts::{HostPattern, parse_duration};
 pub use load::{LoadRequest, Loaded, load};
 pub use model::{
-    BlindConfig, CacheConfig, Config, ConnRule, Egress, EnvSource, Offline, ProviderInstance, Role, SecretEntry,
+    BlindConfig, CacheConfig, Config, ConnRule, Egress, EnvSource, Offline, ProviderInstance, Role,
+    SecretEntry,
 };

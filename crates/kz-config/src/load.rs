@@ -9,15 +9,22 @@ use crate::diag::{Diagnostic, Pos, did_you_mean};
 use crate::discover::{self, Discovered};
 use crate::hosts::{HostPattern, parse_duration};
 use crate::model::{
-    BlindConfig, CacheConfig, Config, ConnRule, Egress, EnvSource, Offline, OptionValue, ProviderInstance, Role,
-    SecretEntry, resolve_path,
+    BlindConfig, CacheConfig, Config, ConnRule, Egress, EnvSource, Offline, OptionValue,
+    ProviderInstance, Role, SecretEntry, resolve_path,
 };
 use crate::reference;
 use crate::tree::{Entry, Node, Val, parse_toml};
 
 /// Top-level tables that are not environment sections.
 const TOP_KEYS: &[&str] = &["providers", "resolvers", "secrets", "blind", "cache"];
-const BLIND_KEYS: &[&str] = &["allow", "egress", "connections", "isolate", "upstream_ca", "scrub_responses"];
+const BLIND_KEYS: &[&str] = &[
+    "allow",
+    "egress",
+    "connections",
+    "isolate",
+    "upstream_ca",
+    "scrub_responses",
+];
 const CACHE_KEYS: &[&str] = &["max_age", "offline"];
 /// Framework variables that pick an environment when kz's own are not set.
 const FRAMEWORK_ENV_VARS: &[&str] = &["NODE_ENV", "RAILS_ENV", "APP_ENV", "RACK_ENV"];
@@ -219,7 +226,9 @@ fn expect_table<'a>(e: &'a Entry, path: &str, diags: &mut Vec<Diagnostic>) -> Op
 fn merge(files: &[FileData], diags: &mut Vec<Diagnostic>) -> Merged {
     let mut m = Merged::default();
     for f in files {
-        let Some(root) = f.root.as_table() else { continue };
+        let Some(root) = f.root.as_table() else {
+            continue;
+        };
         for e in root {
             let k = e.key.as_str();
             if f.role == Role::Global && k != "providers" && k != "resolvers" {
@@ -236,10 +245,14 @@ fn merge(files: &[FileData], diags: &mut Vec<Diagnostic>) -> Merged {
             }
             match k {
                 "providers" | "resolvers" => {
-                    let Some(t) = expect_table(e, k, diags) else { continue };
+                    let Some(t) = expect_table(e, k, diags) else {
+                        continue;
+                    };
                     for p in t {
                         let path = format!("{k}.{}", p.key);
-                        let Some(opts) = expect_table(p, &path, diags) else { continue };
+                        let Some(opts) = expect_table(p, &path, diags) else {
+                            continue;
+                        };
                         merge_provider(&mut m, p, opts, f.role);
                     }
                 }
@@ -249,8 +262,14 @@ fn merge(files: &[FileData], diags: &mut Vec<Diagnostic>) -> Merged {
                     }
                 }
                 "blind" | "cache" => {
-                    let Some(t) = expect_table(e, k, diags) else { continue };
-                    let target = if k == "blind" { &mut m.blind } else { &mut m.cache };
+                    let Some(t) = expect_table(e, k, diags) else {
+                        continue;
+                    };
+                    let target = if k == "blind" {
+                        &mut m.blind
+                    } else {
+                        &mut m.cache
+                    };
                     for x in t {
                         target.retain(|(y, _)| y.key != x.key);
                         target.push((x.clone(), f.role));
@@ -346,9 +365,15 @@ fn type_error(e: &Entry, path: &str, want: &str) -> Diagnostic {
 
 fn check_kind(e: &Entry, path: &str, kind: Kind) -> Result<(), Diagnostic> {
     let ok = match (kind, &e.node.val) {
-        (Kind::Str, Val::Str(_)) | (Kind::Bool, Val::Bool(_)) | (Kind::StrOrTable, Val::Str(_) | Val::Table(_)) => true,
+        (Kind::Str, Val::Str(_))
+        | (Kind::Bool, Val::Bool(_))
+        | (Kind::StrOrTable, Val::Str(_) | Val::Table(_)) => true,
         (Kind::Int, Val::Int(i)) => *i > 0,
-        (Kind::Duration, Val::Str(s)) => return parse_duration(s).map(drop).map_err(|m| bad_value(e, path, &m)),
+        (Kind::Duration, Val::Str(s)) => {
+            return parse_duration(s)
+                .map(drop)
+                .map_err(|m| bad_value(e, path, &m));
+        }
         (Kind::Duration, Val::Int(i)) => *i >= 0,
         (Kind::Duration, Val::Float(f)) => *f >= 0.0 && f.is_finite(),
         (Kind::StrList, Val::Array(a)) => a.iter().all(|n| n.as_str().is_some()),
@@ -383,25 +408,38 @@ fn build_providers(m: &Merged, diags: &mut Vec<Diagnostic>) -> Vec<ProviderInsta
     let mut out = Vec::new();
     for p in &m.providers {
         let type_entry = p.options.iter().find(|(e, _)| e.key == "type");
-        let type_name = type_entry.and_then(|(e, _)| e.node.as_str()).unwrap_or(&p.name);
+        let type_name = type_entry
+            .and_then(|(e, _)| e.node.as_str())
+            .unwrap_or(&p.name);
         let Some(ty) = catalog::find(type_name) else {
             let (pos, path) = match type_entry {
                 Some((e, _)) => (&e.node.pos, format!("providers.{}.type", p.name)),
                 None => (&p.pos, format!("providers.{}", p.name)),
             };
-            let mut d = Diagnostic::error("config::unknown_provider_type", format!("unknown provider type `{type_name}`"))
-                .at(pos)
-                .key(path);
+            let mut d = Diagnostic::error(
+                "config::unknown_provider_type",
+                format!("unknown provider type `{type_name}`"),
+            )
+            .at(pos)
+            .key(path);
             d = match did_you_mean(type_name, catalog::all_names()) {
                 Some(s) => d.help(format!("did you mean `{s}`?")),
                 None if type_entry.is_none() => d.help(format!(
                     "set `type = \"…\"` in [providers.{}]; known types: {}",
                     p.name,
-                    catalog::TYPES.iter().map(|t| t.name).collect::<Vec<_>>().join(", ")
+                    catalog::TYPES
+                        .iter()
+                        .map(|t| t.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )),
                 None => d.help(format!(
                     "known types: {}",
-                    catalog::TYPES.iter().map(|t| t.name).collect::<Vec<_>>().join(", ")
+                    catalog::TYPES
+                        .iter()
+                        .map(|t| t.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )),
             };
             diags.push(d);
@@ -434,7 +472,10 @@ fn build_providers(m: &Merged, diags: &mut Vec<Diagnostic>) -> Vec<ProviderInsta
                 continue;
             }
             if e.key == "offline" && !matches!(e.node.as_str(), Some("fallback" | "never")) {
-                diags.push(bad_value(e, &path, "must be \"fallback\" or \"never\"").help("write offline = \"fallback\" or offline = \"never\""));
+                diags.push(
+                    bad_value(e, &path, "must be \"fallback\" or \"never\"")
+                        .help("write offline = \"fallback\" or offline = \"never\""),
+                );
                 continue;
             }
             if e.key == "auth" {
@@ -479,11 +520,17 @@ fn check_vault_auth(e: &Entry, path: &str, role: Role, diags: &mut Vec<Diagnosti
     let method = match &e.node.val {
         Val::Str(s) => {
             if !METHODS.contains(&s.as_str()) {
-                diags.push(bad_value(e, path, &format!("unknown auth method `{s}`")).help(format!("use one of: {}", METHODS.join(", "))));
+                diags.push(
+                    bad_value(e, path, &format!("unknown auth method `{s}`"))
+                        .help(format!("use one of: {}", METHODS.join(", "))),
+                );
             }
             return;
         }
-        Val::Table(t) => t.iter().find(|x| x.key == "method").and_then(|x| x.node.as_str()),
+        Val::Table(t) => t
+            .iter()
+            .find(|x| x.key == "method")
+            .and_then(|x| x.node.as_str()),
         _ => return,
     };
     let Some(method) = method.filter(|m| METHODS.contains(m)) else {
@@ -496,7 +543,14 @@ fn check_vault_auth(e: &Entry, path: &str, role: Role, diags: &mut Vec<Diagnosti
         return;
     };
     let allowed: &[&str] = match method {
-        "approle" => &["method", "mount", "role_id", "secret_id", "secret_id_env", "secret_id_file"],
+        "approle" => &[
+            "method",
+            "mount",
+            "role_id",
+            "secret_id",
+            "secret_id_env",
+            "secret_id_file",
+        ],
         "kubernetes" => &["method", "mount", "role", "token_file"],
         "jwt" => &["method", "mount", "role", "token_env", "token_file"],
         _ => &["method", "token", "token_env", "token_file"],
@@ -521,14 +575,23 @@ struct ActiveEnv {
 fn select_env(req: &LoadRequest<'_>) -> ActiveEnv {
     let nonempty = |v: Option<String>| v.filter(|s| !s.is_empty());
     if let Some(e) = req.env_flag.filter(|s| !s.is_empty()) {
-        return ActiveEnv { name: e.to_string(), source: EnvSource::Flag };
+        return ActiveEnv {
+            name: e.to_string(),
+            source: EnvSource::Flag,
+        };
     }
     if let Some(e) = nonempty((req.getenv)("KEYZERO_ENV")) {
-        return ActiveEnv { name: e, source: EnvSource::KeyzeroEnv };
+        return ActiveEnv {
+            name: e,
+            source: EnvSource::KeyzeroEnv,
+        };
     }
     for v in FRAMEWORK_ENV_VARS {
         if let Some(e) = nonempty((req.getenv)(v)) {
-            return ActiveEnv { name: e, source: EnvSource::Framework(v) };
+            return ActiveEnv {
+                name: e,
+                source: EnvSource::Framework(v),
+            };
         }
     }
     ActiveEnv {
@@ -546,7 +609,10 @@ struct Ctx {
 fn build_sections(m: &Merged, env: &ActiveEnv, ctx: &mut Ctx) -> (Vec<SecretEntry>, Vec<String>) {
     let environments: Vec<String> = m.sections.iter().filter_map(|s| s.env.clone()).collect();
     let default = m.sections.iter().find(|s| s.env.is_none());
-    let development = m.sections.iter().find(|s| s.env.as_deref() == Some("development"));
+    let development = m
+        .sections
+        .iter()
+        .find(|s| s.env.as_deref() == Some("development"));
     if let (Some(_), Some(dev)) = (default, development) {
         ctx.diags.push(
             Diagnostic::error(
@@ -561,7 +627,10 @@ fn build_sections(m: &Merged, env: &ActiveEnv, ctx: &mut Ctx) -> (Vec<SecretEntr
     // Validate every section, so a typo in [production.secrets] is found in development too.
     let mut by_section = Vec::new();
     for s in &m.sections {
-        let prefix = s.env.as_ref().map_or_else(|| "secrets".to_string(), |e| format!("{e}.secrets"));
+        let prefix = s
+            .env
+            .as_ref()
+            .map_or_else(|| "secrets".to_string(), |e| format!("{e}.secrets"));
         let mut entries = Vec::new();
         for ms in &s.secrets {
             if let Some(e) = secret_entry(ms, &prefix, ctx) {
@@ -570,14 +639,23 @@ fn build_sections(m: &Merged, env: &ActiveEnv, ctx: &mut Ctx) -> (Vec<SecretEntr
         }
         by_section.push((s.env.clone(), entries));
     }
-    let take = |env: Option<&str>, v: &mut Vec<(Option<String>, Vec<SecretEntry>)>| -> Vec<SecretEntry> {
-        v.iter_mut()
-            .find(|(e, _)| e.as_deref() == env)
-            .map(|(_, s)| std::mem::take(s))
-            .unwrap_or_default()
+    let take =
+        |env: Option<&str>, v: &mut Vec<(Option<String>, Vec<SecretEntry>)>| -> Vec<SecretEntry> {
+            v.iter_mut()
+                .find(|(e, _)| e.as_deref() == env)
+                .map(|(_, s)| std::mem::take(s))
+                .unwrap_or_default()
+        };
+    let fallback = if default.is_some() {
+        None
+    } else {
+        development.map(|_| "development")
     };
-    let fallback = if default.is_some() { None } else { development.map(|_| "development") };
-    let active = if m.sections.iter().any(|s| s.env.as_deref() == Some(&env.name)) {
+    let active = if m
+        .sections
+        .iter()
+        .any(|s| s.env.as_deref() == Some(&env.name))
+    {
         take(Some(&env.name), &mut by_section)
     } else if env.name == "development" || m.sections.is_empty() {
         take(fallback, &mut by_section)
@@ -625,11 +703,14 @@ fn secret_entry(ms: &MSecret, prefix: &str, ctx: &mut Ctx) -> Option<SecretEntry
     let mut ok = true;
     if !reference::is_env_name(name) {
         ctx.diags.push(
-            Diagnostic::error("config::secret_name", format!("`{name}` is not a valid environment variable name"))
-                .at(&e.key_pos)
-                .key(&path)
-                .secret(name)
-                .help("use letters, digits and `_`, not starting with a digit (e.g. DATABASE_URL)"),
+            Diagnostic::error(
+                "config::secret_name",
+                format!("`{name}` is not a valid environment variable name"),
+            )
+            .at(&e.key_pos)
+            .key(&path)
+            .secret(name)
+            .help("use letters, digits and `_`, not starting with a digit (e.g. DATABASE_URL)"),
         );
         ok = false;
     }
@@ -637,11 +718,14 @@ fn secret_entry(ms: &MSecret, prefix: &str, ctx: &mut Ctx) -> Option<SecretEntry
         Val::Bool(false) => {
             if ms.role != Role::Local {
                 ctx.diags.push(
-                    Diagnostic::error("config::remove_outside_local", format!("`{name} = false` only removes a secret in .keyzero.local.toml"))
-                        .at(&e.key_pos)
-                        .key(&path)
-                        .secret(name)
-                        .help("delete the line here instead, or move it to .keyzero.local.toml"),
+                    Diagnostic::error(
+                        "config::remove_outside_local",
+                        format!("`{name} = false` only removes a secret in .keyzero.local.toml"),
+                    )
+                    .at(&e.key_pos)
+                    .key(&path)
+                    .secret(name)
+                    .help("delete the line here instead, or move it to .keyzero.local.toml"),
                 );
             }
             None
@@ -651,8 +735,12 @@ fn secret_entry(ms: &MSecret, prefix: &str, ctx: &mut Ctx) -> Option<SecretEntry
                 Ok(x) => x,
                 Err(err) => {
                     let msg = match err {
-                        reference::InferError::UnknownScheme(s) => format!("unknown reference scheme `{s}` in `{short}`"),
-                        reference::InferError::NoScheme => format!("cannot tell which provider `{short}` belongs to"),
+                        reference::InferError::UnknownScheme(s) => {
+                            format!("unknown reference scheme `{s}` in `{short}`")
+                        }
+                        reference::InferError::NoScheme => {
+                            format!("cannot tell which provider `{short}` belongs to")
+                        }
                     };
                     ctx.diags.push(
                         Diagnostic::error("config::reference_scheme", msg)
@@ -692,12 +780,17 @@ fn secret_entry(ms: &MSecret, prefix: &str, ctx: &mut Ctx) -> Option<SecretEntry
             ctx.diags.push(
                 Diagnostic::error(
                     "config::type",
-                    format!("`{path}` must be a reference string or a table, found {}", other.type_name()),
+                    format!(
+                        "`{path}` must be a reference string or a table, found {}",
+                        other.type_name()
+                    ),
                 )
                 .at(&e.node.pos)
                 .key(&path)
                 .secret(name)
-                .help(format!("write {name} = \"local://…\" or {name} = {{ provider = \"…\", ref = \"…\" }}")),
+                .help(format!(
+                    "write {name} = \"local://…\" or {name} = {{ provider = \"…\", ref = \"…\" }}"
+                )),
             );
             None
         }
@@ -711,20 +804,27 @@ fn long_form(ms: &MSecret, t: &[Entry], path: &str, ctx: &mut Ctx) -> Option<Sec
     let provider_entry = match (get("provider"), get("resolver")) {
         (Some(p), Some(r)) => {
             ctx.diags.push(
-                Diagnostic::error("config::duplicate_key", format!("`{path}` sets both `provider` and `resolver`"))
-                    .at(&r.key_pos)
-                    .key(format!("{path}.resolver"))
-                    .secret(name)
-                    .help("`resolver` is the older spelling of `provider`: keep one"),
+                Diagnostic::error(
+                    "config::duplicate_key",
+                    format!("`{path}` sets both `provider` and `resolver`"),
+                )
+                .at(&r.key_pos)
+                .key(format!("{path}.resolver"))
+                .secret(name)
+                .help("`resolver` is the older spelling of `provider`: keep one"),
             );
             Some(p)
         }
         (p, r) => p.or(r),
     };
     let ref_entry = get("ref");
-    for x in [provider_entry, ref_entry, get("field"), get("description")].into_iter().flatten() {
+    for x in [provider_entry, ref_entry, get("field"), get("description")]
+        .into_iter()
+        .flatten()
+    {
         if x.node.as_str().is_none() {
-            ctx.diags.push(type_error(x, &format!("{path}.{}", x.key), "a string"));
+            ctx.diags
+                .push(type_error(x, &format!("{path}.{}", x.key), "a string"));
             ok = false;
         }
     }
@@ -738,11 +838,19 @@ fn long_form(ms: &MSecret, t: &[Entry], path: &str, ctx: &mut Ctx) -> Option<Sec
             } else if let Some(ty) = catalog::find(p) {
                 (instance_for_type(ty, pe, path, ctx)?, ty)
             } else {
-                let names: Vec<String> = ctx.providers.iter().map(|i| i.name.clone()).chain(catalog::all_names().map(String::from)).collect();
-                let mut d = Diagnostic::error("config::unknown_provider", format!("unknown provider `{p}` for secret `{name}`"))
-                    .at(&pe.node.pos)
-                    .key(format!("{path}.{}", pe.key))
-                    .secret(name);
+                let names: Vec<String> = ctx
+                    .providers
+                    .iter()
+                    .map(|i| i.name.clone())
+                    .chain(catalog::all_names().map(String::from))
+                    .collect();
+                let mut d = Diagnostic::error(
+                    "config::unknown_provider",
+                    format!("unknown provider `{p}` for secret `{name}`"),
+                )
+                .at(&pe.node.pos)
+                .key(format!("{path}.{}", pe.key))
+                .secret(name);
                 d = match did_you_mean(p, names.iter().map(String::as_str)) {
                     Some(s) => d.help(format!("did you mean `{s}`?")),
                     None => d.help("declare it under [providers.NAME] or use a provider type (local, env, dotenv, age, exec, …)"),
@@ -790,14 +898,25 @@ fn long_form(ms: &MSecret, t: &[Entry], path: &str, ctx: &mut Ctx) -> Option<Sec
             }
             continue;
         }
-        let known: Vec<&str> = catalog::ENTRY_KEYS.iter().chain(ty.params).copied().collect();
-        let mut d = Diagnostic::error("config::unknown_key", format!("unknown key `{}` in secret `{name}`", x.key))
-            .at(&x.key_pos)
-            .key(&p)
-            .secret(name);
+        let known: Vec<&str> = catalog::ENTRY_KEYS
+            .iter()
+            .chain(ty.params)
+            .copied()
+            .collect();
+        let mut d = Diagnostic::error(
+            "config::unknown_key",
+            format!("unknown key `{}` in secret `{name}`", x.key),
+        )
+        .at(&x.key_pos)
+        .key(&p)
+        .secret(name);
         d = match did_you_mean(&x.key, known.iter().copied()) {
             Some(s) => d.help(format!("did you mean `{s}`?")),
-            None => d.help(format!("keys of a `{}` secret: {}", ty.name, known.join(", "))),
+            None => d.help(format!(
+                "keys of a `{}` secret: {}",
+                ty.name,
+                known.join(", ")
+            )),
         };
         ctx.diags.push(d);
         ok = false;
@@ -807,7 +926,11 @@ fn long_form(ms: &MSecret, t: &[Entry], path: &str, ctx: &mut Ctx) -> Option<Sec
         match x.node.val {
             Val::Bool(b) => Some(b),
             _ => {
-                diags.push(type_error(x, &format!("{path}.{k}"), "a boolean (true or false)"));
+                diags.push(type_error(
+                    x,
+                    &format!("{path}.{k}"),
+                    "a boolean (true or false)",
+                ));
                 None
             }
         }
@@ -816,7 +939,9 @@ fn long_form(ms: &MSecret, t: &[Entry], path: &str, ctx: &mut Ctx) -> Option<Sec
     let optional = bool_key("optional", &mut ctx.diags).unwrap_or(false);
     let hosts = match get("hosts") {
         None => Vec::new(),
-        Some(h) => parse_hosts(h, &format!("{path}.hosts"), Some(name), &mut ctx.diags).unwrap_or_default(),
+        Some(h) => {
+            parse_hosts(h, &format!("{path}.hosts"), Some(name), &mut ctx.diags).unwrap_or_default()
+        }
     };
     // The reference.
     let reference = match raw_ref {
@@ -839,21 +964,33 @@ fn long_form(ms: &MSecret, t: &[Entry], path: &str, ctx: &mut Ctx) -> Option<Sec
                 return None;
             }
         },
-        None if ty.name == "aws_sts" && params.iter().any(|(k, _)| k == "role_arn") => String::new(),
+        None if ty.name == "aws_sts" && params.iter().any(|(k, _)| k == "role_arn") => {
+            String::new()
+        }
         None => {
             ctx.diags.push(
-                Diagnostic::error("config::missing_ref", format!("secret `{name}` has no `ref`"))
-                    .at(&ms.entry.key_pos)
-                    .key(format!("{path}.ref"))
-                    .secret(name)
-                    .help(format!("add ref = \"{}\" ({})", ty.example, ty.ref_syntax)),
+                Diagnostic::error(
+                    "config::missing_ref",
+                    format!("secret `{name}` has no `ref`"),
+                )
+                .at(&ms.entry.key_pos)
+                .key(format!("{path}.ref"))
+                .secret(name)
+                .help(format!("add ref = \"{}\" ({})", ty.example, ty.ref_syntax)),
             );
             return None;
         }
     };
     if !(reference.is_empty() && ty.name == "aws_sts") {
         let at = ref_entry.unwrap_or(&ms.entry);
-        if !check_ref(ty, &reference, at, &format!("{path}.ref"), name, &mut ctx.diags) {
+        if !check_ref(
+            ty,
+            &reference,
+            at,
+            &format!("{path}.ref"),
+            name,
+            &mut ctx.diags,
+        ) {
             ok = false;
         }
     }
@@ -883,7 +1020,9 @@ fn long_form(ms: &MSecret, t: &[Entry], path: &str, ctx: &mut Ctx) -> Option<Sec
         allow_empty,
         optional,
         hosts,
-        description: get("description").and_then(|x| x.node.as_str()).map(String::from),
+        description: get("description")
+            .and_then(|x| x.node.as_str())
+            .map(String::from),
         params,
         short_form: false,
         pos: ms.entry.key_pos.clone(),
@@ -891,7 +1030,14 @@ fn long_form(ms: &MSecret, t: &[Entry], path: &str, ctx: &mut Ctx) -> Option<Sec
     })
 }
 
-fn check_ref(ty: &ProviderType, r: &str, at: &Entry, path: &str, name: &str, diags: &mut Vec<Diagnostic>) -> bool {
+fn check_ref(
+    ty: &ProviderType,
+    r: &str,
+    at: &Entry,
+    path: &str,
+    name: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> bool {
     match reference::validate(ty.name, r) {
         Ok(()) => true,
         Err(msg) => {
@@ -901,7 +1047,10 @@ fn check_ref(ty: &ProviderType, r: &str, at: &Entry, path: &str, name: &str, dia
                     .key(path)
                     .secret(name)
                     .reference(r)
-                    .help(format!("a `{}` reference looks like `{}` ({})", ty.name, ty.example, ty.ref_syntax)),
+                    .help(format!(
+                        "a `{}` reference looks like `{}` ({})",
+                        ty.name, ty.example, ty.ref_syntax
+                    )),
             );
             false
         }
@@ -910,8 +1059,17 @@ fn check_ref(ty: &ProviderType, r: &str, at: &Entry, path: &str, name: &str, dia
 
 /// The instance a secret that names a type (or uses the short form) gets: the single declared
 /// instance of that type; with none, the type's defaults; with several, an error.
-fn instance_for_type(ty: &'static ProviderType, at: &Entry, path: &str, ctx: &mut Ctx) -> Option<String> {
-    let declared: Vec<&ProviderInstance> = ctx.providers.iter().filter(|p| p.ty.name == ty.name).collect();
+fn instance_for_type(
+    ty: &'static ProviderType,
+    at: &Entry,
+    path: &str,
+    ctx: &mut Ctx,
+) -> Option<String> {
+    let declared: Vec<&ProviderInstance> = ctx
+        .providers
+        .iter()
+        .filter(|p| p.ty.name == ty.name)
+        .collect();
     match declared.as_slice() {
         [one] => Some(one.name.clone()),
         [] => {
@@ -925,19 +1083,31 @@ fn instance_for_type(ty: &'static ProviderType, at: &Entry, path: &str, ctx: &mu
             ctx.diags.push(
                 Diagnostic::error(
                     "config::ambiguous_provider",
-                    format!("several `{}` providers are declared ({}): which one?", ty.name, names.join(", ")),
+                    format!(
+                        "several `{}` providers are declared ({}): which one?",
+                        ty.name,
+                        names.join(", ")
+                    ),
                 )
                 .at(&at.node.pos)
                 .key(path)
                 .secret(&at.key)
-                .help(format!("use the long form with provider = \"{}\" (or another instance name)", names.first().copied().unwrap_or_default())),
+                .help(format!(
+                    "use the long form with provider = \"{}\" (or another instance name)",
+                    names.first().copied().unwrap_or_default()
+                )),
             );
             None
         }
     }
 }
 
-fn parse_hosts(e: &Entry, path: &str, secret: Option<&str>, diags: &mut Vec<Diagnostic>) -> Option<Vec<HostPattern>> {
+fn parse_hosts(
+    e: &Entry,
+    path: &str,
+    secret: Option<&str>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Vec<HostPattern>> {
     let Val::Array(items) = &e.node.val else {
         diags.push(type_error(e, path, "a list of host patterns"));
         return None;
@@ -945,14 +1115,19 @@ fn parse_hosts(e: &Entry, path: &str, secret: Option<&str>, diags: &mut Vec<Diag
     let mut out = Vec::new();
     let mut ok = true;
     for n in items {
-        let parsed = n.as_str().ok_or_else(|| format!("expected a string, found {}", n.val.type_name())).and_then(HostPattern::parse);
+        let parsed = n
+            .as_str()
+            .ok_or_else(|| format!("expected a string, found {}", n.val.type_name()))
+            .and_then(HostPattern::parse);
         match parsed {
             Ok(p) => out.push(p),
             Err(msg) => {
                 let mut d = Diagnostic::error("config::host_pattern", format!("`{path}`: {msg}"))
                     .at(&n.pos)
                     .key(path)
-                    .help("a host pattern is `api.example.com`, `*.example.com` or `localhost:8443`");
+                    .help(
+                        "a host pattern is `api.example.com`, `*.example.com` or `localhost:8443`",
+                    );
                 if let Some(s) = secret {
                     d = d.secret(s);
                 }
@@ -973,7 +1148,11 @@ fn build_blind(m: &Merged, home: Option<&Path>, diags: &mut Vec<Diagnostic>) -> 
             "egress" => match e.node.as_str() {
                 Some("open") => b.egress = Egress::Open,
                 Some("allowlist") => b.egress = Egress::Allowlist,
-                _ => diags.push(bad_value(e, &path, "must be \"open\" or \"allowlist\"").help("egress = \"allowlist\" lets token-free requests reach only allowed hosts")),
+                _ => diags.push(
+                    bad_value(e, &path, "must be \"open\" or \"allowlist\"").help(
+                        "egress = \"allowlist\" lets token-free requests reach only allowed hosts",
+                    ),
+                ),
             },
             "isolate" | "scrub_responses" => match e.node.val {
                 Val::Bool(v) if e.key == "isolate" => b.isolate = v,
@@ -993,7 +1172,11 @@ fn build_blind(m: &Merged, home: Option<&Path>, diags: &mut Vec<Diagnostic>) -> 
 
 fn parse_connections(e: &Entry, path: &str, diags: &mut Vec<Diagnostic>) -> Vec<ConnRule> {
     let Val::Array(items) = &e.node.val else {
-        diags.push(type_error(e, path, "a list of { allow = bool, host = \"…\" } or { allow = bool, regex = \"…\" } rules"));
+        diags.push(type_error(
+            e,
+            path,
+            "a list of { allow = bool, host = \"…\" } or { allow = bool, regex = \"…\" } rules",
+        ));
         return Vec::new();
     };
     let mut rules = Vec::new();
@@ -1014,12 +1197,17 @@ fn parse_connections(e: &Entry, path: &str, diags: &mut Vec<Diagnostic>) -> Vec<
             let xp = format!("{p}.{}", x.key);
             match (x.key.as_str(), &x.node.val) {
                 ("allow", Val::Bool(v)) => allow = Some(*v),
-                ("host" | "regex", Val::Str(s)) if target.is_none() => target = Some((x.key.as_str(), s.as_str(), x)),
+                ("host" | "regex", Val::Str(s)) if target.is_none() => {
+                    target = Some((x.key.as_str(), s.as_str(), x))
+                }
                 ("host" | "regex", Val::Str(_)) => diags.push(
-                    Diagnostic::error("config::value", format!("`{p}` has both `host` and `regex`"))
-                        .at(&x.key_pos)
-                        .key(&xp)
-                        .help("a rule matches either a host pattern or a regex: split it in two"),
+                    Diagnostic::error(
+                        "config::value",
+                        format!("`{p}` has both `host` and `regex`"),
+                    )
+                    .at(&x.key_pos)
+                    .key(&xp)
+                    .help("a rule matches either a host pattern or a regex: split it in two"),
                 ),
                 ("allow", _) => diags.push(type_error(x, &xp, "a boolean")),
                 ("host" | "regex", _) => diags.push(type_error(x, &xp, "a string")),
@@ -1028,17 +1216,22 @@ fn parse_connections(e: &Entry, path: &str, diags: &mut Vec<Diagnostic>) -> Vec<
         }
         let (Some(allow), Some((kind, s, x))) = (allow, target) else {
             diags.push(
-                Diagnostic::error("config::value", format!("`{p}` needs `allow` and one of `host` or `regex`"))
-                    .at(&n.pos)
-                    .key(&p)
-                    .help("write { allow = true, host = \"api.example.com\" }"),
+                Diagnostic::error(
+                    "config::value",
+                    format!("`{p}` needs `allow` and one of `host` or `regex`"),
+                )
+                .at(&n.pos)
+                .key(&p)
+                .help("write { allow = true, host = \"api.example.com\" }"),
             );
             continue;
         };
         if kind == "host" {
             match HostPattern::parse(s) {
                 Ok(pattern) => rules.push(ConnRule::Host { allow, pattern }),
-                Err(msg) => diags.push(bad_value(x, &format!("{p}.host"), &msg).help("a host pattern is `api.example.com`, `*.example.com` or `localhost:8443`")),
+                Err(msg) => diags.push(bad_value(x, &format!("{p}.host"), &msg).help(
+                    "a host pattern is `api.example.com`, `*.example.com` or `localhost:8443`",
+                )),
             }
         } else {
             match regex::Regex::new(s) {
@@ -1053,7 +1246,10 @@ fn parse_connections(e: &Entry, path: &str, diags: &mut Vec<Diagnostic>) -> Vec<
                     }
                     rules.push(ConnRule::Regex { allow, regex });
                 }
-                Err(err) => diags.push(bad_value(x, &format!("{p}.regex"), &format!("invalid regex: {err}")).help("fix the regular expression")),
+                Err(err) => diags.push(
+                    bad_value(x, &format!("{p}.regex"), &format!("invalid regex: {err}"))
+                        .help("fix the regular expression"),
+                ),
             }
         }
     }
@@ -1079,7 +1275,11 @@ fn build_cache(m: &Merged, diags: &mut Vec<Diagnostic>) -> CacheConfig {
             "offline" => match e.node.as_str() {
                 Some("never") => c.offline = Offline::Never,
                 Some("fallback") => c.offline = Offline::Fallback,
-                _ => diags.push(bad_value(e, &path, "must be \"fallback\" or \"never\"").help("offline = \"fallback\" uses a cached value when a provider is unreachable")),
+                _ => diags.push(
+                    bad_value(e, &path, "must be \"fallback\" or \"never\"").help(
+                        "offline = \"fallback\" uses a cached value when a provider is unreachable",
+                    ),
+                ),
             },
             _ => diags.push(unknown_key(e, &path, CACHE_KEYS)),
         }
@@ -1095,7 +1295,10 @@ fn check_collisions(secrets: &[SecretEntry], diags: &mut Vec<Diagnostic>) {
                 diags.push(
                     Diagnostic::error(
                         "config::variable_collision",
-                        format!("`{}` and `{}` both set the variable `{var}`", other.name, s.name),
+                        format!(
+                            "`{}` and `{}` both set the variable `{var}`",
+                            other.name, s.name
+                        ),
                     )
                     .at(&s.pos)
                     .secret(&s.name)

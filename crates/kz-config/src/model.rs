@@ -92,7 +92,10 @@ impl ProviderInstance {
     pub fn opt_list(&self, name: &str) -> Vec<String> {
         match self.option(name).map(|o| &o.node.val) {
             Some(Val::Str(s)) => vec![s.clone()],
-            Some(Val::Array(a)) => a.iter().filter_map(|n| n.as_str().map(String::from)).collect(),
+            Some(Val::Array(a)) => a
+                .iter()
+                .filter_map(|n| n.as_str().map(String::from))
+                .collect(),
             _ => Vec::new(),
         }
     }
@@ -124,7 +127,8 @@ impl ProviderInstance {
 
     /// Per-call timeout (default 10 s).
     pub fn timeout(&self) -> Duration {
-        self.opt_duration("timeout").unwrap_or(Duration::from_secs(10))
+        self.opt_duration("timeout")
+            .unwrap_or(Duration::from_secs(10))
     }
 
     /// Parallel calls to this instance (default 8).
@@ -139,7 +143,9 @@ impl ProviderInstance {
     pub fn untrusted_options(&self) -> Vec<(&str, &Pos)> {
         self.options
             .iter()
-            .filter(|(n, v)| v.role == Role::Project && self.ty.option(n).is_some_and(|s| s.needs_trust))
+            .filter(|(n, v)| {
+                v.role == Role::Project && self.ty.option(n).is_some_and(|s| s.needs_trust)
+            })
             .map(|(n, v)| (n.as_str(), &v.node.pos))
             .collect()
     }
@@ -206,10 +212,14 @@ impl SecretEntry {
     pub fn produces(&self) -> Vec<String> {
         if self.ty.name == "aws_sts" && self.param("format").as_deref() == Some("env") {
             let prefix = self.param("prefix").unwrap_or_default();
-            ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"]
-                .iter()
-                .map(|n| format!("{prefix}{n}"))
-                .collect()
+            [
+                "AWS_ACCESS_KEY_ID",
+                "AWS_SECRET_ACCESS_KEY",
+                "AWS_SESSION_TOKEN",
+            ]
+            .iter()
+            .map(|n| format!("{prefix}{n}"))
+            .collect()
         } else {
             vec![self.name.clone()]
         }

@@ -15,16 +15,56 @@ pub struct Scheme {
 
 /// The schemes of the short form.
 pub const SCHEMES: &[Scheme] = &[
-    Scheme { prefix: "sm://", provider: "aws", own: false },
-    Scheme { prefix: "ssm://", provider: "aws", own: false },
-    Scheme { prefix: "op://", provider: "1password", own: false },
-    Scheme { prefix: "vault://", provider: "hashicorp", own: true },
-    Scheme { prefix: "gcp://", provider: "gcp", own: true },
-    Scheme { prefix: "age://", provider: "age", own: true },
-    Scheme { prefix: "env://", provider: "env", own: true },
-    Scheme { prefix: "keychain://", provider: "keychain", own: true },
-    Scheme { prefix: "local://", provider: "local", own: true },
-    Scheme { prefix: "kz://", provider: "keyzero", own: true },
+    Scheme {
+        prefix: "sm://",
+        provider: "aws",
+        own: false,
+    },
+    Scheme {
+        prefix: "ssm://",
+        provider: "aws",
+        own: false,
+    },
+    Scheme {
+        prefix: "op://",
+        provider: "1password",
+        own: false,
+    },
+    Scheme {
+        prefix: "vault://",
+        provider: "hashicorp",
+        own: true,
+    },
+    Scheme {
+        prefix: "gcp://",
+        provider: "gcp",
+        own: true,
+    },
+    Scheme {
+        prefix: "age://",
+        provider: "age",
+        own: true,
+    },
+    Scheme {
+        prefix: "env://",
+        provider: "env",
+        own: true,
+    },
+    Scheme {
+        prefix: "keychain://",
+        provider: "keychain",
+        own: true,
+    },
+    Scheme {
+        prefix: "local://",
+        provider: "local",
+        own: true,
+    },
+    Scheme {
+        prefix: "kz://",
+        provider: "keyzero",
+        own: true,
+    },
 ];
 
 /// Why a short-form reference could not pick a provider.
@@ -48,7 +88,9 @@ pub fn infer(short: &str) -> Result<(&'static str, String), InferError> {
         return Ok(("gcp", short.to_string()));
     }
     match short.find("://") {
-        Some(i) => Err(InferError::UnknownScheme(short.get(..i + 3).unwrap_or(short).to_string())),
+        Some(i) => Err(InferError::UnknownScheme(
+            short.get(..i + 3).unwrap_or(short).to_string(),
+        )),
         None => Err(InferError::NoScheme),
     }
 }
@@ -65,7 +107,11 @@ pub fn known_schemes() -> String {
 pub fn strip_own_scheme(provider: &str, r: &str) -> Result<String, &'static str> {
     for s in SCHEMES.iter().filter(|s| s.own) {
         if let Some(rest) = r.strip_prefix(s.prefix) {
-            return if s.provider == provider { Ok(rest.to_string()) } else { Err(s.prefix) };
+            return if s.provider == provider {
+                Ok(rest.to_string())
+            } else {
+                Err(s.prefix)
+            };
         }
     }
     Ok(r.to_string())
@@ -102,11 +148,15 @@ pub fn validate(provider: &str, r: &str) -> Result<(), String> {
         "age" => validate_relative_path(r),
         "1password" => validate_op(r),
         "aws" => validate_aws(r),
-        "aws_sts" if !r.starts_with("arn:") => Err(format!("`{r}` is not a role ARN (arn:aws:iam::ACCOUNT:role/NAME)")),
+        "aws_sts" if !r.starts_with("arn:") => Err(format!(
+            "`{r}` is not a role ARN (arn:aws:iam::ACCOUNT:role/NAME)"
+        )),
         "hashicorp" => {
             let path = r.split('#').next().unwrap_or_default().trim_matches('/');
             if path.is_empty() || path.split('/').any(|s| s.is_empty() || s == "..") {
-                Err(format!("`{r}` is not a Vault path (e.g. `secret/data/app` or `secret/app#field`)"))
+                Err(format!(
+                    "`{r}` is not a Vault path (e.g. `secret/data/app` or `secret/app#field`)"
+                ))
             } else {
                 Ok(())
             }
@@ -114,7 +164,9 @@ pub fn validate(provider: &str, r: &str) -> Result<(), String> {
         "gcp" => validate_gcp(r),
         "keyzero" => {
             if r.len() > 512 || r.contains('%') || r.split('/').any(|s| s == "..") {
-                Err(format!("`{r}` is not a valid keyzero ref (at most 512 bytes, no `%`, no `..`)"))
+                Err(format!(
+                    "`{r}` is not a valid keyzero ref (at most 512 bytes, no `%`, no `..`)"
+                ))
             } else {
                 Ok(())
             }
@@ -157,7 +209,9 @@ fn validate_op(r: &str) -> Result<(), String> {
 fn validate_aws(r: &str) -> Result<(), String> {
     if let Some(name) = r.strip_prefix("ssm://") {
         if name.is_empty() || name == "/" {
-            return Err(format!("`{r}` names no parameter (ssm://NAME or ssm:///path/name)"));
+            return Err(format!(
+                "`{r}` names no parameter (ssm://NAME or ssm:///path/name)"
+            ));
         }
         return Ok(());
     }
@@ -167,7 +221,9 @@ fn validate_aws(r: &str) -> Result<(), String> {
         return Err(format!("`{r}` names no secret (sm://NAME-OR-ARN)"));
     }
     if r.contains("://") && !r.starts_with("sm://") {
-        return Err(format!("`{r}` has a scheme the aws provider does not know (sm:// or ssm://)"));
+        return Err(format!(
+            "`{r}` has a scheme the aws provider does not know (sm:// or ssm://)"
+        ));
     }
     Ok(())
 }
@@ -179,13 +235,17 @@ fn validate_gcp(r: &str) -> Result<(), String> {
     let parts: Vec<&str> = r.split('/').collect();
     let ok = match parts.as_slice() {
         ["projects", p, "secrets", s] => !p.is_empty() && !s.is_empty(),
-        ["projects", p, "secrets", s, "versions", v] => !p.is_empty() && !s.is_empty() && !v.is_empty(),
+        ["projects", p, "secrets", s, "versions", v] => {
+            !p.is_empty() && !s.is_empty() && !v.is_empty()
+        }
         _ => false,
     };
     if ok {
         Ok(())
     } else {
-        Err(format!("`{r}` is not a Secret Manager name (projects/P/secrets/S[/versions/V])"))
+        Err(format!(
+            "`{r}` is not a Secret Manager name (projects/P/secrets/S[/versions/V])"
+        ))
     }
 }
 
@@ -195,22 +255,46 @@ mod tests {
 
     #[test]
     fn short_form_schemes() {
-        assert_eq!(infer("sm://prod/db").unwrap(), ("aws", "sm://prod/db".into()));
-        assert_eq!(infer("ssm:///app/db").unwrap(), ("aws", "ssm:///app/db".into()));
-        assert_eq!(infer("op://Dev/x/y").unwrap(), ("1password", "op://Dev/x/y".into()));
-        assert_eq!(infer("vault://secret/app").unwrap(), ("hashicorp", "secret/app".into()));
-        assert_eq!(infer("local://proj/DB").unwrap(), ("local", "proj/DB".into()));
+        assert_eq!(
+            infer("sm://prod/db").unwrap(),
+            ("aws", "sm://prod/db".into())
+        );
+        assert_eq!(
+            infer("ssm:///app/db").unwrap(),
+            ("aws", "ssm:///app/db".into())
+        );
+        assert_eq!(
+            infer("op://Dev/x/y").unwrap(),
+            ("1password", "op://Dev/x/y".into())
+        );
+        assert_eq!(
+            infer("vault://secret/app").unwrap(),
+            ("hashicorp", "secret/app".into())
+        );
+        assert_eq!(
+            infer("local://proj/DB").unwrap(),
+            ("local", "proj/DB".into())
+        );
         assert_eq!(infer("env://HOME").unwrap(), ("env", "HOME".into()));
         assert_eq!(infer("kz://prod/x").unwrap(), ("keyzero", "prod/x".into()));
-        assert_eq!(infer("projects/p/secrets/s").unwrap(), ("gcp", "projects/p/secrets/s".into()));
+        assert_eq!(
+            infer("projects/p/secrets/s").unwrap(),
+            ("gcp", "projects/p/secrets/s".into())
+        );
         assert_eq!(infer("gcp://s").unwrap(), ("gcp", "s".into()));
-        assert_eq!(infer("http://x"), Err(InferError::UnknownScheme("http://".into())));
+        assert_eq!(
+            infer("http://x"),
+            Err(InferError::UnknownScheme("http://".into()))
+        );
         assert_eq!(infer("plain"), Err(InferError::NoScheme));
     }
 
     #[test]
     fn own_scheme_is_stripped_only_for_its_type() {
-        assert_eq!(strip_own_scheme("hashicorp", "vault://a/b"), Ok("a/b".into()));
+        assert_eq!(
+            strip_own_scheme("hashicorp", "vault://a/b"),
+            Ok("a/b".into())
+        );
         assert_eq!(strip_own_scheme("hashicorp", "a/b"), Ok("a/b".into()));
         assert_eq!(strip_own_scheme("local", "vault://a"), Err("vault://"));
         assert_eq!(strip_own_scheme("aws", "sm://x"), Ok("sm://x".into()));

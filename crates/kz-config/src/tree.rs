@@ -150,7 +150,9 @@ fn table_val(idx: &LineIndex, t: &dyn TableLike) -> Val {
 }
 
 fn item_node(idx: &LineIndex, item: &Item, fallback: &Pos) -> Option<Node> {
-    let pos = |span: Option<std::ops::Range<usize>>| span.map_or_else(|| fallback.clone(), |s| idx.pos(s.start));
+    let pos = |span: Option<std::ops::Range<usize>>| {
+        span.map_or_else(|| fallback.clone(), |s| idx.pos(s.start))
+    };
     match item {
         Item::None => None,
         Item::Value(v) => Some(value_node(idx, v, fallback)),
@@ -174,7 +176,9 @@ fn item_node(idx: &LineIndex, item: &Item, fallback: &Pos) -> Option<Node> {
 
 fn value_node(idx: &LineIndex, v: &toml_edit::Value, fallback: &Pos) -> Node {
     use toml_edit::Value as V;
-    let pos = v.span().map_or_else(|| fallback.clone(), |s| idx.pos(s.start));
+    let pos = v
+        .span()
+        .map_or_else(|| fallback.clone(), |s| idx.pos(s.start));
     let val = match v {
         V::String(s) => Val::Str(s.value().clone()),
         V::Integer(i) => Val::Int(*i.value()),

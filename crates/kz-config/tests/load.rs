@@ -15,7 +15,11 @@ impl Project {
     fn new(project: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(".keyzero.toml"), project).unwrap();
-        Self { dir, env: HashMap::new(), global: None }
+        Self {
+            dir,
+            env: HashMap::new(),
+            global: None,
+        }
     }
     fn local(self, text: &str) -> Self {
         std::fs::write(self.dir.path().join(".keyzero.local.toml"), text).unwrap();
@@ -85,16 +89,31 @@ fn short_form_infers_provider_and_strips_own_scheme() {
     )
     .ok();
     let get = |n: &str| c.secret(n).unwrap();
-    assert_eq!((get("A").ty.name, get("A").reference.as_str()), ("local", "p/A"));
-    assert_eq!((get("B").ty.name, get("B").reference.as_str()), ("aws", "sm://prod/b"));
-    assert_eq!((get("C").ty.name, get("C").reference.as_str()), ("env", "HOME"));
-    assert_eq!((get("D").ty.name, get("D").reference.as_str()), ("1password", "op://V/i/f"));
+    assert_eq!(
+        (get("A").ty.name, get("A").reference.as_str()),
+        ("local", "p/A")
+    );
+    assert_eq!(
+        (get("B").ty.name, get("B").reference.as_str()),
+        ("aws", "sm://prod/b")
+    );
+    assert_eq!(
+        (get("C").ty.name, get("C").reference.as_str()),
+        ("env", "HOME")
+    );
+    assert_eq!(
+        (get("D").ty.name, get("D").reference.as_str()),
+        ("1password", "op://V/i/f")
+    );
     assert!(c.provider("local").is_some_and(|p| !p.declared));
 }
 
 #[test]
 fn short_form_uses_the_single_declared_instance_and_refuses_two() {
-    let c = Project::new("[providers.mine]\ntype = \"local\"\npath = \"s.age\"\n[secrets]\nA = \"local://x\"\n").ok();
+    let c = Project::new(
+        "[providers.mine]\ntype = \"local\"\npath = \"s.age\"\n[secrets]\nA = \"local://x\"\n",
+    )
+    .ok();
     assert_eq!(c.secret("A").unwrap().provider, "mine");
     let e = Project::new(
         "[providers.a]\ntype = \"local\"\n[providers.b]\ntype = \"local\"\n[secrets]\nA = \"local://x\"\n",
@@ -106,7 +125,10 @@ fn short_form_uses_the_single_declared_instance_and_refuses_two() {
 
 #[test]
 fn unknown_keys_have_line_and_suggestion() {
-    let e = Project::new("[secrets]\nA = { provider = \"env\", ref = \"HOME\", feild = \"x\" }\n[bliind]\nx = 1\n").errors();
+    let e = Project::new(
+        "[secrets]\nA = { provider = \"env\", ref = \"HOME\", feild = \"x\" }\n[bliind]\nx = 1\n",
+    )
+    .errors();
     assert_eq!(e.len(), 2, "{e:#?}");
     assert_eq!(e[0].line, Some(2));
     assert_eq!(e[0].help.as_deref(), Some("did you mean `field`?"));
@@ -133,7 +155,13 @@ fn all_problems_are_reported_at_once() {
     let codes: Vec<_> = e.iter().map(|d| d.code).collect();
     assert_eq!(
         codes,
-        ["config::secret_name", "config::reference_scheme", "config::unknown_provider", "config::missing_ref", "config::type"],
+        [
+            "config::secret_name",
+            "config::reference_scheme",
+            "config::unknown_provider",
+            "config::missing_ref",
+            "config::type"
+        ],
         "{e:#?}"
     );
     assert!(e[1].help.as_deref().unwrap().contains("sm://"));
@@ -145,10 +173,17 @@ fn credentials_are_refused_in_the_project_file_only() {
     assert_eq!(e[0].code, "config::credential_in_project_file");
     assert!(e[0].help.as_deref().unwrap().contains("token_env"));
     assert!(!e[0].message.contains("s.abc"));
-    let e = Project::new("[providers.vault]\nauth = { method = \"approle\", role_id = \"r\", secret_id = \"x\" }\n").errors();
+    let e = Project::new(
+        "[providers.vault]\nauth = { method = \"approle\", role_id = \"r\", secret_id = \"x\" }\n",
+    )
+    .errors();
     assert_eq!(e[0].code, "config::credential_in_project_file");
-    Project::new("[providers.vault]\naddress = \"http://127.0.0.1:1\"\n").local("[providers.vault]\ntoken = \"s.abc\"\n").ok();
-    Project::new("").global("[providers.vault]\ntoken = \"s.abc\"\n").ok();
+    Project::new("[providers.vault]\naddress = \"http://127.0.0.1:1\"\n")
+        .local("[providers.vault]\ntoken = \"s.abc\"\n")
+        .ok();
+    Project::new("")
+        .global("[providers.vault]\ntoken = \"s.abc\"\n")
+        .ok();
 }
 
 #[test]
@@ -170,28 +205,54 @@ fn global_file_holds_providers_only() {
     let c = Project::new("[secrets]\nA = { provider = \"dotenv\", ref = \"A\" }\n")
         .global("[providers.dotenv]\npath = \"/x.env\"\n")
         .ok();
-    assert_eq!(c.provider("dotenv").unwrap().opt_str("path"), Some("/x.env"));
-    let e = Project::new("").global("[secrets]\nA = \"env://A\"\n").errors();
+    assert_eq!(
+        c.provider("dotenv").unwrap().opt_str("path"),
+        Some("/x.env")
+    );
+    let e = Project::new("")
+        .global("[secrets]\nA = \"env://A\"\n")
+        .errors();
     assert_eq!(e[0].code, "config::global_scope");
 }
 
 #[test]
 fn environment_selection() {
     let text = "[secrets]\nA = \"env://DEV\"\n[production.secrets]\nA = \"env://PROD\"\n";
-    assert_eq!(Project::new(text).ok().secret("A").unwrap().reference, "DEV");
+    assert_eq!(
+        Project::new(text).ok().secret("A").unwrap().reference,
+        "DEV"
+    );
     let p = Project::new(text).var("KEYZERO_ENV", "production");
     let c = p.load_env(None).config.unwrap();
-    assert_eq!((c.environment.as_str(), c.secret("A").unwrap().reference.as_str()), ("production", "PROD"));
+    assert_eq!(
+        (
+            c.environment.as_str(),
+            c.secret("A").unwrap().reference.as_str()
+        ),
+        ("production", "PROD")
+    );
     assert_eq!(c.env_source, EnvSource::KeyzeroEnv);
     // The flag wins over the variable.
     let c = p.load_env(Some("development")).config.unwrap();
     assert_eq!(c.secret("A").unwrap().reference, "DEV");
     // NODE_ENV with no section falls back, with a note.
-    let c = Project::new(text).var("NODE_ENV", "test").load_env(None).config.unwrap();
+    let c = Project::new(text)
+        .var("NODE_ENV", "test")
+        .load_env(None)
+        .config
+        .unwrap();
     assert_eq!(c.secret("A").unwrap().reference, "DEV");
-    assert!(c.warnings.iter().any(|w| w.code == "config::environment_fallback" && w.message.contains("NODE_ENV=test")));
+    assert!(
+        c.warnings.iter().any(
+            |w| w.code == "config::environment_fallback" && w.message.contains("NODE_ENV=test")
+        )
+    );
     // NODE_ENV with a section uses it.
-    let c = Project::new(text).var("NODE_ENV", "production").load_env(None).config.unwrap();
+    let c = Project::new(text)
+        .var("NODE_ENV", "production")
+        .load_env(None)
+        .config
+        .unwrap();
     assert_eq!(c.secret("A").unwrap().reference, "PROD");
     // An explicit unknown environment is an error listing the available ones.
     let l = Project::new(text).load_env(Some("staging"));
@@ -202,11 +263,13 @@ fn environment_selection() {
 
 #[test]
 fn production_does_not_inherit_development() {
-    let c = Project::new("[secrets]\nA = \"env://A\"\nB = \"env://B\"\n[production.secrets]\nA = \"env://PA\"\n")
-        .var("KEYZERO_ENV", "production")
-        .load_env(None)
-        .config
-        .unwrap();
+    let c = Project::new(
+        "[secrets]\nA = \"env://A\"\nB = \"env://B\"\n[production.secrets]\nA = \"env://PA\"\n",
+    )
+    .var("KEYZERO_ENV", "production")
+    .load_env(None)
+    .config
+    .unwrap();
     assert_eq!(names(&c), ["A"]);
 }
 
@@ -214,7 +277,8 @@ fn production_does_not_inherit_development() {
 fn development_section_alone_is_the_default() {
     let c = Project::new("[development.secrets]\nA = \"env://A\"\n").ok();
     assert_eq!(names(&c), ["A"]);
-    let e = Project::new("[secrets]\nA = \"env://A\"\n[development.secrets]\nA = \"env://B\"\n").errors();
+    let e = Project::new("[secrets]\nA = \"env://A\"\n[development.secrets]\nA = \"env://B\"\n")
+        .errors();
     assert_eq!(e[0].code, "config::ambiguous_development");
 }
 
@@ -227,7 +291,8 @@ fn inactive_sections_are_validated_too() {
 #[test]
 fn provider_params_are_declared_per_type() {
     Project::new("[secrets]\nA = { provider = \"aws\", ref = \"sm://a\", version_stage = \"AWSPREVIOUS\" }\n").ok();
-    let e = Project::new("[secrets]\nA = { provider = \"aws\", ref = \"sm://a\", version = 3 }\n").errors();
+    let e = Project::new("[secrets]\nA = { provider = \"aws\", ref = \"sm://a\", version = 3 }\n")
+        .errors();
     assert_eq!(e[0].code, "config::unknown_key");
     // exec accepts anything scalar.
     Project::new("[providers.exec]\ncommand = [\"x\"]\n[secrets]\nA = { provider = \"exec\", ref = \"a\", anything = 3 }\n").ok();
@@ -260,16 +325,31 @@ fn blind_and_cache_are_validated() {
     )
     .errors();
     let codes: Vec<_> = e.iter().map(|d| d.code).collect();
-    assert_eq!(codes, ["config::host_pattern", "config::value", "config::value", "config::unknown_key", "config::value"], "{e:#?}");
-    let w = Project::new("[blind]\nconnections = [{ allow = true, regex = \"api\\\\.x\\\\.com\" }]\n").ok().warnings;
+    assert_eq!(
+        codes,
+        [
+            "config::host_pattern",
+            "config::value",
+            "config::value",
+            "config::unknown_key",
+            "config::value"
+        ],
+        "{e:#?}"
+    );
+    let w =
+        Project::new("[blind]\nconnections = [{ allow = true, regex = \"api\\\\.x\\\\.com\" }]\n")
+            .ok()
+            .warnings;
     assert_eq!(w[0].code, "config::unanchored_regex");
 }
 
 #[test]
 fn untrusted_options_are_reported_per_instance() {
-    let c = Project::new("[providers.exec]\ncommand = [\"./plugin\"]\n[providers.vault]\naddress = \"http://x\"\n")
-        .local("[providers.vault]\naddress = \"http://y\"\n")
-        .ok();
+    let c = Project::new(
+        "[providers.exec]\ncommand = [\"./plugin\"]\n[providers.vault]\naddress = \"http://x\"\n",
+    )
+    .local("[providers.vault]\naddress = \"http://y\"\n")
+    .ok();
     assert_eq!(c.provider("exec").unwrap().untrusted_options().len(), 1);
     assert!(c.provider("vault").unwrap().untrusted_options().is_empty());
 }
@@ -285,7 +365,13 @@ fn syntax_errors_point_at_the_line() {
 fn not_found_suggests_init() {
     let dir = tempfile::tempdir().unwrap();
     let getenv = |_: &str| None;
-    let l = load(&LoadRequest { start_dir: dir.path(), config_file: None, env_flag: None, global_file: None, getenv: &getenv });
+    let l = load(&LoadRequest {
+        start_dir: dir.path(),
+        config_file: None,
+        env_flag: None,
+        global_file: None,
+        getenv: &getenv,
+    });
     let e: Vec<_> = l.errors().collect();
     if e.is_empty() {
         return; // a parent of the temp dir has a config: nothing to check here

@@ -14,7 +14,9 @@ pub struct EnvProvider {
 
 impl std::fmt::Debug for EnvProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EnvProvider").field("instance", &self.instance).finish_non_exhaustive()
+        f.debug_struct("EnvProvider")
+            .field("instance", &self.instance)
+            .finish_non_exhaustive()
     }
 }
 
@@ -29,14 +31,23 @@ impl EnvProvider {
 }
 
 impl Provider for EnvProvider {
-    fn resolve<'a>(&'a self, items: &'a [Item]) -> BoxFuture<'a, Vec<Result<Resolved, ProviderError>>> {
+    fn resolve<'a>(
+        &'a self,
+        items: &'a [Item],
+    ) -> BoxFuture<'a, Vec<Result<Resolved, ProviderError>>> {
         Box::pin(async move {
             items
                 .iter()
                 .map(|i| match (self.getenv)(&i.reference) {
                     Some(v) => Ok(Resolved::Single(SecretValue::from_string(v))),
-                    None => Err(ProviderError::not_found(format!("the variable `{}` is not set in kz's environment", i.reference))
-                        .help(format!("export {} before running kz, or map the secret to another provider", i.reference))),
+                    None => Err(ProviderError::not_found(format!(
+                        "the variable `{}` is not set in kz's environment",
+                        i.reference
+                    ))
+                    .help(format!(
+                        "export {} before running kz, or map the secret to another provider",
+                        i.reference
+                    ))),
                 })
                 .collect()
         })

@@ -66,7 +66,10 @@ impl std::fmt::Debug for BuildContext {
 
 /// Builds the provider for a configured instance. Building does no network I/O; files are
 /// read lazily on first use where possible.
-pub fn build(inst: &ProviderInstance, ctx: &BuildContext) -> Result<Arc<dyn Provider>, ProviderError> {
+pub fn build(
+    inst: &ProviderInstance,
+    ctx: &BuildContext,
+) -> Result<Arc<dyn Provider>, ProviderError> {
     Ok(match inst.ty.name {
         "local" => Arc::new(local::LocalProvider::new(inst, ctx)?),
         "env" => Arc::new(env::EnvProvider::new(inst, ctx)),

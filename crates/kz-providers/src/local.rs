@@ -40,7 +40,9 @@ pub struct LocalProvider {
 
 impl std::fmt::Debug for LocalProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalProvider").field("store", &self.store).finish_non_exhaustive()
+        f.debug_struct("LocalProvider")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
     }
 }
 
@@ -139,8 +141,11 @@ impl LocalProvider {
             .help("restore the `.meta` file from a backup; kz never guesses the identity of an existing store")
         })?;
         let meta: Meta = serde_json::from_str(&text).map_err(|_| {
-            ProviderError::new(ErrorKind::Config, format!("the identity record `{}` is malformed", path.display()))
-                .help("restore it from a backup")
+            ProviderError::new(
+                ErrorKind::Config,
+                format!("the identity record `{}` is malformed", path.display()),
+            )
+            .help("restore it from a backup")
         })?;
         if let Some(opt) = &self.identity_option
             && *opt != meta.identity
@@ -170,8 +175,14 @@ impl LocalProvider {
             .find(|l| l.starts_with("AGE-SECRET-KEY-"))
             .and_then(|l| age::x25519::Identity::from_str(l).ok())
             .ok_or_else(|| {
-                ProviderError::new(ErrorKind::Config, format!("`{}` holds no X25519 identity (AGE-SECRET-KEY-1…)", path.display()))
-                    .help("restore the identity file from a backup")
+                ProviderError::new(
+                    ErrorKind::Config,
+                    format!(
+                        "`{}` holds no X25519 identity (AGE-SECRET-KEY-1…)",
+                        path.display()
+                    ),
+                )
+                .help("restore the identity file from a backup")
             })
     }
 
@@ -181,21 +192,45 @@ impl LocalProvider {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Entries::new()),
             Err(e) => {
-                return Err(ProviderError::new(ErrorKind::Config, format!("cannot read the local store `{}`: {e}", self.store.display())));
+                return Err(ProviderError::new(
+                    ErrorKind::Config,
+                    format!(
+                        "cannot read the local store `{}`: {e}",
+                        self.store.display()
+                    ),
+                ));
             }
         };
         let meta = self.recorded_identity()?;
         let identity = Self::load_identity(&meta.identity)?;
-        let decryptor = age::Decryptor::new_buffered(bytes.as_slice()).map_err(|e| corrupt(&self.store, &e.to_string()))?;
-        let mut reader = decryptor.decrypt(std::iter::once(&identity as &dyn age::Identity)).map_err(|e| {
-            ProviderError::new(ErrorKind::Auth, format!("cannot decrypt the local store `{}`: {e}", self.store.display()))
-                .help(format!("the identity `{}` does not open this store; restore the right one", meta.identity.display()))
-        })?;
+        let decryptor = age::Decryptor::new_buffered(bytes.as_slice())
+            .map_err(|e| corrupt(&self.store, &e.to_string()))?;
+        let mut reader = decryptor
+            .decrypt(std::iter::once(&identity as &dyn age::Identity))
+            .map_err(|e| {
+                ProviderError::new(
+                    ErrorKind::Auth,
+                    format!(
+                        "cannot decrypt the local store `{}`: {e}",
+                        self.store.display()
+                    ),
+                )
+                .help(format!(
+                    "the identity `{}` does not open this store; restore the right one",
+                    meta.identity.display()
+                ))
+            })?;
         let mut plain = Zeroizing::new(Vec::new());
-        reader.read_to_end(&mut plain).map_err(|e| corrupt(&self.store, &e.to_string()))?;
-        let parsed: StoreIn = serde_json::from_slice(&plain).map_err(|_| corrupt(&self.store, "the plaintext is not a keyzero store"))?;
+        reader
+            .read_to_end(&mut plain)
+            .map_err(|e| corrupt(&self.store, &e.to_string()))?;
+        let parsed: StoreIn = serde_json::from_slice(&plain)
+            .map_err(|_| corrupt(&self.store, "the plaintext is not a keyzero store"))?;
         if parsed.v != 1 {
-            return Err(corrupt(&self.store, &format!("unsupported store version {}", parsed.v)));
+            return Err(corrupt(
+                &self.store,
+                &format!("unsupported store version {}", parsed.v),
+            ));
         }
         let mut out = Entries::new();
         for (k, e) in parsed.entries {
@@ -205,18 +240,29 @@ impl LocalProvider {
                     let b = Zeroizing::new(b);
                     let bytes = base64::engine::general_purpose::STANDARD
                         .decode(b.as_bytes())
-                        .map_err(|_| corrupt(&self.store, &format!("entry `{k}` has invalid base64")))?;
+                        .map_err(|_| {
+                            corrupt(&self.store, &format!("entry `{k}` has invalid base64"))
+                        })?;
                     SecretValue::from_bytes(bytes)
                 }
                 (None, None) => SecretValue::from_bytes(Vec::new()),
             };
-            out.insert(k, StoredValue { value, updated: e.updated });
+            out.insert(
+                k,
+                StoredValue {
+                    value,
+                    updated: e.updated,
+                },
+            );
         }
         Ok(out)
     }
 
     fn cached_entries(&self) -> Result<Arc<Entries>, ProviderError> {
-        let mut guard = self.cache.lock().map_err(|_| ProviderError::new(ErrorKind::Backend, "store cache poisoned"))?;
+        let mut guard = self
+            .cache
+            .lock()
+            .map_err(|_| ProviderError::new(ErrorKind::Backend, "store cache poisoned"))?;
         if let Some(e) = guard.as_ref() {
             return Ok(Arc::clone(e));
         }
@@ -227,7 +273,10 @@ impl LocalProvider {
 
     /// Creates the identity and its record for a new store (first write only).
     fn create_identity(&self) -> Result<Meta, ProviderError> {
-        let path = self.identity_option.clone().unwrap_or_else(|| self.default_identity.clone());
+        let path = self
+            .identity_option
+            .clone()
+            .unwrap_or_else(|| self.default_identity.clone());
         let identity = if path.exists() {
             Self::load_identity(&path)?
         } else {
@@ -245,7 +294,9 @@ impl LocalProvider {
                 .mode(0o600)
                 .open(&path)
                 .map_err(|e| io_err(&path, "create the identity file", &e))?;
-            f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(|e| io_err(&path, "write the identity file", &e))?;
+            f.write_all(text.as_bytes())
+                .and_then(|()| f.sync_all())
+                .map_err(|e| io_err(&path, "write the identity file", &e))?;
             id
         };
         let meta = Meta {
@@ -253,13 +304,17 @@ impl LocalProvider {
             identity: path,
             recipient: identity.to_public().to_string(),
         };
-        let json = serde_json::to_vec_pretty(&meta).map_err(|e| ProviderError::new(ErrorKind::Backend, e.to_string()))?;
+        let json = serde_json::to_vec_pretty(&meta)
+            .map_err(|e| ProviderError::new(ErrorKind::Backend, e.to_string()))?;
         write_atomic(&self.meta_path(), &json)?;
         Ok(meta)
     }
 
     /// Read, modify, write under the lock.
-    fn modify(&self, f: impl FnOnce(&mut Entries) -> Result<(), ProviderError>) -> Result<(), ProviderError> {
+    fn modify(
+        &self,
+        f: impl FnOnce(&mut Entries) -> Result<(), ProviderError>,
+    ) -> Result<(), ProviderError> {
         make_private_dir(self.store.parent())?;
         let lock_path = self.lock_path();
         let lock = OpenOptions::new()
@@ -269,19 +324,41 @@ impl LocalProvider {
             .mode(0o600)
             .open(&lock_path)
             .map_err(|e| io_err(&lock_path, "open the lock file", &e))?;
-        lock.lock().map_err(|e| io_err(&lock_path, "lock the store", &e))?;
+        lock.lock()
+            .map_err(|e| io_err(&lock_path, "lock the store", &e))?;
         let result = (|| {
-            let meta = if self.meta_path().exists() { self.recorded_identity()? } else { self.create_identity()? };
+            let meta = if self.meta_path().exists() {
+                self.recorded_identity()?
+            } else {
+                self.create_identity()?
+            };
             let mut entries = self.read_entries()?;
             f(&mut entries)?;
-            let recipient = age::x25519::Recipient::from_str(&meta.recipient)
-                .map_err(|_| ProviderError::new(ErrorKind::Config, format!("the identity record `{}` is malformed", self.meta_path().display())))?;
+            let recipient = age::x25519::Recipient::from_str(&meta.recipient).map_err(|_| {
+                ProviderError::new(
+                    ErrorKind::Config,
+                    format!(
+                        "the identity record `{}` is malformed",
+                        self.meta_path().display()
+                    ),
+                )
+            })?;
             let plain = serialize(&entries)?;
             let mut out = Vec::with_capacity(plain.len() + 256);
-            let enc = age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
-                .map_err(|e| ProviderError::new(ErrorKind::Backend, format!("cannot encrypt the store: {e}")))?;
-            let mut w = enc.wrap_output(&mut out).map_err(|e| io_err(&self.store, "encrypt the store", &e))?;
-            w.write_all(&plain).and_then(|()| w.finish().map(drop)).map_err(|e| io_err(&self.store, "encrypt the store", &e))?;
+            let enc =
+                age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
+                    .map_err(|e| {
+                        ProviderError::new(
+                            ErrorKind::Backend,
+                            format!("cannot encrypt the store: {e}"),
+                        )
+                    })?;
+            let mut w = enc
+                .wrap_output(&mut out)
+                .map_err(|e| io_err(&self.store, "encrypt the store", &e))?;
+            w.write_all(&plain)
+                .and_then(|()| w.finish().map(drop))
+                .map_err(|e| io_err(&self.store, "encrypt the store", &e))?;
             write_atomic(&self.store, &out)?;
             if let Ok(mut g) = self.cache.lock() {
                 *g = Some(Arc::new(entries));
@@ -303,7 +380,14 @@ fn serialize(entries: &Entries) -> Result<Zeroizing<Vec<u8>>, ProviderError> {
     let encoded: BTreeMap<&str, Zeroizing<String>> = entries
         .iter()
         .filter(|(_, e)| e.value.expose_str().is_none())
-        .map(|(k, e)| (k.as_str(), Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(e.value.expose_bytes()))))
+        .map(|(k, e)| {
+            (
+                k.as_str(),
+                Zeroizing::new(
+                    base64::engine::general_purpose::STANDARD.encode(e.value.expose_bytes()),
+                ),
+            )
+        })
         .collect();
     let out = StoreOut {
         v: 1,
@@ -311,30 +395,51 @@ fn serialize(entries: &Entries) -> Result<Zeroizing<Vec<u8>>, ProviderError> {
             .iter()
             .map(|(k, e)| {
                 let b64 = encoded.get(k.as_str()).map(|s| s.as_str());
-                (k.as_str(), EntryOut { value: e.value.expose_str(), value_b64: b64, updated: &e.updated })
+                (
+                    k.as_str(),
+                    EntryOut {
+                        value: e.value.expose_str(),
+                        value_b64: b64,
+                        updated: &e.updated,
+                    },
+                )
             })
             .collect(),
     };
     let mut buf = Zeroizing::new(Vec::new());
-    serde_json::to_writer(&mut *buf, &out).map_err(|e| ProviderError::new(ErrorKind::Backend, format!("cannot serialise the store: {e}")))?;
+    serde_json::to_writer(&mut *buf, &out).map_err(|e| {
+        ProviderError::new(
+            ErrorKind::Backend,
+            format!("cannot serialise the store: {e}"),
+        )
+    })?;
     Ok(buf)
 }
 
 fn sidecar(store: &Path, ext: &str) -> PathBuf {
-    let mut name = store.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = store
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(".");
     name.push(ext);
     store.with_file_name(name)
 }
 
 fn corrupt(path: &Path, why: &str) -> ProviderError {
-    ProviderError::new(ErrorKind::Backend, format!("the local store `{}` is damaged: {why}", path.display()))
-        .help("restore it from a backup, or move it away to start a new store")
+    ProviderError::new(
+        ErrorKind::Backend,
+        format!("the local store `{}` is damaged: {why}", path.display()),
+    )
+    .help("restore it from a backup, or move it away to start a new store")
 }
 
 fn io_err(path: &Path, what: &str, e: &std::io::Error) -> ProviderError {
-    ProviderError::new(ErrorKind::Config, format!("cannot {what} `{}`: {e}", path.display()))
-        .help("check the directory's permissions and free space")
+    ProviderError::new(
+        ErrorKind::Config,
+        format!("cannot {what} `{}`: {e}", path.display()),
+    )
+    .help("check the directory's permissions and free space")
 }
 
 /// Creates a directory (and parents) with mode 0700 when missing.
@@ -354,11 +459,18 @@ pub fn make_private_dir(dir: Option<&Path>) -> Result<(), ProviderError> {
 /// fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ProviderError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(format!(".tmp-{}-{}", std::process::id(), rand_suffix()));
     let tmp = dir.join(name);
     let result = (|| {
-        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
@@ -373,7 +485,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ProviderError> {
 fn rand_suffix() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
     h.finish()
 }
 
@@ -382,7 +499,10 @@ fn now_rfc3339() -> String {
 }
 
 impl Provider for LocalProvider {
-    fn resolve<'a>(&'a self, items: &'a [Item]) -> BoxFuture<'a, Vec<Result<Resolved, ProviderError>>> {
+    fn resolve<'a>(
+        &'a self,
+        items: &'a [Item],
+    ) -> BoxFuture<'a, Vec<Result<Resolved, ProviderError>>> {
         Box::pin(async move {
             let entries = match self.cached_entries() {
                 Ok(e) => e,
@@ -392,14 +512,21 @@ impl Provider for LocalProvider {
                 .iter()
                 .map(|i| match entries.get(&i.reference) {
                     Some(v) => Ok(Resolved::Single(v.value.duplicate())),
-                    None => Err(ProviderError::not_found(format!("`{}` is not in the local store", i.reference))
-                        .help(format!("store a value with `kz put {}`", i.name))),
+                    None => Err(ProviderError::not_found(format!(
+                        "`{}` is not in the local store",
+                        i.reference
+                    ))
+                    .help(format!("store a value with `kz put {}`", i.name))),
                 })
                 .collect()
         })
     }
 
-    fn write<'a>(&'a self, item: &'a Item, value: &'a SecretValue) -> BoxFuture<'a, Result<(), ProviderError>> {
+    fn write<'a>(
+        &'a self,
+        item: &'a Item,
+        value: &'a SecretValue,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
         Box::pin(async move {
             self.modify(|entries| {
                 entries.insert(
@@ -418,7 +545,10 @@ impl Provider for LocalProvider {
         Box::pin(async move {
             self.modify(|entries| match entries.remove(&item.reference) {
                 Some(_) => Ok(()),
-                None => Err(ProviderError::not_found(format!("`{}` is not in the local store", item.reference))),
+                None => Err(ProviderError::not_found(format!(
+                    "`{}` is not in the local store",
+                    item.reference
+                ))),
             })
         })
     }
@@ -432,7 +562,10 @@ impl Provider for LocalProvider {
             Ok(m) => m.identity.display().to_string(),
             Err(_) => format!(
                 "{} (created with the first `kz put`)",
-                self.identity_option.as_ref().unwrap_or(&self.default_identity).display()
+                self.identity_option
+                    .as_ref()
+                    .unwrap_or(&self.default_identity)
+                    .display()
             ),
         };
         Description {

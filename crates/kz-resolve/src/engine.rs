@@ -80,9 +80,13 @@ pub fn item_for(entry: &SecretEntry) -> Item {
 
 /// Resolves `entries` with the given instances (keyed by instance name). The outcomes are in
 /// the order of `entries`. An entry whose instance is missing gets a `Config` error.
-pub async fn resolve_all(entries: &[&SecretEntry], instances: &HashMap<String, Instance>) -> Vec<Outcome> {
+pub async fn resolve_all(
+    entries: &[&SecretEntry],
+    instances: &HashMap<String, Instance>,
+) -> Vec<Outcome> {
     let start = Instant::now();
-    let mut slots: Vec<Option<(Result<Resolved, ProviderError>, Duration)>> = entries.iter().map(|_| None).collect();
+    let mut slots: Vec<Option<(Result<Resolved, ProviderError>, Duration)>> =
+        entries.iter().map(|_| None).collect();
     let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
     for (i, e) in entries.iter().enumerate() {
         match groups.iter_mut().find(|(p, _)| *p == e.provider) {
@@ -96,7 +100,10 @@ pub async fn resolve_all(entries: &[&SecretEntry], instances: &HashMap<String, I
             for i in idxs {
                 if let Some(s) = slots.get_mut(i) {
                     *s = Some((
-                        Err(ProviderError::new(ErrorKind::Config, format!("provider `{name}` is not available"))),
+                        Err(ProviderError::new(
+                            ErrorKind::Config,
+                            format!("provider `{name}` is not available"),
+                        )),
                         Duration::ZERO,
                     ));
                 }
@@ -105,7 +112,11 @@ pub async fn resolve_all(entries: &[&SecretEntry], instances: &HashMap<String, I
         };
         let sem = Arc::new(Semaphore::new(inst.concurrency.max(1)));
         for chunk in idxs.chunks(inst.provider.max_batch().max(1)) {
-            let items: Vec<Item> = chunk.iter().filter_map(|i| entries.get(*i)).map(|e| item_for(e)).collect();
+            let items: Vec<Item> = chunk
+                .iter()
+                .filter_map(|i| entries.get(*i))
+                .map(|e| item_for(e))
+                .collect();
             let chunk = chunk.to_vec();
             let inst = inst.clone();
             let sem = Arc::clone(&sem);
@@ -117,7 +128,9 @@ pub async fn resolve_all(entries: &[&SecretEntry], instances: &HashMap<String, I
         }
     }
     while let Some(joined) = tasks.join_next().await {
-        let Ok((chunk, results, latency)) = joined else { continue };
+        let Ok((chunk, results, latency)) = joined else {
+            continue;
+        };
         for (i, r) in chunk.into_iter().zip(results) {
             if let Some(s) = slots.get_mut(i) {
                 *s = Some((r, latency));
@@ -149,17 +162,24 @@ pub async fn resolve_all(entries: &[&SecretEntry], instances: &HashMap<String, I
 
 /// Runs one batch with retries of transient failures, all under the instance's timeout.
 async fn run_batch(inst: &Instance, items: &[Item]) -> Vec<Result<Resolved, ProviderError>> {
-    let mut results: Vec<Option<Result<Resolved, ProviderError>>> = items.iter().map(|_| None).collect();
+    let mut results: Vec<Option<Result<Resolved, ProviderError>>> =
+        items.iter().map(|_| None).collect();
     let work = async {
         let mut pending: Vec<usize> = (0..items.len()).collect();
         for attempt in 1..=MAX_ATTEMPTS {
-            let batch: Vec<Item> = pending.iter().filter_map(|i| items.get(*i).cloned()).collect();
+            let batch: Vec<Item> = pending
+                .iter()
+                .filter_map(|i| items.get(*i).cloned())
+                .collect();
             let answers = inst.provider.resolve(&batch).await;
             let mut retry = Vec::new();
             let mut answers = answers.into_iter();
             for i in pending {
                 let answer = answers.next().unwrap_or_else(|| {
-                    Err(ProviderError::new(ErrorKind::Backend, "the provider returned fewer results than asked"))
+                    Err(ProviderError::new(
+                        ErrorKind::Backend,
+                        "the provider returned fewer results than asked",
+                    ))
                 });
                 match answer {
                     Err(e) if e.transient && attempt < MAX_ATTEMPTS => {
@@ -221,9 +241,15 @@ fn backoff(attempt: u32) -> Duration {
 }
 
 /// Applies `field` (when the provider does not) and the empty-value rule.
-fn finish(e: &SecretEntry, r: Resolved, inst: Option<&Instance>) -> Result<Resolved, ProviderError> {
+fn finish(
+    e: &SecretEntry,
+    r: Resolved,
+    inst: Option<&Instance>,
+) -> Result<Resolved, ProviderError> {
     let r = match (r, &e.field) {
-        (Resolved::Single(v), Some(f)) if !inst.is_some_and(|i| i.provider.handles_field()) => Resolved::Single(json_field(&v, f)?),
+        (Resolved::Single(v), Some(f)) if !inst.is_some_and(|i| i.provider.handles_field()) => {
+            Resolved::Single(json_field(&v, f)?)
+        }
         (r, _) => r,
     };
     if !e.allow_empty {
@@ -254,7 +280,10 @@ mod tests {
     }
 
     impl Provider for Fake {
-        fn resolve<'a>(&'a self, items: &'a [Item]) -> BoxFuture<'a, Vec<Result<Resolved, ProviderError>>> {
+        fn resolve<'a>(
+            &'a self,
+            items: &'a [Item],
+        ) -> BoxFuture<'a, Vec<Result<Resolved, ProviderError>>> {
             Box::pin(async move {
                 let n = self.calls.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(self.delay).await;
@@ -268,7 +297,10 @@ mod tests {
                         } else if i.reference == "empty" {
                             Ok(Resolved::Single(SecretValue::from_bytes(vec![])))
                         } else {
-                            Ok(Resolved::Single(SecretValue::from_str_copy(&format!("v-{}", i.reference))))
+                            Ok(Resolved::Single(SecretValue::from_str_copy(&format!(
+                                "v-{}",
+                                i.reference
+                            ))))
                         }
                     })
                     .collect()
@@ -278,7 +310,11 @@ mod tests {
             self.batch
         }
         fn describe(&self) -> Description {
-            Description { instance: "fake".into(), type_name: "fake", details: vec![] }
+            Description {
+                instance: "fake".into(),
+                type_name: "fake",
+                details: vec![],
+            }
         }
     }
 
@@ -286,12 +322,20 @@ mod tests {
         let text: String = refs
             .iter()
             .enumerate()
-            .map(|(i, (r, opt))| format!("S{i} = {{ provider = \"env\", ref = \"X\", optional = {opt} }}\n# {r}\n"))
+            .map(|(i, (r, opt))| {
+                format!("S{i} = {{ provider = \"env\", ref = \"X\", optional = {opt} }}\n# {r}\n")
+            })
             .collect();
         let dir = tempfile_dir();
         std::fs::write(dir.join(".keyzero.toml"), format!("[secrets]\n{text}")).unwrap();
         let getenv = |_: &str| None;
-        let l = kz_config::load(&kz_config::LoadRequest { start_dir: &dir, config_file: None, env_flag: None, global_file: None, getenv: &getenv });
+        let l = kz_config::load(&kz_config::LoadRequest {
+            start_dir: &dir,
+            config_file: None,
+            env_flag: None,
+            global_file: None,
+            getenv: &getenv,
+        });
         let mut v = l.config.unwrap().secrets;
         for (e, (r, _)) in v.iter_mut().zip(refs) {
             e.reference = (*r).to_string();
@@ -302,7 +346,11 @@ mod tests {
 
     fn tempfile_dir() -> std::path::PathBuf {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let d = std::env::temp_dir().join(format!("kz-engine-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+        let d = std::env::temp_dir().join(format!(
+            "kz-engine-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
         std::fs::create_dir_all(&d).unwrap();
         d
     }
@@ -310,24 +358,55 @@ mod tests {
     fn inst(fake: Fake, timeout: Duration) -> (Arc<Fake>, HashMap<String, Instance>) {
         let f = Arc::new(fake);
         let mut m = HashMap::new();
-        m.insert("fake".into(), Instance { provider: f.clone(), timeout, concurrency: 8 });
+        m.insert(
+            "fake".into(),
+            Instance {
+                provider: f.clone(),
+                timeout,
+                concurrency: 8,
+            },
+        );
         (f, m)
     }
 
     fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap()
     }
 
     #[test]
     fn collects_every_failure_and_keeps_order() {
-        let es = entries(&[("a", false), ("missing", false), ("b", false), ("missing", true), ("empty", false)]);
+        let es = entries(&[
+            ("a", false),
+            ("missing", false),
+            ("b", false),
+            ("missing", true),
+            ("empty", false),
+        ]);
         let refs: Vec<&SecretEntry> = es.iter().collect();
-        let (_, m) = inst(Fake { calls: 0.into(), fail_first: 0, delay: Duration::ZERO, batch: 2 }, Duration::from_secs(10));
+        let (_, m) = inst(
+            Fake {
+                calls: 0.into(),
+                fail_first: 0,
+                delay: Duration::ZERO,
+                batch: 2,
+            },
+            Duration::from_secs(10),
+        );
         let out = rt().block_on(resolve_all(&refs, &m));
-        assert_eq!(out.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(), ["S0", "S1", "S2", "S3", "S4"]);
+        assert_eq!(
+            out.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(),
+            ["S0", "S1", "S2", "S3", "S4"]
+        );
         assert!(out[0].result.is_ok() && out[2].result.is_ok());
         assert!(out[1].is_failure());
-        assert_eq!(out[1].result.as_ref().unwrap_err().kind, ErrorKind::NotFound);
+        assert_eq!(
+            out[1].result.as_ref().unwrap_err().kind,
+            ErrorKind::NotFound
+        );
         assert!(out[3].skipped && !out[3].is_failure());
         assert_eq!(out[4].result.as_ref().unwrap_err().kind, ErrorKind::Empty);
     }
@@ -336,11 +415,27 @@ mod tests {
     fn retries_transient_errors_at_most_three_times() {
         let es = entries(&[("a", false)]);
         let refs: Vec<&SecretEntry> = es.iter().collect();
-        let (f, m) = inst(Fake { calls: 0.into(), fail_first: 2, delay: Duration::ZERO, batch: 1 }, Duration::from_secs(10));
+        let (f, m) = inst(
+            Fake {
+                calls: 0.into(),
+                fail_first: 2,
+                delay: Duration::ZERO,
+                batch: 1,
+            },
+            Duration::from_secs(10),
+        );
         let out = rt().block_on(resolve_all(&refs, &m));
         assert!(out[0].result.is_ok());
         assert_eq!(f.calls.load(Ordering::SeqCst), 3);
-        let (f, m) = inst(Fake { calls: 0.into(), fail_first: 5, delay: Duration::ZERO, batch: 1 }, Duration::from_secs(10));
+        let (f, m) = inst(
+            Fake {
+                calls: 0.into(),
+                fail_first: 5,
+                delay: Duration::ZERO,
+                batch: 1,
+            },
+            Duration::from_secs(10),
+        );
         let out = rt().block_on(resolve_all(&refs, &m));
         assert_eq!(out[0].result.as_ref().unwrap_err().kind, ErrorKind::Network);
         assert_eq!(f.calls.load(Ordering::SeqCst), 3);
@@ -350,7 +445,15 @@ mod tests {
     fn slow_backend_hits_the_timeout() {
         let es = entries(&[("a", false), ("b", false)]);
         let refs: Vec<&SecretEntry> = es.iter().collect();
-        let (_, m) = inst(Fake { calls: 0.into(), fail_first: 0, delay: Duration::from_secs(30), batch: 1 }, Duration::from_millis(500));
+        let (_, m) = inst(
+            Fake {
+                calls: 0.into(),
+                fail_first: 0,
+                delay: Duration::from_secs(30),
+                batch: 1,
+            },
+            Duration::from_millis(500),
+        );
         let out = rt().block_on(resolve_all(&refs, &m));
         for o in &out {
             let e = o.result.as_ref().unwrap_err();

@@ -138,18 +138,35 @@ pub struct Description {
 /// bounded by the instance's `concurrency`).
 pub trait Provider: Send + Sync {
     /// Resolves a batch.
-    fn resolve<'a>(&'a self, items: &'a [Item]) -> BoxFuture<'a, Vec<Result<Resolved, ProviderError>>>;
+    fn resolve<'a>(
+        &'a self,
+        items: &'a [Item],
+    ) -> BoxFuture<'a, Vec<Result<Resolved, ProviderError>>>;
 
     /// Stores a value.
-    fn write<'a>(&'a self, item: &'a Item, value: &'a SecretValue) -> BoxFuture<'a, Result<(), ProviderError>> {
+    fn write<'a>(
+        &'a self,
+        item: &'a Item,
+        value: &'a SecretValue,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
         let _ = (item, value);
-        Box::pin(async { Err(ProviderError::new(ErrorKind::Unsupported, "this provider cannot store values")) })
+        Box::pin(async {
+            Err(ProviderError::new(
+                ErrorKind::Unsupported,
+                "this provider cannot store values",
+            ))
+        })
     }
 
     /// Deletes a value (`kz rm --purge`).
     fn delete<'a>(&'a self, item: &'a Item) -> BoxFuture<'a, Result<(), ProviderError>> {
         let _ = item;
-        Box::pin(async { Err(ProviderError::new(ErrorKind::Unsupported, "this provider cannot delete values")) })
+        Box::pin(async {
+            Err(ProviderError::new(
+                ErrorKind::Unsupported,
+                "this provider cannot delete values",
+            ))
+        })
     }
 
     /// Items per `resolve` call (1: one call per item).
@@ -175,23 +192,34 @@ pub trait Provider: Send + Sync {
 /// Picks `field` from a JSON object value. A missing member is an error listing the keys that
 /// exist (never the values).
 pub fn json_field(value: &SecretValue, field: &str) -> Result<SecretValue, ProviderError> {
-    let text = value
-        .expose_str()
-        .ok_or_else(|| ProviderError::new(ErrorKind::Field, format!("cannot pick field `{field}`: the value is not UTF-8 text")))?;
+    let text = value.expose_str().ok_or_else(|| {
+        ProviderError::new(
+            ErrorKind::Field,
+            format!("cannot pick field `{field}`: the value is not UTF-8 text"),
+        )
+    })?;
     let parsed: serde_json::Value = serde_json::from_str(text).map_err(|_| {
-        ProviderError::new(ErrorKind::Field, format!("cannot pick field `{field}`: the value is not a JSON object"))
-            .help("remove `field` to get the whole value")
+        ProviderError::new(
+            ErrorKind::Field,
+            format!("cannot pick field `{field}`: the value is not a JSON object"),
+        )
+        .help("remove `field` to get the whole value")
     })?;
     let serde_json::Value::Object(map) = parsed else {
-        return Err(ProviderError::new(ErrorKind::Field, format!("cannot pick field `{field}`: the value is JSON but not an object"))
-            .help("remove `field` to get the whole value"));
+        return Err(ProviderError::new(
+            ErrorKind::Field,
+            format!("cannot pick field `{field}`: the value is JSON but not an object"),
+        )
+        .help("remove `field` to get the whole value"));
     };
     match map.get(field) {
         Some(serde_json::Value::String(s)) => Ok(SecretValue::from_str_copy(s)),
         Some(serde_json::Value::Null) | None => {
             let keys: Vec<&str> = map.keys().map(String::as_str).collect();
-            Err(ProviderError::new(ErrorKind::Field, format!("field `{field}` does not exist"))
-                .help(format!("the fields are: {}", keys.join(", "))))
+            Err(
+                ProviderError::new(ErrorKind::Field, format!("field `{field}` does not exist"))
+                    .help(format!("the fields are: {}", keys.join(", "))),
+            )
         }
         Some(other) => Ok(SecretValue::from_string(other.to_string())),
     }
@@ -209,7 +237,10 @@ mod tests {
         let e = json_field(&v, "pass").unwrap_err();
         assert_eq!(e.kind, ErrorKind::Field);
         let shown = format!("{} {:?} {:?}", e, e.help, e);
-        assert!(shown.contains("password") && !shown.contains("kz-canary-1"), "{shown}");
+        assert!(
+            shown.contains("password") && !shown.contains("kz-canary-1"),
+            "{shown}"
+        );
         let e = json_field(&SecretValue::from_str_copy("kz-canary-1"), "x").unwrap_err();
         assert!(!format!("{e} {e:?}").contains("kz-canary-1"));
     }

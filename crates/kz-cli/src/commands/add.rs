@@ -12,7 +12,11 @@ use crate::report::{CmdResult, Failure, exit};
 
 /// Runs the command.
 pub fn run(ctx: &Ctx, mut args: AddArgs) -> CmdResult {
-    for (old, new) in [("--name", "NAME"), ("--resolver", "--provider"), ("--reference", "--ref")] {
+    for (old, new) in [
+        ("--name", "NAME"),
+        ("--resolver", "--provider"),
+        ("--reference", "--ref"),
+    ] {
         let used = match old {
             "--name" => args.old_name.is_some(),
             "--resolver" => args.old_resolver.is_some(),
@@ -31,13 +35,21 @@ pub fn run(ctx: &Ctx, mut args: AddArgs) -> CmdResult {
     let name = match args.name.clone() {
         Some(n) => n,
         None if interactive => prompt("variable name", None)?,
-        None => return Err(Failure::usage("no variable name given", "kz add NAME [--provider P --ref R]")),
+        None => {
+            return Err(Failure::usage(
+                "no variable name given",
+                "kz add NAME [--provider P --ref R]",
+            ));
+        }
     };
     if !reference::is_env_name(&name) {
         return Err(Failure::one(
-            Diagnostic::error("add::name", format!("`{name}` is not a valid environment variable name"))
-                .secret(&name)
-                .help("use letters, digits and `_`, not starting with a digit (e.g. DATABASE_URL)"),
+            Diagnostic::error(
+                "add::name",
+                format!("`{name}` is not a valid environment variable name"),
+            )
+            .secret(&name)
+            .help("use letters, digits and `_`, not starting with a digit (e.g. DATABASE_URL)"),
         ));
     }
     // The provider: flag, else interactive choice, else local.
@@ -65,43 +77,82 @@ pub fn run(ctx: &Ctx, mut args: AddArgs) -> CmdResult {
     let raw_ref = match args.reference.clone() {
         Some(r) => r,
         None if interactive => {
-            eprintln!("kz: a `{}` reference looks like `{}` ({})", ty.name, ty.example, ty.ref_syntax);
+            eprintln!(
+                "kz: a `{}` reference looks like `{}` ({})",
+                ty.name, ty.example, ty.ref_syntax
+            );
             prompt("reference", default_ref.as_deref())?
         }
         None => default_ref.clone().ok_or_else(|| {
-            Failure::usage(format!("no reference given for a `{}` secret", ty.name), format!("add --ref, e.g. --ref {}", ty.example))
+            Failure::usage(
+                format!("no reference given for a `{}` secret", ty.name),
+                format!("add --ref, e.g. --ref {}", ty.example),
+            )
         })?,
     };
     let r = reference::strip_own_scheme(ty.name, &raw_ref).map_err(|s| {
-        Failure::one(Diagnostic::error("add::reference", format!("`{raw_ref}` uses `{s}`, which belongs to another provider type")).reference(&raw_ref).help(format!("drop `{s}` or choose the matching provider")))
+        Failure::one(
+            Diagnostic::error(
+                "add::reference",
+                format!("`{raw_ref}` uses `{s}`, which belongs to another provider type"),
+            )
+            .reference(&raw_ref)
+            .help(format!("drop `{s}` or choose the matching provider")),
+        )
     })?;
     reference::validate(ty.name, &r).map_err(|m| {
         Failure::one(
             Diagnostic::error("add::reference", m)
                 .secret(&name)
                 .reference(&raw_ref)
-                .help(format!("a `{}` reference looks like `{}` ({})", ty.name, ty.example, ty.ref_syntax)),
+                .help(format!(
+                    "a `{}` reference looks like `{}` ({})",
+                    ty.name, ty.example, ty.ref_syntax
+                )),
         )
     })?;
     for h in &args.hosts {
-        kz_config::HostPattern::parse(h).map_err(|m| Failure::one(Diagnostic::error("add::hosts", m).secret(&name).help("a host pattern is `api.example.com`, `*.example.com` or `localhost:8443`")))?;
+        kz_config::HostPattern::parse(h).map_err(|m| {
+            Failure::one(
+                Diagnostic::error("add::hosts", m).secret(&name).help(
+                    "a host pattern is `api.example.com`, `*.example.com` or `localhost:8443`",
+                ),
+            )
+        })?;
     }
     let field = match args.field.clone() {
         Some(f) => Some(f),
-        None if interactive && args.reference.is_none() => Some(prompt("field (empty for the whole value)", Some(""))?).filter(|f| !f.is_empty()),
+        None if interactive && args.reference.is_none() => {
+            Some(prompt("field (empty for the whole value)", Some(""))?).filter(|f| !f.is_empty())
+        }
         None => None,
     };
-    let file = if args.local { discovered.dir.join(LOCAL_FILE) } else { discovered.project.clone().unwrap_or_else(|| discovered.dir.join(PROJECT_FILE)) };
+    let file = if args.local {
+        discovered.dir.join(LOCAL_FILE)
+    } else {
+        discovered
+            .project
+            .clone()
+            .unwrap_or_else(|| discovered.dir.join(PROJECT_FILE))
+    };
     let env = ctx.global.env.as_deref();
     if !args.force && edit::has_secret(&file, env, &name)? {
         return Err(Failure::one(
-            Diagnostic::error("add::exists", format!("`{name}` is already mapped in `{}`", file.display()))
-                .in_file(&file)
-                .secret(&name)
-                .help("pass --force to replace the mapping, or `kz rm` it first"),
+            Diagnostic::error(
+                "add::exists",
+                format!("`{name}` is already mapped in `{}`", file.display()),
+            )
+            .in_file(&file)
+            .secret(&name)
+            .help("pass --force to replace the mapping, or `kz rm` it first"),
         ));
     }
-    let entry = NewEntry { provider, reference: r, field, hosts: args.hosts.clone() };
+    let entry = NewEntry {
+        provider,
+        reference: r,
+        field,
+        hosts: args.hosts.clone(),
+    };
     let before = edit::add_secrets(&file, env, &[(name.clone(), entry)])?;
     // The whole configuration must still load; otherwise put the file back.
     if let Err(f) = ctx.load() {
@@ -109,9 +160,16 @@ pub fn run(ctx: &Ctx, mut args: AddArgs) -> CmdResult {
         return Err(f);
     }
     let section = env.map_or_else(|| "[secrets]".to_string(), |e| format!("[{e}.secrets]"));
-    ctx.out.note(&format!("mapped {name} in {section} of {}", file.display()));
-    if ty.can_write(&|o| config.as_ref().and_then(|c| c.provider(ty.name)).is_some_and(|p| p.option(o).is_some())) {
-        ctx.out.note(&format!("store its value with `kz put {name}`"));
+    ctx.out
+        .note(&format!("mapped {name} in {section} of {}", file.display()));
+    if ty.can_write(&|o| {
+        config
+            .as_ref()
+            .and_then(|c| c.provider(ty.name))
+            .is_some_and(|p| p.option(o).is_some())
+    }) {
+        ctx.out
+            .note(&format!("store its value with `kz put {name}`"));
     }
     Ok(exit::OK)
 }
@@ -121,14 +179,23 @@ fn prompt(what: &str, default: Option<&str>) -> Result<String, Failure> {
     if let Some(d) = default {
         p = p.default(d.to_string()).allow_empty(d.is_empty());
     }
-    p.interact_text().map_err(|e| Failure::msg("add::prompt", format!("cannot read the answer: {e}"), "pass the values as flags instead"))
+    p.interact_text().map_err(|e| {
+        Failure::msg(
+            "add::prompt",
+            format!("cannot read the answer: {e}"),
+            "pass the values as flags instead",
+        )
+    })
 }
 
 fn choose_provider(config: Option<&kz_config::Config>) -> Result<String, Failure> {
     let mut choices: Vec<(String, String)> = Vec::new();
     if let Some(c) = config {
         for p in c.providers.iter().filter(|p| p.declared) {
-            choices.push((p.name.clone(), format!("{} (configured {})", p.name, p.ty.name)));
+            choices.push((
+                p.name.clone(),
+                format!("{} (configured {})", p.name, p.ty.name),
+            ));
         }
     }
     for t in catalog::TYPES {
@@ -142,6 +209,15 @@ fn choose_provider(config: Option<&kz_config::Config>) -> Result<String, Failure
         .items(&labels)
         .default(0)
         .interact()
-        .map_err(|e| Failure::msg("add::prompt", format!("cannot read the answer: {e}"), "pass --provider instead"))?;
-    choices.get(i).map(|(n, _)| n.clone()).ok_or_else(|| Failure::msg("add::prompt", "no provider chosen", "pass --provider"))
+        .map_err(|e| {
+            Failure::msg(
+                "add::prompt",
+                format!("cannot read the answer: {e}"),
+                "pass --provider instead",
+            )
+        })?;
+    choices
+        .get(i)
+        .map(|(n, _)| n.clone())
+        .ok_or_else(|| Failure::msg("add::prompt", "no provider chosen", "pass --provider"))
 }

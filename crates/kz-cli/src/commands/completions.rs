@@ -19,7 +19,13 @@ pub fn completions(shell: clap_complete::Shell) -> CmdResult {
 
 /// Writes `kz.1` and `kz-<command>.1` for every visible command into `dir`.
 pub fn man(dir: &Path) -> CmdResult {
-    let io = |e: std::io::Error| Failure::msg("man::write", format!("cannot write man pages into `{}`: {e}", dir.display()), "check the directory");
+    let io = |e: std::io::Error| {
+        Failure::msg(
+            "man::write",
+            format!("cannot write man pages into `{}`: {e}", dir.display()),
+            "check the directory",
+        )
+    };
     std::fs::create_dir_all(dir).map_err(io)?;
     let cmd = Cli::command();
     let mut pages = vec![("kz".to_string(), cmd.clone())];

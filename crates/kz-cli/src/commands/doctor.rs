@@ -60,8 +60,16 @@ pub fn run(ctx: &Ctx) -> CmdResult {
             providers(ctx, &config, &mut r);
         }
         Err(f) => {
-            let first = f.diagnostics.first().map(|d| d.message.clone()).unwrap_or_default();
-            r.add(Level::Fail, format!("config: {first}"), Some("run `kz validate` for every problem, or `kz init`".into()));
+            let first = f
+                .diagnostics
+                .first()
+                .map(|d| d.message.clone())
+                .unwrap_or_default();
+            r.add(
+                Level::Fail,
+                format!("config: {first}"),
+                Some("run `kz validate` for every problem, or `kz init`".into()),
+            );
         }
     }
     tools(&mut r);
@@ -79,23 +87,42 @@ pub fn run(ctx: &Ctx) -> CmdResult {
         }
     }
     print_out(&text)?;
-    Ok(if r.lines.iter().any(|(l, _, _)| *l == Level::Fail) { exit::ERROR } else { exit::OK })
+    Ok(if r.lines.iter().any(|(l, _, _)| *l == Level::Fail) {
+        exit::ERROR
+    } else {
+        exit::OK
+    })
 }
 
 fn trust(ctx: &Ctx, config: &Config, r: &mut Report) {
     let needs: Vec<String> = config
         .providers
         .iter()
-        .flat_map(|p| p.untrusted_options().into_iter().map(move |(o, _)| format!("{}.{o}", p.name)))
+        .flat_map(|p| {
+            p.untrusted_options()
+                .into_iter()
+                .map(move |(o, _)| format!("{}.{o}", p.name))
+        })
         .collect();
     if crate::trust::is_trusted(&ctx.paths, &config.discovered) {
-        r.add(Level::Ok, "trust: this project's configuration is trusted (kz allow)", None);
+        r.add(
+            Level::Ok,
+            "trust: this project's configuration is trusted (kz allow)",
+            None,
+        );
     } else if needs.is_empty() {
-        r.add(Level::Ok, "trust: not trusted (only the shell hook needs it here)", Some("run `kz allow` to load secrets with the shell hook".into()));
+        r.add(
+            Level::Ok,
+            "trust: not trusted (only the shell hook needs it here)",
+            Some("run `kz allow` to load secrets with the shell hook".into()),
+        );
     } else {
         r.add(
             Level::Warn,
-            format!("trust: not trusted, and these options need it: {}", needs.join(", ")),
+            format!(
+                "trust: not trusted, and these options need it: {}",
+                needs.join(", ")
+            ),
             Some("review .keyzero.toml, then run `kz allow`".into()),
         );
     }
@@ -109,35 +136,77 @@ fn providers(ctx: &Ctx, config: &Config, r: &mut Report) {
         if !inst.ty.implemented {
             r.add(
                 Level::Fail,
-                format!("provider `{}` ({}): not available in this build of kz yet", inst.name, inst.ty.name),
+                format!(
+                    "provider `{}` ({}): not available in this build of kz yet",
+                    inst.name, inst.ty.name
+                ),
                 Some("use local, env, dotenv, age or exec for now".into()),
             );
             continue;
         }
-        if !inst.untrusted_options().is_empty() && !ctx.trust_override() && !crate::trust::is_trusted(&ctx.paths, &config.discovered) {
-            r.add(Level::Warn, format!("provider `{}` ({}): not checked (untrusted options)", inst.name, inst.ty.name), None);
+        if !inst.untrusted_options().is_empty()
+            && !ctx.trust_override()
+            && !crate::trust::is_trusted(&ctx.paths, &config.discovered)
+        {
+            r.add(
+                Level::Warn,
+                format!(
+                    "provider `{}` ({}): not checked (untrusted options)",
+                    inst.name, inst.ty.name
+                ),
+                None,
+            );
             continue;
         }
         let built = kz_providers::build(inst, &ctx.build_context(&config.discovered.dir));
         let p = match built {
             Ok(p) => p,
             Err(e) => {
-                r.add(Level::Fail, format!("provider `{}` ({}): {}", inst.name, inst.ty.name, e.message), e.help.clone());
+                r.add(
+                    Level::Fail,
+                    format!("provider `{}` ({}): {}", inst.name, inst.ty.name, e.message),
+                    e.help.clone(),
+                );
                 continue;
             }
         };
         let d = p.describe();
         let details: Vec<String> = d.details.iter().map(|(k, v)| format!("{k}: {v}")).collect();
         match block_on_with_spinner(&ctx.out, "checking providers", p.check()) {
-            Ok(Ok(())) => r.add(Level::Ok, format!("provider `{}` ({}): reachable; {}", inst.name, inst.ty.name, details.join(", ")), None),
-            Ok(Err(e)) => r.add(Level::Fail, format!("provider `{}` ({}): {}", inst.name, inst.ty.name, e.message), e.help.clone()),
-            Err(f) => r.add(Level::Fail, format!("provider `{}`: {:?}", inst.name, f.diagnostics.first().map(|d| &d.message)), None),
+            Ok(Ok(())) => r.add(
+                Level::Ok,
+                format!(
+                    "provider `{}` ({}): reachable; {}",
+                    inst.name,
+                    inst.ty.name,
+                    details.join(", ")
+                ),
+                None,
+            ),
+            Ok(Err(e)) => r.add(
+                Level::Fail,
+                format!("provider `{}` ({}): {}", inst.name, inst.ty.name, e.message),
+                e.help.clone(),
+            ),
+            Err(f) => r.add(
+                Level::Fail,
+                format!(
+                    "provider `{}`: {:?}",
+                    inst.name,
+                    f.diagnostics.first().map(|d| &d.message)
+                ),
+                None,
+            ),
         }
     }
 }
 
 fn on_path(cmd: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(cmd)).find(|c| c.is_file()))
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(cmd))
+            .find(|c| c.is_file())
+    })
 }
 
 fn tools(r: &mut Report) {
@@ -146,32 +215,71 @@ fn tools(r: &mut Report) {
         None => r.add(Level::Warn, "keychain: no D-Bus session bus (DBUS_SESSION_BUS_ADDRESS unset)", Some("use the `local` provider on machines without a Secret Service".into())),
     }
     match on_path("op") {
-        Some(p) => r.add(Level::Ok, format!("1password: `op` found at {}", p.display()), None),
-        None => r.add(Level::Warn, "1password: `op` not found on PATH", Some("install the 1Password CLI to use op:// references".into())),
+        Some(p) => r.add(
+            Level::Ok,
+            format!("1password: `op` found at {}", p.display()),
+            None,
+        ),
+        None => r.add(
+            Level::Warn,
+            "1password: `op` not found on PATH",
+            Some("install the 1Password CLI to use op:// references".into()),
+        ),
     }
     match on_path("git") {
-        Some(_) => r.add(Level::Ok, "git: found (kz export --output checks .gitignore with it)", None),
-        None => r.add(Level::Warn, "git: not found; kz export --output refuses paths under any .git directory", None),
+        Some(_) => r.add(
+            Level::Ok,
+            "git: found (kz export --output checks .gitignore with it)",
+            None,
+        ),
+        None => r.add(
+            Level::Warn,
+            "git: not found; kz export --output refuses paths under any .git directory",
+            None,
+        ),
     }
 }
 
 fn blind_support(r: &mut Report) {
-    let preset: Vec<&str> = CA_VARS.iter().copied().filter(|v| std::env::var_os(v).is_some()).collect();
+    let preset: Vec<&str> = CA_VARS
+        .iter()
+        .copied()
+        .filter(|v| std::env::var_os(v).is_some())
+        .collect();
     if preset.is_empty() {
         r.add(Level::Ok, "blind mode: no CA variables preset", None);
     } else {
-        r.add(Level::Ok, format!("blind mode: CA variables preset here, overridden for blind children: {}", preset.join(", ")), None);
+        r.add(
+            Level::Ok,
+            format!(
+                "blind mode: CA variables preset here, overridden for blind children: {}",
+                preset.join(", ")
+            ),
+            None,
+        );
     }
-    let read = |p: &str| std::fs::read_to_string(Path::new(p)).ok().map(|s| s.trim().to_string());
+    let read = |p: &str| {
+        std::fs::read_to_string(Path::new(p))
+            .ok()
+            .map(|s| s.trim().to_string())
+    };
     let userns = read("/proc/sys/user/max_user_namespaces");
     let clone = read("/proc/sys/kernel/unprivileged_userns_clone");
-    match (cfg!(target_os = "linux"), userns.as_deref(), clone.as_deref()) {
+    match (
+        cfg!(target_os = "linux"),
+        userns.as_deref(),
+        clone.as_deref(),
+    ) {
         (false, _, _) => r.add(Level::Warn, "isolation: --isolate is Linux-only", None),
         (true, Some("0"), _) | (true, _, Some("0")) => r.add(
             Level::Warn,
             "isolation: unprivileged user namespaces are disabled, --isolate will refuse to start",
             Some("sysctl user.max_user_namespaces / kernel.unprivileged_userns_clone".into()),
         ),
-        _ => r.add(Level::Ok, "isolation: user and network namespaces look available", None),
+        _ => r.add(
+            Level::Ok,
+            "isolation: user and network namespaces look available",
+            None,
+        ),
     }
 }

@@ -21,15 +21,27 @@ pub fn run(ctx: &Ctx, args: &ExportArgs) -> CmdResult {
     let selected = ctx.select(&config, &args.only)?;
     let outcomes = ctx.resolve(&config, &selected)?;
     let vars = collect(ctx, &config, outcomes)?;
-    let format = if args.shell.is_some() { ExportFormat::Shell } else { args.format.unwrap_or(ExportFormat::Shell) };
+    let format = if args.shell.is_some() {
+        ExportFormat::Shell
+    } else {
+        args.format.unwrap_or(ExportFormat::Shell)
+    };
     let text = render(&vars, format, args.shell.unwrap_or(HookShell::Bash))?;
     match &args.output {
         Some(out) => {
             let path = ctx.paths.cwd.join(out);
             kz_providers::local::write_atomic(&path, text.as_bytes()).map_err(|e| {
-                Failure::msg("export::write", e.message.clone(), e.help.clone().unwrap_or_default())
+                Failure::msg(
+                    "export::write",
+                    e.message.clone(),
+                    e.help.clone().unwrap_or_default(),
+                )
             })?;
-            ctx.out.note(&format!("wrote {} secret(s) to {} (mode 0600)", vars.len(), path.display()));
+            ctx.out.note(&format!(
+                "wrote {} secret(s) to {} (mode 0600)",
+                vars.len(),
+                path.display()
+            ));
         }
         None => {
             if !std::io::stdout().is_terminal() {
@@ -50,9 +62,14 @@ pub fn render(vars: &Vars, format: ExportFormat, shell: HookShell) -> Result<Str
     let utf8 = |name: &str, v: &kz_secret::SecretValue| -> Result<String, Failure> {
         v.expose_str().map(str::to_string).ok_or_else(|| {
             Failure::one(
-                Diagnostic::error("export::binary", format!("{name}: the value is not UTF-8 text and cannot be exported in this format"))
-                    .secret(name)
-                    .help("use `kz run` to pass it to a program"),
+                Diagnostic::error(
+                    "export::binary",
+                    format!(
+                        "{name}: the value is not UTF-8 text and cannot be exported in this format"
+                    ),
+                )
+                .secret(name)
+                .help("use `kz run` to pass it to a program"),
             )
         })
     };
@@ -74,7 +91,9 @@ pub fn render(vars: &Vars, format: ExportFormat, shell: HookShell) -> Result<Str
             for (k, v) in vars {
                 let v = utf8(k, v)?;
                 match shell {
-                    HookShell::Fish => text.push_str(&format!("set -gx {k} {};\n", quote::fish(&v))),
+                    HookShell::Fish => {
+                        text.push_str(&format!("set -gx {k} {};\n", quote::fish(&v)))
+                    }
                     _ => text.push_str(&format!("export {k}={};\n", quote::posix(&v))),
                 }
             }
@@ -88,8 +107,19 @@ fn check_output_path(path: &Path, force: bool) -> Result<(), Failure> {
     if force {
         return Ok(());
     }
-    let dir = path.parent().filter(|d| d.is_dir()).unwrap_or(Path::new("."));
-    let git = |args: &[&std::ffi::OsStr]| std::process::Command::new("git").arg("-C").arg(dir).args(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status();
+    let dir = path
+        .parent()
+        .filter(|d| d.is_dir())
+        .unwrap_or(Path::new("."));
+    let git = |args: &[&std::ffi::OsStr]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+    };
     let inside = match git(&["rev-parse".as_ref(), "--is-inside-work-tree".as_ref()]) {
         Ok(s) => s.success(),
         // No git: fall back to looking for a .git directory, and refuse when there is one.
@@ -98,7 +128,8 @@ fn check_output_path(path: &Path, force: bool) -> Result<(), Failure> {
     if !inside {
         return Ok(());
     }
-    let ignored = git(&["check-ignore".as_ref(), "-q".as_ref(), path.as_os_str()]).is_ok_and(|s| s.success());
+    let ignored =
+        git(&["check-ignore".as_ref(), "-q".as_ref(), path.as_os_str()]).is_ok_and(|s| s.success());
     if ignored {
         return Ok(());
     }

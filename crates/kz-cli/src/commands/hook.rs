@@ -93,7 +93,14 @@ pub fn print_script(shell: HookShell) -> CmdResult {
 }
 
 /// Variables that select the environment or the config; a change reloads.
-const WATCHED_VARS: &[&str] = &["KEYZERO_ENV", "NODE_ENV", "RAILS_ENV", "APP_ENV", "RACK_ENV", "KEYZERO_CONFIG"];
+const WATCHED_VARS: &[&str] = &[
+    "KEYZERO_ENV",
+    "NODE_ENV",
+    "RAILS_ENV",
+    "APP_ENV",
+    "RACK_ENV",
+    "KEYZERO_CONFIG",
+];
 
 /// The per-prompt check.
 pub fn env(ctx: &Ctx, args: &HookEnvArgs) -> CmdResult {
@@ -131,7 +138,9 @@ pub fn env(ctx: &Ctx, args: &HookEnvArgs) -> CmdResult {
                 let names: Vec<&str> = vars.iter().map(|(n, _)| n.as_str()).collect();
                 for (name, value) in &vars {
                     let Some(v) = value.expose_str() else {
-                        ctx.out.note(&format!("{name}: not UTF-8 text, not loaded into the shell"));
+                        ctx.out.note(&format!(
+                            "{name}: not UTF-8 text, not loaded into the shell"
+                        ));
                         continue;
                     };
                     script.push_str(&sh.load(name, v));

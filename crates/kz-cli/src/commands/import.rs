@@ -12,7 +12,8 @@ use crate::report::{CmdResult, Failure, exit};
 /// Runs the command.
 pub fn run(ctx: &Ctx, mut args: ImportArgs) -> CmdResult {
     if let Some(f) = args.old_file.take() {
-        ctx.out.note("`--file` is deprecated: pass the file as an argument");
+        ctx.out
+            .note("`--file` is deprecated: pass the file as an argument");
         args.file = f;
     }
     if let Some(r) = args.old_resolver.take() {
@@ -22,23 +23,41 @@ pub fn run(ctx: &Ctx, mut args: ImportArgs) -> CmdResult {
     let path = ctx.paths.cwd.join(&args.file);
     let text = std::fs::read_to_string(&path).map_err(|e| {
         Failure::one(
-            Diagnostic::error("import::read", format!("cannot read `{}`: {e}", path.display()))
-                .in_file(&path)
-                .help("name the .env file to import: kz import path/to/.env"),
+            Diagnostic::error(
+                "import::read",
+                format!("cannot read `{}`: {e}", path.display()),
+            )
+            .in_file(&path)
+            .help("name the .env file to import: kz import path/to/.env"),
         )
     })?;
     let pairs = kz_providers::dotenv::parse(&text).map_err(|e| {
         Failure::one(
-            Diagnostic::error("import::syntax", format!("`{}`: {}", path.display(), e.message))
-                .at(&kz_config::Pos { file: path.clone(), line: e.line, column: 1 })
-                .help("fix this line of the .env file"),
+            Diagnostic::error(
+                "import::syntax",
+                format!("`{}`: {}", path.display(), e.message),
+            )
+            .at(&kz_config::Pos {
+                file: path.clone(),
+                line: e.line,
+                column: 1,
+            })
+            .help("fix this line of the .env file"),
         )
     })?;
     let config = ctx.load()?;
     let provider = args.provider.clone().unwrap_or_else(|| "local".into());
-    let ty = config.provider(&provider).map(|p| p.ty).or_else(|| catalog::find(&provider)).ok_or_else(|| {
-        Failure::msg("import::provider", format!("unknown provider `{provider}`"), "use --provider with a declared instance or a writable type such as local")
-    })?;
+    let ty = config
+        .provider(&provider)
+        .map(|p| p.ty)
+        .or_else(|| catalog::find(&provider))
+        .ok_or_else(|| {
+            Failure::msg(
+                "import::provider",
+                format!("unknown provider `{provider}`"),
+                "use --provider with a declared instance or a writable type such as local",
+            )
+        })?;
     let inst = config.provider(&provider);
     if !ty.can_write(&|o| inst.is_some_and(|p| p.option(o).is_some())) {
         return Err(Failure::msg(
@@ -47,26 +66,51 @@ pub fn run(ctx: &Ctx, mut args: ImportArgs) -> CmdResult {
             "choose a writable provider with --provider (local, age with recipients, …)",
         ));
     }
-    let prefix = args.prefix.clone().unwrap_or_else(|| format!("{}/", project_name(&config.discovered)));
+    let prefix = args
+        .prefix
+        .clone()
+        .unwrap_or_else(|| format!("{}/", project_name(&config.discovered)));
     let env = ctx.global.env.as_deref();
-    let file = config.discovered.project.clone().unwrap_or_else(|| config.discovered.dir.join(PROJECT_FILE));
+    let file = config
+        .discovered
+        .project
+        .clone()
+        .unwrap_or_else(|| config.discovered.dir.join(PROJECT_FILE));
     let mut entries = Vec::new();
     let mut skipped = Vec::new();
     let mut diags = Vec::new();
     for (key, _) in &pairs {
         if !kz_config::reference::is_env_name(key) {
-            diags.push(Diagnostic::error("import::name", format!("`{key}` is not a valid environment variable name")).secret(key).help("rename it in the .env file"));
+            diags.push(
+                Diagnostic::error(
+                    "import::name",
+                    format!("`{key}` is not a valid environment variable name"),
+                )
+                .secret(key)
+                .help("rename it in the .env file"),
+            );
         } else if edit::has_secret(&file, env, key)? {
             skipped.push(key.clone());
         } else {
-            entries.push((key.clone(), NewEntry { provider: provider.clone(), reference: format!("{prefix}{key}"), field: None, hosts: Vec::new() }));
+            entries.push((
+                key.clone(),
+                NewEntry {
+                    provider: provider.clone(),
+                    reference: format!("{prefix}{key}"),
+                    field: None,
+                    hosts: Vec::new(),
+                },
+            ));
         }
     }
     if !diags.is_empty() {
         return Err(Failure::many(diags));
     }
     if !skipped.is_empty() {
-        ctx.out.note(&format!("already mapped, left as they are: {}", skipped.join(", ")));
+        ctx.out.note(&format!(
+            "already mapped, left as they are: {}",
+            skipped.join(", ")
+        ));
     }
     let names: Vec<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
     if args.dry_run {
@@ -94,7 +138,9 @@ pub fn run(ctx: &Ctx, mut args: ImportArgs) -> CmdResult {
     let mut stored = Vec::new();
     let mut failures = Vec::new();
     for (key, value) in &pairs {
-        let Some(entry) = config.secret(key).filter(|_| names.contains(&key.as_str())) else { continue };
+        let Some(entry) = config.secret(key).filter(|_| names.contains(&key.as_str())) else {
+            continue;
+        };
         let item = kz_resolve::item_for(entry);
         match block_on_with_spinner(&ctx.out, "storing", provider_impl.write(&item, value))? {
             Ok(()) => stored.push(key.as_str()),
@@ -109,7 +155,10 @@ pub fn run(ctx: &Ctx, mut args: ImportArgs) -> CmdResult {
         stored.join(", ")
     ));
     if failures.is_empty() {
-        ctx.out.note(&format!("check with `kz status`, then delete {}", path.display()));
+        ctx.out.note(&format!(
+            "check with `kz status`, then delete {}",
+            path.display()
+        ));
         Ok(exit::OK)
     } else {
         Err(Failure::many(failures))

@@ -42,9 +42,12 @@ pub fn run(ctx: &Ctx, args: &InitArgs) -> CmdResult {
     let path = dir.join(PROJECT_FILE);
     if path.exists() && !args.force {
         return Err(Failure::one(
-            Diagnostic::error("init::exists", format!("`{}` already exists", path.display()))
-                .in_file(&path)
-                .help("edit it, use `kz add`, or pass --force to overwrite it"),
+            Diagnostic::error(
+                "init::exists",
+                format!("`{}` already exists", path.display()),
+            )
+            .in_file(&path)
+            .help("edit it, use `kz add`, or pass --force to overwrite it"),
         ));
     }
     let project = kz_config::model::project_name(&dir);
@@ -79,7 +82,10 @@ fn ignore_local_file(dir: &Path) -> Result<Option<std::path::PathBuf>, Failure> 
         return Ok(None);
     }
     let text = std::fs::read_to_string(&gi).unwrap_or_default();
-    if text.lines().any(|l| l.trim() == LOCAL_FILE || l.trim() == format!("/{LOCAL_FILE}")) {
+    if text
+        .lines()
+        .any(|l| l.trim() == LOCAL_FILE || l.trim() == format!("/{LOCAL_FILE}"))
+    {
         return Ok(None);
     }
     let mut new = text;

@@ -18,7 +18,14 @@ pub fn run(ctx: &Ctx, args: &ReportArgs) -> CmdResult {
                 let mut v = json!({"provider": s.provider, "resolver": s.provider, "type": s.ty.name, "ref": s.reference});
                 if let Some(m) = v.as_object_mut() {
                     if !s.hosts.is_empty() {
-                        m.insert("hosts".into(), s.hosts.iter().map(ToString::to_string).collect::<Vec<_>>().into());
+                        m.insert(
+                            "hosts".into(),
+                            s.hosts
+                                .iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                                .into(),
+                        );
                     }
                     if let Some(d) = &s.description {
                         m.insert("description".into(), d.clone().into());
@@ -32,10 +39,19 @@ pub fn run(ctx: &Ctx, args: &ReportArgs) -> CmdResult {
                 }
                 secrets.insert(s.name.clone(), v);
             }
-            format!("{}\n", json!({"version": 1, "environment": config.environment, "secrets": secrets}))
+            format!(
+                "{}\n",
+                json!({"version": 1, "environment": config.environment, "secrets": secrets})
+            )
         }
         ReportFormat::Text => {
-            let mut rows = vec![["NAME".to_string(), "PROVIDER".into(), "REF".into(), "HOSTS".into(), "DESCRIPTION".into()]];
+            let mut rows = vec![[
+                "NAME".to_string(),
+                "PROVIDER".into(),
+                "REF".into(),
+                "HOSTS".into(),
+                "DESCRIPTION".into(),
+            ]];
             for s in &config.secrets {
                 let r = match &s.field {
                     Some(f) => format!("{} (field {f})", s.reference),
@@ -45,7 +61,11 @@ pub fn run(ctx: &Ctx, args: &ReportArgs) -> CmdResult {
                     s.name.clone(),
                     format!("{} ({})", s.provider, s.ty.name),
                     r,
-                    s.hosts.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+                    s.hosts
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(","),
                     s.description.clone().unwrap_or_default(),
                 ]);
             }

@@ -33,15 +33,24 @@ pub fn collect(ctx: &Ctx, config: &Config, outcomes: Vec<Outcome>) -> Result<Var
     let mut vars = Vars::new();
     let mut diags = Vec::new();
     for o in outcomes {
-        let Some(entry) = config.secret(&o.name) else { continue };
+        let Some(entry) = config.secret(&o.name) else {
+            continue;
+        };
         match o.result {
             Ok(Resolved::Single(v)) => vars.push((o.name, v)),
             Ok(Resolved::Multi(m)) => vars.extend(m),
-            Err(e) if o.skipped => ctx.out.diagnostic(&Diagnostic::warning(
-                "secret::skipped",
-                format!("skipping optional secret {} ({}: {})", o.name, e.kind.label(), e.message),
-            )
-            .secret(&o.name)),
+            Err(e) if o.skipped => ctx.out.diagnostic(
+                &Diagnostic::warning(
+                    "secret::skipped",
+                    format!(
+                        "skipping optional secret {} ({}: {})",
+                        o.name,
+                        e.kind.label(),
+                        e.message
+                    ),
+                )
+                .secret(&o.name),
+            ),
             Err(e) => diags.push(provider_diag(entry, &e)),
         }
     }
@@ -58,7 +67,11 @@ pub fn collect(ctx: &Ctx, config: &Config, outcomes: Vec<Outcome>) -> Result<Var
             );
         }
     }
-    if diags.is_empty() { Ok(vars) } else { Err(Failure::many(diags)) }
+    if diags.is_empty() {
+        Ok(vars)
+    } else {
+        Err(Failure::many(diags))
+    }
 }
 
 /// Whether an error kind means "not stored yet".
@@ -72,6 +85,10 @@ pub fn print_out(text: &str) -> Result<(), Failure> {
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(Failure::msg("io::stdout", format!("cannot write to standard output: {e}"), "check where the output goes")),
+        Err(e) => Err(Failure::msg(
+            "io::stdout",
+            format!("cannot write to standard output: {e}"),
+            "check where the output goes",
+        )),
     }
 }

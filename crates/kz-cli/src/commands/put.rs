@@ -24,18 +24,29 @@ pub fn run(ctx: &Ctx, args: &PutArgs) -> CmdResult {
         return missing(ctx, &config);
     }
     let Some(name) = &args.name else {
-        return Err(Failure::usage("no secret named", "kz put NAME, or kz put --missing"));
+        return Err(Failure::usage(
+            "no secret named",
+            "kz put NAME, or kz put --missing",
+        ));
     };
-    let entry = config.secret(name).ok_or_else(|| Failure::one(unknown_secret(&config, name)))?;
+    let entry = config
+        .secret(name)
+        .ok_or_else(|| Failure::one(unknown_secret(&config, name)))?;
     ensure_writable(&config, entry)?;
-    let value = if args.stdin { read_stdin()? } else { prompt_value(name)? };
+    let value = if args.stdin {
+        read_stdin()?
+    } else {
+        prompt_value(name)?
+    };
     store(ctx, &config, entry, &value)?;
     Ok(exit::OK)
 }
 
 fn writable(config: &Config, entry: &SecretEntry) -> bool {
     let inst = config.provider(&entry.provider);
-    entry.ty.can_write(&|o| inst.is_some_and(|p| p.option(o).is_some()))
+    entry
+        .ty
+        .can_write(&|o| inst.is_some_and(|p| p.option(o).is_some()))
 }
 
 fn ensure_writable(config: &Config, entry: &SecretEntry) -> Result<(), Failure> {
@@ -43,25 +54,45 @@ fn ensure_writable(config: &Config, entry: &SecretEntry) -> Result<(), Failure> 
         return Ok(());
     }
     let help = match entry.ty.writable {
-        kz_config::catalog::Writable::WhenOption(o) => format!("set `{o}` on the `{}` provider to let kz write", entry.provider),
-        _ => format!("store the value with the `{}` backend's own tools, or map {} to a writable provider such as local", entry.ty.name, entry.name),
+        kz_config::catalog::Writable::WhenOption(o) => format!(
+            "set `{o}` on the `{}` provider to let kz write",
+            entry.provider
+        ),
+        _ => format!(
+            "store the value with the `{}` backend's own tools, or map {} to a writable provider such as local",
+            entry.ty.name, entry.name
+        ),
     };
     Err(Failure::one(
-        Diagnostic::error("put::read_only", format!("{}: provider `{}` ({}) cannot store values", entry.name, entry.provider, entry.ty.name))
-            .at(&entry.pos)
-            .secret(&entry.name)
-            .help(help),
+        Diagnostic::error(
+            "put::read_only",
+            format!(
+                "{}: provider `{}` ({}) cannot store values",
+                entry.name, entry.provider, entry.ty.name
+            ),
+        )
+        .at(&entry.pos)
+        .secret(&entry.name)
+        .help(help),
     ))
 }
 
 fn read_stdin() -> Result<SecretValue, Failure> {
     let mut buf = Vec::new();
-    std::io::stdin()
-        .read_to_end(&mut buf)
-        .map_err(|e| Failure::msg("put::stdin", format!("cannot read standard input: {e}"), "pipe the value into kz put NAME --stdin"))?;
+    std::io::stdin().read_to_end(&mut buf).map_err(|e| {
+        Failure::msg(
+            "put::stdin",
+            format!("cannot read standard input: {e}"),
+            "pipe the value into kz put NAME --stdin",
+        )
+    })?;
     let mut v = SecretValue::from_bytes(buf);
     let b = v.expose_bytes();
-    let cut = if b.ends_with(b"\r\n") { 2 } else { usize::from(b.ends_with(b"\n")) };
+    let cut = if b.ends_with(b"\r\n") {
+        2
+    } else {
+        usize::from(b.ends_with(b"\n"))
+    };
     if cut > 0 {
         v = SecretValue::from_bytes(b.get(..b.len() - cut).unwrap_or_default().to_vec());
     }
@@ -80,21 +111,39 @@ fn prompt_value(name: &str) -> Result<SecretValue, Failure> {
         .allow_empty_password(true)
         .interact()
         .map(SecretValue::from_string)
-        .map_err(|e| Failure::msg("put::prompt", format!("cannot read the value: {e}"), "use --stdin"))
+        .map_err(|e| {
+            Failure::msg(
+                "put::prompt",
+                format!("cannot read the value: {e}"),
+                "use --stdin",
+            )
+        })
 }
 
-fn store(ctx: &Ctx, config: &Config, entry: &SecretEntry, value: &SecretValue) -> Result<(), Failure> {
+fn store(
+    ctx: &Ctx,
+    config: &Config,
+    entry: &SecretEntry,
+    value: &SecretValue,
+) -> Result<(), Failure> {
     if value.is_empty() && !entry.allow_empty {
         return Err(Failure::one(
-            Diagnostic::error("put::empty", format!("{}: refusing to store an empty value", entry.name))
-                .secret(&entry.name)
-                .help("set allow_empty = true on the secret if empty is valid"),
+            Diagnostic::error(
+                "put::empty",
+                format!("{}: refusing to store an empty value", entry.name),
+            )
+            .secret(&entry.name)
+            .help("set allow_empty = true on the secret if empty is valid"),
         ));
     }
     let provider = ctx.instance(config, &entry.provider)?;
     let item = kz_resolve::item_for(entry);
-    block_on_with_spinner(&ctx.out, "storing", provider.write(&item, value))?.map_err(|e| Failure::one(provider_diag(entry, &e)))?;
-    ctx.out.note(&format!("stored {} in `{}` ({}) as {}", entry.name, entry.provider, entry.ty.name, entry.reference));
+    block_on_with_spinner(&ctx.out, "storing", provider.write(&item, value))?
+        .map_err(|e| Failure::one(provider_diag(entry, &e)))?;
+    ctx.out.note(&format!(
+        "stored {} in `{}` ({}) as {}",
+        entry.name, entry.provider, entry.ty.name, entry.reference
+    ));
     Ok(())
 }
 
@@ -104,14 +153,25 @@ fn missing(ctx: &Ctx, config: &Config) -> CmdResult {
     let mut other = Vec::new();
     let mut todo = Vec::new();
     for o in &outcomes {
-        let Some(entry) = config.secret(&o.name) else { continue };
+        let Some(entry) = config.secret(&o.name) else {
+            continue;
+        };
         match &o.result {
             Ok(_) => {}
             Err(e) if super::is_missing(e.kind) && writable(config, entry) => todo.push(entry),
             Err(e) if super::is_missing(e.kind) => other.push(
-                Diagnostic::warning("put::read_only", format!("{} is not stored, and provider `{}` ({}) is read-only for kz", entry.name, entry.provider, entry.ty.name))
-                    .secret(&entry.name)
-                    .help(format!("store it with the `{}` backend's own tools", entry.ty.name)),
+                Diagnostic::warning(
+                    "put::read_only",
+                    format!(
+                        "{} is not stored, and provider `{}` ({}) is read-only for kz",
+                        entry.name, entry.provider, entry.ty.name
+                    ),
+                )
+                .secret(&entry.name)
+                .help(format!(
+                    "store it with the `{}` backend's own tools",
+                    entry.ty.name
+                )),
             ),
             Err(e) => {
                 let mut d = provider_diag(entry, e);
@@ -122,12 +182,20 @@ fn missing(ctx: &Ctx, config: &Config) -> CmdResult {
     }
     if todo.is_empty() {
         ctx.out.all(&other);
-        ctx.out.note("nothing to store: every writable secret is present");
-        return Ok(if other.is_empty() { exit::OK } else { exit::ERROR });
+        ctx.out
+            .note("nothing to store: every writable secret is present");
+        return Ok(if other.is_empty() {
+            exit::OK
+        } else {
+            exit::ERROR
+        });
     }
     if !std::io::stdin().is_terminal() {
         return Err(Failure::usage(
-            format!("{} secret(s) are missing but there is no terminal to prompt on", todo.len()),
+            format!(
+                "{} secret(s) are missing but there is no terminal to prompt on",
+                todo.len()
+            ),
             "run kz put --missing in a terminal, or kz put NAME --stdin for each",
         ));
     }
@@ -136,5 +204,9 @@ fn missing(ctx: &Ctx, config: &Config) -> CmdResult {
         store(ctx, config, entry, &value)?;
     }
     ctx.out.all(&other);
-    Ok(if other.is_empty() { exit::OK } else { exit::ERROR })
+    Ok(if other.is_empty() {
+        exit::OK
+    } else {
+        exit::ERROR
+    })
 }

@@ -16,17 +16,29 @@ pub fn run(ctx: &Ctx, args: &RmArgs) -> CmdResult {
     let file = if args.local {
         config.discovered.dir.join(LOCAL_FILE)
     } else {
-        config.discovered.project.clone().unwrap_or_else(|| config.discovered.dir.join(PROJECT_FILE))
+        config
+            .discovered
+            .project
+            .clone()
+            .unwrap_or_else(|| config.discovered.dir.join(PROJECT_FILE))
     };
     let env = ctx.global.env.as_deref();
     if args.purge {
-        let entry = config.secret(name).ok_or_else(|| Failure::one(unknown_secret(&config, name)))?;
+        let entry = config
+            .secret(name)
+            .ok_or_else(|| Failure::one(unknown_secret(&config, name)))?;
         if !args.yes {
             if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
-                return Err(Failure::usage("--purge deletes the stored value and needs confirmation", "pass --yes to confirm without a terminal"));
+                return Err(Failure::usage(
+                    "--purge deletes the stored value and needs confirmation",
+                    "pass --yes to confirm without a terminal",
+                ));
             }
             let ok = dialoguer::Confirm::new()
-                .with_prompt(format!("delete the value of {name} from `{}` ({}) at {}?", entry.provider, entry.ty.name, entry.reference))
+                .with_prompt(format!(
+                    "delete the value of {name} from `{}` ({}) at {}?",
+                    entry.provider, entry.ty.name, entry.reference
+                ))
                 .default(false)
                 .interact()
                 .unwrap_or(false);
@@ -38,13 +50,19 @@ pub fn run(ctx: &Ctx, args: &RmArgs) -> CmdResult {
         let provider = ctx.instance(&config, &entry.provider)?;
         let item = kz_resolve::item_for(entry);
         match block_on_with_spinner(&ctx.out, "deleting", provider.delete(&item))? {
-            Ok(()) => ctx.out.note(&format!("deleted the value of {name} from `{}`", entry.provider)),
-            Err(e) if e.kind == kz_resolve::ErrorKind::NotFound => ctx.out.note(&format!("{name} had no stored value")),
+            Ok(()) => ctx.out.note(&format!(
+                "deleted the value of {name} from `{}`",
+                entry.provider
+            )),
+            Err(e) if e.kind == kz_resolve::ErrorKind::NotFound => {
+                ctx.out.note(&format!("{name} had no stored value"))
+            }
             Err(e) => return Err(Failure::one(provider_diag(entry, &e))),
         }
     }
     if edit::remove_secret(&file, env, name)? {
-        ctx.out.note(&format!("removed {name} from {}", file.display()));
+        ctx.out
+            .note(&format!("removed {name} from {}", file.display()));
         Ok(exit::OK)
     } else {
         let section = env.map_or_else(|| "[secrets]".to_string(), |e| format!("[{e}.secrets]"));

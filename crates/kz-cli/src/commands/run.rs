@@ -13,7 +13,9 @@ use crate::context::Ctx;
 use crate::report::{CmdResult, Failure, exit};
 
 /// Variables kept by `--clean-env`.
-pub const CLEAN_ENV_KEEP: &[&str] = &["PATH", "HOME", "USER", "SHELL", "TERM", "LANG", "LC_ALL", "TMPDIR", "TZ"];
+pub const CLEAN_ENV_KEEP: &[&str] = &[
+    "PATH", "HOME", "USER", "SHELL", "TERM", "LANG", "LC_ALL", "TMPDIR", "TZ",
+];
 
 /// Runs the command.
 pub fn run(ctx: &Ctx, args: RunArgs) -> CmdResult {
@@ -23,13 +25,21 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> CmdResult {
     let vars = collect(ctx, &config, outcomes)?;
     let mut command = args.command.into_iter();
     let Some(program) = command.next() else {
-        return Err(Failure::usage("no command given", "write the command after `--`: kz run -- npm start"));
+        return Err(Failure::usage(
+            "no command given",
+            "write the command after `--`: kz run -- npm start",
+        ));
     };
     let mut cmd = std::process::Command::new(&program);
     cmd.args(command);
     if args.clean_env {
         cmd.env_clear();
-        for k in CLEAN_ENV_KEEP.iter().copied().map(String::from).chain(args.keep_env) {
+        for k in CLEAN_ENV_KEEP
+            .iter()
+            .copied()
+            .map(String::from)
+            .chain(args.keep_env)
+        {
             if let Some(v) = std::env::var_os(&k) {
                 cmd.env(&k, v);
             }
@@ -38,18 +48,35 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> CmdResult {
     for (name, value) in &vars {
         cmd.env(name, OsStr::from_bytes(value.expose_bytes()));
     }
-    ctx.out.verbose(&format!("starting {} with {} secret(s)", program.to_string_lossy(), vars.len()));
+    ctx.out.verbose(&format!(
+        "starting {} with {} secret(s)",
+        program.to_string_lossy(),
+        vars.len()
+    ));
     drop(vars);
     let err = cmd.exec();
     // exec only returns on failure.
     let name = program.to_string_lossy().into_owned();
     let (code, what, help) = match err.kind() {
-        std::io::ErrorKind::NotFound => (exit::NOT_FOUND, "command not found", "check the command's name and PATH"),
-        std::io::ErrorKind::PermissionDenied => (exit::NOT_EXECUTABLE, "permission denied", "make the file executable (chmod +x) or run it with its interpreter"),
-        _ => (exit::NOT_EXECUTABLE, "cannot execute", "check that the file is a program for this system"),
+        std::io::ErrorKind::NotFound => (
+            exit::NOT_FOUND,
+            "command not found",
+            "check the command's name and PATH",
+        ),
+        std::io::ErrorKind::PermissionDenied => (
+            exit::NOT_EXECUTABLE,
+            "permission denied",
+            "make the file executable (chmod +x) or run it with its interpreter",
+        ),
+        _ => (
+            exit::NOT_EXECUTABLE,
+            "cannot execute",
+            "check that the file is a program for this system",
+        ),
     };
     if ctx.global.error_format == crate::cli::ErrorFormat::Json {
-        ctx.out.diagnostic(&Diagnostic::error("run::exec", format!("{name}: {what}")).help(help));
+        ctx.out
+            .diagnostic(&Diagnostic::error("run::exec", format!("{name}: {what}")).help(help));
     } else {
         eprintln!("kz: {name}: {what}");
     }

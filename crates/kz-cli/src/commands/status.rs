@@ -31,7 +31,10 @@ pub fn run(ctx: &Ctx, args: &StatusArgs) -> CmdResult {
                         "cache": "off",
                     });
                     if let (Err(e), Some(m)) = (&o.result, v.as_object_mut()) {
-                        m.insert("error".into(), format!("{}: {}", e.kind.label(), e.message).into());
+                        m.insert(
+                            "error".into(),
+                            format!("{}: {}", e.kind.label(), e.message).into(),
+                        );
                         m.insert("optional".into(), o.skipped.into());
                     }
                     v
@@ -41,7 +44,13 @@ pub fn run(ctx: &Ctx, args: &StatusArgs) -> CmdResult {
             format!("{doc}\n")
         }
         ReportFormat::Text => {
-            let mut rows = vec![["NAME".to_string(), "PROVIDER".into(), "REF".into(), "STATUS".into(), "LATENCY".into()]];
+            let mut rows = vec![[
+                "NAME".to_string(),
+                "PROVIDER".into(),
+                "REF".into(),
+                "STATUS".into(),
+                "LATENCY".into(),
+            ]];
             for o in &outcomes {
                 let status = match &o.result {
                     Ok(_) => "ok".to_string(),

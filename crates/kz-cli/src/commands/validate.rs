@@ -23,7 +23,11 @@ pub fn run(ctx: &Ctx, args: &ReportArgs) -> CmdResult {
         getenv: &getenv,
     });
     let valid = loaded.config.is_some();
-    let path = loaded.discovered.as_ref().map(|d| d.project_path().display().to_string()).unwrap_or_default();
+    let path = loaded
+        .discovered
+        .as_ref()
+        .map(|d| d.project_path().display().to_string())
+        .unwrap_or_default();
     match args.format {
         ReportFormat::Json => {
             let item = |d: &kz_config::Diagnostic| {
@@ -47,8 +51,18 @@ pub fn run(ctx: &Ctx, args: &ReportArgs) -> CmdResult {
                 }
                 serde_json::Value::Object(m)
             };
-            let errors: Vec<_> = loaded.diagnostics.iter().filter(|d| d.is_error()).map(item).collect();
-            let warnings: Vec<_> = loaded.diagnostics.iter().filter(|d| !d.is_error()).map(item).collect();
+            let errors: Vec<_> = loaded
+                .diagnostics
+                .iter()
+                .filter(|d| d.is_error())
+                .map(item)
+                .collect();
+            let warnings: Vec<_> = loaded
+                .diagnostics
+                .iter()
+                .filter(|d| !d.is_error())
+                .map(item)
+                .collect();
             let doc = json!({
                 "version": 1,
                 "file": path,
@@ -67,12 +81,23 @@ pub fn run(ctx: &Ctx, args: &ReportArgs) -> CmdResult {
                 print_out(&format!(
                     "{path}: valid ({} secret(s) in `{}`, {} provider(s) declared)\n",
                     loaded.secrets_count,
-                    loaded.config.as_ref().map(|c| c.environment.as_str()).unwrap_or_default(),
+                    loaded
+                        .config
+                        .as_ref()
+                        .map(|c| c.environment.as_str())
+                        .unwrap_or_default(),
                     loaded.providers_count
                 ))?;
             } else {
                 let n = loaded.errors().count();
-                eprintln!("kz: {n} problem(s) found{}", if path.is_empty() { String::new() } else { format!(" in {path}") });
+                eprintln!(
+                    "kz: {n} problem(s) found{}",
+                    if path.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" in {path}")
+                    }
+                );
             }
         }
     }

@@ -15,13 +15,24 @@ fn shell(s: &Sandbox, shell: &str, script: &str) -> (String, String) {
         .envs(&s.env)
         .env("PATH", path)
         .output()
-        .unwrap_or_else(|e| panic!("{shell} is needed for this test (apt-get install {shell}): {e}"));
-    assert!(out.status.success(), "{shell} failed: {}", String::from_utf8_lossy(&out.stderr));
-    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        .unwrap_or_else(|e| {
+            panic!("{shell} is needed for this test (apt-get install {shell}): {e}")
+        });
+    assert!(
+        out.status.success(),
+        "{shell} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn project() -> Sandbox {
-    let mut s = Sandbox::with_config("[secrets]\nKZ_HOOK_A = \"local://proj/A\"\nSHADOW = \"local://proj/S\"\n");
+    let mut s = Sandbox::with_config(
+        "[secrets]\nKZ_HOOK_A = \"local://proj/A\"\nSHADOW = \"local://proj/S\"\n",
+    );
     s.put("KZ_HOOK_A", "alpha value");
     s.put("SHADOW", "from-kz");
     s.set("SHADOW", "original");
@@ -41,11 +52,19 @@ fn check_posix(sh: &str) {
     let s = project();
     let setup = format!("eval \"$(kz hook --shell {sh})\"\n");
     // Untrusted: one line, nothing loaded.
-    let (out, err) = shell(&s, sh, &format!("{setup}cd proj; _kz_hook; _kz_hook; echo \"in:${{KZ_HOOK_A-unset}}\""));
+    let (out, err) = shell(
+        &s,
+        sh,
+        &format!("{setup}cd proj; _kz_hook; _kz_hook; echo \"in:${{KZ_HOOK_A-unset}}\""),
+    );
     assert_eq!(out.trim(), "in:unset");
     assert_eq!(err.matches("is not trusted").count(), 1, "{err}");
     s.kz(&["allow"]).ok();
-    let (out, err) = shell(&s, sh, &format!("{setup}{}", POSIX_SCRIPT.replace("SHELL", sh)));
+    let (out, err) = shell(
+        &s,
+        sh,
+        &format!("{setup}{}", POSIX_SCRIPT.replace("SHELL", sh)),
+    );
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "in:alpha value:from-kz", "{out}\n{err}");
     assert_eq!(lines[1], "again:[]", "the no-change path printed something");
@@ -75,14 +94,22 @@ cd ..; _kz_hook
 if set -q KZ_HOOK_A; echo "out:still-set"; else; echo "out:unset:$SHADOW"; end
 "#;
     let (out, err) = shell(&s, "fish", script);
-    assert_eq!(out.lines().collect::<Vec<_>>(), ["in:alpha value:from-kz", "out:unset:original"], "{err}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["in:alpha value:from-kz", "out:unset:original"],
+        "{err}"
+    );
 }
 
 #[test]
 fn errors_are_shown_and_the_shell_stays_usable() {
     let s = Sandbox::with_config("[secrets]\nNEVER = \"local://proj/never-stored\"\n");
     s.kz(&["allow"]).ok();
-    let (out, err) = shell(&s, "bash", "eval \"$(kz hook --shell bash)\"; cd proj; _kz_hook; echo alive:${NEVER-unset}");
+    let (out, err) = shell(
+        &s,
+        "bash",
+        "eval \"$(kz hook --shell bash)\"; cd proj; _kz_hook; echo alive:${NEVER-unset}",
+    );
     assert_eq!(out.trim(), "alive:unset");
     assert!(err.contains("NEVER: not found"), "{err}");
 }

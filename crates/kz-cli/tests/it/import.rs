@@ -11,7 +11,10 @@ fn import_maps_and_stores_every_key() {
     let r = s.kz(&["import"]).ok().no_canary();
     assert!(r.stderr.contains("stored 5 secret(s)"), "{}", r.stderr);
     let text = s.read(".keyzero.toml");
-    assert!(text.contains("PLAIN = { provider = \"local\", ref = \"proj/PLAIN\" }"), "{text}");
+    assert!(
+        text.contains("PLAIN = { provider = \"local\", ref = \"proj/PLAIN\" }"),
+        "{text}"
+    );
     let v = s.kz(&["export", "--format", "json"]).ok().stdout_json();
     assert_eq!(v["PLAIN"], "simple");
     assert_eq!(v["QUOTED"], "two words # not a comment");
@@ -25,7 +28,11 @@ fn dry_run_changes_nothing_and_prefix_is_used() {
     s.write("dev.env", "A=1\nB=2\n");
     let before = s.read(".keyzero.toml");
     let r = s.kz(&["import", "dev.env", "--dry-run"]).ok();
-    assert!(r.stdout.contains("would map and store 2 secret(s)") && r.stdout.contains("A, B"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("would map and store 2 secret(s)") && r.stdout.contains("A, B"),
+        "{}",
+        r.stdout
+    );
     assert_eq!(s.read(".keyzero.toml"), before);
     assert!(!s.root.path().join("data/keyzero/store.age").exists());
     s.kz(&["import", "dev.env", "--prefix", "shared/"]).ok();
@@ -49,7 +56,9 @@ fn bad_files_and_read_only_providers() {
 fn published_flag_spellings() {
     let s = Sandbox::with_config("[secrets]\n");
     s.write("x.env", "A=1\n");
-    let r = s.kz(&["import", "--file", "x.env", "--resolver", "local"]).ok();
+    let r = s
+        .kz(&["import", "--file", "x.env", "--resolver", "local"])
+        .ok();
     assert!(r.stderr.contains("deprecated"), "{}", r.stderr);
     assert!(s.read(".keyzero.toml").contains("A = "));
 }

@@ -15,7 +15,15 @@ fn project() -> Sandbox {
 fn child_gets_every_secret() {
     let mut s = project();
     s.set("KZ_TEST_SOURCE", "from-env");
-    let r = s.kz(&["run", "--", "sh", "-c", "printf '%s|%s|%s' \"$API_KEY\" \"$DB\" \"$FROM_ENV\""]).ok();
+    let r = s
+        .kz(&[
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "printf '%s|%s|%s' \"$API_KEY\" \"$DB\" \"$FROM_ENV\"",
+        ])
+        .ok();
     assert_eq!(r.stdout, format!("{CANARY}|postgres://u@h/db|from-env"));
     assert!(!r.stderr.contains(CANARY));
 }
@@ -24,19 +32,43 @@ fn child_gets_every_secret() {
 fn only_selects_and_unknown_names_fail() {
     let mut s = project();
     s.set("KZ_TEST_SOURCE", "x");
-    let r = s.kz(&["run", "--only", "DB", "--", "sh", "-c", "printf '%s|%s' \"${API_KEY-unset}\" \"$DB\""]).ok();
+    let r = s
+        .kz(&[
+            "run",
+            "--only",
+            "DB",
+            "--",
+            "sh",
+            "-c",
+            "printf '%s|%s' \"${API_KEY-unset}\" \"$DB\"",
+        ])
+        .ok();
     assert_eq!(r.stdout, "unset|postgres://u@h/db");
     let r = s.kz(&["run", "--only", "DBB", "--", "true"]).code(1);
-    assert!(r.stderr.contains("`DBB` is not mapped") && r.stderr.contains("did you mean `DB`?"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("`DBB` is not mapped") && r.stderr.contains("did you mean `DB`?"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
 fn clean_env_keeps_only_the_basics_and_keep_env() {
     let mut s = project();
-    s.set("KZ_TEST_SOURCE", "x").set("EXTRA_VAR", "e").set("KEPT_VAR", "k");
-    let r = s.kz(&["run", "--clean-env", "--keep-env", "KEPT_VAR", "--", "env"]).ok();
-    let names: Vec<&str> = r.stdout.lines().filter_map(|l| l.split('=').next()).collect();
-    for n in ["PATH", "HOME", "LANG", "KEPT_VAR", "API_KEY", "DB", "FROM_ENV"] {
+    s.set("KZ_TEST_SOURCE", "x")
+        .set("EXTRA_VAR", "e")
+        .set("KEPT_VAR", "k");
+    let r = s
+        .kz(&["run", "--clean-env", "--keep-env", "KEPT_VAR", "--", "env"])
+        .ok();
+    let names: Vec<&str> = r
+        .stdout
+        .lines()
+        .filter_map(|l| l.split('=').next())
+        .collect();
+    for n in [
+        "PATH", "HOME", "LANG", "KEPT_VAR", "API_KEY", "DB", "FROM_ENV",
+    ] {
         assert!(names.contains(&n), "{n} missing: {names:?}");
     }
     for n in ["EXTRA_VAR", "XDG_DATA_HOME", "NO_COLOR"] {
@@ -51,8 +83,13 @@ fn exit_code_and_missing_command() {
     let mut s = project();
     s.set("KZ_TEST_SOURCE", "x");
     s.kz(&["run", "--", "sh", "-c", "exit 42"]).code(42);
-    let r = s.kz(&["run", "--", "definitely-not-a-command-kz"]).code(127);
-    assert_eq!(r.stderr.trim(), "kz: definitely-not-a-command-kz: command not found");
+    let r = s
+        .kz(&["run", "--", "definitely-not-a-command-kz"])
+        .code(127);
+    assert_eq!(
+        r.stderr.trim(),
+        "kz: definitely-not-a-command-kz: command not found"
+    );
     s.write("notexec.sh", "#!/bin/sh\necho hi\n");
     s.kz(&["run", "--", "./notexec.sh"]).code(126);
 }
@@ -64,11 +101,27 @@ fn nothing_starts_when_a_secret_fails_and_every_failure_is_listed() {
     );
     s.put("C", CANARY);
     let marker = s.path("started");
-    let r = s.kz(&["run", "--", "touch", marker.to_str().unwrap()]).code(1).no_canary();
+    let r = s
+        .kz(&["run", "--", "touch", marker.to_str().unwrap()])
+        .code(1)
+        .no_canary();
     assert!(!marker.exists(), "the command ran although secrets failed");
-    assert!(r.stderr.contains("A: not found from provider `local` (local)"), "{}", r.stderr);
-    assert!(r.stderr.contains("B: not found from provider `env` (env)"), "{}", r.stderr);
-    assert!(r.stderr.contains("kz put A") && r.stderr.contains("ref: proj/missing-a"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("A: not found from provider `local` (local)"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("B: not found from provider `env` (env)"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("kz put A") && r.stderr.contains("ref: proj/missing-a"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -78,10 +131,28 @@ fn optional_and_allow_empty() {
     );
     s.set("KZ_EMPTY", "");
     let r = s.kz(&["run", "--", "true"]).code(1);
-    assert!(r.stderr.contains("EMPTY: empty value") && !r.stderr.contains("EMPTY_OK:"), "{}", r.stderr);
-    let r = s.kz(&["run", "--only", "OPT,EMPTY_OK", "--", "sh", "-c", "printf '%s|%s' \"${OPT-unset}\" \"${EMPTY_OK-unset}\""]).ok();
+    assert!(
+        r.stderr.contains("EMPTY: empty value") && !r.stderr.contains("EMPTY_OK:"),
+        "{}",
+        r.stderr
+    );
+    let r = s
+        .kz(&[
+            "run",
+            "--only",
+            "OPT,EMPTY_OK",
+            "--",
+            "sh",
+            "-c",
+            "printf '%s|%s' \"${OPT-unset}\" \"${EMPTY_OK-unset}\"",
+        ])
+        .ok();
     assert_eq!(r.stdout, "unset|");
-    assert!(r.stderr.contains("skipping optional secret OPT"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("skipping optional secret OPT"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -89,28 +160,51 @@ fn field_of_a_json_value_lists_keys_not_values() {
     let mut s = Sandbox::with_config(
         "[secrets]\nUSER = { provider = \"env\", ref = \"KZ_JSON\", field = \"user\" }\nPASS = { provider = \"env\", ref = \"KZ_JSON\", field = \"pasword\" }\n",
     );
-    s.set("KZ_JSON", &format!(r#"{{"user":"alice","password":"{CANARY}"}}"#));
-    let r = s.kz(&["run", "--only", "USER", "--", "printenv", "USER"]).ok();
+    s.set(
+        "KZ_JSON",
+        &format!(r#"{{"user":"alice","password":"{CANARY}"}}"#),
+    );
+    let r = s
+        .kz(&["run", "--only", "USER", "--", "printenv", "USER"])
+        .ok();
     assert_eq!(r.stdout.trim(), "alice");
     let r = s.kz(&["run", "--", "true"]).code(1).no_canary();
-    assert!(r.stderr.contains("field `pasword` does not exist") && r.stderr.contains("password, user"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("field `pasword` does not exist") && r.stderr.contains("password, user"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
 fn dotenv_provider_end_to_end() {
-    let s = Sandbox::with_config("[providers.dotenv]\npath = \"secrets.env\"\n[secrets]\nTOKEN = { provider = \"dotenv\", ref = \"TOKEN\" }\n");
-    s.write("secrets.env", &format!("# comment\nexport TOKEN=\"{CANARY}\"\n"));
+    let s = Sandbox::with_config(
+        "[providers.dotenv]\npath = \"secrets.env\"\n[secrets]\nTOKEN = { provider = \"dotenv\", ref = \"TOKEN\" }\n",
+    );
+    s.write(
+        "secrets.env",
+        &format!("# comment\nexport TOKEN=\"{CANARY}\"\n"),
+    );
     let r = s.kz(&["run", "--", "printenv", "TOKEN"]).ok();
     assert_eq!(r.stdout.trim(), CANARY);
 }
 
 #[test]
 fn exec_plugin_end_to_end_needs_trust() {
-    let s = Sandbox::with_config("[providers.plug]\ntype = \"exec\"\ncommand = [\"./plugin.sh\"]\n[secrets]\nP = { provider = \"plug\", ref = \"item\" }\n");
-    let p = s.write("plugin.sh", "#!/bin/sh\ncat >/dev/null\nprintf 'plugin-value\\n'\n");
+    let s = Sandbox::with_config(
+        "[providers.plug]\ntype = \"exec\"\ncommand = [\"./plugin.sh\"]\n[secrets]\nP = { provider = \"plug\", ref = \"item\" }\n",
+    );
+    let p = s.write(
+        "plugin.sh",
+        "#!/bin/sh\ncat >/dev/null\nprintf 'plugin-value\\n'\n",
+    );
     std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let r = s.kz(&["run", "--", "printenv", "P"]).code(1);
-    assert!(r.stderr.contains("`command`") && r.stderr.contains("kz allow"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("`command`") && r.stderr.contains("kz allow"),
+        "{}",
+        r.stderr
+    );
     let r = s.kz(&["--trust", "run", "--", "printenv", "P"]).ok();
     assert_eq!(r.stdout.trim(), "plugin-value");
 }
@@ -119,5 +213,10 @@ fn exec_plugin_end_to_end_needs_trust() {
 fn unimplemented_provider_types_say_so() {
     let s = Sandbox::with_config("[secrets]\nX = \"sm://prod/x\"\n");
     let r = s.kz(&["run", "--", "true"]).code(1);
-    assert!(r.stderr.contains("the `aws` provider is not available in this build"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("the `aws` provider is not available in this build"),
+        "{}",
+        r.stderr
+    );
 }

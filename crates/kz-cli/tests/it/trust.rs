@@ -3,7 +3,9 @@
 use crate::util::Sandbox;
 
 fn project() -> Sandbox {
-    let s = Sandbox::with_config("[providers.plug]\ntype = \"exec\"\ncommand = [\"sh\", \"-c\", \"touch ran; echo v\"]\n[secrets]\nP = { provider = \"plug\", ref = \"x\" }\n");
+    let s = Sandbox::with_config(
+        "[providers.plug]\ntype = \"exec\"\ncommand = [\"sh\", \"-c\", \"touch ran; echo v\"]\n[secrets]\nP = { provider = \"plug\", ref = \"x\" }\n",
+    );
     s
 }
 
@@ -12,7 +14,11 @@ fn untrusted_program_is_not_run() {
     let s = project();
     let r = s.kz(&["run", "--", "true"]).code(1);
     assert!(!s.path("ran").exists(), "the untrusted plugin ran");
-    assert!(r.stderr.contains("providers.plug.command") || r.stderr.contains("`command`"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("providers.plug.command") || r.stderr.contains("`command`"),
+        "{}",
+        r.stderr
+    );
     assert!(r.stderr.contains(".keyzero.toml:3"), "{}", r.stderr);
 }
 
@@ -42,6 +48,12 @@ fn operator_overrides_and_local_file_are_trusted() {
     s.set("KEYZERO_TRUST", "0");
     s.kz(&["run", "--", "true"]).code(1);
     let s2 = Sandbox::with_config("[secrets]\nP = { provider = \"plug\", ref = \"x\" }\n");
-    s2.write(".keyzero.local.toml", "[providers.plug]\ntype = \"exec\"\ncommand = [\"sh\", \"-c\", \"echo v\"]\n");
-    assert_eq!(s2.kz(&["run", "--", "printenv", "P"]).ok().stdout.trim(), "v");
+    s2.write(
+        ".keyzero.local.toml",
+        "[providers.plug]\ntype = \"exec\"\ncommand = [\"sh\", \"-c\", \"echo v\"]\n",
+    );
+    assert_eq!(
+        s2.kz(&["run", "--", "printenv", "P"]).ok().stdout.trim(),
+        "v"
+    );
 }

@@ -32,9 +32,18 @@ impl Sandbox {
         let mut env = BTreeMap::new();
         env.insert("PATH".into(), std::env::var("PATH").unwrap_or_default());
         env.insert("HOME".into(), home.display().to_string());
-        env.insert("XDG_CONFIG_HOME".into(), root.path().join("config").display().to_string());
-        env.insert("XDG_DATA_HOME".into(), root.path().join("data").display().to_string());
-        env.insert("XDG_CACHE_HOME".into(), root.path().join("cache").display().to_string());
+        env.insert(
+            "XDG_CONFIG_HOME".into(),
+            root.path().join("config").display().to_string(),
+        );
+        env.insert(
+            "XDG_DATA_HOME".into(),
+            root.path().join("data").display().to_string(),
+        );
+        env.insert(
+            "XDG_CACHE_HOME".into(),
+            root.path().join("cache").display().to_string(),
+        );
         env.insert("LANG".into(), "C".into());
         env.insert("NO_COLOR".into(), "1".into());
         Self { root, project, env }
@@ -72,7 +81,10 @@ impl Sandbox {
     /// A `kz` command in the project directory with only the sandbox's environment.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(kz_bin());
-        c.args(args).current_dir(&self.project).env_clear().envs(&self.env);
+        c.args(args)
+            .current_dir(&self.project)
+            .env_clear()
+            .envs(&self.env);
         c
     }
 
@@ -83,8 +95,15 @@ impl Sandbox {
 
     /// Runs `kz` with `input` on stdin.
     pub fn kz_stdin(&self, args: &[&str], input: &str) -> Run {
-        let mut child = self.cmd(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let mut child = self
+            .cmd(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // kz may exit before reading (an error found first): a broken pipe is fine.
+        let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
         Run::from(child.wait_with_output().unwrap())
     }
 
@@ -135,36 +154,61 @@ impl Run {
     /// Asserts exit code 0 and returns self.
     #[track_caller]
     pub fn ok(self) -> Self {
-        assert_eq!(self.code, Some(0), "expected success\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code,
+            Some(0),
+            "expected success\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
         self
     }
 
     /// Asserts this exit code and returns self.
     #[track_caller]
     pub fn code(self, code: i32) -> Self {
-        assert_eq!(self.code, Some(code), "expected exit {code}\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code,
+            Some(code),
+            "expected exit {code}\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
         self
     }
 
     /// Asserts the canary is in neither stream.
     #[track_caller]
     pub fn no_canary(self) -> Self {
-        assert!(!self.stdout.contains(CANARY), "canary leaked to stdout:\n{}", self.stdout);
-        assert!(!self.stderr.contains(CANARY), "canary leaked to stderr:\n{}", self.stderr);
+        assert!(
+            !self.stdout.contains(CANARY),
+            "canary leaked to stdout:\n{}",
+            self.stdout
+        );
+        assert!(
+            !self.stderr.contains(CANARY),
+            "canary leaked to stderr:\n{}",
+            self.stderr
+        );
         self
     }
 
     /// The lines of stderr parsed as JSON.
     pub fn stderr_json(&self) -> Vec<serde_json::Value> {
-        self.stderr.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}"))).collect()
+        self.stderr
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+            .collect()
     }
 
     pub fn stdout_json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON: {e}\n{}", self.stdout))
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON: {e}\n{}", self.stdout))
     }
 }
 
 /// Replaces the sandbox's paths with stable placeholders for snapshots.
 pub fn scrub(s: &Sandbox, text: &str) -> String {
-    text.replace(&s.project.display().to_string(), "[PROJECT]").replace(&s.root.path().display().to_string(), "[ROOT]")
+    text.replace(&s.project.display().to_string(), "[PROJECT]")
+        .replace(&s.root.path().display().to_string(), "[ROOT]")
 }
