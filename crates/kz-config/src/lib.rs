@@ -25,7 +25,7 @@ pub mod tree;
 pub use diag::{Diagnostic, Pos, Severity};
 pub use discover::{Discovered, LOCAL_FILE, PROJECT_FILE};
 pub use hosts::{HostPattern, parse_duration};
-pub use load::{LoadRequest, Loaded, load};
+pub use load::{LoadRequest, Loaded, Source, load, load_sources};
 pub use model::{
     BlindConfig, CacheConfig, Config, ConnRule, Egress, EnvSource, Offline, ProviderInstance, Role,
     SecretEntry,

@@ -123,8 +123,7 @@ pub fn load(req: &LoadRequest<'_>) -> Loaded {
             };
         }
     };
-    let mut files = Vec::new();
-    let mut global_file = None;
+    let mut sources = Vec::new();
     let mut candidates = vec![];
     if let Some(g) = req.global_file {
         candidates.push((Role::Global, g.to_path_buf()));
@@ -137,16 +136,46 @@ pub fn load(req: &LoadRequest<'_>) -> Loaded {
     }
     for (role, path) in candidates {
         match discover::read_owned(&path, &mut diags) {
-            Ok(Some(text)) => match parse_toml(&path, &text) {
-                Ok(root) => {
-                    if role == Role::Global {
-                        global_file = Some(path.clone());
-                    }
-                    files.push(FileData { role, root });
-                }
-                Err(d) => diags.push(d),
-            },
+            Ok(Some(text)) => sources.push(Source { role, path, text }),
             Ok(None) => {}
+            Err(d) => diags.push(d),
+        }
+    }
+    load_sources(discovered, &sources, req, diags)
+}
+
+/// One configuration file's text and role.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// Which file it is.
+    pub role: Role,
+    /// Its path (for positions and relative paths).
+    pub path: PathBuf,
+    /// Its text.
+    pub text: String,
+}
+
+/// Parses and checks configuration texts already read (no file I/O): what [`load`] does after
+/// reading, and what the fuzz target drives.
+pub fn load_sources(
+    discovered: Discovered,
+    sources: &[Source],
+    req: &LoadRequest<'_>,
+    mut diags: Vec<Diagnostic>,
+) -> Loaded {
+    let mut files = Vec::new();
+    let mut global_file = None;
+    for src in sources {
+        match parse_toml(&src.path, &src.text) {
+            Ok(root) => {
+                if src.role == Role::Global {
+                    global_file = Some(src.path.clone());
+                }
+                files.push(FileData {
+                    role: src.role,
+                    root,
+                });
+            }
             Err(d) => diags.push(d),
         }
     }

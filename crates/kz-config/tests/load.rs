@@ -1,4 +1,10 @@
 //! Loading whole configurations: merging, environments, errors with positions.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::collections::HashMap;
 use std::path::Path;

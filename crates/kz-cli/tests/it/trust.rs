@@ -3,10 +3,9 @@
 use crate::util::Sandbox;
 
 fn project() -> Sandbox {
-    let s = Sandbox::with_config(
+    Sandbox::with_config(
         "[providers.plug]\ntype = \"exec\"\ncommand = [\"sh\", \"-c\", \"touch ran; echo v\"]\n[secrets]\nP = { provider = \"plug\", ref = \"x\" }\n",
-    );
-    s
+    )
 }
 
 #[test]
