@@ -154,6 +154,9 @@ pub enum Command {
     Deny,
     /// Check the environment: config, providers, tools, blind mode and isolation support
     Doctor,
+    /// Manage the encrypted value cache
+    #[command(subcommand)]
+    Cache(CacheCommand),
     /// Print a completion script
     #[command(
         after_help = "Examples:\n  kz completions bash > ~/.local/share/bash-completion/completions/kz\n  kz completions zsh > \"${fpath[1]}/_kz\"\n  kz completions fish > ~/.config/fish/completions/kz.fish"
@@ -165,6 +168,12 @@ pub enum Command {
     /// (internal) write man pages into DIR
     #[command(name = "__man", hide = true)]
     Man(ManArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Remove every cached value
+    Clear,
 }
 
 #[derive(Debug, Args)]

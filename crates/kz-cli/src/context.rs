@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use kz_config::{Config, Diagnostic, Discovered, LoadRequest, ProviderInstance, SecretEntry};
 use kz_providers::BuildContext;
-use kz_resolve::{Instance, Outcome, Provider, ProviderError};
+use kz_resolve::{ErrorKind, Instance, Outcome, Provider, ProviderError};
+use kz_secret::Resolved;
+
+use crate::cache;
 
 use crate::cli::Global;
 use crate::report::{Failure, Reporter};
@@ -24,6 +27,8 @@ pub struct Paths {
     pub config_home: PathBuf,
     /// `$XDG_DATA_HOME` or `~/.local/share`.
     pub data_home: PathBuf,
+    /// `$XDG_CACHE_HOME` or `~/.cache`.
+    pub cache_home: PathBuf,
     /// `$XDG_RUNTIME_DIR`.
     pub runtime_dir: Option<PathBuf>,
     /// The working directory.
@@ -44,6 +49,7 @@ impl Paths {
         Self {
             config_home: var("XDG_CONFIG_HOME").unwrap_or_else(|| base.join(".config")),
             data_home: var("XDG_DATA_HOME").unwrap_or_else(|| base.join(".local/share")),
+            cache_home: var("XDG_CACHE_HOME").unwrap_or_else(|| base.join(".cache")),
             runtime_dir: var("XDG_RUNTIME_DIR"),
             cwd: std::env::current_dir().unwrap_or(base),
             home,
@@ -245,17 +251,87 @@ impl Ctx {
     }
 
     /// Resolves secrets on a single-threaded runtime, with a spinner after 300 ms on a terminal.
-    pub fn resolve(
-        &self,
-        config: &Config,
-        secrets: &[&SecretEntry],
-    ) -> Result<Vec<Outcome>, Failure> {
-        let instances = self.instances(config, secrets)?;
-        block_on_with_spinner(
-            &self.out,
-            "resolving secrets",
-            kz_resolve::resolve_all(secrets, &instances),
-        )
+    pub fn resolve(&self, config: &Config, secrets: &[&SecretEntry]) -> Result<Vec<Outcome>, Failure> {
+        Ok(self.resolve_cached(config, secrets)?.into_iter().map(|(o, _)| o).collect())
+    }
+
+    /// Same, through the encrypted cache for providers that use one; says how each value was
+    /// obtained.
+    pub fn resolve_cached(&self, config: &Config, secrets: &[&SecretEntry]) -> Result<Vec<(Outcome, CacheUse)>, Failure> {
+        let policies: Vec<Option<cache::Policy>> =
+            secrets.iter().map(|s| config.provider(&s.provider).and_then(|i| cache::policy(config, i))).collect();
+        let mut store = None;
+        if policies.iter().any(Option::is_some) {
+            match cache::store_keys(config, &self.build_context(&config.discovered.dir)) {
+                Ok((id, rcpt)) => {
+                    let (c, warning) = cache::Cache::open(cache::path(&self.paths.cache_home), id, rcpt);
+                    if let Some(w) = warning {
+                        self.out.diagnostic(&w);
+                    }
+                    store = Some(c);
+                }
+                Err(w) => self.out.diagnostic(&w),
+            }
+        }
+        let key = |s: &SecretEntry| config.provider(&s.provider).map(|i| cache::key(s, i)).unwrap_or_default();
+        // Fresh cached values are used without contacting their providers.
+        let mut done: Vec<Option<(Outcome, CacheUse)>> = secrets.iter().map(|_| None).collect();
+        if let Some(c) = &store {
+            for ((s, p), slot) in secrets.iter().zip(&policies).zip(done.iter_mut()) {
+                let Some(max_age) = p.and_then(|p| p.max_age) else { continue };
+                if let Some((v, age)) = c.get(&key(s)).filter(|(_, age)| *age <= max_age) {
+                    *slot = Some((cached_outcome(s, v), CacheUse::Hit(age)));
+                }
+            }
+        }
+        let rest: Vec<&SecretEntry> = secrets.iter().zip(&done).filter(|(_, d)| d.is_none()).map(|(s, _)| *s).collect();
+        let mut fetched = if rest.is_empty() {
+            Vec::new()
+        } else {
+            let instances = self.instances(config, &rest)?;
+            block_on_with_spinner(&self.out, "resolving secrets", kz_resolve::resolve_all(&rest, &instances))?
+        }
+        .into_iter();
+        for ((s, p), slot) in secrets.iter().zip(&policies).zip(done.iter_mut()) {
+            if slot.is_some() {
+                continue;
+            }
+            let Some(o) = fetched.next() else { continue };
+            let unreachable = matches!(&o.result, Err(e) if matches!(e.kind, ErrorKind::Network | ErrorKind::Timeout));
+            *slot = Some(match (&mut store, p, &o.result) {
+                (Some(c), Some(_), Ok(Resolved::Single(v))) => {
+                    c.put(key(s), v);
+                    (o, CacheUse::Miss)
+                }
+                (Some(c), Some(p), Err(e)) if p.fallback && unreachable => match c.get(&key(s)) {
+                    Some((v, age)) => {
+                        self.out.diagnostic(
+                            &Diagnostic::warning(
+                                "cache::offline",
+                                format!(
+                                    "{}: provider `{}` is unreachable ({}); using the cached value from {} ago",
+                                    s.name,
+                                    s.provider,
+                                    e.kind.label(),
+                                    cache::human_age(age)
+                                ),
+                            )
+                            .secret(&s.name),
+                        );
+                        (cached_outcome(s, v), CacheUse::Fallback(age))
+                    }
+                    None => (o, CacheUse::Miss),
+                },
+                (_, Some(_), _) => (o, CacheUse::Miss),
+                _ => (o, CacheUse::Off),
+            });
+        }
+        if let Some(c) = &store
+            && let Err(w) = c.save()
+        {
+            self.out.diagnostic(&w);
+        }
+        Ok(done.into_iter().flatten().collect())
     }
 
     /// The secrets of `--only A,B` (all when empty); an unknown name is an error.
@@ -280,6 +356,43 @@ impl Ctx {
         } else {
             Err(Failure::many(diags))
         }
+    }
+}
+
+/// How a value was obtained, for `kz status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheUse {
+    /// The provider does not cache.
+    Off,
+    /// Fetched from the provider (and cached).
+    Miss,
+    /// Served from the cache, this old.
+    Hit(Duration),
+    /// The provider was unreachable; served from the cache, this old.
+    Fallback(Duration),
+}
+
+impl CacheUse {
+    /// `off`, `miss`, `hit`, `fallback`.
+    pub fn label(self) -> &'static str {
+        match self {
+            CacheUse::Off => "off",
+            CacheUse::Miss => "miss",
+            CacheUse::Hit(_) => "hit",
+            CacheUse::Fallback(_) => "fallback",
+        }
+    }
+}
+
+fn cached_outcome(s: &SecretEntry, v: kz_secret::SecretValue) -> Outcome {
+    Outcome {
+        name: s.name.clone(),
+        provider: s.provider.clone(),
+        type_name: s.ty.name,
+        reference: s.reference.clone(),
+        result: Ok(Resolved::Single(v)),
+        latency: Duration::ZERO,
+        skipped: false,
     }
 }
 

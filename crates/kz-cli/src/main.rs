@@ -5,6 +5,7 @@
 //! prints or exits; the libraries return values and diagnostics.
 #![forbid(unsafe_code)]
 
+mod cache;
 mod cli;
 mod commands;
 mod context;
@@ -61,6 +62,7 @@ fn main() -> ExitCode {
         Command::Allow => commands::trust::allow(&ctx),
         Command::Deny => commands::trust::deny(&ctx),
         Command::Doctor => commands::doctor::run(&ctx),
+        Command::Cache(cli::CacheCommand::Clear) => commands::cache_clear(&ctx),
         Command::Completions(a) => commands::completions::completions(a.shell),
         Command::Man(a) => commands::completions::man(&a.dir),
     };

@@ -10,6 +10,9 @@
 //! | `dotenv` | [`dotenv`] | a `KEY=VALUE` file |
 //! | `age` | [`age_files`] | age-encrypted files |
 //! | `exec` | [`exec`] | a program speaking the plugin protocol |
+//! | `hashicorp` | [`hashicorp`] | HashiCorp Vault / OpenBao HTTP API |
+//! | `1password` | [`onepassword`] | the 1Password CLI `op` |
+//! | `gcp` | [`gcp`] | Google Cloud Secret Manager REST API |
 //!
 //! Types listed in the catalog but not implemented in this build fail with a clear
 //! `Unsupported` error when used.
@@ -26,7 +29,10 @@ pub mod age_files;
 pub mod dotenv;
 pub mod env;
 pub mod exec;
+pub mod gcp;
+pub mod hashicorp;
 pub mod local;
+pub mod onepassword;
 
 /// Reads a variable of kz's environment (injected so tests are hermetic).
 pub type GetEnv = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
@@ -76,6 +82,9 @@ pub fn build(
         "dotenv" => Arc::new(dotenv::DotenvProvider::new(inst, ctx)?),
         "age" => Arc::new(age_files::AgeProvider::new(inst, ctx)?),
         "exec" => Arc::new(exec::ExecProvider::new(inst, ctx)?),
+        "hashicorp" => Arc::new(hashicorp::VaultProvider::new(inst, ctx)?),
+        "1password" => Arc::new(onepassword::OpProvider::new(inst, ctx)?),
+        "gcp" => Arc::new(gcp::GcpProvider::new(inst, ctx)?),
         other => {
             return Err(ProviderError::new(
                 ErrorKind::Unsupported,

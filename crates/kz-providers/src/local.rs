@@ -369,6 +369,20 @@ impl LocalProvider {
         result
     }
 
+    /// The store's key pair, creating the identity (and its record) when the store has none
+    /// yet. The encrypted cache uses it, so cached values are as safe as stored ones.
+    pub fn key_pair(&self) -> Result<(age::x25519::Identity, age::x25519::Recipient), ProviderError> {
+        let meta = if self.meta_path().exists() {
+            self.recorded_identity()?
+        } else {
+            make_private_dir(self.store.parent())?;
+            self.create_identity()?
+        };
+        let identity = Self::load_identity(&meta.identity)?;
+        let recipient = identity.to_public();
+        Ok((identity, recipient))
+    }
+
     /// Every ref in the store (for `kz doctor` and tests).
     pub fn refs(&self) -> Result<Vec<String>, ProviderError> {
         Ok(self.cached_entries()?.keys().cloned().collect())

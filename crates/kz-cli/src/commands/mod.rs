@@ -74,6 +74,17 @@ pub fn collect(ctx: &Ctx, config: &Config, outcomes: Vec<Outcome>) -> Result<Var
     }
 }
 
+/// `kz cache clear`: removes the encrypted cache file.
+pub fn cache_clear(ctx: &Ctx) -> crate::report::CmdResult {
+    let path = crate::cache::path(&ctx.paths.cache_home);
+    match std::fs::remove_file(&path) {
+        Ok(()) => ctx.out.note(&format!("removed {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => ctx.out.note("the cache is already empty"),
+        Err(e) => return Err(Failure::msg("cache::clear", format!("cannot remove `{}`: {e}", path.display()), "check the file's permissions")),
+    }
+    Ok(crate::report::exit::OK)
+}
+
 /// Whether an error kind means "not stored yet".
 pub fn is_missing(kind: ErrorKind) -> bool {
     kind == ErrorKind::NotFound

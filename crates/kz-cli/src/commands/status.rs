@@ -1,25 +1,24 @@
 //! `kz status`: resolve every secret and report per secret: provider, ref, ok/error, latency.
 //! Never prints any part of a value.
 
-use kz_resolve::Outcome;
 use serde_json::json;
 
 use crate::cli::{ReportFormat, StatusArgs};
 use crate::commands::print_out;
-use crate::context::Ctx;
+use crate::context::{CacheUse, Ctx};
 use crate::report::{CmdResult, exit};
 
 /// Runs the command.
 pub fn run(ctx: &Ctx, args: &StatusArgs) -> CmdResult {
     let config = ctx.load()?;
     let selected = ctx.select(&config, &args.only)?;
-    let outcomes = ctx.resolve(&config, &selected)?;
-    let all_ok = !outcomes.iter().any(Outcome::is_failure);
+    let results = ctx.resolve_cached(&config, &selected)?;
+    let all_ok = !results.iter().any(|(o, _)| o.is_failure());
     let text = match args.format {
         ReportFormat::Json => {
-            let secrets: Vec<_> = outcomes
+            let secrets: Vec<_> = results
                 .iter()
-                .map(|o| {
+                .map(|(o, cache)| {
                     let mut v = json!({
                         "name": o.name,
                         "provider": o.provider,
@@ -28,7 +27,7 @@ pub fn run(ctx: &Ctx, args: &StatusArgs) -> CmdResult {
                         "ref": o.reference,
                         "status": if o.result.is_ok() { "ok" } else { "error" },
                         "latency_ms": u64::try_from(o.latency.as_millis()).unwrap_or(u64::MAX),
-                        "cache": "off",
+                        "cache": cache.label(),
                     });
                     if let (Err(e), Some(m)) = (&o.result, v.as_object_mut()) {
                         m.insert(
@@ -50,8 +49,9 @@ pub fn run(ctx: &Ctx, args: &StatusArgs) -> CmdResult {
                 "REF".into(),
                 "STATUS".into(),
                 "LATENCY".into(),
+                "CACHE".into(),
             ]];
-            for o in &outcomes {
+            for (o, cache) in &results {
                 let status = match &o.result {
                     Ok(_) => "ok".to_string(),
                     Err(e) if o.skipped => format!("skipped (optional): {}", e.kind.label()),
@@ -63,6 +63,12 @@ pub fn run(ctx: &Ctx, args: &StatusArgs) -> CmdResult {
                     o.reference.clone(),
                     status,
                     format!("{}ms", o.latency.as_millis()),
+                    match cache {
+                        CacheUse::Hit(age) | CacheUse::Fallback(age) => {
+                            format!("{} ({} old)", cache.label(), crate::cache::human_age(*age))
+                        }
+                        other => other.label().to_string(),
+                    },
                 ]);
             }
             let mut t = format!("environment: {}\n", config.environment);

@@ -9,6 +9,7 @@
 mod util;
 
 mod add_rm;
+mod cache;
 mod config;
 mod export;
 mod help;
