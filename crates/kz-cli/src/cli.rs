@@ -123,7 +123,7 @@ pub enum Command {
     Import(ImportArgs),
     /// Resolve every secret, then run a command with them in its environment
     #[command(
-        after_help = "Examples:\n  kz run -- npm start\n  kz run --only DATABASE_URL -- psql\n  kz run --clean-env --keep-env AWS_PROFILE -- ./deploy.sh"
+        after_help = "Examples:\n  kz run -- npm start\n  kz run --only DATABASE_URL -- psql\n  kz run --clean-env --keep-env AWS_PROFILE -- ./deploy.sh\n  kz run --watch 1m -- ./server        restart when a secret changes\n  kz run --mask -- ./flaky-tests       values in the output become ****"
     )]
     Run(RunArgs),
     /// Print the resolved secrets (shell, dotenv or JSON)
@@ -280,6 +280,15 @@ pub struct RunArgs {
         requires = "clean_env"
     )]
     pub keep_env: Vec<String>,
+    /// Re-resolve every INTERVAL (default 5m) and on SIGHUP; restart the command when a value changed
+    #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "5m", value_parser = parse_interval)]
+    pub watch: Option<std::time::Duration>,
+    /// With --watch: time between SIGTERM and SIGKILL when restarting
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_interval)]
+    pub grace: std::time::Duration,
+    /// Replace secret values (8 bytes or more) in the command's output with ****
+    #[arg(long)]
+    pub mask: bool,
     /// The command and its arguments
     #[arg(
         required = true,
@@ -288,6 +297,10 @@ pub struct RunArgs {
         value_name = "CMD"
     )]
     pub command: Vec<OsString>,
+}
+
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    kz_config::parse_duration(s).and_then(|d| if d.is_zero() { Err("the interval must be more than zero".into()) } else { Ok(d) })
 }
 
 #[derive(Debug, Args)]

@@ -31,8 +31,10 @@ pub mod env;
 pub mod exec;
 pub mod gcp;
 pub mod hashicorp;
+pub mod keychain;
 pub mod local;
 pub mod onepassword;
+pub mod aws;
 
 /// Reads a variable of kz's environment (injected so tests are hermetic).
 pub type GetEnv = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;

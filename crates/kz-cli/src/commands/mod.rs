@@ -12,6 +12,7 @@ pub mod put;
 pub mod rm;
 pub mod run;
 pub mod status;
+pub mod supervise;
 pub mod trust;
 pub mod validate;
 

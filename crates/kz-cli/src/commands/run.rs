@@ -1,7 +1,8 @@
 //! `kz run`: resolve, then `exec` the command with the secrets in its environment, so signals,
-//! exit code and stdio are the child's own. Nothing is started when a required secret failed.
+//! exit code and stdio are the child's own. With `--watch` or `--mask`, kz stays as the parent
+//! instead (`supervise`). Nothing is started when a required secret failed.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 
@@ -23,6 +24,26 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> CmdResult {
     let selected = ctx.select(&config, &args.only)?;
     let outcomes = ctx.resolve(&config, &selected)?;
     let vars = collect(ctx, &config, outcomes)?;
+    let base_env = args.clean_env.then(|| {
+        CLEAN_ENV_KEEP
+            .iter()
+            .copied()
+            .map(String::from)
+            .chain(args.keep_env.iter().cloned())
+            .filter_map(|k| std::env::var_os(&k).map(|v| (OsString::from(k), v)))
+            .collect::<Vec<_>>()
+    });
+    if args.watch.is_some() || args.mask {
+        let plan = super::supervise::Plan {
+            command: args.command,
+            base_env,
+            mask: args.mask,
+            watch: args.watch,
+            grace: args.grace,
+            secrets: selected,
+        };
+        return super::supervise::run(ctx, &config, &plan, vars);
+    }
     let mut command = args.command.into_iter();
     let Some(program) = command.next() else {
         return Err(Failure::usage(

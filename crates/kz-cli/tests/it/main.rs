@@ -19,4 +19,5 @@ mod leaks;
 mod put;
 mod run;
 mod status;
+mod supervise;
 mod trust;
