@@ -3,7 +3,7 @@
 //! `main` parses the arguments, builds the [`context::Ctx`], dispatches to one module of
 //! [`commands`] and turns its result into diagnostics on stderr and an exit code. Only this crate
 //! prints or exits; the libraries return values and diagnostics.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod cache;
 mod cli;
@@ -12,6 +12,7 @@ mod context;
 mod edit;
 mod quote;
 mod report;
+mod sys;
 mod trust;
 
 use std::process::ExitCode;

@@ -221,7 +221,7 @@ pub static TYPES: &[ProviderType] = &[
         ref_syntax: "ACCOUNT (service from the `service` option, default `keyzero`)",
         example: "myapp-db-url",
         credential_env: &["DBUS_SESSION_BUS_ADDRESS"],
-        implemented: false,
+        implemented: true,
     },
     ProviderType {
         name: "1password",
@@ -243,7 +243,7 @@ pub static TYPES: &[ProviderType] = &[
             "OP_CONNECT_HOST",
             "OP_SESSION_*",
         ],
-        implemented: false,
+        implemented: true,
     },
     ProviderType {
         name: "aws",
@@ -260,7 +260,7 @@ pub static TYPES: &[ProviderType] = &[
         ref_syntax: "sm://NAME-OR-ARN[#field] or ssm://NAME",
         example: "sm://prod/stripe",
         credential_env: &["AWS_*"],
-        implemented: false,
+        implemented: true,
     },
     ProviderType {
         name: "aws_sts",
@@ -284,7 +284,7 @@ pub static TYPES: &[ProviderType] = &[
         ref_syntax: "ROLE-ARN (or the `role_arn` parameter)",
         example: "arn:aws:iam::123456789012:role/deploy",
         credential_env: &["AWS_*"],
-        implemented: false,
+        implemented: true,
     },
     ProviderType {
         name: "hashicorp",
@@ -305,7 +305,7 @@ pub static TYPES: &[ProviderType] = &[
         ref_syntax: "PATH[#field] (logical `secret/app` or API `secret/data/app`)",
         example: "secret/data/prod/stripe",
         credential_env: &["VAULT_*", "BAO_*"],
-        implemented: false,
+        implemented: true,
     },
     ProviderType {
         name: "gcp",
@@ -322,7 +322,7 @@ pub static TYPES: &[ProviderType] = &[
         ref_syntax: "projects/P/secrets/S[/versions/V] or S with the `project` option",
         example: "projects/acme/secrets/stripe",
         credential_env: &["GOOGLE_*", "CLOUDSDK_*"],
-        implemented: false,
+        implemented: true,
     },
     ProviderType {
         name: "keyzero",

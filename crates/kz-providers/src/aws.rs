@@ -453,20 +453,22 @@ fn chain_text(err: &(dyn std::error::Error + 'static)) -> String {
 /// Removes what a service message may quote of a written value: every occurrence of the values
 /// themselves, and AWS's `Value '…' at 'x'` validation quotes.
 fn redact(mut e: ProviderError, values: &[&SecretValue]) -> ProviderError {
-    let clean = |text: &str| -> String {
-        let mut out = strip_quoted_values(text);
-        for v in values {
-            if let Some(s) = v.expose_str()
-                && s.len() >= 4
-            {
-                out = out.replace(s, "<value>");
-            }
-        }
-        out
-    };
-    e.message = clean(&e.message);
-    e.help = e.help.as_deref().map(clean);
+    e.message = redact_text(&e.message, values);
+    e.help = e.help.as_deref().map(|h| redact_text(h, values));
     e
+}
+
+/// See [`redact`].
+fn redact_text(text: &str, values: &[&SecretValue]) -> String {
+    let mut out = strip_quoted_values(text);
+    for v in values {
+        if let Some(s) = v.expose_str()
+            && s.len() >= 4
+        {
+            out = out.replace(s, "<value>");
+        }
+    }
+    out
 }
 
 /// `Value 'x' at 'y'` → `Value <redacted> at 'y'` (AWS validation messages quote the input).

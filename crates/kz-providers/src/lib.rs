@@ -13,6 +13,8 @@
 //! | `hashicorp` | [`hashicorp`] | HashiCorp Vault / OpenBao HTTP API |
 //! | `1password` | [`onepassword`] | the 1Password CLI `op` |
 //! | `gcp` | [`gcp`] | Google Cloud Secret Manager REST API |
+//! | `aws`, `aws_sts` | [`aws`] | AWS Secrets Manager, SSM Parameter Store, STS (the AWS SDK) |
+//! | `keychain` | [`keychain`] | macOS Keychain / Linux Secret Service |
 //!
 //! Types listed in the catalog but not implemented in this build fail with a clear
 //! `Unsupported` error when used.
@@ -26,6 +28,7 @@ use kz_config::ProviderInstance;
 use kz_resolve::{ErrorKind, Provider, ProviderError};
 
 pub mod age_files;
+pub mod aws;
 pub mod dotenv;
 pub mod env;
 pub mod exec;
@@ -34,7 +37,6 @@ pub mod hashicorp;
 pub mod keychain;
 pub mod local;
 pub mod onepassword;
-pub mod aws;
 
 /// Reads a variable of kz's environment (injected so tests are hermetic).
 pub type GetEnv = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
@@ -87,12 +89,15 @@ pub fn build(
         "hashicorp" => Arc::new(hashicorp::VaultProvider::new(inst, ctx)?),
         "1password" => Arc::new(onepassword::OpProvider::new(inst, ctx)?),
         "gcp" => Arc::new(gcp::GcpProvider::new(inst, ctx)?),
+        "aws" => Arc::new(aws::AwsProvider::new(inst, ctx)?),
+        "aws_sts" => Arc::new(aws::StsProvider::new(inst, ctx)?),
+        "keychain" => Arc::new(keychain::KeychainProvider::new(inst, ctx)?),
         other => {
             return Err(ProviderError::new(
                 ErrorKind::Unsupported,
                 format!("the `{other}` provider is not available in this build of kz yet"),
             )
-            .help("use local, env, dotenv, age or exec for now (see `kz doctor`)"));
+            .help("use another provider type (see `kz doctor`)"));
         }
     })
 }

@@ -140,7 +140,7 @@ fn providers(ctx: &Ctx, config: &Config, r: &mut Report) {
                     "provider `{}` ({}): not available in this build of kz yet",
                     inst.name, inst.ty.name
                 ),
-                Some("use local, env, dotenv, age or exec for now".into()),
+                Some("the `keyzero` team-server client arrives with team mode".into()),
             );
             continue;
         }
@@ -211,7 +211,7 @@ fn on_path(cmd: &str) -> Option<std::path::PathBuf> {
 
 fn tools(r: &mut Report) {
     match std::env::var_os("DBUS_SESSION_BUS_ADDRESS") {
-        Some(_) => r.add(Level::Ok, "keychain: a D-Bus session bus is configured (the keychain provider is not in this build yet)", None),
+        Some(_) => r.add(Level::Ok, "keychain: a D-Bus session bus is configured (a `keychain` provider checks the Secret Service itself)", None),
         None => r.add(Level::Warn, "keychain: no D-Bus session bus (DBUS_SESSION_BUS_ADDRESS unset)", Some("use the `local` provider on machines without a Secret Service".into())),
     }
     match on_path("op") {

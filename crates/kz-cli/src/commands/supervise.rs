@@ -8,7 +8,10 @@
 //!   when a value changed, the child gets `SIGTERM`, then `SIGKILL` after `--grace`, and is
 //!   started again with the new values. A failed re-resolve keeps the running child (warned).
 //! - **`--mask`.** Every secret value of 8 bytes or more that appears in the child's stdout or
-//!   stderr is replaced by `****`, also when split across writes ([`kz_redact::Redactor`]).
+//!   stderr is replaced by `****`, also when split across writes ([`kz_redact::Redactor`]). When
+//!   kz's stdout is a terminal, the child runs on a pseudo-terminal (so colours, line editing
+//!   and full-screen programs keep working), kz's terminal is put in raw mode and restored at
+//!   exit, keystrokes go to the child, and window-size changes follow; otherwise pipes are used.
 //! - kz exits with the child's code, or 128+N when the child died of signal N.
 
 use std::ffi::{OsStr, OsString};
@@ -16,7 +19,9 @@ use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, Stdio};
+use std::os::fd::OwnedFd;
 use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -62,6 +67,76 @@ struct Running {
     copiers: Vec<JoinHandle<()>>,
 }
 
+/// The terminal side of `--mask` on a terminal: the child runs on a PTY whose output kz masks,
+/// while kz's own terminal is in raw mode and its input goes to the PTY.
+struct Terminal {
+    /// The master of the current child's PTY (replaced on restart).
+    master: Arc<Mutex<Option<Arc<OwnedFd>>>>,
+    /// kz's terminal settings, restored on drop.
+    saved: Option<rustix::termios::Termios>,
+}
+
+impl Terminal {
+    fn new() -> Self {
+        let saved = rustix::termios::tcgetattr(rustix::stdio::stdin()).ok();
+        if let Some(t) = &saved {
+            let mut raw = t.clone();
+            raw.make_raw();
+            let _ = rustix::termios::tcsetattr(rustix::stdio::stdin(), rustix::termios::OptionalActions::Now, &raw);
+        }
+        let master: Arc<Mutex<Option<Arc<OwnedFd>>>> = Arc::new(Mutex::new(None));
+        if saved.is_some() {
+            // Keyboard → the current child's PTY. The thread ends with the process.
+            let m = Arc::clone(&master);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut stdin = std::io::stdin();
+                while let Ok(n) = stdin.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let target = m.lock().ok().and_then(|g| g.clone());
+                    if let Some(fd) = target {
+                        let _ = rustix::io::write(&*fd, buf.get(..n).unwrap_or_default());
+                    }
+                }
+            });
+        }
+        Self { master, saved }
+    }
+
+    /// Copies kz's window size to the child's PTY (on start and on SIGWINCH).
+    fn resize(&self) {
+        let current = self.master.lock().ok().and_then(|g| g.clone());
+        if let (Some(m), Ok(ws)) = (current, rustix::termios::tcgetwinsize(rustix::stdio::stdout())) {
+            let _ = rustix::termios::tcsetwinsize(&*m, ws);
+        }
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        if let Some(t) = &self.saved {
+            let _ = rustix::termios::tcsetattr(rustix::stdio::stdin(), rustix::termios::OptionalActions::Now, t);
+        }
+    }
+}
+
+/// A new PTY pair: (master, slave).
+fn open_pty() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    use rustix::pty::OpenptFlags;
+    let master = rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
+    rustix::pty::grantpt(&master)?;
+    rustix::pty::unlockpt(&master)?;
+    let name = rustix::pty::ptsname(&master, Vec::new())?;
+    let slave = rustix::fs::open(
+        name.as_c_str(),
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    Ok((master, slave))
+}
+
 /// Runs the child under kz's supervision until it exits; returns its exit code.
 pub fn run(ctx: &Ctx, config: &Config, plan: &Plan<'_>, first: Vars) -> CmdResult {
     let mut signals = SignalsInfo::<WithOrigin>::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH])
@@ -76,15 +151,26 @@ pub fn run(ctx: &Ctx, config: &Config, plan: &Plan<'_>, first: Vars) -> CmdResul
             }
         }
     });
-    let result = supervise(ctx, config, plan, first, &tx, &rx);
+    // On a terminal, --mask runs the command on a PTY so colours and interaction survive.
+    let terminal = (plan.mask && rustix::termios::isatty(rustix::stdio::stdout())).then(Terminal::new);
+    let result = supervise(ctx, config, plan, first, &tx, &rx, terminal.as_ref());
+    drop(terminal);
     handle.close();
     let _ = sig_thread.join();
     result
 }
 
-fn supervise(ctx: &Ctx, config: &Config, plan: &Plan<'_>, first: Vars, tx: &mpsc::Sender<Event>, rx: &mpsc::Receiver<Event>) -> CmdResult {
+fn supervise(
+    ctx: &Ctx,
+    config: &Config,
+    plan: &Plan<'_>,
+    first: Vars,
+    tx: &mpsc::Sender<Event>,
+    rx: &mpsc::Receiver<Event>,
+    terminal: Option<&Terminal>,
+) -> CmdResult {
     let mut vars = first;
-    let mut child = start(ctx, plan, &vars, tx)?;
+    let mut child = start(ctx, plan, &vars, tx, terminal)?;
     let mut next_check = plan.watch.map(|w| Instant::now() + w);
     loop {
         let timeout = next_check.map_or(Duration::from_secs(3600), |t| t.saturating_duration_since(Instant::now()));
@@ -104,6 +190,10 @@ fn supervise(ctx: &Ctx, config: &Config, plan: &Plan<'_>, first: Vars, tx: &mpsc
             Some(Event::Signal(o)) => {
                 if matches!(o.cause, Cause::Sent(_)) {
                     forward(child.pid, o.signal);
+                } else if o.signal == SIGWINCH
+                    && let Some(t) = terminal
+                {
+                    t.resize();
                 }
                 false
             }
@@ -131,7 +221,7 @@ fn supervise(ctx: &Ctx, config: &Config, plan: &Plan<'_>, first: Vars, tx: &mpsc
             ctx.out.verbose(&format!("the command had exited with {code}"));
         }
         vars = fresh;
-        child = start(ctx, plan, &vars, tx)?;
+        child = start(ctx, plan, &vars, tx, terminal)?;
     }
 }
 
@@ -183,7 +273,7 @@ fn stop(child: &mut Running, grace: Duration, rx: &mpsc::Receiver<Event>) -> Opt
     }
 }
 
-fn start(ctx: &Ctx, plan: &Plan<'_>, vars: &Vars, tx: &mpsc::Sender<Event>) -> Result<Running, Failure> {
+fn start(ctx: &Ctx, plan: &Plan<'_>, vars: &Vars, tx: &mpsc::Sender<Event>, terminal: Option<&Terminal>) -> Result<Running, Failure> {
     let mut parts = plan.command.iter();
     let Some(program) = parts.next() else {
         return Err(Failure::usage("no command given", "write the command after `--`: kz run -- npm start"));
@@ -197,7 +287,20 @@ fn start(ctx: &Ctx, plan: &Plan<'_>, vars: &Vars, tx: &mpsc::Sender<Event>) -> R
     for (name, value) in vars {
         cmd.env(name, OsStr::from_bytes(value.expose_bytes()));
     }
-    if plan.mask {
+    let pty_failure = |e: std::io::Error| Failure::msg("run::pty", format!("cannot set up a terminal for the command: {e}"), "run without a terminal (pipe kz's output), or without --mask");
+    let mut pty_master = None;
+    if let Some(t) = terminal {
+        let (master, slave) = open_pty().map_err(pty_failure)?;
+        if let Ok(ws) = rustix::termios::tcgetwinsize(rustix::stdio::stdout()) {
+            let _ = rustix::termios::tcsetwinsize(&master, ws);
+        }
+        crate::sys::attach_pty(&mut cmd, &slave).map_err(pty_failure)?;
+        let master = Arc::new(master);
+        if let Ok(mut g) = t.master.lock() {
+            *g = Some(Arc::clone(&master));
+        }
+        pty_master = Some(master);
+    } else if plan.mask {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     }
     let mut child: Child = cmd.spawn().map_err(|e| {
@@ -216,6 +319,12 @@ fn start(ctx: &Ctx, plan: &Plan<'_>, vars: &Vars, tx: &mpsc::Sender<Event>) -> R
         let short: Vec<&str> = vars.iter().filter(|(_, v)| v.len() < MIN_MASK_LEN).map(|(n, _)| n.as_str()).collect();
         if !short.is_empty() {
             ctx.out.verbose(&format!("not masked (shorter than {MIN_MASK_LEN} bytes): {}", short.join(", ")));
+        }
+        if let Some(master) = pty_master {
+            // The PTY merges stdout and stderr, as a terminal does.
+            let r = Redactor::uniform(values.clone(), b"****");
+            let reader = std::fs::File::from(master.try_clone().map_err(pty_failure)?);
+            copiers.push(std::thread::spawn(move || copy_masked(reader, std::io::stdout(), r)));
         }
         if let Some(out) = child.stdout.take() {
             let r = Redactor::uniform(values.clone(), b"****");

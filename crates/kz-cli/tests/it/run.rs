@@ -74,7 +74,7 @@ fn clean_env_keeps_only_the_basics_and_keep_env() {
     for n in ["EXTRA_VAR", "XDG_DATA_HOME", "NO_COLOR"] {
         assert!(!names.contains(&n), "{n} leaked: {names:?}");
     }
-    // --keep-env needs --clean-env (blind mode is not in this build).
+    // --keep-env needs --clean-env (blind mode is not in this build yet).
     s.kz(&["run", "--keep-env", "X", "--", "true"]).code(2);
 }
 
@@ -211,12 +211,8 @@ fn exec_plugin_end_to_end_needs_trust() {
 
 #[test]
 fn unimplemented_provider_types_say_so() {
-    let s = Sandbox::with_config("[secrets]\nX = \"sm://prod/x\"\n");
+    // The team-server client (`keyzero`) comes with team mode.
+    let s = Sandbox::with_config("[secrets]\nX = \"kz://prod/x\"\n");
     let r = s.kz(&["run", "--", "true"]).code(1);
-    assert!(
-        r.stderr
-            .contains("the `aws` provider is not available in this build"),
-        "{}",
-        r.stderr
-    );
+    assert!(r.stderr.contains("the `keyzero` provider is not available in this build"), "{}", r.stderr);
 }

@@ -127,3 +127,36 @@ fn missing_command_is_127_in_parent_mode() {
     let r = s.kz(&["run", "--mask", "--", "no-such-command-kz"]).code(127);
     assert!(r.stderr.contains("no-such-command-kz: command not found"), "{}", r.stderr);
 }
+
+/// Runs kz under `script`, which gives it a real terminal, feeding `input` as keystrokes.
+fn on_terminal(s: &Sandbox, kz_args: &str, input: &str) -> (Option<i32>, String) {
+    let kz = crate::util::kz_bin();
+    let mut c = std::process::Command::new("script")
+        .args(["-qec", &format!("{} {kz_args}", kz.display()), "/dev/null"])
+        .current_dir(&s.project)
+        .env_clear()
+        .envs(&s.env)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("`script` (util-linux) is needed: apt-get install bsdutils: {e}"));
+    let mut stdin = c.stdin.take().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    std::io::Write::write_all(&mut stdin, input.as_bytes()).unwrap();
+    let o = c.wait_with_output().unwrap();
+    drop(stdin);
+    (o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+#[test]
+fn mask_on_a_terminal_keeps_the_tty_colours_and_input() {
+    let s = project();
+    let script = r#"sh -c 'test -t 1 && echo is-a-tty; printf "\033[31m%s\033[0m\n" "$V"; read line; echo "got:$line"; exit 5'"#;
+    let (code, out) = on_terminal(&s, &format!("run --mask -- {script}"), "typed-text\n");
+    assert_eq!(code, Some(5), "{out}");
+    assert!(out.contains("is-a-tty"), "the command did not get a terminal: {out:?}");
+    assert!(out.contains("\u{1b}[31m****\u{1b}[0m"), "colours or masking lost: {out:?}");
+    assert!(out.contains("got:typed-text"), "keystrokes did not reach the command: {out:?}");
+    assert!(!out.contains(CANARY));
+}
