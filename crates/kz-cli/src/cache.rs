@@ -44,7 +44,10 @@ pub fn policy(config: &Config, inst: &ProviderInstance) -> Option<Policy> {
     if LOCAL_TYPES.contains(&inst.ty.name) {
         return None;
     }
-    let max_age = inst.opt_duration("max_age").or(config.cache.max_age).filter(|d| !d.is_zero());
+    let max_age = inst
+        .opt_duration("max_age")
+        .or(config.cache.max_age)
+        .filter(|d| !d.is_zero());
     let fallback = match inst.opt_str("offline") {
         Some(o) => o == "fallback",
         None => config.cache.offline == Offline::Fallback,
@@ -119,24 +122,45 @@ pub struct Cache {
 
 impl std::fmt::Debug for Cache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cache").field("path", &self.path).field("entries", &self.entries.len()).finish_non_exhaustive()
+        f.debug_struct("Cache")
+            .field("path", &self.path)
+            .field("entries", &self.entries.len())
+            .finish_non_exhaustive()
     }
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn cache_error(path: &Path, what: &str) -> Diagnostic {
-    Diagnostic::warning("cache::io", format!("the cache `{}` {what}; continuing without it", path.display()))
-        .help("`kz cache clear` removes it")
+    Diagnostic::warning(
+        "cache::io",
+        format!(
+            "the cache `{}` {what}; continuing without it",
+            path.display()
+        ),
+    )
+    .help("`kz cache clear` removes it")
 }
 
 impl Cache {
     /// Opens (decrypts) the cache. A missing file is an empty cache; one that cannot be read
     /// or decrypted (the store's key changed) is a warning and an empty cache, replaced on save.
-    pub fn open(path: PathBuf, identity: age::x25519::Identity, recipient: age::x25519::Recipient) -> (Self, Option<Diagnostic>) {
-        let mut cache = Self { path, identity, recipient, entries: BTreeMap::new(), dirty: false };
+    pub fn open(
+        path: PathBuf,
+        identity: age::x25519::Identity,
+        recipient: age::x25519::Recipient,
+    ) -> (Self, Option<Diagnostic>) {
+        let mut cache = Self {
+            path,
+            identity,
+            recipient,
+            entries: BTreeMap::new(),
+            dirty: false,
+        };
         let warning = match std::fs::read(&cache.path) {
             Ok(bytes) => cache.load(&bytes).err(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -169,7 +193,13 @@ impl Cache {
                 }
                 (None, None) => continue,
             };
-            self.entries.insert(k, Entry { value, fetched: e.fetched });
+            self.entries.insert(
+                k,
+                Entry {
+                    value,
+                    fetched: e.fetched,
+                },
+            );
         }
         Ok(())
     }
@@ -177,12 +207,21 @@ impl Cache {
     /// A cached value and its age.
     pub fn get(&self, key: &str) -> Option<(SecretValue, Duration)> {
         let e = self.entries.get(key)?;
-        Some((e.value.duplicate(), Duration::from_secs(now().saturating_sub(e.fetched))))
+        Some((
+            e.value.duplicate(),
+            Duration::from_secs(now().saturating_sub(e.fetched)),
+        ))
     }
 
     /// Records a freshly fetched value.
     pub fn put(&mut self, key: String, value: &SecretValue) {
-        self.entries.insert(key, Entry { value: value.duplicate(), fetched: now() });
+        self.entries.insert(
+            key,
+            Entry {
+                value: value.duplicate(),
+                fetched: now(),
+            },
+        );
         self.dirty = true;
     }
 
@@ -195,7 +234,14 @@ impl Cache {
             .entries
             .iter()
             .filter(|(_, e)| e.value.expose_str().is_none())
-            .map(|(k, e)| (k.as_str(), Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(e.value.expose_bytes()))))
+            .map(|(k, e)| {
+                (
+                    k.as_str(),
+                    Zeroizing::new(
+                        base64::engine::general_purpose::STANDARD.encode(e.value.expose_bytes()),
+                    ),
+                )
+            })
             .collect();
         let out = FileOut {
             v: 1,
@@ -204,34 +250,62 @@ impl Cache {
                 .iter()
                 .map(|(k, e)| {
                     let b64 = encoded.get(k.as_str()).map(|s| s.as_str());
-                    (k.as_str(), EntryOut { value: e.value.expose_str(), value_b64: b64, fetched: e.fetched })
+                    (
+                        k.as_str(),
+                        EntryOut {
+                            value: e.value.expose_str(),
+                            value_b64: b64,
+                            fetched: e.fetched,
+                        },
+                    )
                 })
                 .collect(),
         };
         let mut plain = Zeroizing::new(Vec::new());
-        serde_json::to_writer(&mut *plain, &out).map_err(|_| cache_error(&self.path, "cannot be serialised"))?;
-        let enc = age::Encryptor::with_recipients(std::iter::once(&self.recipient as &dyn age::Recipient))
-            .map_err(|_| cache_error(&self.path, "cannot be encrypted"))?;
+        serde_json::to_writer(&mut *plain, &out)
+            .map_err(|_| cache_error(&self.path, "cannot be serialised"))?;
+        let enc = age::Encryptor::with_recipients(std::iter::once(
+            &self.recipient as &dyn age::Recipient,
+        ))
+        .map_err(|_| cache_error(&self.path, "cannot be encrypted"))?;
         let mut bytes = Vec::new();
-        let mut w = enc.wrap_output(&mut bytes).map_err(|_| cache_error(&self.path, "cannot be encrypted"))?;
-        w.write_all(&plain).and_then(|()| w.finish().map(drop)).map_err(|_| cache_error(&self.path, "cannot be encrypted"))?;
-        kz_providers::local::make_private_dir(self.path.parent()).map_err(|e| cache_error(&self.path, &e.message))?;
-        kz_providers::local::write_atomic(&self.path, &bytes).map_err(|e| cache_error(&self.path, &e.message))
+        let mut w = enc
+            .wrap_output(&mut bytes)
+            .map_err(|_| cache_error(&self.path, "cannot be encrypted"))?;
+        w.write_all(&plain)
+            .and_then(|()| w.finish().map(drop))
+            .map_err(|_| cache_error(&self.path, "cannot be encrypted"))?;
+        kz_providers::local::make_private_dir(self.path.parent())
+            .map_err(|e| cache_error(&self.path, &e.message))?;
+        kz_providers::local::write_atomic(&self.path, &bytes)
+            .map_err(|e| cache_error(&self.path, &e.message))
     }
 }
 
 /// The `local` store's key pair, from the configuration's `local` instance (or its defaults).
-pub fn store_keys(config: &Config, bctx: &kz_providers::BuildContext) -> Result<(age::x25519::Identity, age::x25519::Recipient), Diagnostic> {
+pub fn store_keys(
+    config: &Config,
+    bctx: &kz_providers::BuildContext,
+) -> Result<(age::x25519::Identity, age::x25519::Recipient), Diagnostic> {
     let implicit;
     let inst = match config.providers.iter().find(|p| p.ty.name == "local") {
         Some(p) => p,
         None => {
-            implicit = ProviderInstance::implicit(kz_config::catalog::find("local").ok_or_else(|| Diagnostic::error("internal", "no local type"))?);
+            implicit = ProviderInstance::implicit(
+                kz_config::catalog::find("local")
+                    .ok_or_else(|| Diagnostic::error("internal", "no local type"))?,
+            );
             &implicit
         }
     };
-    let local = kz_providers::local::LocalProvider::new(inst, bctx).map_err(|e| Diagnostic::warning("cache::key", e.message))?;
-    local.key_pair().map_err(|e| Diagnostic::warning("cache::key", format!("the cache needs the local store's key: {}", e.message)))
+    let local = kz_providers::local::LocalProvider::new(inst, bctx)
+        .map_err(|e| Diagnostic::warning("cache::key", e.message))?;
+    local.key_pair().map_err(|e| {
+        Diagnostic::warning(
+            "cache::key",
+            format!("the cache needs the local store's key: {}", e.message),
+        )
+    })
 }
 
 /// `1h 5m` style age.

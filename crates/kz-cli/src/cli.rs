@@ -300,7 +300,13 @@ pub struct RunArgs {
 }
 
 fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
-    kz_config::parse_duration(s).and_then(|d| if d.is_zero() { Err("the interval must be more than zero".into()) } else { Ok(d) })
+    kz_config::parse_duration(s).and_then(|d| {
+        if d.is_zero() {
+            Err("the interval must be more than zero".into())
+        } else {
+            Ok(d)
+        }
+    })
 }
 
 #[derive(Debug, Args)]

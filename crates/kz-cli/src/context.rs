@@ -251,20 +251,39 @@ impl Ctx {
     }
 
     /// Resolves secrets on a single-threaded runtime, with a spinner after 300 ms on a terminal.
-    pub fn resolve(&self, config: &Config, secrets: &[&SecretEntry]) -> Result<Vec<Outcome>, Failure> {
-        Ok(self.resolve_cached(config, secrets)?.into_iter().map(|(o, _)| o).collect())
+    pub fn resolve(
+        &self,
+        config: &Config,
+        secrets: &[&SecretEntry],
+    ) -> Result<Vec<Outcome>, Failure> {
+        Ok(self
+            .resolve_cached(config, secrets)?
+            .into_iter()
+            .map(|(o, _)| o)
+            .collect())
     }
 
     /// Same, through the encrypted cache for providers that use one; says how each value was
     /// obtained.
-    pub fn resolve_cached(&self, config: &Config, secrets: &[&SecretEntry]) -> Result<Vec<(Outcome, CacheUse)>, Failure> {
-        let policies: Vec<Option<cache::Policy>> =
-            secrets.iter().map(|s| config.provider(&s.provider).and_then(|i| cache::policy(config, i))).collect();
+    pub fn resolve_cached(
+        &self,
+        config: &Config,
+        secrets: &[&SecretEntry],
+    ) -> Result<Vec<(Outcome, CacheUse)>, Failure> {
+        let policies: Vec<Option<cache::Policy>> = secrets
+            .iter()
+            .map(|s| {
+                config
+                    .provider(&s.provider)
+                    .and_then(|i| cache::policy(config, i))
+            })
+            .collect();
         let mut store = None;
         if policies.iter().any(Option::is_some) {
             match cache::store_keys(config, &self.build_context(&config.discovered.dir)) {
                 Ok((id, rcpt)) => {
-                    let (c, warning) = cache::Cache::open(cache::path(&self.paths.cache_home), id, rcpt);
+                    let (c, warning) =
+                        cache::Cache::open(cache::path(&self.paths.cache_home), id, rcpt);
                     if let Some(w) = warning {
                         self.out.diagnostic(&w);
                     }
@@ -273,23 +292,39 @@ impl Ctx {
                 Err(w) => self.out.diagnostic(&w),
             }
         }
-        let key = |s: &SecretEntry| config.provider(&s.provider).map(|i| cache::key(s, i)).unwrap_or_default();
+        let key = |s: &SecretEntry| {
+            config
+                .provider(&s.provider)
+                .map(|i| cache::key(s, i))
+                .unwrap_or_default()
+        };
         // Fresh cached values are used without contacting their providers.
         let mut done: Vec<Option<(Outcome, CacheUse)>> = secrets.iter().map(|_| None).collect();
         if let Some(c) = &store {
             for ((s, p), slot) in secrets.iter().zip(&policies).zip(done.iter_mut()) {
-                let Some(max_age) = p.and_then(|p| p.max_age) else { continue };
+                let Some(max_age) = p.and_then(|p| p.max_age) else {
+                    continue;
+                };
                 if let Some((v, age)) = c.get(&key(s)).filter(|(_, age)| *age <= max_age) {
                     *slot = Some((cached_outcome(s, v), CacheUse::Hit(age)));
                 }
             }
         }
-        let rest: Vec<&SecretEntry> = secrets.iter().zip(&done).filter(|(_, d)| d.is_none()).map(|(s, _)| *s).collect();
+        let rest: Vec<&SecretEntry> = secrets
+            .iter()
+            .zip(&done)
+            .filter(|(_, d)| d.is_none())
+            .map(|(s, _)| *s)
+            .collect();
         let mut fetched = if rest.is_empty() {
             Vec::new()
         } else {
             let instances = self.instances(config, &rest)?;
-            block_on_with_spinner(&self.out, "resolving secrets", kz_resolve::resolve_all(&rest, &instances))?
+            block_on_with_spinner(
+                &self.out,
+                "resolving secrets",
+                kz_resolve::resolve_all(&rest, &instances),
+            )?
         }
         .into_iter();
         for ((s, p), slot) in secrets.iter().zip(&policies).zip(done.iter_mut()) {

@@ -22,7 +22,8 @@ pub fn attach_pty(cmd: &mut Command, slave: &OwnedFd) -> std::io::Result<()> {
     unsafe {
         cmd.pre_exec(|| {
             rustix::process::setsid().map_err(std::io::Error::from)?;
-            rustix::process::ioctl_tiocsctty(rustix::stdio::stdin()).map_err(std::io::Error::from)?;
+            rustix::process::ioctl_tiocsctty(rustix::stdio::stdin())
+                .map_err(std::io::Error::from)?;
             Ok(())
         });
     }

@@ -74,9 +74,6 @@
 //! per call. `check()` (both types) calls `sts:GetCallerIdentity`.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::Poll;
 use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
@@ -86,7 +83,9 @@ use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_secretsmanager::primitives::Blob;
 use aws_sdk_sts::primitives::DateTimeFormat;
 use kz_config::ProviderInstance;
-use kz_resolve::{BoxFuture, Description, ErrorKind, Item, Provider, ProviderError, json_field};
+use kz_resolve::{
+    BoxFuture, Description, ErrorKind, Item, Provider, ProviderError, join_all, json_field,
+};
 use kz_secret::{Resolved, SecretValue};
 use serde::Serialize;
 use tokio::sync::OnceCell;
@@ -509,30 +508,6 @@ fn param_set<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
 
 fn bad_ref(message: String, help: &str) -> ProviderError {
     ProviderError::new(ErrorKind::BadReference, message).help(help)
-}
-
-/// Runs futures concurrently on the current task and returns their outputs in order.
-async fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
-    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (f, out) in futures.iter_mut().zip(outputs.iter_mut()) {
-            if out.is_none() {
-                match f.as_mut().poll(cx) {
-                    Poll::Ready(v) => *out = Some(v),
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-    .await;
-    outputs.into_iter().flatten().collect()
 }
 
 // ---------------------------------------------------------------------------------------------

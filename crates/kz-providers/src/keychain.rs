@@ -6,10 +6,9 @@
 //!   KWallet, KeePassXC), *not* the kernel keyring. Items live in the default collection and are
 //!   found by the attributes `service` and `username` (the `keyring` crate's convention), so an
 //!   item stored by another tool with
-//!   `secret-tool store --label=… service keyzero username ACCOUNT` is found. Items carrying
-//!   only an `account` attribute (secret-tool's other common spelling) are **not** found by this
-//!   build: that search needs the Secret Service search API, which the `keyring` v1 facade does
-//!   not expose.
+//!   `secret-tool store --label=… service keyzero username ACCOUNT` is found. When there is no
+//!   such item, an item carrying `service` + `account` (secret-tool's other common spelling) is
+//!   looked up through the Secret Service search API; several matches are an error.
 //!
 //! **References**: `ref` = the account name (any non-empty text without NUL).
 //! **Options**: `service` (default `keyzero`), the service the items are filed under.
@@ -154,10 +153,33 @@ fn entry(names: &Names, account: &str) -> Result<keyring::Entry, ProviderError> 
 
 fn get(names: &Names, account: &str) -> Result<SecretValue, ProviderError> {
     let entry = entry(names, account)?;
-    entry
-        .get_secret()
-        .map(SecretValue::from_bytes)
-        .map_err(|e| map_error(names, account, e))
+    match entry.get_secret() {
+        Ok(v) => Ok(SecretValue::from_bytes(v)),
+        // Not stored under `username` (the keyring crate's attribute): look for an item that
+        // another tool stored under the conventional `account` attribute.
+        Err(keyring::Error::NoEntry) => by_account_attribute(names, account),
+        Err(e) => Err(map_error(names, account, e)),
+    }
+}
+
+/// The item whose attributes are `service` + `account` (as `secret-tool store … account A`
+/// writes them), when exactly one exists.
+fn by_account_attribute(names: &Names, account: &str) -> Result<SecretValue, ProviderError> {
+    let spec = std::collections::HashMap::from([
+        ("service", names.service.as_str()),
+        ("account", account),
+    ]);
+    let found = keyring_core::Entry::search(&spec).map_err(|e| map_error(names, account, e))?;
+    if found.len() > 1 {
+        return Err(map_error(names, account, keyring::Error::Ambiguous(found)));
+    }
+    match found.first() {
+        None => Err(map_error(names, account, keyring::Error::NoEntry)),
+        Some(one) => one
+            .get_secret()
+            .map(SecretValue::from_bytes)
+            .map_err(|e| map_error(names, account, e)),
+    }
 }
 
 fn put(names: &Names, account: &str, value: &SecretValue) -> Result<(), ProviderError> {
@@ -317,8 +339,7 @@ fn store_help(service: &str, account: &str) -> String {
     } else {
         format!(
             "store it with `kz put NAME`, or `secret-tool store --label={account} service {service} username {account}` \
-             (items are looked up by the attributes `service` and `username`; an item with only an \
-             `account` attribute is not found)"
+             (items are looked up by the attributes `service` and `username`, then `service` and `account`)"
         )
     }
 }

@@ -371,7 +371,9 @@ impl LocalProvider {
 
     /// The store's key pair, creating the identity (and its record) when the store has none
     /// yet. The encrypted cache uses it, so cached values are as safe as stored ones.
-    pub fn key_pair(&self) -> Result<(age::x25519::Identity, age::x25519::Recipient), ProviderError> {
+    pub fn key_pair(
+        &self,
+    ) -> Result<(age::x25519::Identity, age::x25519::Recipient), ProviderError> {
         let meta = if self.meta_path().exists() {
             self.recorded_identity()?
         } else {

@@ -32,16 +32,13 @@
 //! `op item create - --vault VAULT`. Both forms of piped input are documented for `op` 2.x, so
 //! no temporary file is ever written. Buffers that held values are zeroed.
 
-use std::future::Future;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::process::{ExitStatus, Stdio};
-use std::task::Poll;
 use std::time::Duration;
 
 use kz_config::ProviderInstance;
-use kz_resolve::{BoxFuture, Description, ErrorKind, Item, Provider, ProviderError};
+use kz_resolve::{BoxFuture, Description, ErrorKind, Item, Provider, ProviderError, join_all};
 use kz_secret::{Resolved, SecretValue};
 use serde_json::{Map, Value, json};
 use tokio::io::AsyncWriteExt;
@@ -815,30 +812,6 @@ fn describe_status(status: ExitStatus) -> String {
         Some(code) => format!("op exited with status {code}"),
         None => "op was killed by a signal".to_string(),
     }
-}
-
-/// Runs futures concurrently and returns their outputs in order.
-async fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
-    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (f, out) in futures.iter_mut().zip(outputs.iter_mut()) {
-            if out.is_none() {
-                match f.as_mut().poll(cx) {
-                    Poll::Ready(v) => *out = Some(v),
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-    .await;
-    outputs.into_iter().flatten().collect()
 }
 
 #[cfg(test)]

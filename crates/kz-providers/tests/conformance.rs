@@ -5,12 +5,31 @@
 //! the notion exists) how to make the backend unreachable or slow. The checks: resolve one,
 //! resolve many, missing secret, wrong field, backend down, slow backend hitting the timeout,
 //! write then read, and the canary never in an error.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
+
+#[allow(dead_code)]
+#[path = "support/gcp_standin.rs"]
+mod gcp_standin;
+#[allow(dead_code)]
+#[path = "support/moto.rs"]
+mod moto;
+#[path = "support/op_standin.rs"]
+mod op_standin;
+#[allow(dead_code)]
+#[path = "support/openbao.rs"]
+mod openbao;
+#[path = "support/secret_service.rs"]
+mod secret_service;
 
 use kz_config::{Config, LoadRequest};
 use kz_providers::BuildContext;
@@ -75,15 +94,33 @@ impl Harness {
     }
 
     /// Loads a config with instance `p` and the given secrets `NAME = ref (, field)`.
-    fn config(&self, f: &dyn Fixture, options: &str, secrets: &[(&str, String, Option<&str>)]) -> Config {
-        let mut text = format!("[providers.p]\ntype = \"{}\"\n{options}\n[secrets]\n", f.type_name());
+    fn config(
+        &self,
+        f: &dyn Fixture,
+        options: &str,
+        secrets: &[(&str, String, Option<&str>)],
+    ) -> Config {
+        let mut text = format!(
+            "[providers.p]\ntype = \"{}\"\n{options}\n[secrets]\n",
+            f.type_name()
+        );
         for (name, r, field) in secrets {
-            let field = field.map(|x| format!(", field = \"{x}\"")).unwrap_or_default();
-            text.push_str(&format!("{name} = {{ provider = \"p\", ref = {r:?}{field} }}\n"));
+            let field = field
+                .map(|x| format!(", field = \"{x}\""))
+                .unwrap_or_default();
+            text.push_str(&format!(
+                "{name} = {{ provider = \"p\", ref = {r:?}{field} }}\n"
+            ));
         }
         std::fs::write(self.path().join(".keyzero.toml"), text).unwrap();
         let getenv = |_: &str| None;
-        let l = kz_config::load(&LoadRequest { start_dir: self.path(), config_file: None, env_flag: None, global_file: None, getenv: &getenv });
+        let l = kz_config::load(&LoadRequest {
+            start_dir: self.path(),
+            config_file: None,
+            env_flag: None,
+            global_file: None,
+            getenv: &getenv,
+        });
         let errs: Vec<_> = l.errors().collect();
         assert!(errs.is_empty(), "{errs:#?}");
         l.config.unwrap()
@@ -111,7 +148,14 @@ impl Harness {
             }
         };
         let mut m = HashMap::new();
-        m.insert("p".to_string(), Instance { provider, timeout: inst.timeout(), concurrency: inst.concurrency() });
+        m.insert(
+            "p".to_string(),
+            Instance {
+                provider,
+                timeout: inst.timeout(),
+                concurrency: inst.concurrency(),
+            },
+        );
         let entries: Vec<_> = config.secrets.iter().collect();
         rt().block_on(kz_resolve::resolve_all(&entries, &m))
     }
@@ -125,11 +169,18 @@ impl Harness {
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn value(o: &Outcome) -> String {
-    match o.result.as_ref().unwrap_or_else(|e| panic!("{}: {e} ({:?})", o.name, e.kind)) {
+    match o
+        .result
+        .as_ref()
+        .unwrap_or_else(|e| panic!("{}: {e} ({:?})", o.name, e.kind))
+    {
         Resolved::Single(v) => v.expose_str().unwrap().to_string(),
         Resolved::Multi(_) => panic!("unexpected multi value"),
     }
@@ -142,7 +193,16 @@ fn no_canary(e: &ProviderError) {
 
 /// The whole suite for one backend.
 fn conformance(f: &dyn Fixture) {
+    process_env();
     let h = Harness::new(f);
+    check_reads(&h, f);
+    check_down(&h, f);
+    check_slow(&h, f);
+    check_write(&h, f);
+}
+
+/// Resolve one, resolve many (in order), a missing secret, a wrong field.
+fn check_reads(h: &Harness, f: &dyn Fixture) {
     let dir = h.path();
     let opts = f.options(dir);
 
@@ -157,61 +217,191 @@ fn conformance(f: &dyn Fixture) {
     for n in &names {
         f.seed(dir, n, &format!("value-of-{n}"));
     }
-    let secrets: Vec<_> = names.iter().map(|n| (n.as_str(), f.reference(n), None)).collect();
+    let secrets: Vec<_> = names
+        .iter()
+        .map(|n| (n.as_str(), f.reference(n), None))
+        .collect();
     let out = h.resolve(&h.config(f, &opts, &secrets));
     for (n, o) in names.iter().zip(&out) {
-        assert_eq!(value(o), format!("value-of-{n}"), "{}: resolve many", f.type_name());
+        assert_eq!(
+            value(o),
+            format!("value-of-{n}"),
+            "{}: resolve many",
+            f.type_name()
+        );
     }
 
     // Missing secret: NotFound, the ref named, never the canary.
-    let c = h.config(f, &opts, &[("GONE", f.reference("NEVER_SEEDED"), None), ("ONE", f.reference("ONE"), None)]);
+    let c = h.config(
+        f,
+        &opts,
+        &[
+            ("GONE", f.reference("NEVER_SEEDED"), None),
+            ("ONE", f.reference("ONE"), None),
+        ],
+    );
     let out = h.resolve(&c);
     let e = out[0].result.as_ref().unwrap_err();
-    assert_eq!(e.kind, ErrorKind::NotFound, "{}: missing → {e} ({:?})", f.type_name(), e.kind);
+    assert_eq!(
+        e.kind,
+        ErrorKind::NotFound,
+        "{}: missing → {e} ({:?})",
+        f.type_name(),
+        e.kind
+    );
     no_canary(e);
-    assert_eq!(value(&out[1]), CANARY, "{}: other secrets unaffected", f.type_name());
+    assert_eq!(
+        value(&out[1]),
+        CANARY,
+        "{}: other secrets unaffected",
+        f.type_name()
+    );
 
     // Wrong field: an error listing the keys, never the values.
-    f.seed(dir, "JSON", &format!(r#"{{"user":"u","password":"{CANARY}"}}"#));
-    let c = h.config(f, &opts, &[("J1", f.reference("JSON"), Some("user")), ("J2", f.reference("JSON"), Some("pasword"))]);
+    f.seed(
+        dir,
+        "JSON",
+        &format!(r#"{{"user":"u","password":"{CANARY}"}}"#),
+    );
+    let c = h.config(
+        f,
+        &opts,
+        &[
+            ("J1", f.reference("JSON"), Some("user")),
+            ("J2", f.reference("JSON"), Some("pasword")),
+        ],
+    );
     let out = h.resolve(&c);
     assert_eq!(value(&out[0]), "u", "{}: field", f.type_name());
     let e = out[1].result.as_ref().unwrap_err();
-    assert_eq!(e.kind, ErrorKind::Field, "{}: wrong field → {e}", f.type_name());
-    assert!(format!("{e} {:?}", e.help).contains("password"), "{}: keys listed: {e} {:?}", f.type_name(), e.help);
+    assert_eq!(
+        e.kind,
+        ErrorKind::Field,
+        "{}: wrong field → {e}",
+        f.type_name()
+    );
+    assert!(
+        format!("{e} {:?}", e.help).contains("password"),
+        "{}: keys listed: {e} {:?}",
+        f.type_name(),
+        e.help
+    );
     no_canary(e);
+}
 
-    // Backend down: a clear error, quickly.
-    if let Some(down) = f.down_options(dir) {
-        let start = Instant::now();
-        let out = h.resolve(&h.config(f, &down, &[("ONE", f.reference("ONE"), None)]));
-        let e = out[0].result.as_ref().unwrap_err();
-        assert_ne!(e.kind, ErrorKind::NotFound, "{}: down is not 'not found': {e}", f.type_name());
-        assert!(start.elapsed() < Duration::from_secs(8), "{}: down took {:?}", f.type_name(), start.elapsed());
-        no_canary(e);
-    }
+/// Backend down: a clear error, quickly. Returns whether the check ran (the fixture has a
+/// notion of "down").
+fn check_down(h: &Harness, f: &dyn Fixture) -> bool {
+    let Some(down) = f.down_options(h.path()) else {
+        return false;
+    };
+    let start = Instant::now();
+    let out = h.resolve(&h.config(f, &down, &[("ONE", f.reference("ONE"), None)]));
+    let e = out[0].result.as_ref().unwrap_err();
+    assert_ne!(
+        e.kind,
+        ErrorKind::NotFound,
+        "{}: down is not 'not found': {e}",
+        f.type_name()
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "{}: down took {:?}",
+        f.type_name(),
+        start.elapsed()
+    );
+    no_canary(e);
+    true
+}
 
-    // Slow backend: the timeout cuts it short.
-    if let Some(slow) = f.slow_options(dir) {
+/// Slow backend: the timeout cuts it short.
+fn check_slow(h: &Harness, f: &dyn Fixture) {
+    if let Some(slow) = f.slow_options(h.path()) {
         let start = Instant::now();
-        let out = h.resolve(&h.config(f, &format!("{slow}\ntimeout = \"700ms\""), &[("ONE", f.reference("ONE"), None)]));
+        let out = h.resolve(&h.config(
+            f,
+            &format!("{slow}\ntimeout = \"700ms\""),
+            &[("ONE", f.reference("ONE"), None)],
+        ));
         let e = out[0].result.as_ref().unwrap_err();
         assert_eq!(e.kind, ErrorKind::Timeout, "{}: slow → {e}", f.type_name());
-        assert!(start.elapsed() < Duration::from_secs(5), "{}: the timeout did not cut it short", f.type_name());
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{}: the timeout did not cut it short",
+            f.type_name()
+        );
+        no_canary(e);
     }
+}
 
-    // Write then read (or a clear refusal).
+/// Write then read (or a clear refusal).
+fn check_write(h: &Harness, f: &dyn Fixture) {
+    let opts = f.options(h.path());
     let c = h.config(f, &opts, &[("W", f.reference("WRITTEN"), None)]);
     match h.write(&c, "W", "written-value") {
         Ok(()) => {
             assert!(f.writable(), "{}: wrote although read-only", f.type_name());
-            assert_eq!(value(&h.resolve(&c)[0]), "written-value", "{}: write then read", f.type_name());
+            assert_eq!(
+                value(&h.resolve(&c)[0]),
+                "written-value",
+                "{}: write then read",
+                f.type_name()
+            );
         }
         Err(e) => {
             assert!(!f.writable(), "{}: write failed: {e}", f.type_name());
             assert_eq!(e.kind, ErrorKind::Unsupported, "{}: {e}", f.type_name());
         }
     }
+}
+
+/// Sets the process environment the AWS SDK reads (it ignores kz's `getenv`), once, before any
+/// test does anything else: credentials from a private shared-credentials file (`test`/`test`,
+/// which moto accepts), no instance metadata, and no outer `AWS_*` variable that could change
+/// the outcome. Every test of this binary calls it first.
+fn process_env() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let config = dir.join("config");
+        let credentials = dir.join("credentials");
+        std::fs::write(&config, "[default]\nregion = us-east-1\n").unwrap();
+        std::fs::write(
+            &credentials,
+            "[default]\naws_access_key_id = test\naws_secret_access_key = test\n",
+        )
+        .unwrap();
+        let remove = [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_PROFILE",
+            "AWS_DEFAULT_PROFILE",
+            "AWS_REGION",
+            "AWS_DEFAULT_REGION",
+            "AWS_ENDPOINT_URL",
+            "AWS_ENDPOINT_URL_SECRETS_MANAGER",
+            "AWS_ENDPOINT_URL_SSM",
+            "AWS_ENDPOINT_URL_STS",
+            "AWS_ROLE_ARN",
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+        ];
+        // SAFETY: every test of this binary calls `process_env()` first, and `Once` blocks them
+        // all until this closure returns, so no other thread of the process is running code that
+        // reads the environment while it changes.
+        #[allow(unsafe_code)]
+        unsafe {
+            for k in remove {
+                std::env::remove_var(k);
+            }
+            std::env::set_var("AWS_CONFIG_FILE", &config);
+            std::env::set_var("AWS_SHARED_CREDENTIALS_FILE", &credentials);
+            std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
+        }
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -238,7 +428,13 @@ impl Fixture for Local {
         );
         std::fs::write(cfgdir.path().join(".keyzero.toml"), text).unwrap();
         let getenv = |_: &str| None;
-        let l = kz_config::load(&LoadRequest { start_dir: cfgdir.path(), config_file: None, env_flag: None, global_file: None, getenv: &getenv });
+        let l = kz_config::load(&LoadRequest {
+            start_dir: cfgdir.path(),
+            config_file: None,
+            env_flag: None,
+            global_file: None,
+            getenv: &getenv,
+        });
         let c = l.config.unwrap();
         let ctx = BuildContext {
             home: None,
@@ -252,7 +448,8 @@ impl Fixture for Local {
         };
         let p = kz_providers::build(c.provider("p").unwrap(), &ctx).unwrap();
         let item = kz_resolve::item_for(c.secret("X").unwrap());
-        rt().block_on(p.write(&item, &SecretValue::from_str_copy(value))).unwrap();
+        rt().block_on(p.write(&item, &SecretValue::from_str_copy(value)))
+            .unwrap();
     }
     fn reference(&self, name: &str) -> String {
         format!("proj/{name}")
@@ -284,7 +481,10 @@ impl Fixture for Env {
         String::new()
     }
     fn seed(&self, _: &Path, name: &str, value: &str) {
-        self.vars.lock().unwrap().insert(format!("KZT_{name}"), value.into());
+        self.vars
+            .lock()
+            .unwrap()
+            .insert(format!("KZT_{name}"), value.into());
     }
     fn reference(&self, name: &str) -> String {
         format!("KZT_{name}")
@@ -344,14 +544,23 @@ impl Fixture for AgeFiles {
         use age::secrecy::ExposeSecret;
         let id = dir.join("id.txt");
         if !id.exists() {
-            std::fs::write(&id, format!("{}\n", self.identity.to_string().expose_secret())).unwrap();
+            std::fs::write(
+                &id,
+                format!("{}\n", self.identity.to_string().expose_secret()),
+            )
+            .unwrap();
         }
-        format!("identity = \"id.txt\"\nrecipients = [\"{}\"]", self.identity.to_public())
+        format!(
+            "identity = \"id.txt\"\nrecipients = [\"{}\"]",
+            self.identity.to_public()
+        )
     }
     fn seed(&self, dir: &Path, name: &str, value: &str) {
         use std::io::Write;
         let recipient = self.identity.to_public();
-        let enc = age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient)).unwrap();
+        let enc =
+            age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
+                .unwrap();
         let mut out = Vec::new();
         let mut w = enc.wrap_output(&mut out).unwrap();
         w.write_all(value.as_bytes()).unwrap();
@@ -415,7 +624,10 @@ impl Fixture for Exec {
     }
     fn seed(&self, dir: &Path, name: &str, value: &str) {
         let p = dir.join("plugin-store.json");
-        let mut store: HashMap<String, String> = std::fs::read(&p).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        let mut store: HashMap<String, String> = std::fs::read(&p)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
         store.insert(self.reference(name), value.into());
         std::fs::write(p, serde_json::to_vec(&store).unwrap()).unwrap();
     }
@@ -423,7 +635,11 @@ impl Fixture for Exec {
         format!("items/{name}")
     }
     fn down_options(&self, dir: &Path) -> Option<String> {
-        Self::script(dir, "down.sh", "#!/bin/sh\necho 'backend unreachable: connection refused' >&2\nexit 3\n");
+        Self::script(
+            dir,
+            "down.sh",
+            "#!/bin/sh\necho 'backend unreachable: connection refused' >&2\nexit 3\n",
+        );
         Some("command = [\"./down.sh\"]".into())
     }
     fn slow_options(&self, dir: &Path) -> Option<String> {
@@ -437,32 +653,49 @@ impl Fixture for Exec {
 
 #[test]
 fn conformance_local() {
+    process_env();
     conformance(&Local);
 }
 
 #[test]
 fn conformance_env() {
+    process_env();
     // The env provider reads a snapshot of the variables: seed first, then run.
-    let f = Env { vars: Mutex::new(HashMap::new()) };
+    let f = Env {
+        vars: Mutex::new(HashMap::new()),
+    };
     f.seed(Path::new("."), "ONE", CANARY);
     for i in 0..12 {
-        f.seed(Path::new("."), &format!("MANY_{i}"), &format!("value-of-MANY_{i}"));
+        f.seed(
+            Path::new("."),
+            &format!("MANY_{i}"),
+            &format!("value-of-MANY_{i}"),
+        );
     }
-    f.seed(Path::new("."), "JSON", &format!(r#"{{"user":"u","password":"{CANARY}"}}"#));
+    f.seed(
+        Path::new("."),
+        "JSON",
+        &format!(r#"{{"user":"u","password":"{CANARY}"}}"#),
+    );
     conformance(&f);
 }
 
 #[test]
 fn conformance_dotenv() {
+    process_env();
     conformance(&Dotenv);
 }
 
 #[test]
 fn conformance_age() {
-    conformance(&AgeFiles { identity: age::x25519::Identity::generate() });
+    process_env();
+    conformance(&AgeFiles {
+        identity: age::x25519::Identity::generate(),
+    });
 }
 
 #[test]
 fn conformance_exec() {
+    process_env();
     conformance(&Exec);
 }

@@ -23,317 +23,43 @@
     clippy::indexing_slicing
 )]
 
-use std::fs::File;
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+#[path = "support/secret_service.rs"]
+mod secret_service;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use kz_config::{LoadRequest, ProviderInstance, load};
 use kz_providers::BuildContext;
 use kz_providers::keychain::KeychainProvider;
 use kz_resolve::{ErrorKind, Item, Provider, ProviderError};
 use kz_secret::{Resolved, SecretValue};
+use secret_service::{Bus, current_exe, require, run_child};
 
 const CANARY: &str = "kz-canary-4c81f0-keychain";
-const INSTALL: &str =
-    "apt-get install -y gnome-keyring libsecret-tools dbus-daemon dbus-user-session";
 /// Set on the child process only; inner tests do nothing without it.
 const INNER_VAR: &str = "KZ_KEYCHAIN_INNER";
 
 // ---------------------------------------------------------------------------------------------
-// Outer half: daemons and child processes.
-
-/// Fails (never skips) when a tool is missing.
-fn require(tool: &str) {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        found,
-        "`{tool}` is needed by the keychain tests: install it with `{INSTALL}`"
-    );
-}
-
-/// A private D-Bus session bus, optionally with gnome-keyring's Secret Service on it.
-struct Bus {
-    dir: tempfile::TempDir,
-    dbus: Option<Child>,
-    keyring: Option<Child>,
-}
+// Outer half: daemons and child processes (the bus itself is in `support/secret_service.rs`).
 
 impl Bus {
-    fn runtime(&self) -> PathBuf {
-        self.dir.path().join("run")
-    }
-
-    fn address(&self) -> String {
-        format!("unix:path={}", self.runtime().join("bus").display())
-    }
-
-    /// The environment every process that talks to this bus gets.
-    fn env(&self) -> Vec<(String, String)> {
-        let home = self.dir.path().join("home");
-        vec![
-            ("DBUS_SESSION_BUS_ADDRESS".into(), self.address()),
-            (
-                "XDG_RUNTIME_DIR".into(),
-                self.runtime().display().to_string(),
-            ),
-            ("HOME".into(), home.display().to_string()),
-            (
-                "XDG_DATA_HOME".into(),
-                home.join("data").display().to_string(),
-            ),
-            (
-                "XDG_CONFIG_HOME".into(),
-                home.join("config").display().to_string(),
-            ),
-        ]
-    }
-
-    fn command(&self, program: &str) -> Command {
-        let mut c = Command::new(program);
-        c.envs(self.env())
-            .env_remove("DISPLAY")
-            .env_remove("WAYLAND_DISPLAY")
-            .env_remove("GNOME_KEYRING_CONTROL");
-        c
-    }
-
-    /// A bus with gnome-keyring unlocked (password `testpass`) and ready.
-    fn with_keyring() -> Self {
-        require("gnome-keyring-daemon");
-        require("secret-tool");
-        let mut bus = Self::bare();
-        let log = File::create(bus.dir.path().join("gnome-keyring.log")).unwrap();
-        let mut child = bus
-            .command("gnome-keyring-daemon")
-            .args(["--unlock", "--components=secrets", "--foreground"])
-            .stdin(Stdio::piped())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start gnome-keyring-daemon ({e}): {INSTALL}"));
-        // The unlock password, then EOF.
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(b"testpass").unwrap();
-        drop(stdin);
-        bus.keyring = Some(child);
-        // Ready when an item can be stored and removed.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let stored = bus.secret_tool(
-                &[
-                    "store",
-                    "--label=probe",
-                    "service",
-                    "kz-probe",
-                    "username",
-                    "probe",
-                ],
-                Some(b"probe"),
-            );
-            if stored.status.success() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "gnome-keyring did not come up on the private bus: {}\nlog: {}",
-                String::from_utf8_lossy(&stored.stderr),
-                std::fs::read_to_string(bus.dir.path().join("gnome-keyring.log"))
-                    .unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        assert!(
-            bus.secret_tool(&["clear", "service", "kz-probe", "username", "probe"], None)
-                .status
-                .success()
-        );
-        bus
-    }
-
-    /// A bus with nothing on it (and no service directories, so nothing can be activated).
-    fn bare() -> Self {
-        require("dbus-daemon");
-        let dir = tempfile::tempdir().unwrap();
-        let runtime = dir.path().join("run");
-        std::fs::create_dir(&runtime).unwrap();
-        std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o700)).unwrap();
-        for d in ["home", "home/data", "home/config"] {
-            std::fs::create_dir_all(dir.path().join(d)).unwrap();
-        }
-        let socket = runtime.join("bus");
-        let config = dir.path().join("bus.conf");
-        std::fs::write(
-            &config,
-            format!(
-                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:path={}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
-"#,
-                socket.display()
-            ),
-        )
-        .unwrap();
-        let log = File::create(dir.path().join("dbus.log")).unwrap();
-        let dbus = Command::new("dbus-daemon")
-            .arg(format!("--config-file={}", config.display()))
-            .arg("--nofork")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start dbus-daemon ({e}): {INSTALL}"));
-        let bus = Self {
-            dir,
-            dbus: Some(dbus),
-            keyring: None,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "dbus-daemon did not create {}: {}",
-                socket.display(),
-                std::fs::read_to_string(bus.dir.path().join("dbus.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        bus
-    }
-
-    fn secret_tool(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
-        let mut child = self
-            .command("secret-tool")
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run secret-tool ({e}): {INSTALL}"));
-        let mut input = child.stdin.take().unwrap();
-        if let Some(bytes) = stdin {
-            input.write_all(bytes).unwrap();
-        }
-        drop(input);
-        wait_bounded(child, Duration::from_secs(20), "secret-tool")
-    }
-
-    /// Stores an item the way another tool would: `secret-tool store service S ATTR ACCOUNT`.
-    fn seed(&self, service: &str, attr: &str, account: &str, value: &[u8]) {
-        let out = self.secret_tool(
-            &[
-                "store",
-                "--label=seeded by test",
-                "service",
-                service,
-                attr,
-                account,
-            ],
-            Some(value),
-        );
-        assert!(
-            out.status.success(),
-            "secret-tool store failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// `secret-tool lookup service S username ACCOUNT`: the value, or None when absent.
-    fn lookup(&self, service: &str, account: &str) -> Option<Vec<u8>> {
-        let out = self.secret_tool(&["lookup", "service", service, "username", account], None);
-        out.status.success().then_some(out.stdout)
-    }
-
     /// Runs `mod inner`'s test `name` in a child process on this bus and asserts it passed.
     fn run_inner(&self, name: &str) {
         run_inner_with(self.command(&current_exe()), name);
     }
 }
 
-impl Drop for Bus {
-    fn drop(&mut self) {
-        for child in [self.keyring.take(), self.dbus.take()]
-            .into_iter()
-            .flatten()
-        {
-            let mut child = child;
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn current_exe() -> String {
-    std::env::current_exe().unwrap().display().to_string()
-}
-
-fn wait_bounded(mut child: Child, limit: Duration, what: &str) -> Output {
-    let deadline = Instant::now() + limit;
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "{what} did not finish within {limit:?}\nstdout: {}\nstderr: {}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Re-runs this test binary with a filter for exactly one inner test and checks that it ran
 /// (not filtered away, not ignored) and passed.
-fn run_inner_with(mut cmd: Command, name: &str) {
-    let full = format!("inner::{name}");
-    let child = cmd
-        .args([
-            "--exact",
-            &full,
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(INNER_VAR, "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = wait_bounded(child, Duration::from_secs(120), &full);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success()
-            && stdout.contains("1 passed")
-            && stdout.contains(&format!("kz-keychain-inner-done {name}")),
-        "inner test {full} failed or did not run\nstdout: {stdout}\nstderr: {stderr}"
-    );
-    // Nothing the child printed (panics included) holds the canary.
-    assert!(
-        !stdout.contains(CANARY) && !stderr.contains(CANARY),
-        "the canary leaked into {full}'s output"
+fn run_inner_with(cmd: Command, name: &str) {
+    run_child(
+        cmd,
+        &format!("inner::{name}"),
+        INNER_VAR,
+        &format!("kz-keychain-inner-done {name}"),
+        CANARY,
     );
 }
 

@@ -25,22 +25,33 @@ pub struct Redactor {
 
 impl std::fmt::Debug for Redactor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Redactor").field("patterns", &self.patterns.len()).finish_non_exhaustive()
+        f.debug_struct("Redactor")
+            .field("patterns", &self.patterns.len())
+            .finish_non_exhaustive()
     }
 }
 
 impl Redactor {
     /// A redactor for `(pattern, replacement)` pairs. Empty patterns are ignored.
     pub fn new(pairs: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Self {
-        let (patterns, replacements): (Vec<_>, Vec<_>) =
-            pairs.into_iter().filter(|(p, _)| !p.is_empty()).map(|(p, r)| (Zeroizing::new(p), r)).unzip();
+        let (patterns, replacements): (Vec<_>, Vec<_>) = pairs
+            .into_iter()
+            .filter(|(p, _)| !p.is_empty())
+            .map(|(p, r)| (Zeroizing::new(p), r))
+            .unzip();
         let max_len = patterns.iter().map(|p| p.len()).max().unwrap_or(0);
         let ac = AhoCorasickBuilder::new()
             .match_kind(MatchKind::LeftmostLongest)
             .build(patterns.iter().map(|p| p.as_slice()))
             .ok()
             .filter(|_| !patterns.is_empty());
-        Self { ac, patterns, replacements, max_len, carry: Zeroizing::new(Vec::new()) }
+        Self {
+            ac,
+            patterns,
+            replacements,
+            max_len,
+            carry: Zeroizing::new(Vec::new()),
+        }
     }
 
     /// Every pattern replaced by the same text (`****`).
@@ -74,7 +85,11 @@ impl Redactor {
             Some(ac) => {
                 let mut out = Vec::with_capacity(input.len());
                 ac.replace_all_with_bytes(input, &mut out, |m, _, dst| {
-                    dst.extend_from_slice(self.replacements.get(m.pattern().as_usize()).map_or(&[][..], |r| r.as_slice()));
+                    dst.extend_from_slice(
+                        self.replacements
+                            .get(m.pattern().as_usize())
+                            .map_or(&[][..], |r| r.as_slice()),
+                    );
                     true
                 });
                 out
@@ -98,7 +113,11 @@ impl Redactor {
                 break;
             }
             out.extend_from_slice(buf.get(pos..m.start()).unwrap_or_default());
-            out.extend_from_slice(self.replacements.get(m.pattern().as_usize()).map_or(&[][..], |r| r.as_slice()));
+            out.extend_from_slice(
+                self.replacements
+                    .get(m.pattern().as_usize())
+                    .map_or(&[][..], |r| r.as_slice()),
+            );
             pos = m.end();
         }
         if last {
@@ -109,7 +128,11 @@ impl Redactor {
         let start = pos.max(buf.len().saturating_sub(self.max_len.saturating_sub(1)));
         for q in start..hold_from {
             let tail = buf.get(q..).unwrap_or_default();
-            if self.patterns.iter().any(|p| p.len() > tail.len() && p.starts_with(tail)) {
+            if self
+                .patterns
+                .iter()
+                .any(|p| p.len() > tail.len() && p.starts_with(tail))
+            {
                 hold_from = q;
                 break;
             }
@@ -136,7 +159,10 @@ mod tests {
     #[test]
     fn replaces_across_boundaries() {
         let mut r = Redactor::uniform([b"s3cr3t-value".to_vec()], b"****");
-        assert_eq!(stream(&mut r, &[b"a s3cr", b"3t-va", b"lue b"]), b"a **** b");
+        assert_eq!(
+            stream(&mut r, &[b"a s3cr", b"3t-va", b"lue b"]),
+            b"a **** b"
+        );
     }
 
     #[test]
@@ -144,7 +170,10 @@ mod tests {
         let mut r = Redactor::uniform([b"s3cr3t-value".to_vec()], b"****");
         let mut out = Vec::new();
         r.feed(b"Password: ", &mut out);
-        assert_eq!(out, b"Password: ", "text that cannot start a value must pass at once");
+        assert_eq!(
+            out, b"Password: ",
+            "text that cannot start a value must pass at once"
+        );
         out.clear();
         r.feed(b"xx s3c", &mut out);
         assert_eq!(out, b"xx ", "a possible start is held");
@@ -152,7 +181,10 @@ mod tests {
 
     #[test]
     fn longest_wins_and_no_patterns_passes_through() {
-        let r = Redactor::new([(b"abcdefgh".to_vec(), b"<1>".to_vec()), (b"abcdefghij".to_vec(), b"<2>".to_vec())]);
+        let r = Redactor::new([
+            (b"abcdefgh".to_vec(), b"<1>".to_vec()),
+            (b"abcdefghij".to_vec(), b"<2>".to_vec()),
+        ]);
         assert_eq!(r.replace_all(b"abcdefghij abcdefgh"), b"<2> <1>");
         let mut e = Redactor::uniform(Vec::<Vec<u8>>::new(), b"****");
         assert!(e.is_empty());

@@ -1,5 +1,10 @@
 //! Streaming replacement equals whole-buffer replacement under any chunking.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use kz_redact::Redactor;
 use proptest::prelude::*;

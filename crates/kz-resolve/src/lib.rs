@@ -15,4 +15,6 @@ pub mod engine;
 pub mod provider;
 
 pub use engine::{Instance, Outcome, item_for, resolve_all};
-pub use provider::{BoxFuture, Description, ErrorKind, Item, Provider, ProviderError, json_field};
+pub use provider::{
+    BoxFuture, Description, ErrorKind, Item, Provider, ProviderError, join_all, json_field,
+};

@@ -189,6 +189,32 @@ pub trait Provider: Send + Sync {
     }
 }
 
+/// Runs futures concurrently on the current task and returns their outputs in order (for
+/// providers that fan one batch out into several backend calls).
+pub async fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    use std::task::Poll;
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, out) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if out.is_none() {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(v) => *out = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
+
 /// Picks `field` from a JSON object value. A missing member is an error listing the keys that
 /// exist (never the values).
 pub fn json_field(value: &SecretValue, field: &str) -> Result<SecretValue, ProviderError> {

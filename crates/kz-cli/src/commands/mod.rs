@@ -80,8 +80,16 @@ pub fn cache_clear(ctx: &Ctx) -> crate::report::CmdResult {
     let path = crate::cache::path(&ctx.paths.cache_home);
     match std::fs::remove_file(&path) {
         Ok(()) => ctx.out.note(&format!("removed {}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => ctx.out.note("the cache is already empty"),
-        Err(e) => return Err(Failure::msg("cache::clear", format!("cannot remove `{}`: {e}", path.display()), "check the file's permissions")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            ctx.out.note("the cache is already empty")
+        }
+        Err(e) => {
+            return Err(Failure::msg(
+                "cache::clear",
+                format!("cannot remove `{}`: {e}", path.display()),
+                "check the file's permissions",
+            ));
+        }
     }
     Ok(crate::report::exit::OK)
 }

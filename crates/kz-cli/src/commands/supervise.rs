@@ -16,10 +16,10 @@
 
 use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, Stdio};
-use std::os::fd::OwnedFd;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -82,7 +82,11 @@ impl Terminal {
         if let Some(t) = &saved {
             let mut raw = t.clone();
             raw.make_raw();
-            let _ = rustix::termios::tcsetattr(rustix::stdio::stdin(), rustix::termios::OptionalActions::Now, &raw);
+            let _ = rustix::termios::tcsetattr(
+                rustix::stdio::stdin(),
+                rustix::termios::OptionalActions::Now,
+                &raw,
+            );
         }
         let master: Arc<Mutex<Option<Arc<OwnedFd>>>> = Arc::new(Mutex::new(None));
         if saved.is_some() {
@@ -108,7 +112,10 @@ impl Terminal {
     /// Copies kz's window size to the child's PTY (on start and on SIGWINCH).
     fn resize(&self) {
         let current = self.master.lock().ok().and_then(|g| g.clone());
-        if let (Some(m), Ok(ws)) = (current, rustix::termios::tcgetwinsize(rustix::stdio::stdout())) {
+        if let (Some(m), Ok(ws)) = (
+            current,
+            rustix::termios::tcgetwinsize(rustix::stdio::stdout()),
+        ) {
             let _ = rustix::termios::tcsetwinsize(&*m, ws);
         }
     }
@@ -117,7 +124,11 @@ impl Terminal {
 impl Drop for Terminal {
     fn drop(&mut self) {
         if let Some(t) = &self.saved {
-            let _ = rustix::termios::tcsetattr(rustix::stdio::stdin(), rustix::termios::OptionalActions::Now, t);
+            let _ = rustix::termios::tcsetattr(
+                rustix::stdio::stdin(),
+                rustix::termios::OptionalActions::Now,
+                t,
+            );
         }
     }
 }
@@ -125,7 +136,8 @@ impl Drop for Terminal {
 /// A new PTY pair: (master, slave).
 fn open_pty() -> std::io::Result<(OwnedFd, OwnedFd)> {
     use rustix::pty::OpenptFlags;
-    let master = rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
+    let master =
+        rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
     rustix::pty::grantpt(&master)?;
     rustix::pty::unlockpt(&master)?;
     let name = rustix::pty::ptsname(&master, Vec::new())?;
@@ -139,8 +151,16 @@ fn open_pty() -> std::io::Result<(OwnedFd, OwnedFd)> {
 
 /// Runs the child under kz's supervision until it exits; returns its exit code.
 pub fn run(ctx: &Ctx, config: &Config, plan: &Plan<'_>, first: Vars) -> CmdResult {
-    let mut signals = SignalsInfo::<WithOrigin>::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH])
-        .map_err(|e| Failure::msg("run::signals", format!("cannot install signal handlers: {e}"), "this is a bug; please report it"))?;
+    let mut signals = SignalsInfo::<WithOrigin>::new([
+        SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH,
+    ])
+    .map_err(|e| {
+        Failure::msg(
+            "run::signals",
+            format!("cannot install signal handlers: {e}"),
+            "this is a bug; please report it",
+        )
+    })?;
     let (tx, rx) = mpsc::channel::<Event>();
     let handle = signals.handle();
     let sig_tx = tx.clone();
@@ -152,7 +172,8 @@ pub fn run(ctx: &Ctx, config: &Config, plan: &Plan<'_>, first: Vars) -> CmdResul
         }
     });
     // On a terminal, --mask runs the command on a PTY so colours and interaction survive.
-    let terminal = (plan.mask && rustix::termios::isatty(rustix::stdio::stdout())).then(Terminal::new);
+    let terminal =
+        (plan.mask && rustix::termios::isatty(rustix::stdio::stdout())).then(Terminal::new);
     let result = supervise(ctx, config, plan, first, &tx, &rx, terminal.as_ref());
     drop(terminal);
     handle.close();
@@ -173,7 +194,9 @@ fn supervise(
     let mut child = start(ctx, plan, &vars, tx, terminal)?;
     let mut next_check = plan.watch.map(|w| Instant::now() + w);
     loop {
-        let timeout = next_check.map_or(Duration::from_secs(3600), |t| t.saturating_duration_since(Instant::now()));
+        let timeout = next_check.map_or(Duration::from_secs(3600), |t| {
+            t.saturating_duration_since(Instant::now())
+        });
         let event = match rx.recv_timeout(timeout) {
             Ok(e) => Some(e),
             Err(RecvTimeoutError::Timeout) => None,
@@ -203,11 +226,15 @@ fn supervise(
             continue;
         }
         next_check = plan.watch.map(|w| Instant::now() + w);
-        let fresh = match ctx.resolve(config, &plan.secrets).and_then(|o| collect(ctx, config, o)) {
+        let fresh = match ctx
+            .resolve(config, &plan.secrets)
+            .and_then(|o| collect(ctx, config, o))
+        {
             Ok(v) => v,
             Err(f) => {
                 ctx.out.all(&f.diagnostics);
-                ctx.out.note("re-resolving failed; the command keeps running with the values it has");
+                ctx.out
+                    .note("re-resolving failed; the command keeps running with the values it has");
                 continue;
             }
         };
@@ -218,7 +245,8 @@ fn supervise(
         ctx.out.note("a secret changed: restarting the command");
         if let Some(code) = stop(&mut child, plan.grace, rx) {
             // The child ended on its own first; still restart, since values changed.
-            ctx.out.verbose(&format!("the command had exited with {code}"));
+            ctx.out
+                .verbose(&format!("the command had exited with {code}"));
         }
         vars = fresh;
         child = start(ctx, plan, &vars, tx, terminal)?;
@@ -227,7 +255,10 @@ fn supervise(
 
 /// Whether two resolutions hold the same variables and values.
 fn same(a: &Vars, b: &Vars) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|((n1, v1), (n2, v2))| n1 == n2 && v1 == v2)
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|((n1, v1), (n2, v2))| n1 == n2 && v1 == v2)
 }
 
 fn code_of(status: std::process::ExitStatus) -> u8 {
@@ -252,7 +283,11 @@ fn stop(child: &mut Running, grace: Duration, rx: &mpsc::Receiver<Event>) -> Opt
     let mut killed = false;
     loop {
         let wait = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(if killed { Duration::from_secs(30) } else { wait }) {
+        match rx.recv_timeout(if killed {
+            Duration::from_secs(30)
+        } else {
+            wait
+        }) {
             Ok(Event::Exited(status)) => {
                 for c in child.copiers.drain(..) {
                     let _ = c.join();
@@ -273,10 +308,19 @@ fn stop(child: &mut Running, grace: Duration, rx: &mpsc::Receiver<Event>) -> Opt
     }
 }
 
-fn start(ctx: &Ctx, plan: &Plan<'_>, vars: &Vars, tx: &mpsc::Sender<Event>, terminal: Option<&Terminal>) -> Result<Running, Failure> {
+fn start(
+    ctx: &Ctx,
+    plan: &Plan<'_>,
+    vars: &Vars,
+    tx: &mpsc::Sender<Event>,
+    terminal: Option<&Terminal>,
+) -> Result<Running, Failure> {
     let mut parts = plan.command.iter();
     let Some(program) = parts.next() else {
-        return Err(Failure::usage("no command given", "write the command after `--`: kz run -- npm start"));
+        return Err(Failure::usage(
+            "no command given",
+            "write the command after `--`: kz run -- npm start",
+        ));
     };
     let mut cmd = Command::new(program);
     cmd.args(parts);
@@ -287,7 +331,13 @@ fn start(ctx: &Ctx, plan: &Plan<'_>, vars: &Vars, tx: &mpsc::Sender<Event>, term
     for (name, value) in vars {
         cmd.env(name, OsStr::from_bytes(value.expose_bytes()));
     }
-    let pty_failure = |e: std::io::Error| Failure::msg("run::pty", format!("cannot set up a terminal for the command: {e}"), "run without a terminal (pipe kz's output), or without --mask");
+    let pty_failure = |e: std::io::Error| {
+        Failure::msg(
+            "run::pty",
+            format!("cannot set up a terminal for the command: {e}"),
+            "run without a terminal (pipe kz's output), or without --mask",
+        )
+    };
     let mut pty_master = None;
     if let Some(t) = terminal {
         let (master, slave) = open_pty().map_err(pty_failure)?;
@@ -310,33 +360,60 @@ fn start(ctx: &Ctx, plan: &Plan<'_>, vars: &Vars, tx: &mpsc::Sender<Event>, term
             std::io::ErrorKind::PermissionDenied => (exit::NOT_EXECUTABLE, "permission denied"),
             _ => (exit::NOT_EXECUTABLE, "cannot execute"),
         };
-        Failure { diagnostics: vec![Diagnostic::error("run::exec", format!("{name}: {what}")).help("check the command's name and PATH")], code }
+        Failure {
+            diagnostics: vec![
+                Diagnostic::error("run::exec", format!("{name}: {what}"))
+                    .help("check the command's name and PATH"),
+            ],
+            code,
+        }
     })?;
     let mut copiers = Vec::new();
     if plan.mask {
-        let values: Vec<Vec<u8>> =
-            vars.iter().map(|(_, v)| v.expose_bytes()).filter(|v| v.len() >= MIN_MASK_LEN).map(<[u8]>::to_vec).collect();
-        let short: Vec<&str> = vars.iter().filter(|(_, v)| v.len() < MIN_MASK_LEN).map(|(n, _)| n.as_str()).collect();
+        let values: Vec<Vec<u8>> = vars
+            .iter()
+            .map(|(_, v)| v.expose_bytes())
+            .filter(|v| v.len() >= MIN_MASK_LEN)
+            .map(<[u8]>::to_vec)
+            .collect();
+        let short: Vec<&str> = vars
+            .iter()
+            .filter(|(_, v)| v.len() < MIN_MASK_LEN)
+            .map(|(n, _)| n.as_str())
+            .collect();
         if !short.is_empty() {
-            ctx.out.verbose(&format!("not masked (shorter than {MIN_MASK_LEN} bytes): {}", short.join(", ")));
+            ctx.out.verbose(&format!(
+                "not masked (shorter than {MIN_MASK_LEN} bytes): {}",
+                short.join(", ")
+            ));
         }
         if let Some(master) = pty_master {
             // The PTY merges stdout and stderr, as a terminal does.
             let r = Redactor::uniform(values.clone(), b"****");
             let reader = std::fs::File::from(master.try_clone().map_err(pty_failure)?);
-            copiers.push(std::thread::spawn(move || copy_masked(reader, std::io::stdout(), r)));
+            copiers.push(std::thread::spawn(move || {
+                copy_masked(reader, std::io::stdout(), r)
+            }));
         }
         if let Some(out) = child.stdout.take() {
             let r = Redactor::uniform(values.clone(), b"****");
-            copiers.push(std::thread::spawn(move || copy_masked(out, std::io::stdout(), r)));
+            copiers.push(std::thread::spawn(move || {
+                copy_masked(out, std::io::stdout(), r)
+            }));
         }
         if let Some(err) = child.stderr.take() {
             let r = Redactor::uniform(values, b"****");
-            copiers.push(std::thread::spawn(move || copy_masked(err, std::io::stderr(), r)));
+            copiers.push(std::thread::spawn(move || {
+                copy_masked(err, std::io::stderr(), r)
+            }));
         }
     }
     let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(0)).ok_or_else(|| {
-        Failure::msg("run::exec", "the command started without a process id", "this is a bug; please report it")
+        Failure::msg(
+            "run::exec",
+            "the command started without a process id",
+            "this is a bug; please report it",
+        )
     })?;
     let tx = tx.clone();
     std::thread::spawn(move || {

@@ -5,7 +5,8 @@ use std::os::unix::fs::PermissionsExt;
 use crate::util::{CANARY, Sandbox};
 
 /// A plugin that counts its invocations, answers from `value.txt`, and sleeps when `slow` exists.
-const PLUGIN: &str = "#!/bin/sh\necho x >> calls.log\n[ -e slow ] && sleep 5\ncat >/dev/null\ncat value.txt\n";
+const PLUGIN: &str =
+    "#!/bin/sh\necho x >> calls.log\n[ -e slow ] && sleep 5\ncat >/dev/null\ncat value.txt\n";
 
 fn project(cache: &str, provider_opts: &str) -> Sandbox {
     let s = Sandbox::with_config(&format!(
@@ -18,7 +19,9 @@ fn project(cache: &str, provider_opts: &str) -> Sandbox {
 }
 
 fn calls(s: &Sandbox) -> usize {
-    std::fs::read_to_string(s.path("calls.log")).map(|t| t.lines().count()).unwrap_or(0)
+    std::fs::read_to_string(s.path("calls.log"))
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
 }
 
 fn cache_file(s: &Sandbox) -> std::path::PathBuf {
@@ -28,10 +31,20 @@ fn cache_file(s: &Sandbox) -> std::path::PathBuf {
 #[test]
 fn max_age_reuses_values_without_calling_the_provider() {
     let s = project("[cache]\nmax_age = \"10m\"", "");
-    let v = s.kz(&["--trust", "status", "--format", "json"]).ok().no_canary().stdout_json();
+    let v = s
+        .kz(&["--trust", "status", "--format", "json"])
+        .ok()
+        .no_canary()
+        .stdout_json();
     assert_eq!(v["secrets"][0]["cache"], "miss");
-    assert_eq!(v["secrets"][1]["cache"], "off", "env is cached only when asked: {v}");
-    let v = s.kz(&["--trust", "status", "--format", "json"]).ok().stdout_json();
+    assert_eq!(
+        v["secrets"][1]["cache"], "off",
+        "env is cached only when asked: {v}"
+    );
+    let v = s
+        .kz(&["--trust", "status", "--format", "json"])
+        .ok()
+        .stdout_json();
     assert_eq!(v["secrets"][0]["cache"], "hit");
     let r = s.kz(&["--trust", "run", "--", "printenv", "P"]).ok();
     assert_eq!(r.stdout.trim(), CANARY);
@@ -40,11 +53,23 @@ fn max_age_reuses_values_without_calling_the_provider() {
     let bytes = std::fs::read(cache_file(&s)).unwrap();
     assert!(bytes.starts_with(b"age-encryption.org/v1"));
     assert!(!bytes.windows(CANARY.len()).any(|w| w == CANARY.as_bytes()));
-    assert_eq!(std::fs::metadata(cache_file(&s)).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(cache_file(&s))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
     // A changed reference never reuses the old value.
-    let text = s.read(".keyzero.toml").replace("ref = \"x\"", "ref = \"y\"");
+    let text = s
+        .read(".keyzero.toml")
+        .replace("ref = \"x\"", "ref = \"y\"");
     s.write(".keyzero.toml", &text);
-    let v = s.kz(&["--trust", "status", "--format", "json"]).ok().stdout_json();
+    let v = s
+        .kz(&["--trust", "status", "--format", "json"])
+        .ok()
+        .stdout_json();
     assert_eq!(v["secrets"][0]["cache"], "miss");
     assert_eq!(calls(&s), 2);
 }
@@ -58,7 +83,10 @@ fn clear_empties_the_cache() {
     assert!(!cache_file(&s).exists());
     let r = s.kz(&["cache", "clear"]).ok();
     assert!(r.stderr.contains("already empty"), "{}", r.stderr);
-    let v = s.kz(&["--trust", "status", "--format", "json"]).ok().stdout_json();
+    let v = s
+        .kz(&["--trust", "status", "--format", "json"])
+        .ok()
+        .stdout_json();
     assert_eq!(v["secrets"][0]["cache"], "miss");
 }
 
@@ -70,7 +98,13 @@ fn offline_fallback_names_the_age_and_only_when_unreachable() {
     s.write("slow", "");
     let r = s.kz(&["--trust", "run", "--", "printenv", "P"]).ok();
     assert_eq!(r.stdout.trim(), CANARY);
-    assert!(r.stderr.contains("is unreachable (timed out); using the cached value from") && r.stderr.contains("s ago"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("is unreachable (timed out); using the cached value from")
+            && r.stderr.contains("s ago"),
+        "{}",
+        r.stderr
+    );
     assert!(!r.stderr.contains(CANARY));
     // Without a cached value, the failure stands.
     s.kz(&["cache", "clear"]).ok();

@@ -214,5 +214,10 @@ fn unimplemented_provider_types_say_so() {
     // The team-server client (`keyzero`) comes with team mode.
     let s = Sandbox::with_config("[secrets]\nX = \"kz://prod/x\"\n");
     let r = s.kz(&["run", "--", "true"]).code(1);
-    assert!(r.stderr.contains("the `keyzero` provider is not available in this build"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("the `keyzero` provider is not available in this build"),
+        "{}",
+        r.stderr
+    );
 }

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use crate::util::{CANARY, Sandbox};
 
 fn project() -> Sandbox {
-    let s = Sandbox::with_config("[providers.dotenv]\npath = \"vals.env\"\n[secrets]\nV = { provider = \"dotenv\", ref = \"V\" }\nSHORT = { provider = \"dotenv\", ref = \"SHORT\" }\n");
+    let s = Sandbox::with_config(
+        "[providers.dotenv]\npath = \"vals.env\"\n[secrets]\nV = { provider = \"dotenv\", ref = \"V\" }\nSHORT = { provider = \"dotenv\", ref = \"SHORT\" }\n",
+    );
     s.write("vals.env", &format!("V={CANARY}\nSHORT=abc\n"));
     s
 }
@@ -22,7 +24,10 @@ fn mask_replaces_values_even_split_across_writes() {
         &CANARY[..half],
         &CANARY[half..]
     );
-    let r = s.kz(&["run", "--mask", "--", "sh", "-c", &script]).code(7).no_canary();
+    let r = s
+        .kz(&["run", "--mask", "--", "sh", "-c", &script])
+        .code(7)
+        .no_canary();
     assert_eq!(r.stdout, "out:****|****|short:abc\n");
     assert_eq!(r.stderr, "err:****\n");
     // Without --mask the value is there (the command sees it either way).
@@ -32,7 +37,13 @@ fn mask_replaces_values_even_split_across_writes() {
 
 /// Starts kz in the background with stdout piped into a channel of lines.
 fn spawn(s: &Sandbox, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
-    let mut c = s.cmd(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut c = s
+        .cmd(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let out = c.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -58,7 +69,11 @@ fn expect_line(rx: &mpsc::Receiver<String>, want: &str) {
 }
 
 fn kill(c: &Child, sig: &str) {
-    let ok = std::process::Command::new("kill").arg(format!("-{sig}")).arg(c.id().to_string()).status().unwrap();
+    let ok = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(c.id().to_string())
+        .status()
+        .unwrap();
     assert!(ok.success());
 }
 
@@ -80,7 +95,12 @@ const LOOP: &str = "echo \"start:$V\"; trap 'echo got-usr1' USR1; while :; do sl
 fn watch_restarts_on_change_and_forwards_signals() {
     let s = project();
     s.write("vals.env", "V=first-value\nSHORT=x\n");
-    let (mut c, rx) = spawn(&s, &["run", "--watch", "1s", "--grace", "2s", "--", "sh", "-c", LOOP]);
+    let (mut c, rx) = spawn(
+        &s,
+        &[
+            "run", "--watch", "1s", "--grace", "2s", "--", "sh", "-c", LOOP,
+        ],
+    );
     expect_line(&rx, "start:first-value");
     // A signal from another process is forwarded.
     kill(&c, "USR1");
@@ -98,7 +118,12 @@ fn sighup_re_resolves_and_a_stubborn_child_is_killed_after_the_grace() {
     let s = project();
     s.write("vals.env", "V=one-one-one\nSHORT=x\n");
     let stubborn = "echo \"start:$V\"; trap '' TERM; while :; do sleep 0.1; done";
-    let (mut c, rx) = spawn(&s, &["run", "--watch", "1h", "--grace", "500ms", "--", "sh", "-c", stubborn]);
+    let (mut c, rx) = spawn(
+        &s,
+        &[
+            "run", "--watch", "1h", "--grace", "500ms", "--", "sh", "-c", stubborn,
+        ],
+    );
     expect_line(&rx, "start:one-one-one");
     s.write("vals.env", "V=two-two-two\nSHORT=x\n");
     kill(&c, "HUP");
@@ -111,7 +136,18 @@ fn sighup_re_resolves_and_a_stubborn_child_is_killed_after_the_grace() {
 fn a_failed_re_resolve_keeps_the_command() {
     let s = project();
     s.write("vals.env", "V=steady-value\nSHORT=x\n");
-    let (mut c, rx) = spawn(&s, &["run", "--watch", "300ms", "--", "sh", "-c", "echo \"start:$V\"; sleep 2; echo done"]);
+    let (mut c, rx) = spawn(
+        &s,
+        &[
+            "run",
+            "--watch",
+            "300ms",
+            "--",
+            "sh",
+            "-c",
+            "echo \"start:$V\"; sleep 2; echo done",
+        ],
+    );
     expect_line(&rx, "start:steady-value");
     std::fs::remove_file(s.path("vals.env")).unwrap();
     expect_line(&rx, "done");
@@ -124,8 +160,14 @@ fn a_failed_re_resolve_keeps_the_command() {
 #[test]
 fn missing_command_is_127_in_parent_mode() {
     let s = project();
-    let r = s.kz(&["run", "--mask", "--", "no-such-command-kz"]).code(127);
-    assert!(r.stderr.contains("no-such-command-kz: command not found"), "{}", r.stderr);
+    let r = s
+        .kz(&["run", "--mask", "--", "no-such-command-kz"])
+        .code(127);
+    assert!(
+        r.stderr.contains("no-such-command-kz: command not found"),
+        "{}",
+        r.stderr
+    );
 }
 
 /// Runs kz under `script`, which gives it a real terminal, feeding `input` as keystrokes.
@@ -140,13 +182,18 @@ fn on_terminal(s: &Sandbox, kz_args: &str, input: &str) -> (Option<i32>, String)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("`script` (util-linux) is needed: apt-get install bsdutils: {e}"));
+        .unwrap_or_else(|e| {
+            panic!("`script` (util-linux) is needed: apt-get install bsdutils: {e}")
+        });
     let mut stdin = c.stdin.take().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     std::io::Write::write_all(&mut stdin, input.as_bytes()).unwrap();
     let o = c.wait_with_output().unwrap();
     drop(stdin);
-    (o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned())
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+    )
 }
 
 #[test]
@@ -155,8 +202,17 @@ fn mask_on_a_terminal_keeps_the_tty_colours_and_input() {
     let script = r#"sh -c 'test -t 1 && echo is-a-tty; printf "\033[31m%s\033[0m\n" "$V"; read line; echo "got:$line"; exit 5'"#;
     let (code, out) = on_terminal(&s, &format!("run --mask -- {script}"), "typed-text\n");
     assert_eq!(code, Some(5), "{out}");
-    assert!(out.contains("is-a-tty"), "the command did not get a terminal: {out:?}");
-    assert!(out.contains("\u{1b}[31m****\u{1b}[0m"), "colours or masking lost: {out:?}");
-    assert!(out.contains("got:typed-text"), "keystrokes did not reach the command: {out:?}");
+    assert!(
+        out.contains("is-a-tty"),
+        "the command did not get a terminal: {out:?}"
+    );
+    assert!(
+        out.contains("\u{1b}[31m****\u{1b}[0m"),
+        "colours or masking lost: {out:?}"
+    );
+    assert!(
+        out.contains("got:typed-text"),
+        "keystrokes did not reach the command: {out:?}"
+    );
     assert!(!out.contains(CANARY));
 }
