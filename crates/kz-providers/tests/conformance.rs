@@ -5,6 +5,14 @@
 //! the notion exists) how to make the backend unreachable or slow. The checks: resolve one,
 //! resolve many, missing secret, wrong field, backend down, slow backend hitting the timeout,
 //! write then read, and the canary never in an error.
+//!
+//! Network and daemon backends run against real or stand-in servers on 127.0.0.1: OpenBao
+//! (`hashicorp`, token from `VAULT_TOKEN` in the build context's environment), moto (`aws`; the
+//! SDK reads the process environment set once by [`process_env`]), the Secret Manager stand-in
+//! (`gcp`), the stand-in `op` (`1password`) and gnome-keyring on a private D-Bus bus
+//! (`keychain`, run in child processes because the `keyring` crate reads the bus address from
+//! the process environment). "Slow" is a listener that accepts and never answers (or an `op`
+//! that sleeps); "down" is a closed port, a signed-out `op`, or a bus with nothing listening.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -698,4 +706,429 @@ fn conformance_age() {
 fn conformance_exec() {
     process_env();
     conformance(&Exec);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Network and daemon providers.
+
+/// A loopback address that accepts connections and never answers (held until the process exits).
+fn silent_listener() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    format!("127.0.0.1:{}", addr.port())
+}
+
+/// A loopback port nothing listens on.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `hashicorp` against a real OpenBao dev server; the root token comes from `VAULT_TOKEN`
+/// (a credential, so never in `.keyzero.toml`).
+struct Vault {
+    bao: openbao::Bao,
+}
+
+impl Fixture for Vault {
+    fn type_name(&self) -> &'static str {
+        "hashicorp"
+    }
+    fn options(&self, _: &Path) -> String {
+        format!("address = {:?}", self.bao.addr)
+    }
+    fn seed(&self, _: &Path, name: &str, value: &str) {
+        // A JSON object is the secret's data (so `field` picks a key, as Vault users expect);
+        // anything else is the single key `value`, which the provider returns as is.
+        let data = serde_json::from_str::<serde_json::Value>(value)
+            .ok()
+            .filter(serde_json::Value::is_object)
+            .unwrap_or_else(|| serde_json::json!({ "value": value }));
+        rt().block_on(self.bao.put_kv2(name, data));
+    }
+    fn reference(&self, name: &str) -> String {
+        format!("secret/{name}")
+    }
+    fn down_options(&self, _: &Path) -> Option<String> {
+        Some(format!("address = \"http://127.0.0.1:{}\"", closed_port()))
+    }
+    fn slow_options(&self, _: &Path) -> Option<String> {
+        Some(format!("address = \"http://{}\"", silent_listener()))
+    }
+    fn writable(&self) -> bool {
+        true
+    }
+    fn env(&self) -> HashMap<String, String> {
+        HashMap::from([("VAULT_TOKEN".to_string(), openbao::ROOT.to_string())])
+    }
+}
+
+/// `aws` (Secrets Manager) against a real moto server. The SDK reads credentials from the
+/// process environment set by [`process_env`].
+struct Aws {
+    moto: moto::Moto,
+}
+
+impl Fixture for Aws {
+    fn type_name(&self) -> &'static str {
+        "aws"
+    }
+    fn options(&self, _: &Path) -> String {
+        format!(
+            "region = \"us-east-1\"\nendpoint_url = {:?}",
+            self.moto.url()
+        )
+    }
+    fn seed(&self, _: &Path, name: &str, value: &str) {
+        let url = self.moto.url();
+        rt().block_on(async move {
+            let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .region(aws_config::Region::new("us-east-1"))
+                .endpoint_url(url)
+                .load()
+                .await;
+            let sm = aws_sdk_secretsmanager::Client::new(&config);
+            sm.create_secret()
+                .name(format!("kzconf/{name}"))
+                .secret_string(value)
+                .send()
+                .await
+                .unwrap();
+        });
+    }
+    fn reference(&self, name: &str) -> String {
+        format!("sm://kzconf/{name}")
+    }
+    fn down_options(&self, _: &Path) -> Option<String> {
+        Some(format!(
+            "region = \"us-east-1\"\nendpoint_url = \"http://127.0.0.1:{}\"",
+            closed_port()
+        ))
+    }
+    fn slow_options(&self, _: &Path) -> Option<String> {
+        Some(format!(
+            "region = \"us-east-1\"\nendpoint_url = \"http://{}\"",
+            silent_listener()
+        ))
+    }
+    fn writable(&self) -> bool {
+        true
+    }
+}
+
+/// The access token the GCP stand-in accepts (given through `GOOGLE_ACCESS_TOKEN`).
+const GCP_TOKEN: &str = "kz-conformance-gcp-token";
+
+/// `gcp` against the Secret Manager STAND-IN (Google ships no emulator).
+struct Gcp {
+    standin: gcp_standin::StandIn,
+    /// A closed port for the metadata server, so nothing ever reaches a real one.
+    metadata_port: u16,
+}
+
+impl Fixture for Gcp {
+    fn type_name(&self) -> &'static str {
+        "gcp"
+    }
+    fn options(&self, _: &Path) -> String {
+        format!("endpoint_url = {:?}", self.standin.url)
+    }
+    fn seed(&self, _: &Path, name: &str, value: &str) {
+        self.standin.seed(
+            &format!("projects/kz-conf/secrets/{name}"),
+            value.as_bytes(),
+        );
+    }
+    fn reference(&self, name: &str) -> String {
+        format!("projects/kz-conf/secrets/{name}")
+    }
+    fn down_options(&self, _: &Path) -> Option<String> {
+        Some(format!(
+            "endpoint_url = \"http://127.0.0.1:{}\"",
+            closed_port()
+        ))
+    }
+    fn slow_options(&self, _: &Path) -> Option<String> {
+        Some(format!("endpoint_url = \"http://{}\"", silent_listener()))
+    }
+    fn writable(&self) -> bool {
+        true
+    }
+    fn env(&self) -> HashMap<String, String> {
+        HashMap::from([
+            ("GOOGLE_ACCESS_TOKEN".to_string(), GCP_TOKEN.to_string()),
+            (
+                "GCE_METADATA_HOST".to_string(),
+                format!("127.0.0.1:{}", self.metadata_port),
+            ),
+        ])
+    }
+}
+
+/// `1password` through the STAND-IN `op` (a Python script over a JSON state file; no real `op`
+/// can be installed here). Each variant is its own `op` with its own state under the project.
+struct OnePassword;
+
+impl OnePassword {
+    /// Writes `DIR/bin-KIND/op` over `DIR/op-KIND.json` (created with `state` if missing);
+    /// returns the `op_path` option.
+    fn standin(dir: &Path, kind: &str, state: &serde_json::Value) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let state_path = dir.join(format!("op-{kind}.json"));
+        let log_path = dir.join(format!("op-{kind}.log"));
+        if !state_path.exists() {
+            std::fs::write(&state_path, state.to_string()).unwrap();
+        }
+        let script = op_standin::STANDIN_OP
+            .replace(
+                "{STATE}",
+                &format!("{:?}", state_path.display().to_string()),
+            )
+            .replace("{LOG}", &format!("{:?}", log_path.display().to_string()));
+        let bin = dir.join(format!("bin-{kind}"));
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::write(bin.join("op"), script).unwrap();
+        std::fs::set_permissions(bin.join("op"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        format!("op_path = \"bin-{kind}/op\"")
+    }
+
+    fn state(signed_in: bool, delay: u32) -> serde_json::Value {
+        serde_json::json!({
+            "signed_in": signed_in,
+            "delay": delay,
+            "vaults": [{"id": "v1", "name": "Dev", "items": []}],
+        })
+    }
+}
+
+impl Fixture for OnePassword {
+    fn type_name(&self) -> &'static str {
+        "1password"
+    }
+    fn options(&self, dir: &Path) -> String {
+        let found = std::process::Command::new("sh")
+            .args(["-c", "command -v python3"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            found,
+            "the stand-in `op` needs python3: install it with `apt-get install -y python3`"
+        );
+        Self::standin(dir, "live", &Self::state(true, 0))
+    }
+    fn seed(&self, dir: &Path, name: &str, value: &str) {
+        let path = dir.join("op-live.json");
+        let mut state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        state["vaults"][0]["items"].as_array_mut().unwrap().push(serde_json::json!({
+            "id": format!("i-{name}"),
+            "title": name,
+            "category": "PASSWORD",
+            "fields": [{"id": "password", "label": "password", "type": "CONCEALED", "value": value}],
+        }));
+        std::fs::write(path, state.to_string()).unwrap();
+    }
+    fn reference(&self, name: &str) -> String {
+        format!("op://Dev/{name}/password")
+    }
+    fn down_options(&self, dir: &Path) -> Option<String> {
+        // Signed out: every call fails, as when the desktop app is locked or the session ended.
+        Some(Self::standin(dir, "down", &Self::state(false, 0)))
+    }
+    fn slow_options(&self, dir: &Path) -> Option<String> {
+        // Every invocation sleeps 30 s before answering.
+        Some(Self::standin(dir, "slow", &Self::state(true, 30)))
+    }
+    fn writable(&self) -> bool {
+        true
+    }
+}
+
+/// The service the keychain fixture files its items under.
+const KEYCHAIN_SERVICE: &str = "kz-conformance";
+/// Set on the keychain child processes only; their tests do nothing without it.
+const KEYCHAIN_INNER_VAR: &str = "KZ_CONFORMANCE_KEYCHAIN_INNER";
+
+/// `keychain` on gnome-keyring on a private D-Bus bus. The `keyring` crate connects to the bus
+/// of the *process* environment, so this fixture only works in a child process started by
+/// [`conformance_keychain`] with the bus in its environment: `bus_up` says whether that bus has
+/// a Secret Service (then the whole suite runs) or nothing listens at the address (then only
+/// the "down" check runs, in a second child).
+struct Keychain {
+    bus_up: bool,
+}
+
+impl Fixture for Keychain {
+    fn type_name(&self) -> &'static str {
+        "keychain"
+    }
+    fn options(&self, _: &Path) -> String {
+        format!("service = \"{KEYCHAIN_SERVICE}\"")
+    }
+    fn seed(&self, _: &Path, name: &str, value: &str) {
+        // Stored by another tool, on the bus of this (child) process's environment.
+        use std::io::Write;
+        let mut child = std::process::Command::new("secret-tool")
+            .args([
+                "store",
+                "--label=kz conformance",
+                "service",
+                KEYCHAIN_SERVICE,
+                "username",
+                name,
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run secret-tool ({e}): {}", secret_service::INSTALL)
+            });
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(value.as_bytes())
+            .unwrap();
+        let out = secret_service::wait_bounded(child, Duration::from_secs(20), "secret-tool store");
+        assert!(
+            out.status.success(),
+            "secret-tool store failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    fn reference(&self, name: &str) -> String {
+        name.into()
+    }
+    fn down_options(&self, _: &Path) -> Option<String> {
+        // Only meaningful in the child whose bus address has nothing listening.
+        (!self.bus_up).then(|| self.options(Path::new(".")))
+    }
+    fn slow_options(&self, _: &Path) -> Option<String> {
+        None // no way to make the Secret Service slow from here
+    }
+    fn writable(&self) -> bool {
+        true
+    }
+    fn env(&self) -> HashMap<String, String> {
+        // The bus the child was given (the provider names it in its messages).
+        ["DBUS_SESSION_BUS_ADDRESS", "XDG_RUNTIME_DIR"]
+            .into_iter()
+            .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+            .collect()
+    }
+}
+
+#[test]
+fn conformance_hashicorp() {
+    process_env();
+    conformance(&Vault {
+        bao: openbao::Bao::start(),
+    });
+}
+
+#[test]
+fn conformance_aws() {
+    process_env();
+    conformance(&Aws {
+        moto: moto::Moto::start(&[]),
+    });
+}
+
+#[test]
+fn conformance_gcp() {
+    process_env();
+    let standin = gcp_standin::StandIn::start();
+    standin.accept_token(GCP_TOKEN);
+    conformance(&Gcp {
+        standin,
+        metadata_port: closed_port(),
+    });
+}
+
+#[test]
+fn conformance_1password() {
+    // The stand-in `op`: no real 1Password CLI can be installed here.
+    process_env();
+    conformance(&OnePassword);
+}
+
+#[test]
+fn conformance_keychain() {
+    process_env();
+    // The whole suite in a child on a private bus with gnome-keyring.
+    let bus = secret_service::Bus::with_keyring();
+    let exe = secret_service::current_exe();
+    run_keychain_child(bus.command(&exe), "live");
+    // "Down": a child whose bus address has nothing listening.
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = dir.path().join("run");
+    std::fs::create_dir(&runtime).unwrap();
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.env(
+        "DBUS_SESSION_BUS_ADDRESS",
+        format!("unix:path={}", runtime.join("no-such-bus").display()),
+    )
+    .env("XDG_RUNTIME_DIR", &runtime)
+    .env("HOME", dir.path())
+    .env_remove("DISPLAY");
+    run_keychain_child(cmd, "down");
+}
+
+fn run_keychain_child(cmd: std::process::Command, name: &str) {
+    secret_service::run_child(
+        cmd,
+        &format!("keychain_inner::{name}"),
+        KEYCHAIN_INNER_VAR,
+        &format!("kz-conformance-keychain-done {name}"),
+        CANARY,
+    );
+}
+
+/// The keychain halves that run in child processes (`#[ignore]`d, and inert without
+/// `KZ_CONFORMANCE_KEYCHAIN_INNER=1`, so they never touch a developer's real session bus).
+mod keychain_inner {
+    use super::*;
+
+    fn is_child() -> bool {
+        let child = std::env::var(KEYCHAIN_INNER_VAR).as_deref() == Ok("1");
+        if !child {
+            eprintln!("run by conformance_keychain in a child process on a private bus");
+        }
+        child
+    }
+
+    #[test]
+    #[ignore = "run in a child process by conformance_keychain"]
+    fn live() {
+        if !is_child() {
+            return;
+        }
+        conformance(&Keychain { bus_up: true });
+        println!("kz-conformance-keychain-done live");
+    }
+
+    #[test]
+    #[ignore = "run in a child process by conformance_keychain"]
+    fn down() {
+        if !is_child() {
+            return;
+        }
+        process_env();
+        let f = Keychain { bus_up: false };
+        assert!(
+            check_down(&Harness::new(&f), &f),
+            "the down check did not run"
+        );
+        println!("kz-conformance-keychain-done down");
+    }
 }

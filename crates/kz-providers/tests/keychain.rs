@@ -78,8 +78,12 @@ fn write_then_read_round_trips_and_other_tools_see_it() {
 fn reads_items_created_by_secret_tool() {
     let bus = Bus::with_keyring();
     bus.seed("keyzero", "username", "dave", CANARY.as_bytes());
-    // Stored with secret-tool's other convention (`account`), which this build cannot search.
-    bus.seed("keyzero", "account", "erin", CANARY.as_bytes());
+    // Stored with secret-tool's other convention (`account`): found by the fallback search.
+    bus.seed("keyzero", "account", "erin", b"erin-value");
+    // Two `account` items for one name: ambiguous, an error rather than a guess.
+    bus.seed("keyzero", "account", "twice", b"one");
+    let out = bus.secret_tool(&["store", "--label=second", "service", "keyzero", "account", "twice", "extra", "2"], Some(b"two"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     bus.run_inner("reads_seeded_items");
 }
 
@@ -376,10 +380,13 @@ mod inner {
         let Some((_d, p)) = provider(None) else {
             return;
         };
-        let out = rt().block_on(p.resolve(&[item("dave"), item("erin")]));
+        let out = rt().block_on(p.resolve(&[item("dave"), item("erin"), item("twice"), item("nobody")]));
         assert_eq!(value(&out[0]), CANARY.as_bytes());
-        // `account`-attribute items are not searched by this build (see the module docs).
-        not_found(&out[1], "erin");
+        assert_eq!(value(&out[1]), b"erin-value", "the `account` fallback did not find the item");
+        let e = out[2].as_ref().unwrap_err();
+        assert_ne!(e.kind, ErrorKind::NotFound, "{e}");
+        assert!(format!("{e} {:?}", e.help).contains("2 keychain items match"), "{e} {:?}", e.help);
+        not_found(&out[3], "nobody");
         done("reads_seeded_items");
     }
 

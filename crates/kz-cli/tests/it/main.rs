@@ -9,6 +9,7 @@
 mod util;
 
 mod add_rm;
+mod backends;
 mod cache;
 mod config;
 mod export;
