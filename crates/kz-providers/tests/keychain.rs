@@ -82,8 +82,24 @@ fn reads_items_created_by_secret_tool() {
     bus.seed("keyzero", "account", "erin", b"erin-value");
     // Two `account` items for one name: ambiguous, an error rather than a guess.
     bus.seed("keyzero", "account", "twice", b"one");
-    let out = bus.secret_tool(&["store", "--label=second", "service", "keyzero", "account", "twice", "extra", "2"], Some(b"two"));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = bus.secret_tool(
+        &[
+            "store",
+            "--label=second",
+            "service",
+            "keyzero",
+            "account",
+            "twice",
+            "extra",
+            "2",
+        ],
+        Some(b"two"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     bus.run_inner("reads_seeded_items");
 }
 
@@ -380,12 +396,21 @@ mod inner {
         let Some((_d, p)) = provider(None) else {
             return;
         };
-        let out = rt().block_on(p.resolve(&[item("dave"), item("erin"), item("twice"), item("nobody")]));
+        let out =
+            rt().block_on(p.resolve(&[item("dave"), item("erin"), item("twice"), item("nobody")]));
         assert_eq!(value(&out[0]), CANARY.as_bytes());
-        assert_eq!(value(&out[1]), b"erin-value", "the `account` fallback did not find the item");
+        assert_eq!(
+            value(&out[1]),
+            b"erin-value",
+            "the `account` fallback did not find the item"
+        );
         let e = out[2].as_ref().unwrap_err();
         assert_ne!(e.kind, ErrorKind::NotFound, "{e}");
-        assert!(format!("{e} {:?}", e.help).contains("2 keychain items match"), "{e} {:?}", e.help);
+        assert!(
+            format!("{e} {:?}", e.help).contains("2 keychain items match"),
+            "{e} {:?}",
+            e.help
+        );
         not_found(&out[3], "nobody");
         done("reads_seeded_items");
     }

@@ -21,7 +21,7 @@ fn main() {
     while data.len() < 64 << 20 {
         data.extend_from_slice(line);
         i += 1;
-        if i % 2000 == 0 {
+        if i.is_multiple_of(2000) {
             data.extend_from_slice(&secrets[i / 2000 % secrets.len()]);
             data.push(b'\n');
         }

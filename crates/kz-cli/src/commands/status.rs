@@ -35,6 +35,9 @@ pub fn run(ctx: &Ctx, args: &StatusArgs) -> CmdResult {
                             format!("{}: {}", e.kind.label(), e.message).into(),
                         );
                         m.insert("optional".into(), o.skipped.into());
+                        if let Some(h) = &e.help {
+                            m.insert("help".into(), h.clone().into());
+                        }
                     }
                     v
                 })

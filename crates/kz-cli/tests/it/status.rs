@@ -47,6 +47,13 @@ fn text_and_json_reports_without_values() {
             .unwrap()
             .contains("not found")
     );
+    assert!(
+        v["secrets"][1]["help"]
+            .as_str()
+            .unwrap()
+            .contains("kz put BAD"),
+        "{v}"
+    );
     let v = s
         .kz(&["status", "--format", "json", "--only", "OK,OPT"])
         .ok()
