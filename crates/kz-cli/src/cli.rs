@@ -157,6 +157,9 @@ pub enum Command {
     /// Manage the encrypted value cache
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Work with tamper-evident audit logs
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Print a completion script
     #[command(
         after_help = "Examples:\n  kz completions bash > ~/.local/share/bash-completion/completions/kz\n  kz completions zsh > \"${fpath[1]}/_kz\"\n  kz completions fish > ~/.config/fish/completions/kz.fish"
@@ -168,6 +171,22 @@ pub enum Command {
     /// (internal) write man pages into DIR
     #[command(name = "__man", hide = true)]
     Man(ManArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check audit logs' hash chain; reports the first broken or missing record
+    #[command(
+        after_help = "Examples:\n  kz audit verify audit.jsonl\n  kz audit verify audit.jsonl.1 audit.jsonl     rotated files, oldest first"
+    )]
+    Verify(AuditVerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditVerifyArgs {
+    /// The log files, oldest first (a rotated chain continues across files)
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -64,6 +64,7 @@ fn main() -> ExitCode {
         Command::Deny => commands::trust::deny(&ctx),
         Command::Doctor => commands::doctor::run(&ctx),
         Command::Cache(cli::CacheCommand::Clear) => commands::cache_clear(&ctx),
+        Command::Audit(cli::AuditCommand::Verify(a)) => commands::audit_verify(&ctx, &a),
         Command::Completions(a) => commands::completions::completions(a.shell),
         Command::Man(a) => commands::completions::man(&a.dir),
     };

@@ -17,7 +17,8 @@
 //! | `keychain` | [`keychain`] | macOS Keychain / Linux Secret Service |
 //!
 //! Types listed in the catalog but not implemented in this build fail with a clear
-//! `Unsupported` error when used.
+//! `Unsupported` error when used. The network and daemon backends are cargo features (`aws`,
+//! `gcp`, `hashicorp`, `keychain`, `onepassword`), all on by default.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -28,14 +29,19 @@ use kz_config::ProviderInstance;
 use kz_resolve::{ErrorKind, Provider, ProviderError};
 
 pub mod age_files;
+#[cfg(feature = "aws")]
 pub mod aws;
 pub mod dotenv;
 pub mod env;
 pub mod exec;
+#[cfg(feature = "gcp")]
 pub mod gcp;
+#[cfg(feature = "hashicorp")]
 pub mod hashicorp;
+#[cfg(feature = "keychain")]
 pub mod keychain;
 pub mod local;
+#[cfg(feature = "onepassword")]
 pub mod onepassword;
 
 /// Reads a variable of kz's environment (injected so tests are hermetic).
@@ -86,11 +92,17 @@ pub fn build(
         "dotenv" => Arc::new(dotenv::DotenvProvider::new(inst, ctx)?),
         "age" => Arc::new(age_files::AgeProvider::new(inst, ctx)?),
         "exec" => Arc::new(exec::ExecProvider::new(inst, ctx)?),
+        #[cfg(feature = "hashicorp")]
         "hashicorp" => Arc::new(hashicorp::VaultProvider::new(inst, ctx)?),
+        #[cfg(feature = "onepassword")]
         "1password" => Arc::new(onepassword::OpProvider::new(inst, ctx)?),
+        #[cfg(feature = "gcp")]
         "gcp" => Arc::new(gcp::GcpProvider::new(inst, ctx)?),
+        #[cfg(feature = "aws")]
         "aws" => Arc::new(aws::AwsProvider::new(inst, ctx)?),
+        #[cfg(feature = "aws")]
         "aws_sts" => Arc::new(aws::StsProvider::new(inst, ctx)?),
+        #[cfg(feature = "keychain")]
         "keychain" => Arc::new(keychain::KeychainProvider::new(inst, ctx)?),
         other => {
             return Err(ProviderError::new(

@@ -94,6 +94,23 @@ pub fn cache_clear(ctx: &Ctx) -> crate::report::CmdResult {
     Ok(crate::report::exit::OK)
 }
 
+/// `kz audit verify`: checks the hash chain across the files, in order.
+pub fn audit_verify(ctx: &Ctx, args: &crate::cli::AuditVerifyArgs) -> crate::report::CmdResult {
+    let paths: Vec<std::path::PathBuf> = args.paths.iter().map(|p| ctx.paths.cwd.join(p)).collect();
+    match kz_audit::verify(&paths) {
+        Ok(s) => {
+            print_out(&format!(
+                "ok: {} record(s) in {} file(s), chain intact; last hash {}\n",
+                s.records, s.files, s.last_hash
+            ))?;
+            Ok(crate::report::exit::OK)
+        }
+        Err(e) => Err(Failure::one(
+            Diagnostic::error("audit::broken", e.to_string()).help(e.help()),
+        )),
+    }
+}
+
 /// Whether an error kind means "not stored yet".
 pub fn is_missing(kind: ErrorKind) -> bool {
     kind == ErrorKind::NotFound

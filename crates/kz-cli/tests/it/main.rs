@@ -9,6 +9,7 @@
 mod util;
 
 mod add_rm;
+mod audit;
 mod backends;
 mod cache;
 mod config;
