@@ -1,4 +1,4 @@
-//! The only `unsafe` code in keyzero: making a pseudo-terminal the controlling terminal of a
+//! The only `unsafe` code shipped in keyzero: making a pseudo-terminal the controlling terminal of a
 //! child (`kz run --mask` on a terminal, so colours and interactive programs keep working).
 //!
 //! Everything else about the PTY uses rustix's safe wrappers; this module only registers the

