@@ -11,11 +11,13 @@ Servers run on free loopback ports and are stopped by PID. Usage:
 
     bench/backends.py [--runs N] [--kz PATH] [--write docs/benchmarks.md]
 """
-import argparse, datetime, http.client, json, os, platform, shutil, socket, statistics, subprocess
+import datetime, http.client, json, os, platform, shutil, socket, statistics, subprocess
 import sys, tempfile, threading, time, urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 VENV_BIN = os.path.join(os.environ.get("KZ_TOOLS_VENV", os.path.expanduser("~/.cache/keyzero-venv")), "bin")
+
+import common
 
 
 def free_port():
@@ -126,17 +128,7 @@ def project(root, name, providers, secrets):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=15)
-    ap.add_argument("--kz", default=None)
-    ap.add_argument("--write", default=None)
-    a = ap.parse_args()
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    target = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/keyzero-target"))
-    kz = a.kz or os.path.join(target, "release", "kz")
-    if not a.kz:
-        subprocess.run(["cargo", "build", "--release", "--locked", "-p", "kz-cli"], cwd=root, check=True,
-                       env=dict(os.environ, CARGO_TARGET_DIR=target))
+    a, kz = common.setup("kz against local backends", 15)
     tmp = tempfile.mkdtemp(prefix="kz-bench-backends-")
     procs = []
     try:
@@ -224,15 +216,7 @@ for i in range(50):
         print(meta)
         print(text)
         if a.write:
-            path = os.path.join(root, a.write)
-            doc = open(path).read()
-            begin, end = "<!-- backends:begin -->", "<!-- backends:end -->"
-            block = f"{begin}\n{meta}\n\n{text}\n{end}"
-            if begin in doc:
-                doc = doc[:doc.index(begin)] + block + doc[doc.index(end) + len(end):]
-            else:
-                doc += "\n" + block + "\n"
-            open(path, "w").write(doc)
+            common.write_block(a.write, "backends", meta, text)
     finally:
         for p in procs:
             p.terminate()

@@ -10,9 +10,11 @@ are reported. Everything happens in temporary HOME/XDG directories. Usage:
 
     bench/whole_process.py [--runs N] [--kz PATH] [--write docs/benchmarks.md]
 """
-import argparse, os, shutil, statistics, subprocess, sys, tempfile, time, platform, datetime
+import os, shutil, statistics, subprocess, sys, tempfile, time, platform, datetime
 
 QUIET = [(os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0), (os.POSIX_SPAWN_OPEN, 2, "/dev/null", os.O_WRONLY, 0)]
+import common
+
 
 def spawn(argv, env):
     """Runs argv; returns (seconds, exit status). Timing only: see peak_rss for memory."""
@@ -31,22 +33,12 @@ def pct(xs, p):
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=400)
-    ap.add_argument("--kz", default=None)
-    ap.add_argument("--write", default=None)
-    a = ap.parse_args()
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    target = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/keyzero-target"))
-    kz = a.kz or os.path.join(target, "release", "kz")
-    if not a.kz:
-        subprocess.run(["cargo", "build", "--release", "--locked", "-p", "kz-cli"], cwd=root, check=True,
-                       env=dict(os.environ, CARGO_TARGET_DIR=target))
+    a, kz = common.setup("kz start-up, hook and memory", 400)
     true = shutil.which("true")
     tmp = tempfile.mkdtemp(prefix="kz-bench-")
     try:
         launcher = os.path.join(tmp, "spawn_rss")
-        subprocess.run(["cc", "-O2", "-o", launcher, os.path.join(root, "bench", "spawn_rss.c")], check=True)
+        subprocess.run(["cc", "-O2", "-o", launcher, os.path.join(common.ROOT, "bench", "spawn_rss.c")], check=True)
         proj = os.path.join(tmp, "proj")
         os.makedirs(proj)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.path.join(tmp, "home"),
@@ -106,15 +98,7 @@ def main():
         print(meta)
         print(text)
         if a.write:
-            path = os.path.join(root, a.write)
-            doc = open(path).read() if os.path.exists(path) else ""
-            begin, end = "<!-- whole-process:begin -->", "<!-- whole-process:end -->"
-            block = f"{begin}\n{meta}\n\n{text}\n{end}"
-            if begin in doc:
-                doc = doc[:doc.index(begin)] + block + doc[doc.index(end) + len(end):]
-            else:
-                doc += "\n" + block + "\n"
-            open(path, "w").write(doc)
+            common.write_block(a.write, "whole-process", meta, text)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
