@@ -144,7 +144,7 @@ impl Record {
         self.text("backend", backend)
     }
 
-    /// `mode`: `direct` or `short_lived`.
+    /// `mode`: `direct` or `short_lived`; for blind-mode events the kind: `swap`, `refuse`, `scrub`.
     pub fn mode(self, mode: impl Into<String>) -> Self {
         self.text("mode", mode)
     }

@@ -291,14 +291,24 @@ pub struct RunArgs {
     /// Start the command with only PATH HOME USER SHELL TERM LANG LC_ALL TMPDIR TZ plus the secrets
     #[arg(long)]
     pub clean_env: bool,
-    /// With --clean-env: also pass these variables (comma-separated)
-    #[arg(
-        long,
-        value_delimiter = ',',
-        value_name = "NAMES",
-        requires = "clean_env"
-    )]
+    /// With --clean-env or --blind: also pass these variables (comma-separated)
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     pub keep_env: Vec<String>,
+    /// Give the command masked tokens; a local proxy swaps in the values only for each secret's hosts
+    #[arg(long, conflicts_with_all = ["watch", "mask"])]
+    pub blind: bool,
+    /// With --blind: let every secret also go to this host (repeatable: api.example.com, *.example.com, localhost:8443)
+    #[arg(long, value_name = "PATTERN", requires = "blind")]
+    pub allow_host: Vec<String>,
+    /// With --blind: append every swap, refusal and scrub to this hash-chained audit log
+    #[arg(long, value_name = "PATH", requires = "blind")]
+    pub audit: Option<PathBuf>,
+    /// With --blind: run the command in its own network namespace (Linux) that can only reach the proxy
+    #[arg(long, requires = "blind")]
+    pub isolate: bool,
+    /// With --blind: do not set the proxy variables (the proxy URL is in KZ_PROXY_URL); the CA bundle also holds the system roots
+    #[arg(long, requires = "blind")]
+    pub no_force_proxy: bool,
     /// Re-resolve every INTERVAL (default 5m) and on SIGHUP; restart the command when a value changed
     #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "5m", value_parser = parse_interval)]
     pub watch: Option<std::time::Duration>,

@@ -10,6 +10,7 @@ mod cli;
 mod commands;
 mod context;
 mod edit;
+mod isolate;
 mod quote;
 mod report;
 mod sys;
@@ -24,6 +25,14 @@ use crate::context::{Ctx, Paths};
 use crate::report::{Reporter, exit};
 
 fn main() -> ExitCode {
+    // `kz run --blind --isolate` re-executes kz as a small helper that must still be
+    // single-threaded when it unshares its namespaces: dispatch before anything else runs.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == isolate::HELPER_ARG)
+    {
+        return ExitCode::from(isolate::helper_main(std::env::args_os().skip(2).collect()));
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -7,18 +7,32 @@
 //! possible: only a tail that could still be the start of a value. Text that cannot begin a
 //! value, such as an interactive prompt, is passed on at once.
 //!
-//! Boundary: no I/O; the caller reads and writes. Patterns are zeroed when the redactor drops.
+//! It also records which patterns it replaced ([`Redactor::hits`]), so blind mode can audit
+//! which secrets were swapped or scrubbed.
+//!
+//! Boundary: no I/O; the caller reads and writes. Patterns, replacements (in blind mode the
+//! replacement is the secret value) and the held-back tail are zeroed when the redactor drops.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 /// Replaces patterns in a stream.
+///
+/// A clone shares the compiled automaton and copies the stream state (held tail and hits); clone
+/// a redactor that was never fed to start an independent stream cheaply.
+#[derive(Clone)]
 pub struct Redactor {
     ac: Option<AhoCorasick>,
     patterns: Vec<Zeroizing<Vec<u8>>>,
-    replacements: Vec<Vec<u8>>,
+    /// Replacement per automaton pattern (zeroed on drop: in blind mode it is the secret value).
+    replacements: Vec<Zeroizing<Vec<u8>>>,
+    /// Index into the pairs as passed to [`Redactor::new`] per automaton pattern.
+    origin: Vec<usize>,
+    /// Per pair as passed to [`Redactor::new`]: whether it was replaced since the last
+    /// [`Redactor::take_hits`].
+    hit: Vec<bool>,
     max_len: usize,
     carry: Zeroizing<Vec<u8>>,
 }
@@ -32,13 +46,22 @@ impl std::fmt::Debug for Redactor {
 }
 
 impl Redactor {
-    /// A redactor for `(pattern, replacement)` pairs. Empty patterns are ignored.
+    /// A redactor for `(pattern, replacement)` pairs. Empty patterns are ignored (but keep their
+    /// index: [`Redactor::hits`] numbers the pairs as given here). Both sides are zeroed on drop.
     pub fn new(pairs: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Self {
-        let (patterns, replacements): (Vec<_>, Vec<_>) = pairs
-            .into_iter()
-            .filter(|(p, _)| !p.is_empty())
-            .map(|(p, r)| (Zeroizing::new(p), r))
-            .unzip();
+        let mut patterns = Vec::new();
+        let mut replacements = Vec::new();
+        let mut origin = Vec::new();
+        let mut count = 0;
+        for (i, (p, r)) in pairs.into_iter().enumerate() {
+            count = i + 1;
+            let (p, r) = (Zeroizing::new(p), Zeroizing::new(r));
+            if !p.is_empty() {
+                patterns.push(p);
+                replacements.push(r);
+                origin.push(i);
+            }
+        }
         let max_len = patterns.iter().map(|p| p.len()).max().unwrap_or(0);
         let ac = AhoCorasickBuilder::new()
             .match_kind(MatchKind::LeftmostLongest)
@@ -49,8 +72,10 @@ impl Redactor {
             ac,
             patterns,
             replacements,
+            origin,
+            hit: vec![false; count],
             max_len,
-            carry: Zeroizing::new(Vec::new()),
+            carry: Zeroizing::new(Vec::with_capacity(max_len)),
         }
     }
 
@@ -64,41 +89,103 @@ impl Redactor {
         self.ac.is_none()
     }
 
+    /// Indices (into the pairs as passed to [`Redactor::new`]) of the patterns replaced in the
+    /// output emitted so far (since the last [`Redactor::take_hits`]); sorted, no duplicates.
+    pub fn hits(&self) -> Vec<usize> {
+        self.hit
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| h.then_some(i))
+            .collect()
+    }
+
+    /// Like [`Redactor::hits`], and forgets them.
+    pub fn take_hits(&mut self) -> Vec<usize> {
+        let hits = self.hits();
+        self.hit.iter_mut().for_each(|h| *h = false);
+        hits
+    }
+
     /// Feeds a chunk; appends what can be emitted now to `out`.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
-        let mut buf = std::mem::take(&mut self.carry);
-        buf.extend_from_slice(input);
-        let held = self.emit(&buf, out, false);
-        self.carry = Zeroizing::new(held.to_vec());
+        let mut hit = std::mem::take(&mut self.hit);
+        if self.carry.is_empty() {
+            // Common case: no copy of the chunk, only of the (short) tail held back.
+            let held = self.emit(input, out, false, &mut hit);
+            self.carry.extend_from_slice(held);
+        } else {
+            // Sized up front so that no reallocation leaves a copy behind unzeroed.
+            let mut buf = Zeroizing::new(Vec::with_capacity(self.carry.len() + input.len()));
+            buf.extend_from_slice(&self.carry);
+            buf.extend_from_slice(input);
+            self.carry.zeroize();
+            let held = self.emit(&buf, out, false, &mut hit);
+            self.carry.extend_from_slice(held);
+        }
+        self.hit = hit;
     }
 
     /// Ends the stream: emits everything still held.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
+        let mut hit = std::mem::take(&mut self.hit);
         let buf = std::mem::take(&mut self.carry);
-        self.emit(&buf, out, true);
+        self.emit(&buf, out, true, &mut hit);
+        self.hit = hit;
     }
 
     /// Replaces a whole buffer at once (the reference the streaming form must equal).
     pub fn replace_all(&self, input: &[u8]) -> Vec<u8> {
-        match &self.ac {
-            None => input.to_vec(),
-            Some(ac) => {
-                let mut out = Vec::with_capacity(input.len());
-                ac.replace_all_with_bytes(input, &mut out, |m, _, dst| {
-                    dst.extend_from_slice(
-                        self.replacements
-                            .get(m.pattern().as_usize())
-                            .map_or(&[][..], |r| r.as_slice()),
-                    );
-                    true
-                });
-                out
+        self.replace_all_hits(input).0
+    }
+
+    /// Like [`Redactor::replace_all`], also returning the indices of the pairs replaced (as
+    /// [`Redactor::hits`] numbers them). Does not touch the streaming state.
+    pub fn replace_all_hits(&self, input: &[u8]) -> (Vec<u8>, Vec<usize>) {
+        let mut hit = vec![false; self.hit.len()];
+        let mut out = Vec::with_capacity(input.len());
+        self.emit(input, &mut out, true, &mut hit);
+        let hits = hit
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| h.then_some(i))
+            .collect();
+        (out, hits)
+    }
+
+    /// Indices of the pairs (as [`Redactor::hits`] numbers them) that
+    /// [`Redactor::replace_all`] would replace in `input`, without building the output.
+    pub fn hits_in(&self, input: &[u8]) -> Vec<usize> {
+        let Some(ac) = &self.ac else {
+            return Vec::new();
+        };
+        let mut hit = vec![false; self.hit.len()];
+        for m in ac.find_iter(input) {
+            if let Some(h) = self
+                .origin
+                .get(m.pattern().as_usize())
+                .and_then(|&i| hit.get_mut(i))
+            {
+                *h = true;
             }
+        }
+        hit.iter()
+            .enumerate()
+            .filter_map(|(i, h)| h.then_some(i))
+            .collect()
+    }
+
+    /// Appends the replacement for automaton pattern `pattern` and records the hit.
+    fn replace(&self, pattern: usize, out: &mut Vec<u8>, hit: &mut [bool]) {
+        if let Some(r) = self.replacements.get(pattern) {
+            out.extend_from_slice(r);
+        }
+        if let Some(h) = self.origin.get(pattern).and_then(|&i| hit.get_mut(i)) {
+            *h = true;
         }
     }
 
     /// Emits the replaced prefix of `buf` that is final; returns the tail to hold.
-    fn emit<'b>(&self, buf: &'b [u8], out: &mut Vec<u8>, last: bool) -> &'b [u8] {
+    fn emit<'b>(&self, buf: &'b [u8], out: &mut Vec<u8>, last: bool, hit: &mut [bool]) -> &'b [u8] {
         let Some(ac) = &self.ac else {
             out.extend_from_slice(buf);
             return &[];
@@ -113,11 +200,7 @@ impl Redactor {
                 break;
             }
             out.extend_from_slice(buf.get(pos..m.start()).unwrap_or_default());
-            out.extend_from_slice(
-                self.replacements
-                    .get(m.pattern().as_usize())
-                    .map_or(&[][..], |r| r.as_slice()),
-            );
+            self.replace(m.pattern().as_usize(), out, hit);
             pos = m.end();
         }
         if last {
@@ -189,5 +272,39 @@ mod tests {
         let mut e = Redactor::uniform(Vec::<Vec<u8>>::new(), b"****");
         assert!(e.is_empty());
         assert_eq!(stream(&mut e, &[b"abc", b"def"]), b"abcdef");
+    }
+
+    #[test]
+    fn hits_name_the_pairs_as_given_including_empty_ones() {
+        let mut r = Redactor::new([
+            (b"first-pattern".to_vec(), b"<0>".to_vec()),
+            (Vec::new(), b"<empty>".to_vec()),
+            (b"second-pattern".to_vec(), b"<2>".to_vec()),
+            (b"never-seen".to_vec(), b"<3>".to_vec()),
+        ]);
+        assert_eq!(
+            r.replace_all_hits(b"x second-pattern y"),
+            (b"x <2> y".to_vec(), vec![2])
+        );
+        assert!(
+            r.hits().is_empty(),
+            "replace_all_hits leaves the stream state alone"
+        );
+        assert_eq!(r.hits_in(b"first-pattern second-pattern"), vec![0, 2]);
+        assert_eq!(r.hits_in(b"first-patter"), Vec::<usize>::new());
+        let mut out = Vec::new();
+        r.feed(b"a second-pat", &mut out);
+        assert!(
+            r.hits().is_empty(),
+            "a held-back partial match is not a hit yet"
+        );
+        r.feed(b"tern b first-pattern c", &mut out);
+        assert_eq!(r.hits(), vec![0, 2]);
+        assert_eq!(r.take_hits(), vec![0, 2]);
+        assert!(r.hits().is_empty());
+        r.feed(b" first-pattern", &mut out);
+        r.finish(&mut out);
+        assert_eq!(r.take_hits(), vec![0]);
+        assert_eq!(out, b"a <2> b <0> c <0>");
     }
 }

@@ -27,7 +27,7 @@ proptest! {
         let expected = Redactor::new(pairs.clone()).replace_all(&input);
         let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(input.len())).collect();
         cuts.sort_unstable();
-        let mut r = Redactor::new(pairs);
+        let mut r = Redactor::new(pairs.clone());
         let mut out = Vec::new();
         let mut prev = 0;
         for c in cuts.into_iter().chain([input.len()]) {
@@ -35,6 +35,16 @@ proptest! {
             prev = c;
         }
         r.finish(&mut out);
-        prop_assert_eq!(out, expected);
+        prop_assert_eq!(out, expected.clone());
+        // Hits: the same under any chunking, and exactly the pairs whose replacement appears.
+        let (again, hits) = Redactor::new(pairs.clone()).replace_all_hits(&input);
+        prop_assert_eq!(again, expected.clone());
+        prop_assert_eq!(r.hits(), hits.clone());
+        prop_assert_eq!(Redactor::new(pairs.clone()).hits_in(&input), hits.clone());
+        let expected_text = String::from_utf8(expected).unwrap();
+        for (i, (_, rep)) in pairs.iter().enumerate() {
+            let shown = expected_text.contains(std::str::from_utf8(rep).unwrap());
+            prop_assert_eq!(hits.contains(&i), shown, "pair {}", i);
+        }
     }
 }

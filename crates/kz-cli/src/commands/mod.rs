@@ -1,6 +1,7 @@
 //! One module per command. Each `run` returns the exit code or a [`crate::report::Failure`].
 
 pub mod add;
+pub mod blind;
 pub mod completions;
 pub mod doctor;
 pub mod export;

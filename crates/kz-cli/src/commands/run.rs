@@ -20,10 +20,19 @@ pub const CLEAN_ENV_KEEP: &[&str] = &[
 
 /// Runs the command.
 pub fn run(ctx: &Ctx, args: RunArgs) -> CmdResult {
+    if !args.keep_env.is_empty() && !args.clean_env && !args.blind {
+        return Err(Failure::usage(
+            "--keep-env only applies with --clean-env or --blind",
+            "add --clean-env (or --blind), or drop --keep-env",
+        ));
+    }
     let config = ctx.load()?;
     let selected = ctx.select(&config, &args.only)?;
     let outcomes = ctx.resolve(&config, &selected)?;
     let vars = collect(ctx, &config, outcomes)?;
+    if args.blind {
+        return super::blind::run(ctx, args, &config, &selected, vars);
+    }
     let base_env = args.clean_env.then(|| {
         CLEAN_ENV_KEEP
             .iter()

@@ -261,7 +261,8 @@ fn same(a: &Vars, b: &Vars) -> bool {
             .all(|((n1, v1), (n2, v2))| n1 == n2 && v1 == v2)
 }
 
-fn code_of(status: std::process::ExitStatus) -> u8 {
+/// The exit code kz returns for a child that ended with `status` (128+N for signal N).
+pub fn code_of(status: std::process::ExitStatus) -> u8 {
     match (status.code(), status.signal()) {
         (Some(c), _) => u8::try_from(c).unwrap_or(exit::ERROR),
         (None, Some(s)) => u8::try_from(128 + s).unwrap_or(exit::ERROR),
@@ -269,7 +270,8 @@ fn code_of(status: std::process::ExitStatus) -> u8 {
     }
 }
 
-fn forward(pid: Pid, sig: i32) {
+/// Sends signal `sig` to `pid`.
+pub fn forward(pid: Pid, sig: i32) {
     if let Some(s) = Signal::from_named_raw(sig) {
         let _ = rustix::process::kill_process(pid, s);
     }

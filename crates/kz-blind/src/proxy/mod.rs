@@ -1,0 +1,988 @@
+//! The blind-mode proxy: plain HTTP proxy requests and `CONNECT` tunnels (TLS terminated with a
+//! per-host leaf from the run's CA, or plain HTTP inside), HTTP/1.1 and HTTP/2 on both sides.
+//!
+//! For every request: the destination must pass the egress policy; every token in the target,
+//! headers and body must belong to a secret bound to that destination, or the request is
+//! refused (`403`, nothing sent); tokens are then swapped for values; the response has values
+//! (and their encodings) scrubbed back into tokens. Swaps, refusals and scrubs are audited
+//! (names only) and counted for the `-v` summary.
+//!
+//! Boundary: this module does network I/O; policy, rewriting and certificates live in their own
+//! modules. It never logs or formats a value.
+
+mod body;
+mod upstream;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use kz_audit::{Decision, Record, Transport, Writer};
+use kz_redact::Redactor;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+
+pub use body::{BoxError, ProxyBody};
+use body::{Encoding, MapBody, Prefixed, Transform, empty, full};
+use upstream::{ConnectError, UpstreamClient};
+
+use crate::ca::RunCa;
+use crate::policy::{self, Destination, Policy, Verdict};
+use crate::rewrite::{self, BodySwap, ScrubStream, Scrubber, SwapError, Swapper};
+use crate::secrets::SecretTable;
+
+/// Request bodies with a `Content-Length` up to this are buffered and sent with their new length.
+pub const BUFFER_LIMIT: usize = 16 << 20;
+/// Compressed request bodies may decode to at most this.
+pub const DECODED_LIMIT: usize = 64 << 20;
+/// Responses with a `Content-Length` up to this are scrubbed whole (keeping a length).
+const RESPONSE_BUFFER_LIMIT: u64 = 1 << 20;
+
+/// What the proxy needs.
+#[derive(Debug)]
+pub struct Settings {
+    /// The secrets, their tokens and where each may go.
+    pub table: SecretTable,
+    /// Which hosts may be reached at all.
+    pub policy: Policy,
+    /// The run's CA.
+    pub ca: RunCa,
+    /// Upstream TLS roots (system plus `upstream_ca`).
+    pub upstream_tls: rustls::ClientConfig,
+    /// `[blind] scrub_responses`.
+    pub scrub_responses: bool,
+    /// `--audit PATH`.
+    pub audit: Option<Arc<Writer>>,
+}
+
+/// Counts for the `-v` summary at exit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Requests handled.
+    pub requests: u64,
+    /// Requests that carried at least one swapped token.
+    pub swapped_requests: u64,
+    /// Refused requests and tunnels.
+    pub refused: u64,
+    /// Responses (or WebSocket messages) that had a value scrubbed.
+    pub scrubbed: u64,
+    /// Per secret (name, swaps, scrubs), in table order.
+    pub per_secret: Vec<(String, u64, u64)>,
+    /// Audit records the writer refused.
+    pub audit_failures: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    requests: AtomicU64,
+    swapped_requests: AtomicU64,
+    refused: AtomicU64,
+    scrubbed: AtomicU64,
+    audit_failures: AtomicU64,
+}
+
+/// The proxy. Cheap to clone; every connection task holds one.
+#[derive(Clone)]
+pub struct Proxy {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("secrets", &self.shared.table.secrets.len())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    table: SecretTable,
+    policy: Arc<Policy>,
+    ca: RunCa,
+    swapper: Swapper,
+    scrubber: Option<Scrubber>,
+    client: UpstreamClient,
+    ws_client: UpstreamClient,
+    audit: Option<Arc<Writer>>,
+    counters: Counters,
+    swaps: Vec<AtomicU64>,
+    scrubs: Vec<AtomicU64>,
+}
+
+/// Where requests on one connection go.
+#[derive(Debug, Clone)]
+enum Origin {
+    /// The proxy port: absolute-form requests and `CONNECT`.
+    Proxy,
+    /// Inside a `CONNECT` tunnel to this destination.
+    Tunnel(Destination),
+}
+
+impl Proxy {
+    /// A proxy with `settings`. Must be called inside a Tokio runtime.
+    pub fn new(settings: Settings) -> Self {
+        let policy = Arc::new(settings.policy);
+        let client = upstream::client(Arc::clone(&policy), settings.upstream_tls.clone(), false);
+        let ws_client = upstream::client(Arc::clone(&policy), settings.upstream_tls, true);
+        let swapper = Swapper::new(&settings.table);
+        let scrubber = Some(Scrubber::new(&settings.table))
+            .filter(|s| settings.scrub_responses && !s.is_empty());
+        let n = settings.table.secrets.len();
+        Self {
+            shared: Arc::new(Shared {
+                swaps: (0..n).map(|_| AtomicU64::new(0)).collect(),
+                scrubs: (0..n).map(|_| AtomicU64::new(0)).collect(),
+                table: settings.table,
+                policy,
+                ca: settings.ca,
+                swapper,
+                scrubber,
+                client,
+                ws_client,
+                audit: settings.audit,
+                counters: Counters::default(),
+            }),
+        }
+    }
+
+    /// The counts so far.
+    pub fn summary(&self) -> Summary {
+        let s = &self.shared;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Summary {
+            requests: get(&s.counters.requests),
+            swapped_requests: get(&s.counters.swapped_requests),
+            refused: get(&s.counters.refused),
+            scrubbed: get(&s.counters.scrubbed),
+            audit_failures: get(&s.counters.audit_failures),
+            per_secret: s
+                .table
+                .secrets
+                .iter()
+                .zip(s.swaps.iter().zip(&s.scrubs))
+                .map(|(sec, (w, c))| (sec.name.clone(), get(w), get(c)))
+                .collect(),
+        }
+    }
+
+    /// Serves proxy connections accepted on `listener` until the task is dropped.
+    pub async fn serve_tcp(&self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        loop {
+            let (stream, _) = listener.accept().await?;
+            let _ = stream.set_nodelay(true);
+            self.spawn_connection(stream);
+        }
+    }
+
+    /// Serves proxy connections accepted on a Unix socket (`--isolate`'s relay).
+    pub async fn serve_unix(&self, listener: tokio::net::UnixListener) -> std::io::Result<()> {
+        loop {
+            let (stream, _) = listener.accept().await?;
+            self.spawn_connection(stream);
+        }
+    }
+
+    fn spawn_connection<S>(&self, stream: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let proxy = self.clone();
+        tokio::spawn(async move {
+            let service = service(proxy.clone(), Origin::Proxy);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
+                .await;
+        });
+    }
+
+    async fn handle(&self, req: Request<Incoming>, origin: Origin) -> Response<ProxyBody> {
+        self.shared
+            .counters
+            .requests
+            .fetch_add(1, Ordering::Relaxed);
+        match origin {
+            Origin::Tunnel(dest) => self.forward(req, dest).await,
+            Origin::Proxy if req.method() == Method::CONNECT => self.connect(req),
+            Origin::Proxy => match policy::destination_from_absolute(req.uri()) {
+                Ok(dest) if req.uri().scheme().is_some() => self.forward(req, dest).await,
+                Ok(_) | Err(_) => text(
+                    StatusCode::BAD_REQUEST,
+                    "kz blind: this is a proxy; send requests in absolute form \
+                     (http://host/path) or use CONNECT\n"
+                        .to_string(),
+                ),
+            },
+        }
+    }
+
+    /// `CONNECT host:port`: the destination is checked before the tunnel is answered.
+    fn connect(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
+        let authority = req.uri().authority().map(|a| a.as_str().to_string());
+        let dest = match authority
+            .as_deref()
+            .ok_or_else(|| "CONNECT needs host:port".to_string())
+            .and_then(|a| policy::destination_from_authority(a, true, 443))
+        {
+            Ok(d) => d,
+            Err(e) => return text(StatusCode::BAD_REQUEST, format!("kz blind: {e}\n")),
+        };
+        if let Verdict::Deny(reason) = self.shared.policy.connection(&dest.host, dest.port) {
+            return self.refuse_host(&Method::CONNECT, &dest, "", &reason);
+        }
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let proxy = self.clone();
+        tokio::spawn(async move {
+            if let Ok(upgraded) = on_upgrade.await {
+                proxy.tunnel(TokioIo::new(upgraded), dest).await;
+            }
+        });
+        Response::new(empty())
+    }
+
+    /// Inside a tunnel: TLS (terminated with a leaf for the `CONNECT` host) or plain HTTP.
+    async fn tunnel<S>(&self, mut stream: S, mut dest: Destination)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut first = [0u8; 1];
+        let Ok(n) = stream.read(&mut first).await else {
+            return;
+        };
+        if n == 0 {
+            return;
+        }
+        let stream = Prefixed::new(first.to_vec(), stream);
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        if first == [0x16] {
+            let Ok(config) = self.shared.ca.server_config(&dest.host) else {
+                return;
+            };
+            let Ok(tls) = tokio_rustls::TlsAcceptor::from(config).accept(stream).await else {
+                return;
+            };
+            dest.https = true;
+            let service = service(self.clone(), Origin::Tunnel(dest));
+            let _ = builder
+                .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                .await;
+        } else {
+            dest.https = false;
+            let service = service(self.clone(), Origin::Tunnel(dest));
+            let _ = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await;
+        }
+    }
+
+    /// Checks, swaps, sends and scrubs one request.
+    async fn forward(&self, mut req: Request<Incoming>, dest: Destination) -> Response<ProxyBody> {
+        let s = &self.shared;
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        if let Verdict::Deny(reason) = s.policy.connection(&dest.host, dest.port) {
+            return self.refuse_host(&method, &dest, &path, &reason);
+        }
+        let websocket = is_websocket(req.headers());
+        let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        let allowed = |i: usize| {
+            s.table
+                .secrets
+                .get(i)
+                .is_some_and(|sec| sec.may_reach(&dest.host, dest.port))
+        };
+
+        // The head: target and headers.
+        let target = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_string();
+        let mut used = Vec::new();
+        let target = match s.swapper.swap_target(&target, &allowed) {
+            Ok(Some((t, u))) => {
+                used.extend(u);
+                t
+            }
+            Ok(None) => target,
+            Err(e) => return self.swap_refusal(&method, &dest, &path, e),
+        };
+        strip_hop_by_hop(&mut parts.headers, websocket);
+        parts.headers.remove(header::EXPECT);
+        if websocket {
+            parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
+        }
+        if s.scrubber.is_some() {
+            limit_accept_encoding(&mut parts.headers);
+        }
+        let basic_before = parts.headers.get(header::AUTHORIZATION).cloned();
+        match s.swapper.swap_headers(&mut parts.headers, &allowed) {
+            Ok(u) => used.extend(u),
+            Err(e) => return self.swap_refusal(&method, &dest, &path, e),
+        }
+        // `Authorization: Basic` carries the value inside base64 with the user name, a form the
+        // run-wide scrubber cannot know: an upstream that echoes the header gets it scrubbed by
+        // this request's own pair (what was sent -> what the child wrote).
+        let echo = basic_echo(
+            &s.swapper,
+            basic_before.as_ref(),
+            parts.headers.get(header::AUTHORIZATION),
+        );
+
+        // The body: buffered when its length is known and bounded (or it is compressed),
+        // streamed otherwise.
+        let length = content_length(&parts.headers);
+        let coding = parts
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_ascii_lowercase());
+        let compressed = coding
+            .as_deref()
+            .filter(|c| !c.is_empty() && *c != "identity");
+        let forbidden = Arc::new(std::sync::Mutex::new(None));
+        let body: ProxyBody = if length == Some(0) {
+            empty()
+        } else if compressed.is_some() || length.is_some_and(|l| l <= BUFFER_LIMIT as u64) {
+            let bytes = match Limited::new(body, BUFFER_LIMIT).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => {
+                    return text(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!(
+                            "kz blind: a request body that must be buffered (compressed, or \
+                             with a length) is larger than {} MiB\n",
+                            BUFFER_LIMIT >> 20
+                        ),
+                    );
+                }
+            };
+            let swapped = match compressed {
+                Some(enc) => rewrite::decode_body(enc, &bytes, DECODED_LIMIT)
+                    .and_then(|plain| s.swapper.swap_buffer(&plain, &allowed))
+                    .and_then(|(plain, u)| {
+                        if u.is_empty() {
+                            Ok((bytes.to_vec(), u))
+                        } else {
+                            rewrite::encode_body(enc, &plain).map(|b| (b, u))
+                        }
+                    }),
+                None => s.swapper.swap_buffer(&bytes, &allowed),
+            };
+            match swapped {
+                Ok((b, u)) => {
+                    used.extend(u);
+                    parts
+                        .headers
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
+                    full(b)
+                }
+                Err(e) => return self.swap_refusal(&method, &dest, &path, e),
+            }
+        } else {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            let stream = s.swapper.stream(&allowed);
+            MapBody::new(
+                body,
+                SwapTransform {
+                    inner: stream,
+                    forbidden: Arc::clone(&forbidden),
+                },
+            )
+            .boxed_unsync()
+        };
+
+        used.sort_unstable();
+        used.dedup();
+        if !used.is_empty() {
+            if !self.audit(
+                Record::new(Transport::Blind)
+                    .mode("swap")
+                    .decision(Decision::Allow),
+                &method,
+                &dest,
+                &path,
+                &used,
+            ) {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "kz blind: the audit log cannot be written, so no secret is sent\n".into(),
+                );
+            }
+            s.counters.swapped_requests.fetch_add(1, Ordering::Relaxed);
+            for i in &used {
+                if let Some(c) = s.swaps.get(*i) {
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+
+        let uri = match upstream_uri(&dest, &target) {
+            Ok(u) => u,
+            Err(e) => return text(StatusCode::BAD_REQUEST, format!("kz blind: {e}\n")),
+        };
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+        let request = Request::from_parts(parts, body);
+        let sent = if websocket {
+            s.ws_client.request(request).await
+        } else {
+            s.client.request(request).await
+        };
+        let mut response = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                if let Ok(mut f) = forbidden.lock()
+                    && let Some(i) = f.take()
+                {
+                    return self.swap_refusal(&method, &dest, &path, SwapError::Forbidden(i));
+                }
+                return match upstream::classify_error(&e) {
+                    ConnectError::Refused(reason) => {
+                        self.refuse_host(&method, &dest, &path, &reason)
+                    }
+                    ConnectError::Failed(reason) => text(
+                        StatusCode::BAD_GATEWAY,
+                        format!(
+                            "kz blind: upstream {}:{} failed: {reason}\n",
+                            dest.host, dest.port
+                        ),
+                    ),
+                };
+            }
+        };
+        if let Some(client_upgrade) = client_upgrade
+            && response.status() == StatusCode::SWITCHING_PROTOCOLS
+        {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            let proxy = self.clone();
+            let (method, dest, path) = (method.clone(), dest.clone(), path.clone());
+            tokio::spawn(async move {
+                let (Ok(c), Ok(u)) = tokio::join!(client_upgrade, upstream_upgrade) else {
+                    return;
+                };
+                let scrub: Option<Arc<dyn crate::ws::TextScrub>> = proxy
+                    .shared
+                    .scrubber
+                    .is_some()
+                    .then(|| Arc::new(WsScrub(proxy.clone())) as Arc<dyn crate::ws::TextScrub>);
+                let p = proxy.clone();
+                let _ = crate::ws::relay(TokioIo::new(c), TokioIo::new(u), scrub, move |hits| {
+                    p.scrubbed(&Method::GET, &dest, &path, &hits);
+                })
+                .await;
+                let _ = method;
+            });
+        }
+        self.respond(response, &method, &dest, &path, echo).await
+    }
+
+    /// The response on its way back: hop-by-hop headers dropped, values scrubbed.
+    async fn respond(
+        &self,
+        response: Response<Incoming>,
+        method: &Method,
+        dest: &Destination,
+        path: &str,
+        echo: Option<Echo>,
+    ) -> Response<ProxyBody> {
+        let (mut parts, body) = response.into_parts();
+        let upgrade = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+        strip_hop_by_hop(&mut parts.headers, upgrade);
+        let Some(scrubber) = &self.shared.scrubber else {
+            return Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync());
+        };
+        let mut hits = scrubber.scrub_headers(&mut parts.headers);
+        if let Some(echo) = &echo {
+            for v in parts.headers.values_mut() {
+                let (new, h) = echo.redactor.replace_all_hits(v.as_bytes());
+                if !h.is_empty()
+                    && let Ok(nv) = HeaderValue::from_bytes(&new)
+                {
+                    *v = nv;
+                    hits.extend_from_slice(&echo.secrets);
+                }
+            }
+        }
+        self.scrubbed(method, dest, path, &hits);
+        let bodiless = method == Method::HEAD
+            || parts.status.is_informational()
+            || parts.status == StatusCode::NO_CONTENT
+            || parts.status == StatusCode::NOT_MODIFIED;
+        if bodiless {
+            return Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync());
+        }
+        let Some(encoding) = Encoding::parse(parts.headers.get(header::CONTENT_ENCODING)) else {
+            return text(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "kz blind: {}:{} answered with a content-encoding kz cannot decode, so the \
+                     response cannot be checked for secret values\n",
+                    dest.host, dest.port
+                ),
+            );
+        };
+        let mut body = body.map_err(BoxError::from).boxed_unsync();
+        if encoding != Encoding::Identity {
+            parts.headers.remove(header::CONTENT_ENCODING);
+            parts.headers.remove(header::CONTENT_LENGTH);
+            body = body::decoded(body, encoding);
+        } else if content_length(&parts.headers).is_some_and(|l| l <= RESPONSE_BUFFER_LIMIT) {
+            // Small bodies are scrubbed whole and keep an exact length.
+            let bytes = match body.collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    return text(
+                        StatusCode::BAD_GATEWAY,
+                        format!(
+                            "kz blind: reading the response from {}:{} failed: {e}\n",
+                            dest.host, dest.port
+                        ),
+                    );
+                }
+            };
+            let mut hits = Vec::new();
+            let echoed = match &echo {
+                Some(e) => {
+                    let (out, h) = e.redactor.replace_all_hits(&bytes);
+                    if !h.is_empty() {
+                        hits.extend_from_slice(&e.secrets);
+                    }
+                    out
+                }
+                None => bytes.to_vec(),
+            };
+            let (out, h) = scrubber.scrub_buffer(&echoed);
+            hits.extend(h);
+            hits.sort_unstable();
+            hits.dedup();
+            self.scrubbed(method, dest, path, &hits);
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+            return Response::from_parts(parts, full(out));
+        } else {
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
+        let proxy = self.clone();
+        let (method, dest, path) = (method.clone(), dest.clone(), path.to_string());
+        let transform = ScrubTransform {
+            inner: scrubber.stream(),
+            echo,
+            done: Some(Box::new(move |hits: Vec<usize>| {
+                proxy.scrubbed(&method, &dest, &path, &hits);
+            })),
+        };
+        Response::from_parts(parts, MapBody::new(body, transform).boxed_unsync())
+    }
+
+    fn scrubbed(&self, method: &Method, dest: &Destination, path: &str, hits: &[usize]) {
+        if hits.is_empty() {
+            return;
+        }
+        let s = &self.shared;
+        s.counters.scrubbed.fetch_add(1, Ordering::Relaxed);
+        for i in hits {
+            if let Some(c) = s.scrubs.get(*i) {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.audit(
+            Record::new(Transport::Blind)
+                .mode("scrub")
+                .decision(Decision::Allow),
+            method,
+            dest,
+            path,
+            hits,
+        );
+    }
+
+    fn swap_refusal(
+        &self,
+        method: &Method,
+        dest: &Destination,
+        path: &str,
+        err: SwapError,
+    ) -> Response<ProxyBody> {
+        let name = |i: usize| {
+            self.shared
+                .table
+                .secrets
+                .get(i)
+                .map_or("?", |s| s.name.as_str())
+                .to_string()
+        };
+        let (status, idx, body, reason) = match err {
+            SwapError::Forbidden(i) => {
+                let allowed = self
+                    .shared
+                    .table
+                    .secrets
+                    .get(i)
+                    .map(|s| {
+                        s.hosts
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .unwrap_or_default();
+                (
+                    StatusCode::FORBIDDEN,
+                    Some(i),
+                    format!(
+                        "kz blind: {} may not be sent to {}:{} (it may go to: {allowed}). The \
+                         request was not sent. If this host is intended, add it to the secret's \
+                         `hosts` in .keyzero.toml or pass --allow-host.\n",
+                        name(i),
+                        dest.host,
+                        dest.port
+                    ),
+                    "secret not bound to this host".to_string(),
+                )
+            }
+            SwapError::IllegalInHeader(i) => (
+                StatusCode::BAD_REQUEST,
+                Some(i),
+                format!(
+                    "kz blind: the value of {} contains CR, LF or NUL, which cannot go into a \
+                     header; the request was not sent\n",
+                    name(i)
+                ),
+                "value not allowed in a header".to_string(),
+            ),
+            SwapError::Decode(e) => (
+                StatusCode::BAD_REQUEST,
+                None,
+                format!("kz blind: the request body could not be decoded: {e}\n"),
+                format!("request body could not be decoded: {e}"),
+            ),
+        };
+        self.shared.counters.refused.fetch_add(1, Ordering::Relaxed);
+        let secrets: Vec<usize> = idx.into_iter().collect();
+        self.audit(
+            Record::new(Transport::Blind)
+                .mode("refuse")
+                .decision(Decision::Deny)
+                .reason(reason),
+            method,
+            dest,
+            path,
+            &secrets,
+        );
+        text(status, body)
+    }
+
+    fn refuse_host(
+        &self,
+        method: &Method,
+        dest: &Destination,
+        path: &str,
+        reason: &str,
+    ) -> Response<ProxyBody> {
+        self.shared.counters.refused.fetch_add(1, Ordering::Relaxed);
+        self.audit(
+            Record::new(Transport::Blind)
+                .mode("refuse")
+                .decision(Decision::Deny)
+                .reason(reason.to_string()),
+            method,
+            dest,
+            path,
+            &[],
+        );
+        text(
+            StatusCode::FORBIDDEN,
+            format!(
+                "kz blind: connection to {}:{} refused: {reason}\n",
+                dest.host, dest.port
+            ),
+        )
+    }
+
+    /// Writes an audit record; `false` when the writer refused it.
+    fn audit(
+        &self,
+        record: Record,
+        method: &Method,
+        dest: &Destination,
+        path: &str,
+        secrets: &[usize],
+    ) -> bool {
+        let Some(writer) = &self.shared.audit else {
+            return true;
+        };
+        let names: Vec<&str> = secrets
+            .iter()
+            .filter_map(|i| self.shared.table.secrets.get(*i))
+            .map(|s| s.name.as_str())
+            .collect();
+        let mut record = record
+            .method(method.as_str())
+            .host(format!("{}:{}", dest.host, dest.port));
+        if !path.is_empty() {
+            record = record.path(path);
+        }
+        if !names.is_empty() {
+            record = record.secrets(names);
+        }
+        if writer.try_append(record).is_err() {
+            self.shared
+                .counters
+                .audit_failures
+                .fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+}
+
+/// The hyper service for one connection.
+fn service(
+    proxy: Proxy,
+    origin: Origin,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<ProxyBody>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send,
+> + Clone
++ Send
++ 'static {
+    service_fn(move |req: Request<Incoming>| {
+        let proxy = proxy.clone();
+        let origin = origin.clone();
+        async move { Ok::<_, Infallible>(proxy.handle(req, origin).await) }
+    })
+}
+
+struct WsScrub(Proxy);
+
+impl crate::ws::TextScrub for WsScrub {
+    fn scrub(&self, payload: &[u8]) -> (Vec<u8>, Vec<usize>) {
+        match &self.0.shared.scrubber {
+            Some(s) => s.scrub_buffer(payload),
+            None => (payload.to_vec(), Vec::new()),
+        }
+    }
+}
+
+struct SwapTransform {
+    inner: BodySwap,
+    forbidden: Arc<std::sync::Mutex<Option<usize>>>,
+}
+
+impl SwapTransform {
+    fn check(&self, r: Result<(), SwapError>) -> Result<(), BoxError> {
+        if let Err(SwapError::Forbidden(i)) = &r
+            && let Ok(mut f) = self.forbidden.lock()
+        {
+            *f = Some(*i);
+        }
+        r.map_err(|e| BoxError::from(e.to_string()))
+    }
+}
+
+impl Transform for SwapTransform {
+    fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), BoxError> {
+        let r = self.inner.feed(chunk, out);
+        self.check(r)
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), BoxError> {
+        let r = self.inner.finish(out);
+        self.check(r)
+    }
+}
+
+/// A request's own scrub pair: the `Authorization: Basic` credentials sent upstream, turned back
+/// into the ones the child wrote.
+struct Echo {
+    redactor: Redactor,
+    /// The secrets inside.
+    secrets: Vec<usize>,
+}
+
+/// The echo pair when a swap changed an `Authorization: Basic` header.
+fn basic_echo(
+    swapper: &Swapper,
+    before: Option<&HeaderValue>,
+    after: Option<&HeaderValue>,
+) -> Option<Echo> {
+    use base64::Engine as _;
+    let (before, after) = (before?.as_bytes(), after?.as_bytes());
+    if before == after {
+        return None;
+    }
+    let strip = |v: &[u8]| {
+        v.get(..6)
+            .filter(|p| p.eq_ignore_ascii_case(b"basic "))
+            .and_then(|_| v.get(6..))
+            .map(|rest| rest.trim_ascii().to_vec())
+    };
+    let (sent, written) = (strip(after)?, strip(before)?);
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(&written)
+        .unwrap_or_default();
+    Some(Echo {
+        secrets: swapper.tokens_in(&decoded),
+        redactor: Redactor::new([(sent, written)]),
+    })
+}
+
+type Done = Box<dyn FnOnce(Vec<usize>) + Send>;
+
+/// Response scrubbing: this request's echo pair first (it covers a longer form), then every
+/// secret's forms.
+struct ScrubTransform {
+    inner: ScrubStream,
+    echo: Option<Echo>,
+    done: Option<Done>,
+}
+
+impl Transform for ScrubTransform {
+    fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), BoxError> {
+        match &mut self.echo {
+            None => self.inner.feed(chunk, out),
+            Some(echo) => {
+                let mut tmp = Vec::with_capacity(chunk.len());
+                echo.redactor.feed(chunk, &mut tmp);
+                self.inner.feed(&tmp, out);
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), BoxError> {
+        let mut hits = Vec::new();
+        if let Some(echo) = &mut self.echo {
+            let mut tmp = Vec::new();
+            echo.redactor.finish(&mut tmp);
+            self.inner.feed(&tmp, out);
+            if !echo.redactor.hits().is_empty() {
+                hits.extend_from_slice(&echo.secrets);
+            }
+        }
+        self.inner.finish(out);
+        hits.extend(self.inner.take_hits());
+        hits.sort_unstable();
+        hits.dedup();
+        if let Some(done) = self.done.take() {
+            done(hits);
+        }
+        Ok(())
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn is_websocket(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
+}
+
+/// Removes connection-level headers (and those the `Connection` header names); for an upgrade,
+/// `Connection: upgrade` and `Upgrade` stay.
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .filter(|n| !(upgrade && *n == header::UPGRADE))
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in [
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+    ] {
+        headers.remove(n);
+    }
+    for n in ["proxy-connection", "keep-alive"] {
+        headers.remove(n);
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Keeps only the content codings the proxy can decode for scrubbing.
+fn limit_accept_encoding(headers: &mut HeaderMap) {
+    let Some(v) = headers.get(header::ACCEPT_ENCODING) else {
+        return;
+    };
+    let kept: Vec<&str> = v
+        .to_str()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|c| {
+            let coding = c.split(';').next().unwrap_or_default().trim();
+            ["gzip", "x-gzip", "deflate", "br", "zstd", "identity"]
+                .iter()
+                .any(|k| coding.eq_ignore_ascii_case(k))
+        })
+        .collect();
+    match HeaderValue::from_str(&kept.join(", ")) {
+        Ok(v) if !kept.is_empty() => {
+            headers.insert(header::ACCEPT_ENCODING, v);
+        }
+        _ => {
+            headers.remove(header::ACCEPT_ENCODING);
+        }
+    }
+}
+
+fn upstream_uri(dest: &Destination, target: &str) -> Result<Uri, String> {
+    let scheme = if dest.https { "https" } else { "http" };
+    let host = if dest.host.contains(':') {
+        format!("[{}]", dest.host)
+    } else {
+        dest.host.clone()
+    };
+    let target = if target.starts_with('/') { target } else { "/" };
+    format!("{scheme}://{host}:{}{target}", dest.port)
+        .parse()
+        .map_err(|_| "the request target is not a valid URI".to_string())
+}
+
+#[allow(dead_code)]
+fn _assert_send(b: Bytes) -> Bytes {
+    b
+}

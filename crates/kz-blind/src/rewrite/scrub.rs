@@ -1,0 +1,493 @@
+//! Responses: real values (and the encoded forms a server may echo them in) → the token the
+//! child knows, in headers and bodies, also when split across chunks.
+//!
+//! Forms per secret of at least [`MIN_SCRUB_LEN`] bytes: the raw value; its percent-encoding
+//! (all but unreserved bytes); its JSON string escapings (minimal as `serde_json` / JavaScript
+//! write it, ASCII-only as Python's `json.dumps` does, HTML-safe as Go's `encoding/json` does);
+//! and the standard and URL-safe base64 of the whole value, padded and unpadded, which become the
+//! same encoding of the token. Identical patterns are kept once (first secret wins).
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+use http::{HeaderMap, HeaderValue};
+use kz_redact::Redactor;
+
+use super::{MIN_SCRUB_LEN, percent_encode, sorted};
+use crate::secrets::SecretTable;
+
+/// Replaces values by tokens in responses; built once per run.
+#[derive(Clone)]
+pub struct Scrubber {
+    redactor: Redactor,
+    /// Secret index per pattern.
+    owner: Vec<usize>,
+}
+
+impl std::fmt::Debug for Scrubber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scrubber")
+            .field("patterns", &self.owner.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// JSON string escaping styles.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Json {
+    /// `"`, `\`, control characters (serde_json, JavaScript `JSON.stringify`).
+    Minimal,
+    /// Also every non-ASCII character as `\uXXXX` (UTF-16 units; Python `json.dumps`).
+    Ascii,
+    /// Also `<`, `>`, `&`, U+2028 and U+2029 as `\uXXXX` (Go `encoding/json`).
+    HtmlSafe,
+}
+
+const HEX_LOWER: [u8; 16] = *b"0123456789abcdef";
+
+fn push_u(out: &mut Vec<u8>, unit: u16) {
+    out.extend_from_slice(b"\\u");
+    for shift in [12, 8, 4, 0] {
+        out.extend(HEX_LOWER.get(usize::from((unit >> shift) & 0xf)));
+    }
+}
+
+/// The JSON string-body escaping of `s` (no quotes), sized up front (at most 6 bytes out per
+/// byte in) so no reallocation leaves a partial copy behind.
+fn json_escape(s: &str, style: Json) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len().saturating_mul(6));
+    let mut units = [0u16; 2];
+    for c in s.chars() {
+        match c {
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            '\n' => out.extend_from_slice(b"\\n"),
+            '\r' => out.extend_from_slice(b"\\r"),
+            '\t' => out.extend_from_slice(b"\\t"),
+            '\u{8}' => out.extend_from_slice(b"\\b"),
+            '\u{c}' => out.extend_from_slice(b"\\f"),
+            c if u32::from(c) < 0x20 => push_u(&mut out, u16::try_from(u32::from(c)).unwrap_or(0)),
+            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' if style == Json::HtmlSafe => {
+                for &u in c.encode_utf16(&mut units).iter() {
+                    push_u(&mut out, u);
+                }
+            }
+            c if !c.is_ascii() && style == Json::Ascii => {
+                for &u in c.encode_utf16(&mut units).iter() {
+                    push_u(&mut out, u);
+                }
+            }
+            c => {
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+        }
+    }
+    out
+}
+
+/// `engine`'s encoding of `bytes`, sized up front.
+fn b64(engine: &impl Engine, padded: bool, bytes: &[u8]) -> Vec<u8> {
+    let Some(len) = base64::encoded_len(bytes.len(), padded) else {
+        return Vec::new();
+    };
+    let mut out = vec![0u8; len];
+    match engine.encode_slice(bytes, &mut out) {
+        Ok(n) if n == len => out,
+        _ => Vec::new(),
+    }
+}
+
+impl Scrubber {
+    /// A scrubber for every secret of `table` whose value has at least [`MIN_SCRUB_LEN`] bytes.
+    pub fn new(table: &SecretTable) -> Self {
+        let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut owner = Vec::new();
+        let mut add = |pattern: Vec<u8>, with: Vec<u8>, idx: usize| {
+            if pattern.is_empty() || pairs.iter().any(|(p, _)| *p == pattern) {
+                drop(zeroize::Zeroizing::new(pattern));
+                return;
+            }
+            pairs.push((pattern, with));
+            owner.push(idx);
+        };
+        for (idx, s) in table.secrets.iter().enumerate() {
+            let value = s.value.expose_bytes();
+            if value.len() < MIN_SCRUB_LEN {
+                continue;
+            }
+            let token = s.token.as_bytes();
+            add(value.to_vec(), token.to_vec(), idx);
+            add(percent_encode(value), token.to_vec(), idx);
+            if let Some(text) = s.value.expose_str() {
+                for style in [Json::Minimal, Json::Ascii, Json::HtmlSafe] {
+                    add(json_escape(text, style), token.to_vec(), idx);
+                }
+            }
+            add(
+                b64(&STANDARD, true, value),
+                b64(&STANDARD, true, token),
+                idx,
+            );
+            add(
+                b64(&STANDARD_NO_PAD, false, value),
+                b64(&STANDARD_NO_PAD, false, token),
+                idx,
+            );
+            add(
+                b64(&URL_SAFE, true, value),
+                b64(&URL_SAFE, true, token),
+                idx,
+            );
+            add(
+                b64(&URL_SAFE_NO_PAD, false, value),
+                b64(&URL_SAFE_NO_PAD, false, token),
+                idx,
+            );
+        }
+        Self {
+            redactor: Redactor::new(pairs),
+            owner,
+        }
+    }
+
+    /// Whether there is nothing to scrub (no value long enough).
+    pub fn is_empty(&self) -> bool {
+        self.redactor.is_empty()
+    }
+
+    fn owners(&self, hits: Vec<usize>) -> Vec<usize> {
+        sorted(
+            hits.into_iter()
+                .filter_map(|h| self.owner.get(h).copied())
+                .collect(),
+        )
+    }
+
+    /// Scrubs every header value in place; returns the secrets scrubbed.
+    pub fn scrub_headers(&self, headers: &mut HeaderMap) -> Vec<usize> {
+        if self.is_empty() {
+            return Vec::new();
+        }
+        let mut all = Vec::new();
+        for (_, value) in headers.iter_mut() {
+            let (out, hits) = self.redactor.replace_all_hits(value.as_bytes());
+            if hits.is_empty() {
+                continue;
+            }
+            all.extend(hits);
+            // Tokens and their base64 are legal header bytes, so this cannot fail; if it did,
+            // the value is dropped rather than passed on.
+            *value = HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(""));
+        }
+        self.owners(all)
+    }
+
+    /// Scrubs a whole buffer; returns it and the secrets scrubbed.
+    pub fn scrub_buffer(&self, bytes: &[u8]) -> (Vec<u8>, Vec<usize>) {
+        let (out, hits) = self.redactor.replace_all_hits(bytes);
+        (out, self.owners(hits))
+    }
+
+    /// A streaming scrub (boundary-safe; equals [`Scrubber::scrub_buffer`] under any chunking).
+    pub fn stream(&self) -> ScrubStream {
+        ScrubStream {
+            inner: self.clone(),
+        }
+    }
+}
+
+/// A streaming scrub (see [`Scrubber::stream`]).
+pub struct ScrubStream {
+    inner: Scrubber,
+}
+
+impl std::fmt::Debug for ScrubStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScrubStream").finish_non_exhaustive()
+    }
+}
+
+impl ScrubStream {
+    /// Feeds a chunk; appends what can be passed on now to `out`.
+    pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        self.inner.redactor.feed(chunk, out);
+    }
+
+    /// Ends the stream, appending everything still held back.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        self.inner.redactor.finish(out);
+    }
+
+    /// Secrets scrubbed since the last call (sorted).
+    pub fn take_hits(&mut self) -> Vec<usize> {
+        let hits = self.inner.redactor.take_hits();
+        self.inner.owners(hits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secrets::BlindSecret;
+    use kz_secret::SecretValue;
+    use proptest::prelude::*;
+
+    const CANARY: &str = "kz-canary-7f3a9c1e5b";
+
+    fn table(values: &[&[u8]]) -> SecretTable {
+        SecretTable {
+            secrets: values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    BlindSecret::new(format!("S{i}"), SecretValue::from_bytes(v.to_vec()), vec![])
+                })
+                .collect(),
+        }
+    }
+
+    fn contains(hay: &[u8], needle: &[u8]) -> bool {
+        !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+    }
+
+    fn stream_all(s: &Scrubber, input: &[u8], size: usize) -> (Vec<u8>, Vec<usize>) {
+        let mut st = s.stream();
+        let mut out = Vec::new();
+        for c in input.chunks(size.max(1)) {
+            st.feed(c, &mut out);
+        }
+        st.finish(&mut out);
+        (out, st.take_hits())
+    }
+
+    /// Every form the spec lists, with the replacement it must get.
+    fn forms(value: &[u8], token: &[u8]) -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
+        let mut v = vec![
+            ("raw", value.to_vec(), token.to_vec()),
+            ("url", percent_encode(value), token.to_vec()),
+            (
+                "b64",
+                STANDARD.encode(value).into_bytes(),
+                STANDARD.encode(token).into_bytes(),
+            ),
+            (
+                "b64-nopad",
+                STANDARD_NO_PAD.encode(value).into_bytes(),
+                STANDARD_NO_PAD.encode(token).into_bytes(),
+            ),
+            (
+                "b64url",
+                URL_SAFE.encode(value).into_bytes(),
+                URL_SAFE.encode(token).into_bytes(),
+            ),
+            (
+                "b64url-nopad",
+                URL_SAFE_NO_PAD.encode(value).into_bytes(),
+                URL_SAFE_NO_PAD.encode(token).into_bytes(),
+            ),
+        ];
+        if let Ok(s) = std::str::from_utf8(value) {
+            // The reference JSON encoder (serde_json is not a dependency: quote by hand via Debug
+            // is wrong for JSON, so build the expected forms independently).
+            let mut min = String::new();
+            let mut ascii = String::new();
+            for c in s.chars() {
+                let e = match c {
+                    '"' => "\\\"".to_string(),
+                    '\\' => "\\\\".to_string(),
+                    '\n' => "\\n".to_string(),
+                    '\r' => "\\r".to_string(),
+                    '\t' => "\\t".to_string(),
+                    c if (c as u32) < 0x20 => format!("\\u{:04x}", c as u32),
+                    c => c.to_string(),
+                };
+                min.push_str(&e);
+                if c.is_ascii() {
+                    ascii.push_str(&e);
+                } else {
+                    for u in c.encode_utf16(&mut [0; 2]) {
+                        ascii.push_str(&format!("\\u{u:04x}"));
+                    }
+                }
+            }
+            v.push(("json", min.into_bytes(), token.to_vec()));
+            v.push(("json-ascii", ascii.into_bytes(), token.to_vec()));
+        }
+        v
+    }
+
+    const TRICKY: &str = "pa\"ss\nw\\ord/é€😀 <&> kz-canary-7f3a9c1e5b";
+
+    #[test]
+    fn every_form_is_scrubbed_in_bodies_whole_and_split() {
+        let binary: &[u8] = b"\xff\x00\xfe binary kz-canary-7f3a9c1e5b \x80";
+        for value in [TRICKY.as_bytes(), CANARY.as_bytes(), binary, b"12345678"] {
+            let t = table(&[b"unrelated-secret-value", value]);
+            let s = Scrubber::new(&t);
+            let token = t.secrets[1].token.as_bytes();
+            for (form, pattern, want) in forms(value, token) {
+                let mut body = b"{\"echo\":\"".to_vec();
+                body.extend_from_slice(&pattern);
+                body.extend_from_slice(b"\"}");
+                let mut expected = b"{\"echo\":\"".to_vec();
+                expected.extend_from_slice(&want);
+                expected.extend_from_slice(b"\"}");
+                let (out, hits) = s.scrub_buffer(&body);
+                assert_eq!(out, expected, "{form}");
+                assert_eq!(hits, vec![1], "{form}");
+                assert!(!contains(&out, &pattern), "{form}");
+                for size in [1, 3, 7, 64] {
+                    assert_eq!(
+                        stream_all(&s, &body, size),
+                        (expected.clone(), vec![1]),
+                        "{form} split {size}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn json_forms_differ_when_escaping_matters() {
+        let minimal = json_escape(TRICKY, Json::Minimal);
+        assert_eq!(
+            minimal,
+            "pa\\\"ss\\nw\\\\ord/é€😀 <&> kz-canary-7f3a9c1e5b".as_bytes()
+        );
+        let ascii = json_escape(TRICKY, Json::Ascii);
+        assert_eq!(
+            ascii,
+            b"pa\\\"ss\\nw\\\\ord/\\u00e9\\u20ac\\ud83d\\ude00 <&> kz-canary-7f3a9c1e5b"
+        );
+        let go = json_escape(TRICKY, Json::HtmlSafe);
+        assert_eq!(
+            go,
+            "pa\\\"ss\\nw\\\\ord/é€😀 \\u003c\\u0026\\u003e kz-canary-7f3a9c1e5b".as_bytes()
+        );
+        let t = table(&[TRICKY.as_bytes()]);
+        let s = Scrubber::new(&t);
+        let (out, hits) = s.scrub_buffer(&go);
+        assert_eq!(out, t.secrets[0].token.as_bytes());
+        assert_eq!(hits, vec![0]);
+        assert_eq!(
+            json_escape("\u{1}\u{8}\u{c}\u{1f}", Json::Minimal),
+            b"\\u0001\\b\\f\\u001f"
+        );
+    }
+
+    #[test]
+    fn headers_are_scrubbed() {
+        let t = table(&[CANARY.as_bytes(), TRICKY.as_bytes()]);
+        let s = Scrubber::new(&t);
+        let mut h = HeaderMap::new();
+        h.insert("x-echo", format!("key={CANARY}").parse().unwrap());
+        h.append(
+            "set-cookie",
+            format!("a={}", URL_SAFE_NO_PAD.encode(CANARY))
+                .parse()
+                .unwrap(),
+        );
+        h.append("set-cookie", "b=plain".parse().unwrap());
+        let url = String::from_utf8(percent_encode(TRICKY.as_bytes())).unwrap();
+        h.insert(
+            http::header::LOCATION,
+            format!("/cb?v={url}").parse().unwrap(),
+        );
+        assert_eq!(s.scrub_headers(&mut h), vec![0, 1]);
+        assert_eq!(h["x-echo"], format!("key={}", t.secrets[0].token).as_str());
+        let cookies: Vec<_> = h
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            cookies,
+            [
+                format!("a={}", URL_SAFE_NO_PAD.encode(&t.secrets[0].token)),
+                "b=plain".into()
+            ]
+        );
+        assert_eq!(
+            h[http::header::LOCATION],
+            format!("/cb?v={}", t.secrets[1].token).as_str()
+        );
+        let all: String = h
+            .values()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
+        assert!(!all.contains(CANARY));
+        assert!(s.scrub_headers(&mut h).is_empty(), "nothing left");
+    }
+
+    #[test]
+    fn short_values_are_not_scrubbed() {
+        let t = table(&[b"1234567", b"", b"ab"]);
+        let s = Scrubber::new(&t);
+        assert!(s.is_empty());
+        let body = b"id=1234567 ab MTIzNDU2Nw==";
+        assert_eq!(s.scrub_buffer(body), (body.to_vec(), vec![]));
+        assert_eq!(stream_all(&s, body, 2), (body.to_vec(), vec![]));
+        let t = table(&[b"1234567", b"12345678"]);
+        let s = Scrubber::new(&t);
+        assert!(!s.is_empty());
+        let (out, hits) = s.scrub_buffer(b"1234567 12345678");
+        assert_eq!(out, format!("1234567 {}", t.secrets[1].token).as_bytes());
+        assert_eq!(hits, vec![1]);
+    }
+
+    #[test]
+    fn identical_values_are_deduplicated_and_hits_are_taken() {
+        let t = table(&[CANARY.as_bytes(), CANARY.as_bytes()]);
+        let s = Scrubber::new(&t);
+        let (out, hits) = s.scrub_buffer(CANARY.as_bytes());
+        assert_eq!(out, t.secrets[0].token.as_bytes(), "the first secret wins");
+        assert_eq!(hits, vec![0]);
+        let mut st = s.stream();
+        let mut out = Vec::new();
+        st.feed(
+            format!("{CANARY} and enough text after it to be final").as_bytes(),
+            &mut out,
+        );
+        assert_eq!(st.take_hits(), vec![0]);
+        assert!(st.take_hits().is_empty());
+        let shown = format!("{s:?} {st:?}");
+        assert!(!shown.contains(CANARY), "{shown}");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        #[test]
+        fn streaming_scrub_equals_buffer(
+            parts in prop::collection::vec((0usize..8, prop::collection::vec(any::<u8>(), 0..6)), 0..12),
+            cuts in prop::collection::vec(0usize..2000, 0..20),
+        ) {
+            let values: [&[u8]; 2] = [TRICKY.as_bytes(), b"\xff\xfe\x00binary"];
+            let t = table(&values);
+            let s = Scrubber::new(&t);
+            let all_forms: Vec<Vec<u8>> = values.iter().zip(&t.secrets)
+                .flat_map(|(v, sec)| forms(v, sec.token.as_bytes()).into_iter().map(|f| f.1))
+                .collect();
+            let mut body = Vec::new();
+            for (k, noise) in &parts {
+                body.extend_from_slice(noise);
+                if let Some(f) = all_forms.get(*k) {
+                    // Whole forms and their prefixes.
+                    let n = if noise.len() % 2 == 0 { f.len() } else { f.len() / 2 };
+                    body.extend_from_slice(&f[..n]);
+                }
+            }
+            let expected = s.scrub_buffer(&body);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(body.len())).collect();
+            cuts.sort_unstable();
+            let mut st = s.stream();
+            let mut out = Vec::new();
+            let mut prev = 0;
+            for c in cuts.into_iter().chain([body.len()]) {
+                st.feed(&body[prev..c], &mut out);
+                prev = c;
+            }
+            st.finish(&mut out);
+            prop_assert_eq!((out, st.take_hits()), expected);
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! The per-run secret table: every secret blind mode handles, its masked token and the hosts it
+//! may be sent to. Indices into [`SecretTable::secrets`] are how the other modules name a secret.
+
+use kz_config::HostPattern;
+use kz_secret::SecretValue;
+use std::fmt::Write;
+
+use rand::RngCore;
+
+/// Every token starts with this.
+pub const TOKEN_PREFIX: &str = "kz_masked_";
+
+/// A fresh token: `kz_masked_` + 32 lowercase hex characters from a CSPRNG.
+pub fn new_token() -> String {
+    let mut bytes = [0u8; 16];
+    // ThreadRng is a CSPRNG (ChaCha12) seeded and periodically reseeded from the OS.
+    rand::rng().fill_bytes(&mut bytes);
+    let mut token = String::with_capacity(TOKEN_PREFIX.len() + 32);
+    token.push_str(TOKEN_PREFIX);
+    for b in bytes {
+        let _ = write!(token, "{b:02x}");
+    }
+    token
+}
+
+/// One secret in blind mode.
+#[derive(Debug)]
+pub struct BlindSecret {
+    /// The environment variable name the child sees (also the name in audit records and 403s).
+    pub name: String,
+    /// The real value; never leaves the proxy except inside a request to an allowed host.
+    pub value: SecretValue,
+    /// The masked token the child holds instead.
+    pub token: String,
+    /// Where this secret may be sent (already merged: `hosts`, else `[blind] allow`, plus
+    /// `--allow-host`).
+    pub hosts: Vec<HostPattern>,
+}
+
+impl BlindSecret {
+    /// A secret with a fresh token.
+    pub fn new(name: impl Into<String>, value: SecretValue, hosts: Vec<HostPattern>) -> Self {
+        Self {
+            name: name.into(),
+            value,
+            token: new_token(),
+            hosts,
+        }
+    }
+
+    /// Whether this secret may be sent to `host` (lowercase ASCII, no trailing dot) on `port`.
+    pub fn may_reach(&self, host: &str, port: u16) -> bool {
+        self.hosts.iter().any(|p| p.matches(host, port))
+    }
+}
+
+/// All secrets of one run.
+#[derive(Debug, Default)]
+pub struct SecretTable {
+    /// The secrets, in a stable order; other modules refer to them by index.
+    pub secrets: Vec<BlindSecret>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_have_the_documented_shape_and_differ() {
+        let a = new_token();
+        let b = new_token();
+        assert_ne!(a, b);
+        for t in [&a, &b] {
+            let hex = t.strip_prefix(TOKEN_PREFIX).unwrap();
+            assert_eq!(hex.len(), 32);
+            assert!(
+                hex.bytes()
+                    .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+            );
+        }
+    }
+}

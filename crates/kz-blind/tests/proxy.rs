@@ -1,0 +1,240 @@
+//! The proxy end to end, in process: a local HTTPS echo server with its own CA upstream, a
+//! reqwest client (HTTP/1.1 and HTTP/2) through the proxy, and a canary value that must reach
+//! the allowed upstream and nothing else.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+#[path = "support/upstream.rs"]
+mod upstream;
+
+use std::sync::Arc;
+
+use kz_blind::ca::{RunCa, upstream_client_config};
+use kz_blind::policy::{Policy, SecretHosts};
+use kz_blind::proxy::{Proxy, Settings};
+use kz_blind::secrets::{BlindSecret, SecretTable};
+use kz_config::{BlindConfig, HostPattern};
+use kz_secret::SecretValue;
+use upstream::Upstream;
+
+const CANARY: &str = "kz-canary-Zq8vLx3N0pW";
+
+struct Harness {
+    upstream: Upstream,
+    other: Upstream,
+    proxy: Proxy,
+    proxy_url: String,
+    token: String,
+    ca_pem: String,
+    _dir: tempfile::TempDir,
+    audit: std::path::PathBuf,
+    writer: Arc<kz_audit::Writer>,
+}
+
+async fn harness(extra: &[&str]) -> Harness {
+    let upstream = Upstream::start().await;
+    let other = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Both test servers share nothing: trust both CAs upstream.
+    let ca_file = dir.path().join("upstream-ca.pem");
+    std::fs::write(&ca_file, format!("{}{}", upstream.ca_pem, other.ca_pem)).unwrap();
+    let hosts = vec![HostPattern::parse(&format!("localhost:{}", upstream.port())).unwrap()];
+    let cli: Vec<HostPattern> = extra
+        .iter()
+        .map(|h| HostPattern::parse(h).unwrap())
+        .collect();
+    let planned = Policy::plan(
+        &[SecretHosts {
+            name: "API_TOKEN",
+            hosts: &hosts,
+        }],
+        &BlindConfig::default(),
+        &cli,
+    )
+    .unwrap();
+    let secret = BlindSecret::new(
+        "API_TOKEN",
+        SecretValue::from_str_copy(CANARY),
+        planned.hosts[0].clone(),
+    );
+    let token = secret.token.clone();
+    let ca = RunCa::new().unwrap();
+    let ca_pem = ca.cert_pem().to_string();
+    let audit = dir.path().join("audit.jsonl");
+    let writer = Arc::new(kz_audit::Writer::open(&audit).unwrap());
+    let proxy = Proxy::new(Settings {
+        table: SecretTable {
+            secrets: vec![secret],
+        },
+        policy: planned.policy,
+        ca,
+        upstream_tls: upstream_client_config(Some(&ca_file)).unwrap(),
+        scrub_responses: true,
+        audit: Some(Arc::clone(&writer)),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_url = format!("http://{}", listener.local_addr().unwrap());
+    let p = proxy.clone();
+    tokio::spawn(async move { p.serve_tcp(listener).await });
+    Harness {
+        upstream,
+        other,
+        proxy,
+        proxy_url,
+        token,
+        ca_pem,
+        _dir: dir,
+        audit,
+        writer,
+    }
+}
+
+fn client(h: &Harness, http2: bool) -> reqwest::Client {
+    let b = reqwest::Client::builder()
+        .proxy(reqwest::Proxy::all(&h.proxy_url).unwrap())
+        .tls_certs_only([reqwest::Certificate::from_pem(h.ca_pem.as_bytes()).unwrap()]);
+    let b = if http2 {
+        b.http2_prior_knowledge()
+    } else {
+        b.http1_only()
+    };
+    b.build().unwrap()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn audit_text(h: &Harness) -> String {
+    h.writer.flush().unwrap();
+    std::fs::read_to_string(&h.audit).unwrap_or_default()
+}
+
+#[test]
+fn token_is_swapped_for_the_allowed_host_over_http1_and_http2() {
+    rt().block_on(async {
+        let h = harness(&[]).await;
+        for http2 in [false, true] {
+            let url = format!(
+                "https://localhost:{}/v1/x?key={}",
+                h.upstream.port(),
+                h.token
+            );
+            let resp = client(&h, http2)
+                .post(&url)
+                .bearer_auth(&h.token)
+                .header("x-basic", "x")
+                .body(format!("{{\"token\":\"{}\"}}", h.token))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            let text = resp.text().await.unwrap();
+            assert!(text.starts_with("ok POST /v1/x"), "{text}");
+        }
+        let seen = h.upstream.seen();
+        assert_eq!(seen.len(), 2);
+        for s in &seen {
+            assert_eq!(
+                s.header("authorization").unwrap(),
+                format!("Bearer {CANARY}").as_bytes()
+            );
+            assert_eq!(s.target, format!("/v1/x?key={CANARY}"));
+            assert_eq!(s.body, format!("{{\"token\":\"{CANARY}\"}}").as_bytes());
+        }
+        let summary = h.proxy.summary();
+        assert_eq!(summary.swapped_requests, 2);
+        let audit = audit_text(&h);
+        assert!(audit.contains("\"mode\":\"swap\""), "{audit}");
+        assert!(audit.contains("API_TOKEN"));
+        assert!(!audit.contains(CANARY) && !audit.contains(&h.token));
+    });
+}
+
+#[test]
+fn token_for_another_host_is_refused_and_nothing_is_sent() {
+    rt().block_on(async {
+        let h = harness(&[]).await;
+        let url = format!("https://localhost:{}/steal", h.other.port());
+        // The other server is explicitly allowed for connections, but API_TOKEN is not bound to it.
+        let resp = client(&h, false)
+            .get(&url)
+            .bearer_auth(&h.token)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        assert!(status == 403, "{status} {text}");
+        assert!(text.contains("API_TOKEN"), "{text}");
+        assert!(h.other.seen().is_empty());
+        assert!(!text.contains(CANARY));
+    });
+}
+
+#[test]
+fn echoed_values_are_scrubbed_plain_and_gzip() {
+    rt().block_on(async {
+        let h = harness(&[]).await;
+        for q in ["", "?gzip"] {
+            let url = format!("https://localhost:{}/echo-auth{q}", h.upstream.port());
+            let resp = client(&h, false)
+                .get(&url)
+                .bearer_auth(&h.token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            let echo = resp.headers().get("x-echo").unwrap().as_bytes().to_vec();
+            assert_eq!(echo, h.token.as_bytes());
+            let body = resp.bytes().await.unwrap();
+            assert_eq!(&body[..], format!("echo: {}", h.token).as_bytes(), "{q}");
+        }
+        let audit = audit_text(&h);
+        assert!(audit.contains("\"mode\":\"scrub\""), "{audit}");
+        assert!(!audit.contains(CANARY));
+    });
+}
+
+#[test]
+fn loopback_hosts_not_named_explicitly_are_refused() {
+    rt().block_on(async {
+        // 127.0.0.1 is not named by any pattern (only localhost:PORT is).
+        let h = harness(&[]).await;
+        let url = format!("https://127.0.0.1:{}/", h.upstream.port());
+        let resp = client(&h, false).get(&url).send().await;
+        // Refused at CONNECT: reqwest reports the tunnel failure as an error.
+        assert!(resp.is_err() || resp.unwrap().status() == 403);
+        assert!(h.upstream.seen().is_empty());
+    });
+}
+
+#[test]
+fn upstream_failure_is_a_502_with_the_reason() {
+    rt().block_on(async {
+        // A port with nothing listening, explicitly allowed.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        let h = harness(&[&format!("localhost:{port}")]).await;
+        let resp = reqwest::Client::builder()
+            .proxy(reqwest::Proxy::all(&h.proxy_url).unwrap())
+            .build()
+            .unwrap()
+            .get(format!("http://localhost:{port}/"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 502);
+        let text = resp.text().await.unwrap();
+        assert!(text.contains("failed"), "{text}");
+    });
+}

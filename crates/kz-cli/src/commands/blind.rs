@@ -1,0 +1,498 @@
+//! `kz run --blind`: the command gets masked tokens; kz stays its parent and runs the swapping
+//! proxy ([`kz_blind::proxy`]) until it exits.
+//!
+//! Order: plan where each secret may go (refuse to start when one may go nowhere), make the run's
+//! CA and its private directory, open the audit log, start the proxy (on `127.0.0.1`, or on a
+//! Unix socket in that directory for `--isolate`), build the child's clean environment, start
+//! the child (directly, or through the namespace helper), forward signals, wait. On every way
+//! out after the directory exists (child exit, a signal to kz, an error) the directory is removed
+//! and the audit log flushed.
+
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use kz_blind::ca::{CaDir, RunCa, upstream_client_config};
+use kz_blind::policy::{Policy, SecretHosts};
+use kz_blind::proxy::{Proxy, Settings, Summary};
+use kz_blind::rewrite::MIN_SCRUB_LEN;
+use kz_blind::secrets::{BlindSecret, SecretTable};
+use kz_config::{Config, Diagnostic, HostPattern, SecretEntry};
+use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
+use signal_hook::iterator::SignalsInfo;
+use signal_hook::iterator::exfiltrator::WithOrigin;
+use signal_hook::low_level::siginfo::Cause;
+
+use crate::cli::RunArgs;
+use crate::commands::Vars;
+use crate::commands::run::CLEAN_ENV_KEEP;
+use crate::commands::supervise::{code_of, forward};
+use crate::context::Ctx;
+use crate::isolate;
+use crate::report::{CmdResult, Failure, exit};
+
+/// Inside the isolated namespace the proxy is reached on this port (nothing else listens there).
+pub const ISOLATED_PROXY_PORT: u16 = 3128;
+
+/// Variables that point clients at the proxy.
+const PROXY_VARS: &[&str] = &[
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "GLOBAL_AGENT_HTTP_PROXY",
+    "npm_config_proxy",
+    "npm_config_https_proxy",
+];
+
+/// Variables that name a CA bundle file.
+const CA_FILE_VARS: &[&str] = &[
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "NODE_EXTRA_CA_CERTS",
+    "GIT_SSL_CAINFO",
+    "CARGO_HTTP_CAINFO",
+    "AWS_CA_BUNDLE",
+    "PIP_CERT",
+    "DENO_CERT",
+    "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",
+    "CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE",
+];
+
+/// Runs the command in blind mode.
+pub fn run(
+    ctx: &Ctx,
+    args: RunArgs,
+    config: &Config,
+    selected: &[&SecretEntry],
+    vars: Vars,
+) -> CmdResult {
+    let isolate = args.isolate || config.blind.isolate;
+    if isolate && !cfg!(target_os = "linux") {
+        return Err(Failure::msg(
+            "blind::isolate",
+            "--isolate is Linux-only (it uses user and network namespaces)",
+            "drop --isolate (and `[blind] isolate`) on this system",
+        ));
+    }
+    let (table, policy) = plan(ctx, &args, config, selected, vars)?;
+    let ca = RunCa::new().map_err(|e| {
+        Failure::msg(
+            "blind::ca",
+            format!("cannot create the run's CA: {e}"),
+            "this is a bug; please report it",
+        )
+    })?;
+    let upstream_tls =
+        upstream_client_config(config.blind.upstream_ca.as_deref()).map_err(|e| {
+            Failure::msg(
+                "blind::upstream_ca",
+                e.to_string(),
+                "point `[blind] upstream_ca` at a readable PEM file of CA certificates",
+            )
+        })?;
+    let dir = CaDir::create(&ca, args.no_force_proxy).map_err(|e| {
+        Failure::msg(
+            "blind::ca_dir",
+            format!("cannot write the run's CA directory: {e}"),
+            "check that TMPDIR is writable",
+        )
+    })?;
+    // From here on the directory exists: every way out below removes it.
+    let settings = Settings {
+        table,
+        policy,
+        ca,
+        upstream_tls,
+        scrub_responses: config.blind.scrub_responses,
+        audit: None,
+    };
+    let result = run_with_dir(ctx, args, config, selected, settings, &dir, isolate);
+    if let Err(e) = dir.remove() {
+        ctx.out
+            .note(&format!("could not remove the run's CA directory: {e}"));
+    }
+    result
+}
+
+/// The per-secret table: tokens and where each secret may go.
+fn plan(
+    ctx: &Ctx,
+    args: &RunArgs,
+    config: &Config,
+    selected: &[&SecretEntry],
+    vars: Vars,
+) -> Result<(SecretTable, Policy), Failure> {
+    let mut cli_allow = Vec::new();
+    for raw in &args.allow_host {
+        cli_allow.push(HostPattern::parse(raw).map_err(|e| {
+            Failure::usage(
+                format!("--allow-host: {e}"),
+                "write a host pattern: api.example.com, *.example.com or localhost:8443",
+            )
+        })?);
+    }
+    // Each variable's entry (several variables for `aws_sts` with `format = "env"`).
+    let entry_of = |name: &str| {
+        selected
+            .iter()
+            .find(|e| e.produces().iter().any(|p| p == name))
+            .copied()
+    };
+    let hosts: Vec<&[HostPattern]> = vars
+        .iter()
+        .map(|(name, _)| entry_of(name).map_or(&[][..], |e| e.hosts.as_slice()))
+        .collect();
+    let inputs: Vec<SecretHosts<'_>> = vars
+        .iter()
+        .zip(&hosts)
+        .map(|((name, _), hosts)| SecretHosts { name, hosts })
+        .collect();
+    let planned = Policy::plan(&inputs, &config.blind, &cli_allow).map_err(|e| {
+        Failure::one(Diagnostic::error("blind::no_hosts", e.to_string()).help(
+            "give each secret `hosts = [\"api.example.com\"]` in .keyzero.toml, or set \
+                 `[blind] allow = [...]`, or pass --allow-host PATTERN",
+        ))
+    })?;
+    for w in &planned.warnings {
+        ctx.out.note(w);
+    }
+    drop(inputs);
+    let mut secrets = Vec::with_capacity(vars.len());
+    let mut short = Vec::new();
+    for ((name, value), hosts) in vars.into_iter().zip(planned.hosts) {
+        if value.len() < MIN_SCRUB_LEN {
+            short.push(name.clone());
+        }
+        secrets.push(BlindSecret::new(name, value, hosts));
+    }
+    if !short.is_empty() && config.blind.scrub_responses {
+        ctx.out.note(&format!(
+            "{} shorter than {MIN_SCRUB_LEN} bytes: not scrubbed from responses (too short to \
+             find without mangling other text)",
+            short.join(", ")
+        ));
+    }
+    Ok((SecretTable { secrets }, planned.policy))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_with_dir(
+    ctx: &Ctx,
+    args: RunArgs,
+    config: &Config,
+    selected: &[&SecretEntry],
+    mut settings: Settings,
+    dir: &CaDir,
+    isolate: bool,
+) -> CmdResult {
+    let audit = match &args.audit {
+        None => None,
+        Some(path) => {
+            Some(Arc::new(kz_audit::Writer::open(path).map_err(|e| {
+                Failure::msg("blind::audit", e.to_string(), e.help())
+            })?))
+        }
+    };
+    settings.audit = audit.clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get().min(4)))
+        .thread_name("kz-blind-proxy")
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            Failure::msg(
+                "blind::runtime",
+                format!("cannot start the proxy: {e}"),
+                "this is a bug; please report it",
+            )
+        })?;
+    let no_proxy = settings.policy.no_proxy();
+    let tokens: Vec<(String, String)> = settings
+        .table
+        .secrets
+        .iter()
+        .map(|s| (s.name.clone(), s.token.clone()))
+        .collect();
+    let bindings: Vec<String> = settings
+        .table
+        .secrets
+        .iter()
+        .map(|s| {
+            let hosts: Vec<String> = s.hosts.iter().map(ToString::to_string).collect();
+            format!("{} -> {}", s.name, hosts.join(", "))
+        })
+        .collect();
+    let proxy = runtime.block_on(async { Proxy::new(settings) });
+    let proxy_url = if isolate {
+        let listener = runtime
+            .block_on(async { tokio::net::UnixListener::bind(dir.socket_path()) })
+            .map_err(|e| {
+                Failure::msg(
+                    "blind::listen",
+                    format!("cannot listen on the proxy socket: {e}"),
+                    "check that TMPDIR is writable",
+                )
+            })?;
+        let p = proxy.clone();
+        runtime.spawn(async move { p.serve_unix(listener).await });
+        format!("http://127.0.0.1:{ISOLATED_PROXY_PORT}")
+    } else {
+        let listener = runtime
+            .block_on(async { tokio::net::TcpListener::bind(("127.0.0.1", 0)).await })
+            .map_err(|e| {
+                Failure::msg(
+                    "blind::listen",
+                    format!("cannot listen on 127.0.0.1: {e}"),
+                    "check the loopback interface",
+                )
+            })?;
+        let addr = listener.local_addr().map_err(|e| {
+            Failure::msg(
+                "blind::listen",
+                format!("cannot listen on 127.0.0.1: {e}"),
+                "check the loopback interface",
+            )
+        })?;
+        let p = proxy.clone();
+        runtime.spawn(async move { p.serve_tcp(listener).await });
+        format!("http://{addr}")
+    };
+    ctx.out.verbose(&format!("blind: proxy on {proxy_url}"));
+    for b in &bindings {
+        ctx.out.verbose(&format!("blind: {b}"));
+    }
+    let env = child_env(
+        ctx, &args, config, selected, &tokens, &proxy_url, &no_proxy, dir,
+    );
+    let code = run_child(ctx, &args, env, dir, isolate);
+    summarize(ctx, &proxy.summary());
+    drop(proxy);
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    if let Some(audit) = audit {
+        let closed = match Arc::try_unwrap(audit) {
+            Ok(w) => w.close(),
+            Err(shared) => shared.flush(),
+        };
+        if let Err(e) = closed {
+            ctx.out
+                .diagnostic(&Diagnostic::error("blind::audit", e.to_string()).help(e.help()));
+            return Ok(exit::ERROR);
+        }
+    }
+    code
+}
+
+/// The child's environment: clean, plus `--keep-env`, the tokens and the proxy/CA variables.
+#[allow(clippy::too_many_arguments)]
+fn child_env(
+    ctx: &Ctx,
+    args: &RunArgs,
+    config: &Config,
+    selected: &[&SecretEntry],
+    tokens: &[(String, String)],
+    proxy_url: &str,
+    no_proxy: &str,
+    dir: &CaDir,
+) -> Vec<(OsString, OsString)> {
+    let _ = config;
+    // Credential variables of every provider type this run used.
+    let credential: BTreeSet<&'static str> = selected
+        .iter()
+        .flat_map(|e| e.ty.credential_env.iter().copied())
+        .collect();
+    let is_credential = |name: &str| {
+        credential.iter().any(|pat| match pat.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => name == *pat,
+        })
+    };
+    let mut env: Vec<(OsString, OsString)> = Vec::new();
+    let mut dropped = Vec::new();
+    for name in CLEAN_ENV_KEEP
+        .iter()
+        .copied()
+        .map(String::from)
+        .chain(args.keep_env.iter().cloned())
+    {
+        if is_credential(&name) {
+            dropped.push(name);
+            continue;
+        }
+        if let Some(v) = std::env::var_os(&name) {
+            env.push((name.into(), v));
+        }
+    }
+    if !dropped.is_empty() {
+        ctx.out.note(&format!(
+            "not passing {} to the command: provider credentials are never given to a blind command",
+            dropped.join(", ")
+        ));
+    }
+    let bundle = dir.bundle().into_os_string();
+    let mut set: Vec<(String, OsString)> = Vec::new();
+    if !args.no_force_proxy {
+        for v in PROXY_VARS {
+            set.push(((*v).into(), proxy_url.into()));
+        }
+        set.push(("NO_PROXY".into(), no_proxy.into()));
+        set.push(("no_proxy".into(), no_proxy.into()));
+        set.push(("NODE_USE_ENV_PROXY".into(), "1".into()));
+    }
+    set.push(("KZ_PROXY_URL".into(), proxy_url.into()));
+    for v in CA_FILE_VARS {
+        set.push(((*v).into(), bundle.clone()));
+    }
+    set.push(("SSL_CERT_DIR".into(), dir.cert_dir().into_os_string()));
+    set.push(("KZ_BLIND".into(), "1".into()));
+    let overridden: Vec<&str> = args
+        .keep_env
+        .iter()
+        .filter(|k| set.iter().any(|(n, _)| n == *k))
+        .map(String::as_str)
+        .collect();
+    if !overridden.is_empty() {
+        ctx.out.note(&format!(
+            "--keep-env {}: blind mode sets these itself",
+            overridden.join(", ")
+        ));
+    }
+    env.retain(|(k, _)| {
+        !set.iter().any(|(n, _)| k == n.as_str()) && !tokens.iter().any(|(n, _)| k == n.as_str())
+    });
+    env.extend(set.into_iter().map(|(k, v)| (OsString::from(k), v)));
+    env.extend(
+        tokens
+            .iter()
+            .map(|(k, t)| (OsString::from(k), OsString::from(t))),
+    );
+    env
+}
+
+enum Event {
+    Signal(i32),
+    Exited(std::process::ExitStatus),
+    Failed(std::io::Error),
+}
+
+/// Starts the child (or the namespace helper), forwards signals, returns its exit code.
+fn run_child(
+    ctx: &Ctx,
+    args: &RunArgs,
+    env: Vec<(OsString, OsString)>,
+    dir: &CaDir,
+    isolate: bool,
+) -> CmdResult {
+    let Some(program) = args.command.first().cloned() else {
+        return Err(Failure::usage(
+            "no command given",
+            "write the command after `--`: kz run --blind -- agent",
+        ));
+    };
+    let mut cmd = if isolate {
+        let spec = isolate::Spec {
+            socket: dir.socket_path(),
+            port: ISOLATED_PROXY_PORT,
+            command: args.command.clone(),
+            env,
+        };
+        isolate::command(&spec).map_err(|e| {
+            Failure::msg(
+                "blind::isolate",
+                format!("cannot start the isolation helper: {e}"),
+                "this is a bug; please report it",
+            )
+        })?
+    } else {
+        let mut c = Command::new(&program);
+        c.args(args.command.iter().skip(1));
+        c.env_clear();
+        c.envs(env);
+        c
+    };
+    let mut signals =
+        SignalsInfo::<WithOrigin>::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2])
+            .map_err(|e| {
+                Failure::msg(
+                    "run::signals",
+                    format!("cannot install signal handlers: {e}"),
+                    "this is a bug; please report it",
+                )
+            })?;
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let name = program.to_string_lossy().into_owned();
+            let (code, what) = match e.kind() {
+                std::io::ErrorKind::NotFound => (exit::NOT_FOUND, "command not found"),
+                std::io::ErrorKind::PermissionDenied => (exit::NOT_EXECUTABLE, "permission denied"),
+                _ => (exit::NOT_EXECUTABLE, "cannot execute"),
+            };
+            ctx.out.diagnostic(
+                &Diagnostic::error("run::exec", format!("{name}: {what}"))
+                    .help("check the command's name and PATH"),
+            );
+            return Ok(code);
+        }
+    };
+    let pid = rustix::process::Pid::from_child(&child);
+    let (tx, rx) = mpsc::channel::<Event>();
+    let handle = signals.handle();
+    let sig_tx = tx.clone();
+    let sig_thread = std::thread::spawn(move || {
+        for origin in signals.forever() {
+            // A signal from the terminal already reached the child's process group.
+            if matches!(origin.cause, Cause::Sent(_))
+                && sig_tx.send(Event::Signal(origin.signal)).is_err()
+            {
+                break;
+            }
+        }
+    });
+    let waiter = std::thread::spawn(move || {
+        let _ = tx.send(match child.wait() {
+            Ok(s) => Event::Exited(s),
+            Err(e) => Event::Failed(e),
+        });
+    });
+    let code = loop {
+        match rx.recv() {
+            Ok(Event::Signal(sig)) => forward(pid, sig),
+            Ok(Event::Exited(status)) => break code_of(status),
+            Ok(Event::Failed(e)) => {
+                ctx.out.note(&format!("lost track of the command: {e}"));
+                break exit::ERROR;
+            }
+            Err(_) => break exit::ERROR,
+        }
+    };
+    handle.close();
+    let _ = sig_thread.join();
+    let _ = waiter.join();
+    Ok(code)
+}
+
+fn summarize(ctx: &Ctx, s: &Summary) {
+    ctx.out.verbose(&format!(
+        "blind: {} request(s), {} with secrets swapped in, {} refused, {} scrubbed",
+        s.requests, s.swapped_requests, s.refused, s.scrubbed
+    ));
+    for (name, swaps, scrubs) in &s.per_secret {
+        if *swaps > 0 || *scrubs > 0 {
+            ctx.out.verbose(&format!(
+                "blind: {name}: swapped {swaps}x, scrubbed {scrubs}x"
+            ));
+        }
+    }
+    if s.audit_failures > 0 {
+        ctx.out.note(&format!(
+            "{} audit record(s) could not be written; those requests were refused",
+            s.audit_failures
+        ));
+    }
+}

@@ -1,0 +1,440 @@
+//! `kz run --blind --isolate`: the network-namespace helper (`blind.md`, "Isolation").
+//!
+//! A multi-threaded process cannot create a user namespace, so the outer kz (which has threads:
+//! the proxy, signal handling) re-executes itself as `kz __isolate SOCKET PORT -- CMD ARGS…`
+//! ([`command`]). `main` dispatches that to [`helper_main`] before anything else runs, so the
+//! helper is still single-threaded when it:
+//!
+//! 1. unshares a user and a network namespace, maps the user's own uid and gid (not root) and
+//!    denies `setgroups`;
+//! 2. brings the new namespace's `lo` up (its only interface: no route leaves the machine, and
+//!    DNS fails because no resolver is reachable);
+//! 3. listens on `127.0.0.1:PORT` (and `[::1]:PORT` when IPv6 is there), then starts threads
+//!    that relay each accepted connection to a new connection to the proxy's Unix socket SOCKET
+//!    (a filesystem path, which works across network namespaces);
+//! 4. starts the command with its own environment (the outer kz gives the helper exactly the
+//!    child's environment), forwards `SIGINT SIGTERM SIGHUP SIGQUIT SIGUSR1 SIGUSR2` that another
+//!    process sent, and returns the command's exit code (128+N for signal N).
+//!
+//! If a step before the command starts fails, the helper prints one line saying which and why,
+//! and exits with [`SETUP_FAILED`] without starting the command. The unsafe system calls live in
+//! [`crate::sys`]. On other systems both sides report that `--isolate` is Linux-only.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+/// argv[1] that selects the helper.
+pub const HELPER_ARG: &str = "__isolate";
+
+/// The helper's exit code when isolation could not be set up (nothing was started).
+pub const SETUP_FAILED: u8 = 125;
+
+/// The error on systems without Linux namespaces.
+#[cfg_attr(
+    target_os = "linux",
+    allow(dead_code, reason = "only the non-Linux stubs use it")
+)]
+pub const LINUX_ONLY: &str = "--isolate is Linux-only";
+
+/// What the outer kz asks for.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// The proxy's Unix socket, outside the namespace.
+    pub socket: PathBuf,
+    /// The port to listen on at `127.0.0.1` inside the namespace.
+    pub port: u16,
+    /// The program and its arguments.
+    pub command: Vec<OsString>,
+    /// The child's complete environment.
+    pub env: Vec<(OsString, OsString)>,
+}
+
+/// Outer side: the command that runs this kz binary as the helper, with the spec in its
+/// arguments (`__isolate SOCKET PORT -- CMD ARGS…`) and exactly `spec.env` as its environment,
+/// which the helper passes to the child unchanged. The caller spawns it, forwards signals to it
+/// and exits with its code.
+#[cfg(target_os = "linux")]
+pub fn command(spec: &Spec) -> std::io::Result<std::process::Command> {
+    use std::os::unix::process::CommandExt;
+    // `/proc/self/exe` is resolved by the kernel at exec time, so it names this very binary even
+    // when the file was replaced or removed since kz started.
+    let proc_exe = std::path::Path::new("/proc/self/exe");
+    let exe = if proc_exe.exists() {
+        proc_exe.to_path_buf()
+    } else {
+        std::env::current_exe()?
+    };
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg0("kz")
+        .arg(HELPER_ARG)
+        .arg(&spec.socket)
+        .arg(spec.port.to_string())
+        .arg("--")
+        .args(&spec.command)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)));
+    Ok(cmd)
+}
+
+/// Outer side on systems without Linux namespaces: always an error.
+#[cfg(not(target_os = "linux"))]
+pub fn command(_spec: &Spec) -> std::io::Result<std::process::Command> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        LINUX_ONLY,
+    ))
+}
+
+/// The helper's entry point (`args`: argv after `__isolate`); returns the exit code.
+#[cfg(target_os = "linux")]
+pub fn helper_main(args: Vec<OsString>) -> u8 {
+    let (socket, port, command) = match parse(args) {
+        Ok(p) => p,
+        Err(why) => {
+            eprintln!("kz: --isolate: {why}");
+            return SETUP_FAILED;
+        }
+    };
+    match linux::setup(&socket, port) {
+        Ok(listeners) => linux::run(socket, listeners, &command),
+        Err(why) => {
+            eprintln!("kz: --isolate: {why}");
+            SETUP_FAILED
+        }
+    }
+}
+
+/// The helper's entry point on systems without Linux namespaces: always an error.
+#[cfg(not(target_os = "linux"))]
+pub fn helper_main(_args: Vec<OsString>) -> u8 {
+    eprintln!("kz: {LINUX_ONLY}");
+    SETUP_FAILED
+}
+
+/// `SOCKET PORT -- CMD ARGS…` → (socket, port, command).
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+fn parse(args: Vec<OsString>) -> Result<(PathBuf, u16, Vec<OsString>), String> {
+    const USAGE: &str = "internal error: expected `kz __isolate SOCKET PORT -- COMMAND…` (this \
+                         helper is started by `kz run --blind --isolate`)";
+    let mut it = args.into_iter();
+    let (Some(socket), Some(port), Some(sep)) = (it.next(), it.next(), it.next()) else {
+        return Err(USAGE.into());
+    };
+    if sep != "--" || socket.is_empty() {
+        return Err(USAGE.into());
+    }
+    let port = port
+        .to_str()
+        .and_then(|p| p.parse::<u16>().ok())
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("internal error: invalid port {}", port.to_string_lossy()))?;
+    let command: Vec<OsString> = it.collect();
+    if command.is_empty() {
+        return Err(USAGE.into());
+    }
+    Ok((PathBuf::from(socket), port, command))
+}
+
+#[cfg(target_os = "linux")]
+mod linux {
+    use std::ffi::OsString;
+    use std::io::{Read, Write};
+    use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, TcpListener, TcpStream};
+    use std::os::unix::fs::FileTypeExt;
+    use std::os::unix::net::UnixStream;
+    use std::os::unix::process::ExitStatusExt;
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, ExitStatus};
+    use std::sync::Arc;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use rustix::process::{Pid, Signal};
+    use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
+    use signal_hook::iterator::SignalsInfo;
+    use signal_hook::iterator::exfiltrator::WithOrigin;
+    use signal_hook::low_level::siginfo::{Cause, Origin};
+
+    use crate::report::exit;
+
+    const NO_USERNS_HINT: &str = "unprivileged user namespaces may be disabled: sysctl \
+                                  kernel.unprivileged_userns_clone / user.max_user_namespaces";
+
+    /// Steps 1–3 (single-threaded): namespaces, id maps, `lo` up, listeners. Returns the
+    /// listeners, or the one-line reason.
+    pub(super) fn setup(socket: &Path, port: u16) -> Result<Vec<TcpListener>, String> {
+        match std::fs::metadata(socket) {
+            Ok(m) if m.file_type().is_socket() => {}
+            Ok(_) => {
+                return Err(format!("{} is not a Unix socket", socket.display()));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "cannot use the proxy socket {}: {e}",
+                    socket.display()
+                ));
+            }
+        }
+        let uid = rustix::process::getuid().as_raw();
+        let gid = rustix::process::getgid().as_raw();
+        crate::sys::unshare_user_net()
+            .map_err(|e| format!("cannot create a user namespace: {e} ({NO_USERNS_HINT})"))?;
+        map_ids(uid, gid)?;
+        crate::sys::loopback_up().map_err(|e| {
+            format!("cannot bring up the loopback interface in the new network namespace: {e}")
+        })?;
+        let v4 = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).map_err(|e| {
+            format!("cannot listen on 127.0.0.1:{port} in the new network namespace: {e}")
+        })?;
+        let mut listeners = vec![v4];
+        // IPv6 may be disabled; clients then use 127.0.0.1, which the proxy variables name.
+        if let Ok(v6) = TcpListener::bind((Ipv6Addr::LOCALHOST, port)) {
+            listeners.push(v6);
+        }
+        Ok(listeners)
+    }
+
+    /// Maps the user's own uid and gid (not root) into the new user namespace.
+    fn map_ids(uid: u32, gid: u32) -> Result<(), String> {
+        let write = |file: &str, text: String| {
+            std::fs::write(format!("/proc/self/{file}"), text).map_err(|e| {
+                format!("cannot write /proc/self/{file} in the new user namespace: {e}")
+            })
+        };
+        // Needed before an unprivileged gid_map; absent on kernels older than 3.19.
+        match std::fs::write("/proc/self/setgroups", "deny") {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(format!(
+                    "cannot write /proc/self/setgroups in the new user namespace: {e}"
+                ));
+            }
+            _ => {}
+        }
+        write("uid_map", format!("{uid} {uid} 1\n"))?;
+        write("gid_map", format!("{gid} {gid} 1\n"))?;
+        Ok(())
+    }
+
+    enum Event {
+        Signal(Origin),
+        Exited(ExitStatus),
+    }
+
+    /// Step 4: relay threads, the child, signal forwarding; returns the child's exit code.
+    pub(super) fn run(socket: PathBuf, listeners: Vec<TcpListener>, command: &[OsString]) -> u8 {
+        let mut signals = match SignalsInfo::<WithOrigin>::new([
+            SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2,
+        ]) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("kz: --isolate: cannot install signal handlers: {e}");
+                return super::SETUP_FAILED;
+            }
+        };
+        let socket = Arc::new(socket);
+        for listener in listeners {
+            let socket = Arc::clone(&socket);
+            std::thread::spawn(move || accept_loop(&listener, &socket));
+        }
+        let (tx, rx) = mpsc::channel::<Event>();
+        let handle = signals.handle();
+        let sig_tx = tx.clone();
+        let sig_thread = std::thread::spawn(move || {
+            for origin in signals.forever() {
+                if sig_tx.send(Event::Signal(origin)).is_err() {
+                    break;
+                }
+            }
+        });
+        let code = supervise(command, &tx, &rx);
+        handle.close();
+        let _ = sig_thread.join();
+        code
+    }
+
+    fn supervise(command: &[OsString], tx: &mpsc::Sender<Event>, rx: &mpsc::Receiver<Event>) -> u8 {
+        let Some((program, args)) = command.split_first() else {
+            return super::SETUP_FAILED;
+        };
+        let mut child = match Command::new(program).args(args).spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                let name = program.to_string_lossy();
+                let (code, what) = match e.kind() {
+                    std::io::ErrorKind::NotFound => (exit::NOT_FOUND, "command not found"),
+                    std::io::ErrorKind::PermissionDenied => {
+                        (exit::NOT_EXECUTABLE, "permission denied")
+                    }
+                    _ => (exit::NOT_EXECUTABLE, "cannot execute"),
+                };
+                eprintln!("kz: {name}: {what}");
+                return code;
+            }
+        };
+        let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(0));
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            if let Ok(status) = child.wait() {
+                let _ = tx.send(Event::Exited(status));
+            }
+        });
+        loop {
+            match rx.recv() {
+                Ok(Event::Exited(status)) => return code_of(status),
+                Ok(Event::Signal(o)) => {
+                    // A signal from the terminal already reached the child's process group.
+                    if matches!(o.cause, Cause::Sent(_))
+                        && let (Some(pid), Some(sig)) = (pid, Signal::from_named_raw(o.signal))
+                    {
+                        let _ = rustix::process::kill_process(pid, sig);
+                    }
+                }
+                Err(_) => return exit::ERROR,
+            }
+        }
+    }
+
+    fn code_of(status: ExitStatus) -> u8 {
+        match (status.code(), status.signal()) {
+            (Some(c), _) => u8::try_from(c).unwrap_or(exit::ERROR),
+            (None, Some(s)) => u8::try_from(128 + s).unwrap_or(exit::ERROR),
+            _ => exit::ERROR,
+        }
+    }
+
+    fn accept_loop(listener: &TcpListener, socket: &Arc<PathBuf>) {
+        loop {
+            match listener.accept() {
+                Ok((tcp, _)) => {
+                    let socket = Arc::clone(socket);
+                    std::thread::spawn(move || relay(tcp, &socket));
+                }
+                // Out of descriptors or similar: back off instead of spinning.
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    /// Connects to the proxy and copies both ways until both sides are done.
+    fn relay(tcp: TcpStream, socket: &Path) {
+        let unix = match UnixStream::connect(socket) {
+            Ok(u) => u,
+            Err(e) => {
+                eprintln!(
+                    "kz: --isolate: cannot reach the proxy at {}: {e}",
+                    socket.display()
+                );
+                let _ = tcp.shutdown(Shutdown::Both);
+                return;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let (Ok(tcp_w), Ok(unix_w)) = (tcp.try_clone(), unix.try_clone()) else {
+            return;
+        };
+        let back = std::thread::spawn(move || {
+            pump(
+                unix,
+                tcp_w,
+                |s, how| {
+                    let _ = UnixStream::shutdown(s, how);
+                },
+                |s, how| {
+                    let _ = TcpStream::shutdown(s, how);
+                },
+            );
+        });
+        pump(
+            tcp,
+            unix_w,
+            |s, how| {
+                let _ = TcpStream::shutdown(s, how);
+            },
+            |s, how| {
+                let _ = UnixStream::shutdown(s, how);
+            },
+        );
+        let _ = back.join();
+    }
+
+    /// Copies `from` to `to`. At end of input, half-closes `to` so the other side sees EOF;
+    /// on an error, closes both so the opposite direction stops too.
+    fn pump<R: Read, W: Write>(
+        mut from: R,
+        mut to: W,
+        close_from: impl Fn(&R, Shutdown),
+        close_to: impl Fn(&W, Shutdown),
+    ) {
+        match std::io::copy(&mut from, &mut to) {
+            Ok(_) => close_to(&to, Shutdown::Write),
+            Err(_) => {
+                close_from(&from, Shutdown::Both);
+                close_to(&to, Shutdown::Both);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<OsString> {
+        a.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn parse_accepts_the_helper_arguments() {
+        let (socket, port, command) =
+            parse(args(&["/tmp/s.sock", "8123", "--", "sh", "-c", "exit 3"])).unwrap();
+        assert_eq!(socket, PathBuf::from("/tmp/s.sock"));
+        assert_eq!(port, 8123);
+        assert_eq!(command, args(&["sh", "-c", "exit 3"]));
+    }
+
+    #[test]
+    fn parse_rejects_malformed_arguments() {
+        for bad in [
+            &[][..],
+            &["/tmp/s"][..],
+            &["/tmp/s", "80"][..],
+            &["/tmp/s", "80", "--"][..],
+            &["/tmp/s", "80", "x", "sh"][..],
+            &["/tmp/s", "0", "--", "sh"][..],
+            &["/tmp/s", "65536", "--", "sh"][..],
+            &["/tmp/s", "-1", "--", "sh"][..],
+            &["", "80", "--", "sh"][..],
+        ] {
+            assert!(parse(args(bad)).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn command_encodes_the_spec_and_only_its_environment() {
+        let spec = Spec {
+            socket: PathBuf::from("/run/p.sock"),
+            port: 4242,
+            command: args(&["npm", "start"]),
+            env: vec![("A".into(), "1".into())],
+        };
+        let cmd = command(&spec).unwrap();
+        let got: Vec<_> = cmd.get_args().collect();
+        assert_eq!(
+            got,
+            ["__isolate", "/run/p.sock", "4242", "--", "npm", "start"]
+        );
+        let envs: Vec<_> = cmd.get_envs().collect();
+        assert_eq!(
+            envs,
+            [(std::ffi::OsStr::new("A"), Some(std::ffi::OsStr::new("1")))]
+        );
+        // The round trip through the helper's parser gives the spec back.
+        let (socket, port, command) =
+            parse(got.iter().skip(1).map(OsString::from).collect()).unwrap();
+        assert_eq!(
+            (socket, port, command),
+            (spec.socket, spec.port, spec.command)
+        );
+    }
+}
