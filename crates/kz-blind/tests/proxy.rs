@@ -43,15 +43,21 @@ async fn harness(extra: &[&str]) -> Harness {
     let ca_file = dir.path().join("upstream-ca.pem");
     std::fs::write(&ca_file, format!("{}{}", upstream.ca_pem, other.ca_pem)).unwrap();
     let hosts = vec![HostPattern::parse(&format!("localhost:{}", upstream.port())).unwrap()];
-    let cli: Vec<HostPattern> = extra
-        .iter()
-        .map(|h| HostPattern::parse(h).unwrap())
-        .collect();
+    // A second secret bound to the other server, so that server is reachable (named exactly)
+    // but API_TOKEN is not bound to it.
+    let other_hosts = vec![HostPattern::parse(&format!("localhost:{}", other.port())).unwrap()];
+    let cli: Vec<HostPattern> = extra.iter().map(|h| HostPattern::parse(h).unwrap()).collect();
     let planned = Policy::plan(
-        &[SecretHosts {
-            name: "API_TOKEN",
-            hosts: &hosts,
-        }],
+        &[
+            SecretHosts {
+                name: "API_TOKEN",
+                hosts: &hosts,
+            },
+            SecretHosts {
+                name: "OTHER_TOKEN",
+                hosts: &other_hosts,
+            },
+        ],
         &BlindConfig::default(),
         &cli,
     )
@@ -61,6 +67,11 @@ async fn harness(extra: &[&str]) -> Harness {
         SecretValue::from_str_copy(CANARY),
         planned.hosts[0].clone(),
     );
+    let other_secret = BlindSecret::new(
+        "OTHER_TOKEN",
+        SecretValue::from_str_copy("other-value-not-the-canary"),
+        planned.hosts[1].clone(),
+    );
     let token = secret.token.clone();
     let ca = RunCa::new().unwrap();
     let ca_pem = ca.cert_pem().to_string();
@@ -68,7 +79,7 @@ async fn harness(extra: &[&str]) -> Harness {
     let writer = Arc::new(kz_audit::Writer::open(&audit).unwrap());
     let proxy = Proxy::new(Settings {
         table: SecretTable {
-            secrets: vec![secret],
+            secrets: vec![secret, other_secret],
         },
         policy: planned.policy,
         ca,
@@ -164,7 +175,7 @@ fn token_for_another_host_is_refused_and_nothing_is_sent() {
     rt().block_on(async {
         let h = harness(&[]).await;
         let url = format!("https://localhost:{}/steal", h.other.port());
-        // The other server is explicitly allowed for connections, but API_TOKEN is not bound to it.
+        // The other server is reachable (OTHER_TOKEN's host), but API_TOKEN is not bound to it.
         let resp = client(&h, false)
             .get(&url)
             .bearer_auth(&h.token)
@@ -211,8 +222,9 @@ fn loopback_hosts_not_named_explicitly_are_refused() {
         let h = harness(&[]).await;
         let url = format!("https://127.0.0.1:{}/", h.upstream.port());
         let resp = client(&h, false).get(&url).send().await;
-        // Refused at CONNECT: reqwest reports the tunnel failure as an error.
-        assert!(resp.is_err() || resp.unwrap().status() == 403);
+        // Refused at CONNECT, before any tunnel: reqwest reports the failed tunnel as an error.
+        let err = resp.unwrap_err();
+        assert!(format!("{err:?}").contains("TunnelUnsuccessful"), "{err:?}");
         assert!(h.upstream.seen().is_empty());
     });
 }

@@ -209,7 +209,7 @@ impl Proxy {
             .fetch_add(1, Ordering::Relaxed);
         match origin {
             Origin::Tunnel(dest) => self.forward(req, dest).await,
-            Origin::Proxy if req.method() == Method::CONNECT => self.connect(req),
+            Origin::Proxy if req.method() == Method::CONNECT => self.connect(req).await,
             Origin::Proxy => match policy::destination_from_absolute(req.uri()) {
                 Ok(dest) if req.uri().scheme().is_some() => self.forward(req, dest).await,
                 Ok(_) | Err(_) => text(
@@ -223,18 +223,33 @@ impl Proxy {
     }
 
     /// `CONNECT host:port`: the destination is checked before the tunnel is answered.
-    fn connect(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn connect(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
         let authority = req.uri().authority().map(|a| a.as_str().to_string());
         let dest = match authority
             .as_deref()
             .ok_or_else(|| "CONNECT needs host:port".to_string())
-            .and_then(|a| policy::destination_from_authority(a, true, 443))
+            .and_then(|a| policy::destination_from_authority(a, true, 0))
         {
             Ok(d) => d,
             Err(e) => return text(StatusCode::BAD_REQUEST, format!("kz blind: {e}\n")),
         };
-        if let Verdict::Deny(reason) = self.shared.policy.connection(&dest.host, dest.port) {
-            return self.refuse_host(&Method::CONNECT, &dest, "", &reason);
+        let explicit = match self.shared.policy.connection(&dest.host, dest.port) {
+            Verdict::Allow { explicit } => explicit,
+            Verdict::Deny(reason) => {
+                return self.refuse_host(&Method::CONNECT, &dest, "", &reason);
+            }
+        };
+        // The address check too, before the tunnel is answered (each connection made later is
+        // checked again, against the address it actually uses).
+        match policy::resolve_checked(&dest.host, dest.port, explicit).await {
+            Ok(_) => {}
+            Err(reason) if reason.starts_with("cannot resolve") => {
+                return text(
+                    StatusCode::BAD_GATEWAY,
+                    format!("kz blind: {reason}\n"),
+                );
+            }
+            Err(reason) => return self.refuse_host(&Method::CONNECT, &dest, "", &reason),
         }
         let on_upgrade = hyper::upgrade::on(&mut req);
         let proxy = self.clone();
@@ -287,6 +302,7 @@ impl Proxy {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         if let Verdict::Deny(reason) = s.policy.connection(&dest.host, dest.port) {
+            drain(req.into_body()).await;
             return self.refuse_host(&method, &dest, &path, &reason);
         }
         let websocket = is_websocket(req.headers());
@@ -312,7 +328,10 @@ impl Proxy {
                 t
             }
             Ok(None) => target,
-            Err(e) => return self.swap_refusal(&method, &dest, &path, e),
+            Err(e) => {
+                drain(body).await;
+                return self.swap_refusal(&method, &dest, &path, e);
+            }
         };
         strip_hop_by_hop(&mut parts.headers, websocket);
         parts.headers.remove(header::EXPECT);
@@ -325,7 +344,10 @@ impl Proxy {
         let basic_before = parts.headers.get(header::AUTHORIZATION).cloned();
         match s.swapper.swap_headers(&mut parts.headers, &allowed) {
             Ok(u) => used.extend(u),
-            Err(e) => return self.swap_refusal(&method, &dest, &path, e),
+            Err(e) => {
+                drain(body).await;
+                return self.swap_refusal(&method, &dest, &path, e);
+            }
         }
         // `Authorization: Basic` carries the value inside base64 with the user name, a form the
         // run-wide scrubber cannot know: an upstream that echoes the header gets it scrubbed by
@@ -880,6 +902,16 @@ impl Transform for ScrubTransform {
         }
         Ok(())
     }
+}
+
+/// Reads (and drops) what is left of a request body before an early answer, so an HTTP/2 client
+/// gets the answer rather than a reset stream. Bounded in size and time.
+async fn drain(body: Incoming) {
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        Limited::new(body, 1 << 20).collect(),
+    )
+    .await;
 }
 
 fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
