@@ -11,9 +11,9 @@
 //! - [`decode_body`] / [`encode_body`]: `gzip` / `deflate` request bodies, with an output limit.
 //!
 //! Boundary: no I/O, no policy. Callers say which secrets may go where through an `allowed`
-//! closure over secret indices (indices into [`SecretTable::secrets`](crate::secrets::SecretTable)),
-//! and map indices to names themselves. Errors and `Debug` output name secrets only by index and
-//! never contain a value; values are held in zeroizing buffers.
+//! closure over secret indices (into [`SecretTable::secrets`](crate::secrets::SecretTable)),
+//! and map indices to names themselves. Errors and `Debug` output name secrets only by index
+//! and never contain a value; values are held in zeroizing buffers.
 
 mod codec;
 mod scrub;

@@ -1,11 +1,11 @@
 //! Streaming replacement of secret values, safe across chunk boundaries.
 //!
 //! [`Redactor`] replaces every occurrence of a set of byte patterns (secret values) with a
-//! replacement (`****` for `kz run --mask`; later, blind mode's tokens), in a stream that arrives
-//! in chunks of any size. It produces exactly what a whole-buffer, leftmost-longest replacement
-//! would (a property test checks this under arbitrary chunking), while holding back as little as
-//! possible: only a tail that could still be the start of a value. Text that cannot begin a
-//! value, such as an interactive prompt, is passed on at once.
+//! replacement (`****` for `kz run --mask`; blind mode's values and tokens), in a stream that
+//! arrives in chunks of any size. It produces exactly what a whole-buffer, leftmost-longest
+//! replacement would (a property test checks this under arbitrary chunking), while holding back
+//! as little as possible: only a tail that could still be the start of a value. Text that cannot
+//! begin a value, such as an interactive prompt, is passed on at once.
 //!
 //! It also records which patterns it replaced ([`Redactor::hits`]), so blind mode can audit
 //! which secrets were swapped or scrubbed.

@@ -45,7 +45,8 @@ impl Fail {
     fn into_error(self, limit: usize) -> SwapError {
         match self {
             Self::TooLarge => SwapError::Decode(format!(
-                "the decompressed body is larger than {limit} bytes; send it uncompressed or smaller"
+                "the decompressed body is larger than {limit} bytes; \
+                 send it uncompressed or smaller"
             )),
             Self::Corrupt(e) => SwapError::Decode(format!("the compressed body is corrupt ({e})")),
         }
