@@ -46,7 +46,10 @@ async fn harness(extra: &[&str]) -> Harness {
     // A second secret bound to the other server, so that server is reachable (named exactly)
     // but API_TOKEN is not bound to it.
     let other_hosts = vec![HostPattern::parse(&format!("localhost:{}", other.port())).unwrap()];
-    let cli: Vec<HostPattern> = extra.iter().map(|h| HostPattern::parse(h).unwrap()).collect();
+    let cli: Vec<HostPattern> = extra
+        .iter()
+        .map(|h| HostPattern::parse(h).unwrap())
+        .collect();
     let planned = Policy::plan(
         &[
             SecretHosts {

@@ -244,10 +244,7 @@ impl Proxy {
         match policy::resolve_checked(&dest.host, dest.port, explicit).await {
             Ok(_) => {}
             Err(reason) if reason.starts_with("cannot resolve") => {
-                return text(
-                    StatusCode::BAD_GATEWAY,
-                    format!("kz blind: {reason}\n"),
-                );
+                return text(StatusCode::BAD_GATEWAY, format!("kz blind: {reason}\n"));
             }
             Err(reason) => return self.refuse_host(&Method::CONNECT, &dest, "", &reason),
         }

@@ -155,8 +155,7 @@ fn plan(
         .collect();
     let planned = Policy::plan(&inputs, &config.blind, &cli_allow).map_err(|e| {
         Failure::one(Diagnostic::error("blind::no_hosts", e.to_string()).help(
-            "give each secret `hosts = [\"api.example.com\"]` in .keyzero.toml, or set \
-                 `[blind] allow = [...]`, or pass --allow-host PATTERN",
+            "blind mode swaps a token only in requests to its secret's hosts; see docs/blind.md",
         ))
     })?;
     for w in &planned.warnings {

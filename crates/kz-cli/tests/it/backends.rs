@@ -1219,3 +1219,40 @@ fn keychain_without_a_reachable_bus_suggests_the_local_provider() {
     let r = s.kz_stdin(&["put", "TOKEN", "--stdin"], "v").code(1);
     assert!(r.stderr.contains("local"), "{}", r.stderr);
 }
+
+#[test]
+fn blind_mode_never_passes_the_aws_credentials_kz_used() {
+    let moto = MotoServer::start();
+    moto.boto(&format!(
+        "sm.create_secret(Name='app/blind', SecretString={CANARY:?})"
+    ));
+    let mut s = Sandbox::with_config(&format!(
+        "[providers.aws]\ntype = \"aws\"\nregion = \"us-east-1\"\nendpoint_url = {url}\n\n[secrets]\n\
+         TOKEN = {{ provider = \"aws\", ref = \"sm://app/blind\", hosts = [\"api.example.com\"] }}\n",
+        url = q(&moto.url)
+    ));
+    aws_env(&mut s);
+    s.set("KZ_KEEP_ME", "kept");
+    s.kz(&["allow"]).ok();
+    let r = s
+        .kz(&[
+            "run",
+            "--blind",
+            "--keep-env",
+            "AWS_ACCESS_KEY_ID,AWS_SECRET_ACCESS_KEY,KZ_KEEP_ME",
+            "--",
+            "env",
+        ])
+        .ok()
+        .no_canary();
+    assert!(!r.stdout.contains("AWS_ACCESS_KEY_ID"), "{}", r.stdout);
+    assert!(!r.stdout.contains("AWS_SECRET_ACCESS_KEY"), "{}", r.stdout);
+    assert!(r.stdout.contains("KZ_KEEP_ME=kept"), "{}", r.stdout);
+    assert!(r.stdout.contains("TOKEN=kz_masked_"), "{}", r.stdout);
+    assert!(
+        r.stderr
+            .contains("not passing AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY"),
+        "{}",
+        r.stderr
+    );
+}

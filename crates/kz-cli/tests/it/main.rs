@@ -12,6 +12,7 @@ mod add_rm;
 mod audit;
 mod backends;
 mod blind;
+mod blind_exit;
 mod cache;
 mod config;
 mod export;
