@@ -260,6 +260,9 @@ impl RunCa {
         let signer = rustls::crypto::aws_lc_rs::sign::any_ecdsa_type(&key_der)
             .map_err(|e| leaf_err(format!("rustls rejected the leaf key: {e}")))?;
         drop(key_der);
+        // rcgen keeps a copy of the key's bytes; wipe it now that rustls has its own.
+        let mut key = key;
+        zeroize::Zeroize::zeroize(&mut key);
         drop(key);
         let certified = CertifiedKey::new(vec![cert.der().clone(), self.cert_der.clone()], signer);
         certified
