@@ -36,6 +36,8 @@ pub trait Transform: Send + 'static {
     fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), BoxError>;
     /// The body ended: appends what was held back.
     fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), BoxError>;
+    /// Rewrites trailers (header fields after the body), called before [`Transform::finish`].
+    fn trailers(&mut self, _trailers: &mut http::HeaderMap) {}
 }
 
 /// `inner` with every data frame passed through a [`Transform`]; trailers are passed on after
@@ -87,7 +89,8 @@ where
                         }
                     }
                     Err(frame) => {
-                        if let Ok(t) = frame.into_trailers() {
+                        if let Ok(mut t) = frame.into_trailers() {
+                            this.transform.trailers(&mut t);
                             this.trailers = Some(t);
                         }
                     }

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Frame;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -298,18 +299,31 @@ impl Proxy {
         let s = &self.shared;
         let method = req.method().clone();
         let path = req.uri().path().to_string();
-        if let Verdict::Deny(reason) = s.policy.connection(&dest.host, dest.port) {
-            drain(req.into_body()).await;
-            return self.refuse_host(&method, &dest, &path, &reason);
+        let explicit = match s.policy.connection(&dest.host, dest.port) {
+            Verdict::Allow { explicit } => explicit,
+            Verdict::Deny(reason) => {
+                drain(req.into_body()).await;
+                return self.refuse_host(&method, &dest, &path, &reason);
+            }
+        };
+        if method == Method::CONNECT {
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "kz blind: CONNECT inside a tunnel is not supported\n".into(),
+            );
         }
         let websocket = is_websocket(req.headers());
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
+        // A value travels in clear text only to a host a pattern names exactly (a local
+        // development server); everywhere else only inside TLS.
+        let cleartext_ok = dest.https || explicit;
         let allowed = |i: usize| {
-            s.table
-                .secrets
-                .get(i)
-                .is_some_and(|sec| sec.may_reach(&dest.host, dest.port))
+            cleartext_ok
+                && s.table
+                    .secrets
+                    .get(i)
+                    .is_some_and(|sec| sec.may_reach(&dest.host, dest.port))
         };
 
         // The head: target and headers.
@@ -332,11 +346,17 @@ impl Proxy {
         };
         strip_hop_by_hop(&mut parts.headers, websocket);
         parts.headers.remove(header::EXPECT);
+        // The upstream learns its host from the destination only: a `Host` naming another site
+        // on a shared front end would otherwise route the value there.
+        parts.headers.remove(header::HOST);
         if websocket {
             parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
         }
         if s.scrubber.is_some() {
             limit_accept_encoding(&mut parts.headers);
+            // A value read back in slices would match no pattern: responses come whole.
+            parts.headers.remove(header::RANGE);
+            parts.headers.remove(header::IF_RANGE);
         }
         let basic_before = parts.headers.get(header::AUTHORIZATION).cloned();
         match s.swapper.swap_headers(&mut parts.headers, &allowed) {
@@ -357,6 +377,19 @@ impl Proxy {
 
         // The body: buffered when its length is known and bounded (or it is compressed),
         // streamed otherwise.
+        if parts
+            .headers
+            .get_all(header::CONTENT_ENCODING)
+            .iter()
+            .count()
+            > 1
+        {
+            drain(body).await;
+            return text(
+                StatusCode::BAD_REQUEST,
+                "kz blind: several Content-Encoding headers; send one\n".into(),
+            );
+        }
         let length = content_length(&parts.headers);
         let coding = parts
             .headers
@@ -367,80 +400,82 @@ impl Proxy {
             .as_deref()
             .filter(|c| !c.is_empty() && *c != "identity");
         let forbidden = Arc::new(std::sync::Mutex::new(None));
-        let body: ProxyBody = if length == Some(0) {
-            empty()
-        } else if compressed.is_some() || length.is_some_and(|l| l <= BUFFER_LIMIT as u64) {
-            let bytes = match Limited::new(body, BUFFER_LIMIT).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(_) => {
+        // Bodies that end within the limit are checked whole before anything is sent; longer
+        // ones stream (a forbidden token then cuts the upload off).
+        let prefix = if length == Some(0) {
+            Prefix::Complete(Bytes::new())
+        } else if compressed.is_none() && length.is_some_and(|l| l > BUFFER_LIMIT as u64) {
+            Prefix::Partial(Bytes::new(), body)
+        } else {
+            match read_prefix(body, BUFFER_LIMIT).await {
+                Ok(p) => p,
+                Err(e) => {
                     return text(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        format!(
-                            "kz blind: a request body that must be buffered (compressed, or \
-                             with a length) is larger than {} MiB\n",
-                            BUFFER_LIMIT >> 20
-                        ),
+                        StatusCode::BAD_REQUEST,
+                        format!("kz blind: reading the request body failed: {e}\n"),
                     );
                 }
-            };
-            let swapped = match compressed {
-                Some(enc) => rewrite::decode_body(enc, &bytes, DECODED_LIMIT)
-                    .and_then(|plain| s.swapper.swap_buffer(&plain, &allowed))
-                    .and_then(|(plain, u)| {
-                        if u.is_empty() {
-                            Ok((bytes.to_vec(), u))
-                        } else {
-                            rewrite::encode_body(enc, &plain).map(|b| (b, u))
-                        }
-                    }),
-                None => s.swapper.swap_buffer(&bytes, &allowed),
-            };
-            match swapped {
-                Ok((b, u)) => {
-                    used.extend(u);
-                    parts
-                        .headers
-                        .insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
-                    full(b)
-                }
-                Err(e) => return self.swap_refusal(&method, &dest, &path, e),
             }
-        } else {
-            parts.headers.remove(header::CONTENT_LENGTH);
-            let stream = s.swapper.stream(&allowed);
-            MapBody::new(
-                body,
-                SwapTransform {
-                    inner: stream,
-                    forbidden: Arc::clone(&forbidden),
-                },
-            )
-            .boxed_unsync()
+        };
+        let body: ProxyBody = match prefix {
+            Prefix::Complete(bytes) if bytes.is_empty() => empty(),
+            Prefix::Complete(bytes) => {
+                let swapped = match compressed {
+                    Some(enc) => rewrite::decode_body(enc, &bytes, DECODED_LIMIT)
+                        .and_then(|plain| s.swapper.swap_buffer(&plain, &allowed))
+                        .and_then(|(plain, u)| {
+                            if u.is_empty() {
+                                Ok((bytes.to_vec(), u))
+                            } else {
+                                rewrite::encode_body(enc, &plain).map(|b| (b, u))
+                            }
+                        }),
+                    None => s.swapper.swap_buffer(&bytes, &allowed),
+                };
+                match swapped {
+                    Ok((b, u)) => {
+                        used.extend(u);
+                        parts
+                            .headers
+                            .insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
+                        full(b)
+                    }
+                    Err(e) => return self.swap_refusal(&method, &dest, &path, e),
+                }
+            }
+            Prefix::Partial(..) if compressed.is_some() => {
+                return text(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "kz blind: a compressed request body larger than {} MiB cannot be checked\n",
+                        BUFFER_LIMIT >> 20
+                    ),
+                );
+            }
+            Prefix::Partial(head, rest) => {
+                parts.headers.remove(header::CONTENT_LENGTH);
+                let proxy = self.clone();
+                let (m, d, p) = (method.clone(), dest.clone(), path.clone());
+                MapBody::new(
+                    prefixed_body(head, rest),
+                    SwapTransform {
+                        inner: s.swapper.stream(&allowed),
+                        forbidden: Arc::clone(&forbidden),
+                        audited: Vec::new(),
+                        on_use: Box::new(move |new: &[usize]| proxy.record_swap(&m, &d, &p, new)),
+                    },
+                )
+                .boxed_unsync()
+            }
         };
 
         used.sort_unstable();
         used.dedup();
-        if !used.is_empty() {
-            if !self.audit(
-                Record::new(Transport::Blind)
-                    .mode("swap")
-                    .decision(Decision::Allow),
-                &method,
-                &dest,
-                &path,
-                &used,
-            ) {
-                return text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "kz blind: the audit log cannot be written, so no secret is sent\n".into(),
-                );
-            }
-            s.counters.swapped_requests.fetch_add(1, Ordering::Relaxed);
-            for i in &used {
-                if let Some(c) = s.swaps.get(*i) {
-                    c.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+        if !used.is_empty() && !self.record_swap(&method, &dest, &path, &used) {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "kz blind: the audit log cannot be written, so no secret is sent\n".into(),
+            );
         }
 
         let uri = match upstream_uri(&dest, &target) {
@@ -477,6 +512,12 @@ impl Proxy {
                 };
             }
         };
+        if let Ok(mut f) = forbidden.lock()
+            && let Some(i) = f.take()
+        {
+            // The upstream answered although the upload was cut off at a forbidden token.
+            return self.swap_refusal(&method, &dest, &path, SwapError::Forbidden(i));
+        }
         if let Some(client_upgrade) = client_upgrade
             && response.status() == StatusCode::SWITCHING_PROTOCOLS
         {
@@ -513,6 +554,28 @@ impl Proxy {
         echo: Option<Echo>,
     ) -> Response<ProxyBody> {
         let (mut parts, body) = response.into_parts();
+        let unknown_transfer_coding = parts
+            .headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+            .any(|c| !c.trim().eq_ignore_ascii_case("chunked"));
+        let stacked = parts
+            .headers
+            .get_all(header::CONTENT_ENCODING)
+            .iter()
+            .count()
+            > 1;
+        if self.shared.scrubber.is_some() && (unknown_transfer_coding || stacked) {
+            return text(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "kz blind: {}:{} answered with a transfer or content coding kz cannot decode, \
+                     so the response cannot be checked for secret values\n",
+                    dest.host, dest.port
+                ),
+            );
+        }
         let upgrade = parts.status == StatusCode::SWITCHING_PROTOCOLS;
         strip_hop_by_hop(&mut parts.headers, upgrade);
         let Some(scrubber) = &self.shared.scrubber else {
@@ -595,11 +658,37 @@ impl Proxy {
         let transform = ScrubTransform {
             inner: scrubber.stream(),
             echo,
+            scrubber: Some(scrubber.clone()),
+            trailer_hits: Vec::new(),
             done: Some(Box::new(move |hits: Vec<usize>| {
                 proxy.scrubbed(&method, &dest, &path, &hits);
             })),
         };
         Response::from_parts(parts, MapBody::new(body, transform).boxed_unsync())
+    }
+
+    /// Audits and counts a swap; `false` when the audit log refused the record (the value must
+    /// not be sent).
+    fn record_swap(&self, method: &Method, dest: &Destination, path: &str, used: &[usize]) -> bool {
+        if !self.audit(
+            Record::new(Transport::Blind)
+                .mode("swap")
+                .decision(Decision::Allow),
+            method,
+            dest,
+            path,
+            used,
+        ) {
+            return false;
+        }
+        let s = &self.shared;
+        s.counters.swapped_requests.fetch_add(1, Ordering::Relaxed);
+        for i in used {
+            if let Some(c) = s.swaps.get(*i) {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        true
     }
 
     fn scrubbed(&self, method: &Method, dest: &Destination, path: &str, hits: &[usize]) {
@@ -640,6 +729,29 @@ impl Proxy {
                 .to_string()
         };
         let (status, idx, body, reason) = match err {
+            SwapError::Forbidden(i)
+                if !dest.https
+                    && self
+                        .shared
+                        .table
+                        .secrets
+                        .get(i)
+                        .is_some_and(|sec| sec.may_reach(&dest.host, dest.port)) =>
+            {
+                (
+                    StatusCode::FORBIDDEN,
+                    Some(i),
+                    format!(
+                        "kz blind: {} would travel unencrypted to http://{}:{}; blind mode sends \
+                         values only over HTTPS, or in clear text to a host a pattern names \
+                         exactly (such as localhost:8080). The request was not sent.\n",
+                        name(i),
+                        dest.host,
+                        dest.port
+                    ),
+                    "secret would travel unencrypted".to_string(),
+                )
+            }
             SwapError::Forbidden(i) => {
                 let allowed = self
                     .shared
@@ -794,9 +906,16 @@ impl crate::ws::TextScrub for WsScrub {
     }
 }
 
+/// Audits a secret's first swap in a streamed body; `false` stops the upload.
+type OnUse = Box<dyn FnMut(&[usize]) -> bool + Send>;
+
+/// Streaming swap of a request body. Each secret's first swap is audited before the bytes
+/// holding its value leave; a refused audit record cuts the upload off.
 struct SwapTransform {
     inner: BodySwap,
     forbidden: Arc<std::sync::Mutex<Option<usize>>>,
+    audited: Vec<usize>,
+    on_use: OnUse,
 }
 
 impl SwapTransform {
@@ -810,15 +929,37 @@ impl SwapTransform {
     }
 }
 
+impl SwapTransform {
+    fn audit_new(&mut self, out: &mut Vec<u8>) -> Result<(), BoxError> {
+        let new: Vec<usize> = self
+            .inner
+            .used()
+            .into_iter()
+            .filter(|i| !self.audited.contains(i))
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        if !(self.on_use)(&new) {
+            zeroize::Zeroize::zeroize(out);
+            return Err("the audit log cannot be written, so no secret is sent".into());
+        }
+        self.audited.extend(new);
+        Ok(())
+    }
+}
+
 impl Transform for SwapTransform {
     fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), BoxError> {
         let r = self.inner.feed(chunk, out);
-        self.check(r)
+        self.check(r)?;
+        self.audit_new(out)
     }
 
     fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), BoxError> {
         let r = self.inner.finish(out);
-        self.check(r)
+        self.check(r)?;
+        self.audit_new(out)
     }
 }
 
@@ -864,10 +1005,30 @@ type Done = Box<dyn FnOnce(Vec<usize>) + Send>;
 struct ScrubTransform {
     inner: ScrubStream,
     echo: Option<Echo>,
+    /// For trailers (header fields after the body).
+    scrubber: Option<Scrubber>,
+    trailer_hits: Vec<usize>,
     done: Option<Done>,
 }
 
 impl Transform for ScrubTransform {
+    fn trailers(&mut self, trailers: &mut HeaderMap) {
+        if let Some(scrubber) = &self.scrubber {
+            self.trailer_hits.extend(scrubber.scrub_headers(trailers));
+        }
+        if let Some(echo) = &self.echo {
+            for v in trailers.values_mut() {
+                let (new, h) = echo.redactor.replace_all_hits(v.as_bytes());
+                if !h.is_empty()
+                    && let Ok(nv) = HeaderValue::from_bytes(&new)
+                {
+                    *v = nv;
+                    self.trailer_hits.extend_from_slice(&echo.secrets);
+                }
+            }
+        }
+    }
+
     fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), BoxError> {
         match &mut self.echo {
             None => self.inner.feed(chunk, out),
@@ -892,6 +1053,7 @@ impl Transform for ScrubTransform {
         }
         self.inner.finish(out);
         hits.extend(self.inner.take_hits());
+        hits.append(&mut self.trailer_hits);
         hits.sort_unstable();
         hits.dedup();
         if let Some(done) = self.done.take() {
@@ -899,6 +1061,36 @@ impl Transform for ScrubTransform {
         }
         Ok(())
     }
+}
+
+/// A request body read up to a limit.
+enum Prefix {
+    /// The whole body.
+    Complete(Bytes),
+    /// The first bytes read, and the rest still to come.
+    Partial(Bytes, Incoming),
+}
+
+/// Reads `body` until it ends or holds more than `limit` bytes.
+async fn read_prefix(mut body: Incoming, limit: usize) -> Result<Prefix, hyper::Error> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            buf.extend_from_slice(&data);
+            if buf.len() > limit {
+                return Ok(Prefix::Partial(buf.freeze(), body));
+            }
+        }
+    }
+    Ok(Prefix::Complete(buf.freeze()))
+}
+
+/// `head` followed by the rest of `body`.
+fn prefixed_body(head: Bytes, rest: Incoming) -> ProxyBody {
+    use futures_util::StreamExt as _;
+    let first = futures_util::stream::iter((!head.is_empty()).then(|| Ok(Frame::data(head))));
+    let rest = http_body_util::BodyStream::new(rest).map(|r| r.map_err(BoxError::from));
+    http_body_util::StreamBody::new(first.chain(rest)).boxed_unsync()
 }
 
 /// Reads (and drops) what is left of a request body before an early answer, so an HTTP/2 client

@@ -23,6 +23,8 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType}
 #[derive(Debug, Clone)]
 pub struct Seen {
     pub method: String,
+    /// The `:authority` (HTTP/2) or `Host` header (HTTP/1.1) the server was asked for.
+    pub host: String,
     pub target: String,
     pub version: String,
     pub headers: Vec<(String, Vec<u8>)>,
@@ -135,8 +137,20 @@ async fn answer(req: Request<Incoming>, seen: &Mutex<Vec<Seen>>) -> Response<Ful
         .uri
         .path_and_query()
         .map_or("/".to_string(), |p| p.to_string());
+    let host = parts
+        .uri
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| {
+            parts
+                .headers
+                .get("host")
+                .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+        })
+        .unwrap_or_default();
     let record = Seen {
         method: parts.method.to_string(),
+        host,
         target: target.clone(),
         version: format!("{:?}", parts.version),
         headers: parts

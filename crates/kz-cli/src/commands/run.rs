@@ -26,6 +26,20 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> CmdResult {
             "add --clean-env (or --blind), or drop --keep-env",
         ));
     }
+    if args.blind {
+        // The blind command runs as the same user: without this it could read kz's memory
+        // (every value, the CA key) and start-up environment (provider credentials) through
+        // /proc/PPID/{mem,environ}. Also keeps values out of core dumps. Before any value exists.
+        #[cfg(target_os = "linux")]
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+            .map_err(|e| {
+                Failure::msg(
+                    "blind::dumpable",
+                    format!("cannot protect kz's memory from the command: {e}"),
+                    "this is a bug; please report it",
+                )
+            })?;
+    }
     let config = ctx.load()?;
     let selected = ctx.select(&config, &args.only)?;
     let outcomes = ctx.resolve(&config, &selected)?;

@@ -131,3 +131,59 @@ fn bad_allow_host_is_a_usage_error_naming_the_pattern() {
         .code(2);
     assert!(r.stderr.contains("--allow-host"), "{}", r.stderr);
 }
+
+/// The command runs as the same user as kz: it must not be able to read kz's environment
+/// (provider credentials) or memory (values, the CA key) through /proc. Run as `nobody` when
+/// the tests run as root (root could read any process).
+#[test]
+fn the_command_cannot_read_kz_through_proc() {
+    use std::os::unix::fs::PermissionsExt;
+    let is_root = rustix::process::getuid().is_root();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = dir.path().join(".keyzero.toml");
+    std::fs::write(
+        &config,
+        "[secrets]\nAPI_TOKEN = { provider = \"env\", ref = \"KZ_TEST_SRC\", hosts = [\"api.example.com\"] }\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // Control: a same-user sibling's environment is readable (so a denial below means
+    // something), then kz's own.
+    let script = "sleep 5 & s=$!; \
+        if cat /proc/$s/environ >/dev/null 2>&1; then echo sibling=readable; else echo sibling=denied; fi; \
+        kill $s; \
+        if cat /proc/$PPID/environ >/dev/null 2>&1; then echo environ=readable; else echo environ=denied; fi; \
+        if head -c1 /proc/$PPID/mem >/dev/null 2>&1; then echo mem=readable; else echo mem=denied; fi";
+    let kz = crate::util::kz_bin();
+    let mut cmd = if is_root {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
+        c.arg(&kz);
+        c
+    } else {
+        std::process::Command::new(&kz)
+    };
+    let out = cmd
+        .args(["run", "--blind", "--config"])
+        .arg(&config)
+        .args(["--", "sh", "-c", script])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", dir.path())
+        .env("TMPDIR", "/tmp")
+        .env("KZ_TEST_SRC", CANARY)
+        .current_dir(dir.path())
+        .output()
+        .expect("setpriv (util-linux) runs; install it with scripts/test");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("sibling=readable"),
+        "control failed: {stdout}"
+    );
+    assert!(stdout.contains("environ=denied"), "{stdout}");
+    assert!(stdout.contains("mem=denied"), "{stdout}");
+    assert!(!stdout.contains(CANARY) && !stderr.contains(CANARY));
+}
