@@ -97,6 +97,41 @@ fn b64(engine: &impl Engine, padded: bool, bytes: &[u8]) -> Vec<u8> {
     }
 }
 
+/// `%2F` -> `%2f` in a percent-encoded string.
+fn lower_hex_escapes(encoded: &[u8]) -> Vec<u8> {
+    let mut out = encoded.to_vec();
+    let mut i = 0;
+    while let Some(pos) = out
+        .get(i..)
+        .and_then(|rest| rest.iter().position(|b| *b == b'%'))
+    {
+        let at = i + pos;
+        for j in [at + 1, at + 2] {
+            if let Some(b) = out.get_mut(j) {
+                b.make_ascii_lowercase();
+            }
+        }
+        i = at + 3;
+    }
+    out
+}
+
+/// `%20` -> `+` (`application/x-www-form-urlencoded`).
+fn form_encoded(encoded: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(encoded.len());
+    let mut i = 0;
+    while let Some(b) = encoded.get(i) {
+        if encoded.get(i..i + 3) == Some(b"%20") {
+            out.push(b'+');
+            i += 3;
+        } else {
+            out.push(*b);
+            i += 1;
+        }
+    }
+    out
+}
+
 impl Scrubber {
     /// A scrubber for every secret of `table` whose value has at least [`MIN_SCRUB_LEN`] bytes.
     pub fn new(table: &SecretTable) -> Self {
@@ -117,7 +152,11 @@ impl Scrubber {
             }
             let token = s.token.as_bytes();
             add(value.to_vec(), token.to_vec(), idx);
-            add(percent_encode(value), token.to_vec(), idx);
+            let encoded = percent_encode(value);
+            // Lower-case hex (`%2f`) and form encoding (`+` for a space) are as common.
+            add(lower_hex_escapes(&encoded), token.to_vec(), idx);
+            add(form_encoded(&encoded), token.to_vec(), idx);
+            add(encoded, token.to_vec(), idx);
             if let Some(text) = s.value.expose_str() {
                 for style in [Json::Minimal, Json::Ascii, Json::HtmlSafe] {
                     add(json_escape(text, style), token.to_vec(), idx);
@@ -222,6 +261,31 @@ impl ScrubStream {
     pub fn take_hits(&mut self) -> Vec<usize> {
         let hits = self.inner.redactor.take_hits();
         self.inner.owners(hits)
+    }
+}
+
+#[cfg(test)]
+mod encoding_variant_tests {
+    use super::*;
+    use crate::secrets::{BlindSecret, SecretTable};
+    use kz_secret::SecretValue;
+
+    #[test]
+    fn lower_case_percent_escapes_and_form_encoding_are_scrubbed() {
+        let secret = BlindSecret::new("K", SecretValue::from_str_copy("a b/c?d=e&f"), vec![]);
+        let token = secret.token.clone();
+        let scrubber = Scrubber::new(&SecretTable {
+            secrets: vec![secret],
+        });
+        for form in [
+            "a%20b%2fc%3fd%3de%26f",
+            "a+b%2Fc%3Fd%3De%26f",
+            "a%20b%2Fc%3Fd%3De%26f",
+        ] {
+            let (out, hits) = scrubber.scrub_buffer(format!("x={form};").as_bytes());
+            assert_eq!(out, format!("x={token};").as_bytes(), "{form}");
+            assert_eq!(hits, vec![0]);
+        }
     }
 }
 
