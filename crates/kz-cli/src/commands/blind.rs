@@ -21,14 +21,12 @@ use kz_blind::rewrite::MIN_SCRUB_LEN;
 use kz_blind::secrets::{BlindSecret, SecretTable};
 use kz_config::{Config, Diagnostic, HostPattern, SecretEntry};
 use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
-use signal_hook::iterator::SignalsInfo;
-use signal_hook::iterator::exfiltrator::WithOrigin;
 use signal_hook::low_level::siginfo::Cause;
 
 use crate::cli::RunArgs;
 use crate::commands::Vars;
-use crate::commands::run::CLEAN_ENV_KEEP;
-use crate::commands::supervise::{code_of, forward};
+use crate::commands::run::{CLEAN_ENV_KEEP, start_failed};
+use crate::commands::supervise::{code_of, forward, install_signals};
 use crate::context::Ctx;
 use crate::isolate;
 use crate::report::{CmdResult, Failure, exit};
@@ -49,8 +47,8 @@ const PROXY_VARS: &[&str] = &[
     "npm_config_https_proxy",
 ];
 
-/// Variables that name a CA bundle file.
-const CA_FILE_VARS: &[&str] = &[
+/// Variables that name a CA bundle file (`kz doctor` reports those preset here).
+pub const CA_FILE_VARS: &[&str] = &[
     "SSL_CERT_FILE",
     "REQUESTS_CA_BUNDLE",
     "CURL_CA_BUNDLE",
@@ -414,30 +412,11 @@ fn run_child(
         c.envs(env);
         c
     };
-    let mut signals =
-        SignalsInfo::<WithOrigin>::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2])
-            .map_err(|e| {
-                Failure::msg(
-                    "run::signals",
-                    format!("cannot install signal handlers: {e}"),
-                    "this is a bug; please report it",
-                )
-            })?;
+    let mut signals = install_signals(&[SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2])?;
+
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => {
-            let name = program.to_string_lossy().into_owned();
-            let (code, what) = match e.kind() {
-                std::io::ErrorKind::NotFound => (exit::NOT_FOUND, "command not found"),
-                std::io::ErrorKind::PermissionDenied => (exit::NOT_EXECUTABLE, "permission denied"),
-                _ => (exit::NOT_EXECUTABLE, "cannot execute"),
-            };
-            ctx.out.diagnostic(
-                &Diagnostic::error("run::exec", format!("{name}: {what}"))
-                    .help("check the command's name and PATH"),
-            );
-            return Ok(code);
-        }
+        Err(e) => return Ok(start_failed(ctx, &program, &e)),
     };
     let pid = rustix::process::Pid::from_child(&child);
     let (tx, rx) = mpsc::channel::<Event>();

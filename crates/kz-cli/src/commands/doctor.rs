@@ -25,22 +25,6 @@ impl Report {
     }
 }
 
-/// Variables blind mode sets for its child; preset values are overridden there.
-const CA_VARS: &[&str] = &[
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-    "REQUESTS_CA_BUNDLE",
-    "CURL_CA_BUNDLE",
-    "NODE_EXTRA_CA_CERTS",
-    "GIT_SSL_CAINFO",
-    "CARGO_HTTP_CAINFO",
-    "AWS_CA_BUNDLE",
-    "PIP_CERT",
-    "DENO_CERT",
-    "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",
-    "CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE",
-];
-
 /// Runs the command.
 pub fn run(ctx: &Ctx) -> CmdResult {
     let mut r = Report { lines: Vec::new() };
@@ -241,8 +225,9 @@ fn tools(r: &mut Report) {
 }
 
 fn blind_support(r: &mut Report) {
-    let preset: Vec<&str> = CA_VARS
+    let preset: Vec<&str> = super::blind::CA_FILE_VARS
         .iter()
+        .chain(&["SSL_CERT_DIR"])
         .copied()
         .filter(|v| std::env::var_os(v).is_some())
         .collect();

@@ -100,6 +100,12 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> CmdResult {
     drop(vars);
     let err = cmd.exec();
     // exec only returns on failure.
+    Ok(start_failed(ctx, &program, &err))
+}
+
+/// Reports a command that could not be started; returns kz's exit code for it (127 when it does
+/// not exist, 126 when it cannot be executed).
+pub fn start_failed(ctx: &Ctx, program: &OsStr, err: &std::io::Error) -> u8 {
     let name = program.to_string_lossy().into_owned();
     let (code, what, help) = match err.kind() {
         std::io::ErrorKind::NotFound => (
@@ -124,5 +130,5 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> CmdResult {
     } else {
         eprintln!("kz: {name}: {what}");
     }
-    Ok(code)
+    code
 }

@@ -149,18 +149,21 @@ fn open_pty() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok((master, slave))
 }
 
-/// Runs the child under kz's supervision until it exits; returns its exit code.
-pub fn run(ctx: &Ctx, config: &Config, plan: &Plan<'_>, first: Vars) -> CmdResult {
-    let mut signals = SignalsInfo::<WithOrigin>::new([
-        SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH,
-    ])
-    .map_err(|e| {
+/// Catches `signals` (with each one's origin) for forwarding to a child.
+pub fn install_signals(signals: &[i32]) -> Result<SignalsInfo<WithOrigin>, Failure> {
+    SignalsInfo::<WithOrigin>::new(signals).map_err(|e| {
         Failure::msg(
             "run::signals",
             format!("cannot install signal handlers: {e}"),
             "this is a bug; please report it",
         )
-    })?;
+    })
+}
+
+/// Runs the child under kz's supervision until it exits; returns its exit code.
+pub fn run(ctx: &Ctx, config: &Config, plan: &Plan<'_>, first: Vars) -> CmdResult {
+    let mut signals =
+        install_signals(&[SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH])?;
     let (tx, rx) = mpsc::channel::<Event>();
     let handle = signals.handle();
     let sig_tx = tx.clone();
