@@ -42,6 +42,10 @@ use crate::secrets::SecretTable;
 pub const BUFFER_LIMIT: usize = 16 << 20;
 /// Compressed request bodies may decode to at most this.
 pub const DECODED_LIMIT: usize = 64 << 20;
+/// Request bodies up to this size are not counted against the memory budget.
+const SMALL_BODY: u64 = 64 << 10;
+/// Request bodies held in memory at once, across all requests, in MiB.
+pub const BUFFER_BUDGET_MIB: u32 = 256;
 /// Responses with a `Content-Length` up to this are scrubbed whole (keeping a length).
 const RESPONSE_BUFFER_LIMIT: u64 = 1 << 20;
 
@@ -113,6 +117,7 @@ struct Shared {
     audit: Option<Arc<Writer>>,
     counters: Counters,
     swaps: Vec<AtomicU64>,
+    buffer_budget: Arc<tokio::sync::Semaphore>,
     scrubs: Vec<AtomicU64>,
 }
 
@@ -138,6 +143,7 @@ impl Proxy {
         Self {
             shared: Arc::new(Shared {
                 swaps: (0..n).map(|_| AtomicU64::new(0)).collect(),
+                buffer_budget: Arc::new(tokio::sync::Semaphore::new(BUFFER_BUDGET_MIB as usize)),
                 scrubs: (0..n).map(|_| AtomicU64::new(0)).collect(),
                 table: settings.table,
                 policy,
@@ -402,6 +408,22 @@ impl Proxy {
         let forbidden = Arc::new(std::sync::Mutex::new(None));
         // Bodies that end within the limit are checked whole before anything is sent; longer
         // ones stream (a forbidden token then cuts the upload off).
+        // Bodies held in memory across all requests are bounded: a request that would go over
+        // waits for others to finish.
+        let _budget =
+            if http_body::Body::is_end_stream(&body) || length.is_some_and(|l| l <= SMALL_BODY) {
+                None
+            } else {
+                let mib = match length {
+                    Some(l) if compressed.is_none() => (l >> 20) + 1,
+                    _ => (BUFFER_LIMIT >> 20) as u64,
+                };
+                let permits = u32::try_from(mib.min((BUFFER_LIMIT >> 20) as u64)).unwrap_or(16);
+                Arc::clone(&s.buffer_budget)
+                    .acquire_many_owned(permits)
+                    .await
+                    .ok()
+            };
         let prefix = if length == Some(0) {
             Prefix::Complete(Bytes::new())
         } else if compressed.is_none() && length.is_some_and(|l| l > BUFFER_LIMIT as u64) {
