@@ -545,7 +545,7 @@ impl Proxy {
         {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             let proxy = self.clone();
-            let (method, dest, path) = (method.clone(), dest.clone(), path.clone());
+            let (ws_method, dest, path) = (method.clone(), dest.clone(), path.clone());
             tokio::spawn(async move {
                 let (Ok(c), Ok(u)) = tokio::join!(client_upgrade, upstream_upgrade) else {
                     return;
@@ -557,10 +557,9 @@ impl Proxy {
                     .then(|| Arc::new(WsScrub(proxy.clone())) as Arc<dyn crate::ws::TextScrub>);
                 let p = proxy.clone();
                 let _ = crate::ws::relay(TokioIo::new(c), TokioIo::new(u), scrub, move |hits| {
-                    p.scrubbed(&Method::GET, &dest, &path, &hits);
+                    p.scrubbed(&ws_method, &dest, &path, &hits);
                 })
                 .await;
-                let _ = method;
             });
         }
         self.respond(response, &method, &dest, &path, echo).await
@@ -1223,9 +1222,4 @@ fn upstream_uri(dest: &Destination, target: &str) -> Result<Uri, String> {
     format!("{scheme}://{host}:{}{target}", dest.port)
         .parse()
         .map_err(|_| "the request target is not a valid URI".to_string())
-}
-
-#[allow(dead_code)]
-fn _assert_send(b: Bytes) -> Bytes {
-    b
 }

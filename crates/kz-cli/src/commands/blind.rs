@@ -110,7 +110,7 @@ pub fn run(
         scrub_responses: config.blind.scrub_responses,
         audit: None,
     };
-    let result = run_with_dir(ctx, args, config, selected, settings, &dir, isolate);
+    let result = run_with_dir(ctx, args, selected, settings, &dir, isolate);
     if let Err(e) = dir.remove() {
         ctx.out
             .note(&format!("could not remove the run's CA directory: {e}"));
@@ -182,7 +182,6 @@ fn plan(
 fn run_with_dir(
     ctx: &Ctx,
     args: RunArgs,
-    config: &Config,
     selected: &[&SecretEntry],
     mut settings: Settings,
     dir: &CaDir,
@@ -264,9 +263,7 @@ fn run_with_dir(
     for b in &bindings {
         ctx.out.verbose(&format!("blind: {b}"));
     }
-    let env = child_env(
-        ctx, &args, config, selected, &tokens, &proxy_url, &no_proxy, dir,
-    );
+    let env = child_env(ctx, &args, selected, &tokens, &proxy_url, &no_proxy, dir);
     let code = run_child(ctx, &args, env, dir, isolate);
     summarize(ctx, &proxy.summary());
     drop(proxy);
@@ -290,14 +287,12 @@ fn run_with_dir(
 fn child_env(
     ctx: &Ctx,
     args: &RunArgs,
-    config: &Config,
     selected: &[&SecretEntry],
     tokens: &[(String, String)],
     proxy_url: &str,
     no_proxy: &str,
     dir: &CaDir,
 ) -> Vec<(OsString, OsString)> {
-    let _ = config;
     // Credential variables of every provider type this run used.
     let credential: BTreeSet<&'static str> = selected
         .iter()
