@@ -5,14 +5,21 @@
 //! ([`command`]). `main` dispatches that to [`helper_main`] before anything else runs, so the
 //! helper is still single-threaded when it:
 //!
-//! 1. unshares a user and a network namespace, maps the user's own uid and gid (not root) and
-//!    denies `setgroups`;
-//! 2. brings the new namespace's `lo` up (its only interface: no route leaves the machine, and
+//! 1. unshares a user, a network and a mount namespace, maps the user's own uid and gid (not
+//!    root) and denies `setgroups`;
+//! 2. makes every mount private, opens the proxy socket's directory (`O_PATH`) and then hides
+//!    the host's filesystem sockets that lead out of the namespace (the network namespace does
+//!    not cover them): an empty read-only tmpfs over `/run/user/UID`, `/run/dbus`,
+//!    `/run/systemd` and `/run/nscd`, `/dev/null` over the docker, podman and containerd
+//!    sockets. The relay names the proxy as `/proc/self/fd/N/NAME`, so it is reached even when
+//!    its directory is under a hidden one. `CAP_SYS_ADMIN` leaves the bounding set, so a command
+//!    running as root cannot unmount what hides them;
+//! 3. brings the new namespace's `lo` up (its only interface: no route leaves the machine, and
 //!    DNS fails because no resolver is reachable);
-//! 3. listens on `127.0.0.1:PORT` (and `[::1]:PORT` when IPv6 is there), then starts threads
+//! 4. listens on `127.0.0.1:PORT` (and `[::1]:PORT` when IPv6 is there), then starts threads
 //!    that relay each accepted connection to a new connection to the proxy's Unix socket SOCKET
 //!    (a filesystem path, which works across network namespaces);
-//! 4. starts the command with its own environment (the outer kz gives the helper exactly the
+//! 5. starts the command with its own environment (the outer kz gives the helper exactly the
 //!    child's environment), forwards `SIGINT SIGTERM SIGHUP SIGQUIT SIGUSR1 SIGUSR2` that another
 //!    process sent, and returns the command's exit code (128+N for signal N).
 //!
@@ -96,7 +103,7 @@ pub fn helper_main(args: Vec<OsString>) -> u8 {
         }
     };
     match linux::setup(&socket, port) {
-        Ok(listeners) => linux::run(socket, listeners, &command),
+        Ok((proxy, listeners)) => linux::run(proxy, listeners, &command),
         Err(why) => {
             eprintln!("kz: --isolate: {why}");
             SETUP_FAILED
@@ -140,6 +147,7 @@ mod linux {
     use std::ffi::OsString;
     use std::io::{Read, Write};
     use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, TcpListener, TcpStream};
+    use std::os::fd::{AsRawFd, OwnedFd};
     use std::os::unix::fs::FileTypeExt;
     use std::os::unix::net::UnixStream;
     use std::os::unix::process::ExitStatusExt;
@@ -149,7 +157,10 @@ mod linux {
     use std::sync::mpsc;
     use std::time::Duration;
 
+    use rustix::fs::{Mode, OFlags};
+    use rustix::mount::{MountFlags, MountPropagationFlags};
     use rustix::process::{Pid, Signal};
+    use rustix::thread::CapabilitySet;
     use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
     use signal_hook::iterator::SignalsInfo;
     use signal_hook::iterator::exfiltrator::WithOrigin;
@@ -160,9 +171,45 @@ mod linux {
     const NO_USERNS_HINT: &str = "unprivileged user namespaces may be disabled: sysctl \
                                   kernel.unprivileged_userns_clone / user.max_user_namespaces";
 
-    /// Steps 1–3 (single-threaded): namespaces, id maps, `lo` up, listeners. Returns the
-    /// listeners, or the one-line reason.
-    pub(super) fn setup(socket: &Path, port: u16) -> Result<Vec<TcpListener>, String> {
+    /// The proxy's socket as the relay reaches it from inside the namespace.
+    pub(super) struct Proxy {
+        /// The path the helper was given (for messages).
+        shown: PathBuf,
+        /// `/proc/self/fd/N/NAME`, where N is [`Proxy::_dir`]: it keeps working when the
+        /// socket's directory is under a path that [`hide_host_sockets`] covers.
+        via_fd: PathBuf,
+        /// An `O_PATH` descriptor of the socket's directory, opened before anything was hidden
+        /// (close-on-exec, so the command does not inherit it).
+        _dir: OwnedFd,
+    }
+
+    /// Directories covered with an empty read-only tmpfs: each holds sockets that lead out of
+    /// the namespace (session bus, systemd's and resolved's varlink/D-Bus endpoints, the system
+    /// bus, nscd). Paths that do not exist are skipped.
+    pub(super) fn hidden_dirs(uid: u32) -> Vec<PathBuf> {
+        vec![
+            PathBuf::from(format!("/run/user/{uid}")),
+            PathBuf::from("/run/dbus"),
+            PathBuf::from("/var/run/dbus"),
+            PathBuf::from("/run/systemd"),
+            PathBuf::from("/run/nscd"),
+            PathBuf::from("/var/run/nscd"),
+        ]
+    }
+
+    /// Socket files covered with `/dev/null` (their directories hold other things that may be
+    /// needed). Paths that do not exist are skipped.
+    const HIDDEN_FILES: &[&str] = &[
+        "/run/docker.sock",
+        "/var/run/docker.sock",
+        "/run/podman/podman.sock",
+        "/run/containerd/containerd.sock",
+    ];
+
+    /// Steps 1–4 (single-threaded): namespaces, id maps, hidden host sockets, `lo` up,
+    /// listeners. Returns the proxy as seen from inside and the listeners, or the one-line
+    /// reason.
+    pub(super) fn setup(socket: &Path, port: u16) -> Result<(Proxy, Vec<TcpListener>), String> {
         match std::fs::metadata(socket) {
             Ok(m) if m.file_type().is_socket() => {}
             Ok(_) => {
@@ -177,9 +224,30 @@ mod linux {
         }
         let uid = rustix::process::getuid().as_raw();
         let gid = rustix::process::getgid().as_raw();
-        crate::sys::unshare_user_net()
+        crate::sys::unshare_user_net_mount()
             .map_err(|e| format!("cannot create a user namespace: {e} ({NO_USERNS_HINT})"))?;
         map_ids(uid, gid)?;
+        // Nothing mounted here may reach the host's mount namespace (nor the other way).
+        rustix::mount::mount_change(
+            "/",
+            MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
+        )
+        .map_err(|e| format!("cannot make the new mount namespace private: {e}"))?;
+        // Opened in the new mount namespace, before anything is hidden.
+        let proxy = proxy_via_fd(socket)?;
+        hide_host_sockets(uid)?;
+        if !std::fs::metadata(&proxy.via_fd).is_ok_and(|m| m.file_type().is_socket()) {
+            return Err(format!(
+                "cannot reach the proxy socket {} through {}",
+                socket.display(),
+                proxy.via_fd.display()
+            ));
+        }
+        // A command running as root inside would hold CAP_SYS_ADMIN over the new mount
+        // namespace and could unmount what hides the host's sockets; the helper keeps it.
+        rustix::thread::remove_capability_from_bounding_set(CapabilitySet::SYS_ADMIN).map_err(
+            |e| format!("cannot drop CAP_SYS_ADMIN from the command's bounding set: {e}"),
+        )?;
         crate::sys::loopback_up().map_err(|e| {
             format!("cannot bring up the loopback interface in the new network namespace: {e}")
         })?;
@@ -191,7 +259,91 @@ mod linux {
         if let Ok(v6) = TcpListener::bind((Ipv6Addr::LOCALHOST, port)) {
             listeners.push(v6);
         }
-        Ok(listeners)
+        Ok((proxy, listeners))
+    }
+
+    /// Opens the socket's directory (`O_PATH`) and names the socket through that descriptor.
+    fn proxy_via_fd(socket: &Path) -> Result<Proxy, String> {
+        let bad = |why: &dyn std::fmt::Display| {
+            format!(
+                "cannot open the directory of the proxy socket {}: {why}",
+                socket.display()
+            )
+        };
+        let name = socket
+            .file_name()
+            .ok_or_else(|| bad(&"the path has no file name"))?;
+        let dir = match socket.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let fd = rustix::fs::open(
+            dir,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| bad(&e))?;
+        let via_fd = Path::new("/proc/self/fd")
+            .join(fd.as_raw_fd().to_string())
+            .join(name);
+        Ok(Proxy {
+            shown: socket.to_path_buf(),
+            via_fd,
+            _dir: fd,
+        })
+    }
+
+    /// Covers the host's filesystem sockets that lead out of the namespace: an empty read-only
+    /// tmpfs over each directory of [`hidden_dirs`], `/dev/null` over each of [`HIDDEN_FILES`].
+    /// A path that does not exist, or that this user cannot look up (so neither can the
+    /// command), is skipped; failing to cover one that exists is an error.
+    fn hide_host_sockets(uid: u32) -> Result<(), String> {
+        let tmpfs =
+            MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+        let mut done: Vec<PathBuf> = Vec::new();
+        for dir in hidden_dirs(uid) {
+            let Some(target) = existing(&dir, &mut done)? else {
+                continue;
+            };
+            rustix::mount::mount("tmpfs", &target, "tmpfs", tmpfs, c"size=4k,mode=755")
+                .map_err(|e| format!("cannot hide {} (tmpfs over it): {e}", dir.display()))?;
+        }
+        for file in HIDDEN_FILES {
+            let file = Path::new(file);
+            let Some(target) = existing(file, &mut done)? else {
+                continue;
+            };
+            rustix::mount::mount_bind("/dev/null", &target)
+                .map_err(|e| format!("cannot hide {} (/dev/null over it): {e}", file.display()))?;
+        }
+        Ok(())
+    }
+
+    /// `path` with symlinks resolved, if it exists and was not covered yet (`done`, which it
+    /// joins); `None` when there is nothing to cover: it does not exist (or cannot, a component
+    /// being a file), or this user cannot look it up (so neither can the command).
+    pub(super) fn existing(
+        path: &Path,
+        done: &mut Vec<PathBuf>,
+    ) -> Result<Option<PathBuf>, String> {
+        match std::fs::canonicalize(path) {
+            Ok(p) if done.contains(&p) => Ok(None),
+            Ok(p) => {
+                done.push(p.clone());
+                Ok(Some(p))
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound
+                        | std::io::ErrorKind::NotADirectory
+                        | std::io::ErrorKind::PermissionDenied
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(format!("cannot look up {}: {e}", path.display())),
+        }
     }
 
     /// Maps the user's own uid and gid (not root) into the new user namespace.
@@ -220,8 +372,8 @@ mod linux {
         Exited(ExitStatus),
     }
 
-    /// Step 4: relay threads, the child, signal forwarding; returns the child's exit code.
-    pub(super) fn run(socket: PathBuf, listeners: Vec<TcpListener>, command: &[OsString]) -> u8 {
+    /// Step 5: relay threads, the child, signal forwarding; returns the child's exit code.
+    pub(super) fn run(proxy: Proxy, listeners: Vec<TcpListener>, command: &[OsString]) -> u8 {
         let mut signals = match SignalsInfo::<WithOrigin>::new([
             SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2,
         ]) {
@@ -231,10 +383,10 @@ mod linux {
                 return super::SETUP_FAILED;
             }
         };
-        let socket = Arc::new(socket);
+        let proxy = Arc::new(proxy);
         for listener in listeners {
-            let socket = Arc::clone(&socket);
-            std::thread::spawn(move || accept_loop(&listener, &socket));
+            let proxy = Arc::clone(&proxy);
+            std::thread::spawn(move || accept_loop(&listener, &proxy));
         }
         let (tx, rx) = mpsc::channel::<Event>();
         let handle = signals.handle();
@@ -302,12 +454,12 @@ mod linux {
         }
     }
 
-    fn accept_loop(listener: &TcpListener, socket: &Arc<PathBuf>) {
+    fn accept_loop(listener: &TcpListener, proxy: &Arc<Proxy>) {
         loop {
             match listener.accept() {
                 Ok((tcp, _)) => {
-                    let socket = Arc::clone(socket);
-                    std::thread::spawn(move || relay(tcp, &socket));
+                    let proxy = Arc::clone(proxy);
+                    std::thread::spawn(move || relay(tcp, &proxy));
                 }
                 // Out of descriptors or similar: back off instead of spinning.
                 Err(_) => std::thread::sleep(Duration::from_millis(50)),
@@ -316,13 +468,13 @@ mod linux {
     }
 
     /// Connects to the proxy and copies both ways until both sides are done.
-    fn relay(tcp: TcpStream, socket: &Path) {
-        let unix = match UnixStream::connect(socket) {
+    fn relay(tcp: TcpStream, proxy: &Proxy) {
+        let unix = match UnixStream::connect(&proxy.via_fd) {
             Ok(u) => u,
             Err(e) => {
                 eprintln!(
                     "kz: --isolate: cannot reach the proxy at {}: {e}",
-                    socket.display()
+                    proxy.shown.display()
                 );
                 let _ = tcp.shutdown(Shutdown::Both);
                 return;
@@ -407,6 +559,52 @@ mod tests {
         ] {
             assert!(parse(args(bad)).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_users_runtime_directory_and_the_buses_are_hidden() {
+        let dirs = linux::hidden_dirs(1000);
+        for d in ["/run/user/1000", "/run/dbus", "/run/systemd", "/run/nscd"] {
+            assert!(dirs.contains(&PathBuf::from(d)), "{d} not hidden");
+        }
+        assert!(!dirs.contains(&PathBuf::from("/run/user/0")));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn existing_resolves_skips_absent_paths_and_each_target_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let file = tmp.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let canonical = std::fs::canonicalize(&real).unwrap();
+        let mut done = Vec::new();
+        assert_eq!(
+            linux::existing(&link, &mut done).unwrap(),
+            Some(canonical.clone())
+        );
+        // The same directory under its other name is covered already.
+        assert_eq!(linux::existing(&real, &mut done).unwrap(), None);
+        assert_eq!(done, [canonical]);
+        for absent in [tmp.path().join("missing"), file.join("below-a-file")] {
+            assert_eq!(
+                linux::existing(&absent, &mut done).unwrap(),
+                None,
+                "{absent:?}"
+            );
+        }
+        // A lookup that fails otherwise (a symlink loop) is an error, not a skip.
+        let lp = tmp.path().join("loop");
+        std::os::unix::fs::symlink(&lp, &lp).unwrap();
+        let err = linux::existing(&lp, &mut done).unwrap_err();
+        assert!(
+            err.starts_with("cannot look up ") && err.contains("loop"),
+            "{err}"
+        );
     }
 
     #[cfg(target_os = "linux")]

@@ -5,8 +5,9 @@
 //!   rustix's safe wrappers; this module only registers the `pre_exec` hook, which runs in the
 //!   forked child between `fork` and `exec`, where only async-signal-safe calls are allowed;
 //! - the two system calls of `kz run --isolate`'s namespace helper (Linux only) that have no safe
-//!   wrapper: `unshare` of a user and network namespace, and the `SIOCGIFFLAGS`/`SIOCSIFFLAGS`
-//!   ioctls that bring the new namespace's loopback interface up.
+//!   wrapper: `unshare` of a user, network and mount namespace, and the
+//!   `SIOCGIFFLAGS`/`SIOCSIFFLAGS` ioctls that bring the new namespace's loopback interface up.
+//!   (The mounts that hide the host's sockets use rustix's safe wrappers, in `isolate`.)
 #![allow(unsafe_code)]
 
 use std::os::fd::OwnedFd;
@@ -33,17 +34,23 @@ pub fn attach_pty(cmd: &mut Command, slave: &OwnedFd) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Moves the calling process into a new user namespace and a new network namespace
-/// (`kz run --isolate`). The kernel refuses a new user namespace to a multi-threaded process, so
-/// this must run before the process starts any thread.
+/// Moves the calling process into a new user namespace, a new network namespace and a new mount
+/// namespace (`kz run --isolate`), all owned by the new user namespace. The kernel refuses a new
+/// user namespace to a multi-threaded process, so this must run before the process starts any
+/// thread.
 #[cfg(target_os = "linux")]
-pub fn unshare_user_net() -> std::io::Result<()> {
+pub fn unshare_user_net_mount() -> std::io::Result<()> {
     use rustix::thread::UnshareFlags;
     // SAFETY: `unshare_unsafe` is unsafe only because `CLONE_FILES` would give this thread an fd
     // table of its own that other threads' descriptors are not part of. These flags do not
-    // include `FILES` (nor anything else that splits per-thread state), and the caller has a
+    // include `FILES` (nor anything else that splits per-thread state: `NEWNS` also unshares
+    // the filesystem root and cwd, which is harmless with one thread), and the caller has a
     // single thread.
-    unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWUSER | UnshareFlags::NEWNET) }?;
+    unsafe {
+        rustix::thread::unshare_unsafe(
+            UnshareFlags::NEWUSER | UnshareFlags::NEWNET | UnshareFlags::NEWNS,
+        )
+    }?;
     Ok(())
 }
 

@@ -1,7 +1,8 @@
 //! `kz __isolate` (the namespace helper behind `kz run --blind --isolate`), run directly: the
 //! child reaches the proxy's Unix socket through `127.0.0.1:PORT` and nothing else — not the
-//! host's loopback, not DNS, no interface but `lo` — keeps the user's ids, gets its exit code
-//! and signals through, and nothing starts when the namespace cannot be set up.
+//! host's loopback, not DNS, no interface but `lo`, not the host's filesystem sockets (session
+//! and system bus, systemd, docker) — keeps the user's ids, gets its exit code and signals
+//! through, and nothing starts when the namespace cannot be set up.
 #![cfg(target_os = "linux")]
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
@@ -49,7 +50,23 @@ impl Target {
     }
 
     fn serve(handler: fn(UnixStream)) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::serve_in(&std::env::temp_dir(), handler)
+    }
+
+    /// [`Target::pong`] with its directory in `parent`.
+    fn pong_in(parent: &Path) -> Self {
+        Self::serve_in(parent, |mut s| {
+            let mut line = String::new();
+            let _ = BufReader::new(s.try_clone().unwrap()).read_line(&mut line);
+            let _ = s.write_all(format!("pong {}\n", line.trim()).as_bytes());
+        })
+    }
+
+    fn serve_in(parent: &Path, handler: fn(UnixStream)) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("kz-isolate-test-")
+            .tempdir_in(parent)
+            .unwrap();
         // Reachable by another uid too (the unprivileged run below).
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let socket = dir.path().join("proxy.sock");
@@ -459,4 +476,251 @@ fn other_setup_failures_start_nothing_either() {
         d.stderr.trim(),
         "kz: kz-no-such-command-4711: command not found"
     );
+}
+
+/// A Unix socket the test listens on at a host path, removed on drop.
+struct HostSocket {
+    path: PathBuf,
+}
+
+impl HostSocket {
+    /// Listens at `path` (mode 0777, so any uid could connect) when its directory exists and
+    /// the path is free; `None` otherwise.
+    fn bind(path: &Path) -> Option<Self> {
+        if !path.parent().is_some_and(Path::is_dir) || path.symlink_metadata().is_ok() {
+            return None;
+        }
+        let listener = UnixListener::bind(path).ok()?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                drop(s);
+            }
+        });
+        Some(Self {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for HostSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// `/run/user/UID`, created for the test (owned by UID, mode 0700) when missing, and then
+/// removed again on drop.
+struct RuntimeDir {
+    path: PathBuf,
+    created: bool,
+}
+
+impl RuntimeDir {
+    fn ensure(uid: u32) -> Option<Self> {
+        let path = PathBuf::from(format!("/run/user/{uid}"));
+        if path.is_dir() {
+            return Some(Self {
+                path,
+                created: false,
+            });
+        }
+        std::fs::create_dir_all("/run/user").ok()?;
+        std::fs::create_dir(&path).ok()?;
+        let dir = Self {
+            path,
+            created: true,
+        };
+        std::os::unix::fs::chown(&dir.path, Some(uid), Some(uid)).unwrap();
+        std::fs::set_permissions(&dir.path, std::fs::Permissions::from_mode(0o700)).unwrap();
+        Some(dir)
+    }
+}
+
+impl Drop for RuntimeDir {
+    fn drop(&mut self) {
+        if self.created {
+            let _ = std::fs::remove_dir(&self.path);
+        }
+    }
+}
+
+/// For each path argument: tries to unmount what covers it (and its directory), then prints
+/// `PATH reachable` or `PATH blocked` after a connection attempt.
+const PROBE: &str = "import os, socket, subprocess, sys\n\
+                     for p in sys.argv[1:]:\n\
+                     \x20   for t in (p, os.path.dirname(p)):\n\
+                     \x20       subprocess.run(['umount', t], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n\
+                     for p in sys.argv[1:]:\n\
+                     \x20   s = socket.socket(socket.AF_UNIX)\n\
+                     \x20   try:\n\
+                     \x20       s.connect(p)\n\
+                     \x20       print(p, 'reachable')\n\
+                     \x20   except OSError:\n\
+                     \x20       print(p, 'blocked')\n";
+
+/// Host sockets at hidden places (the ones this machine allows creating): in the runtime
+/// directory of `uid`, the system bus directory, systemd's, and (only for `docker`, so that
+/// one test uses it) `/run/docker.sock` when it is free.
+fn hidden_sockets(uid: u32, runtime: &RuntimeDir, docker: bool) -> Vec<HostSocket> {
+    let tag = format!("kz-isolate-test-{}-{uid}.sock", std::process::id());
+    let mut places = vec![
+        runtime.path.join(&tag),
+        Path::new("/run/dbus").join(&tag),
+        Path::new("/run/systemd").join(&tag),
+    ];
+    if docker {
+        places.push(PathBuf::from("/run/docker.sock"));
+    }
+    let mut sockets: Vec<HostSocket> = places.iter().filter_map(|p| HostSocket::bind(p)).collect();
+    // A symlinked spelling of a hidden directory is covered too.
+    if Path::new("/var/run").is_symlink() && Path::new("/run/dbus").is_dir() {
+        let tag = format!("kz-isolate-test-{}-{uid}-var.sock", std::process::id());
+        if let Some(mut s) = HostSocket::bind(&Path::new("/run/dbus").join(&tag)) {
+            s.path = Path::new("/var/run/dbus").join(&tag);
+            sockets.push(s);
+        }
+    }
+    sockets
+}
+
+fn probe_lines(d: &Done) -> Vec<String> {
+    assert_eq!(
+        d.code,
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        d.stdout,
+        d.stderr
+    );
+    d.stdout.lines().map(str::to_owned).collect()
+}
+
+fn expect(paths: &[&Path], verdict: &str) -> Vec<String> {
+    paths
+        .iter()
+        .map(|p| format!("{} {verdict}", p.display()))
+        .collect()
+}
+
+#[test]
+fn host_filesystem_sockets_are_hidden_but_the_proxy_under_them_is_reached() {
+    if outer(&["-u"]) != "0" {
+        return;
+    }
+    let Some(runtime) = RuntimeDir::ensure(0) else {
+        return;
+    };
+    // The proxy's own socket lives in a directory that gets hidden.
+    let t = Target::pong_in(&runtime.path);
+    let control = Target::pong();
+    let hidden = hidden_sockets(0, &runtime, true);
+    assert!(hidden.len() >= 2, "too few places to test on this machine");
+    let hidden_paths: Vec<&Path> = hidden.iter().map(|h| h.path.as_path()).collect();
+    let mut probe: Vec<&str> = vec!["python3", "-c", PROBE];
+    probe.extend(hidden_paths.iter().map(|p| p.to_str().unwrap()));
+    // Outside, each one answers.
+    let mut outside = Command::new("python3");
+    outside
+        .args(&probe[1..])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    assert_eq!(
+        probe_lines(&run(outside)),
+        expect(&hidden_paths, "reachable")
+    );
+    // Inside, none does, even after trying to unmount what covers it; a socket elsewhere still
+    // does, and the relay reaches the proxy in its hidden directory.
+    probe.push(control.socket.to_str().unwrap());
+    let mut want = expect(&hidden_paths, "blocked");
+    want.extend(expect(&[control.socket.as_path()], "reachable"));
+    let d = run(helper(&t.socket, &probe));
+    assert_eq!(probe_lines(&d), want, "stderr:\n{}", d.stderr);
+    let relay = format!(
+        "import os, socket\n\
+         c = socket.create_connection(('127.0.0.1', {PORT}), timeout=10)\n\
+         c.sendall(b'hidden\\n')\n\
+         print(c.makefile().readline().strip())\n\
+         print(os.listdir('{}'))\n",
+        runtime.path.display()
+    );
+    let d = python_ok(&t.socket, &relay);
+    assert_eq!(
+        d.stdout.lines().collect::<Vec<_>>(),
+        ["pong hidden", "[]"],
+        "stderr:\n{}",
+        d.stderr
+    );
+    assert!(d.stderr.is_empty(), "stderr:\n{}", d.stderr);
+    drop(t);
+}
+
+#[test]
+fn an_unprivileged_user_cannot_reach_hidden_sockets_either() {
+    // Run as root (as in a container): check the unprivileged path as `nobody` via setpriv.
+    let python = Path::new("/usr/bin/python3");
+    if outer(&["-u"]) != "0"
+        || Command::new("setpriv").arg("--version").output().is_err()
+        || !python.exists()
+    {
+        return;
+    }
+    let Some(runtime) = RuntimeDir::ensure(65534) else {
+        return;
+    };
+    let t = Target::pong_in(&runtime.path);
+    let hidden = hidden_sockets(65534, &runtime, false);
+    assert!(hidden.len() >= 2, "too few places to test on this machine");
+    // A copy of kz that `nobody` can execute wherever the build directory is.
+    let bin = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let kz = bin.path().join("kz");
+    std::fs::copy(kz_bin(), &kz).unwrap();
+    std::fs::set_permissions(&kz, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let as_nobody = |program: &Path, args: &[&str]| {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(program)
+            .args(args)
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        run(c)
+    };
+    let hidden_paths: Vec<&Path> = hidden.iter().map(|h| h.path.as_path()).collect();
+    let mut probe: Vec<&str> = vec!["-c", PROBE];
+    probe.extend(hidden_paths.iter().map(|p| p.to_str().unwrap()));
+    assert_eq!(
+        probe_lines(&as_nobody(python, &probe)),
+        expect(&hidden_paths, "reachable")
+    );
+    let socket = t.socket.to_str().unwrap();
+    let port = PORT.to_string();
+    let mut inside = vec!["__isolate", socket, &port, "--", python.to_str().unwrap()];
+    inside.extend(&probe);
+    assert_eq!(
+        probe_lines(&as_nobody(&kz, &inside)),
+        expect(&hidden_paths, "blocked")
+    );
+    let relay = format!(
+        "import socket\n\
+         c = socket.create_connection(('127.0.0.1', {PORT}), timeout=10)\n\
+         c.sendall(b'nobody\\n')\n\
+         print(c.makefile().readline().strip())\n"
+    );
+    let d = as_nobody(
+        &kz,
+        &[
+            "__isolate",
+            socket,
+            &port,
+            "--",
+            python.to_str().unwrap(),
+            "-c",
+            &relay,
+        ],
+    );
+    assert_eq!(d.code, Some(0), "stderr:\n{}", d.stderr);
+    assert_eq!(d.stdout.trim(), "pong nobody", "stderr:\n{}", d.stderr);
+    drop(t);
 }
