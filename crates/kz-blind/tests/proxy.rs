@@ -392,3 +392,44 @@ fn a_body_over_the_buffer_limit_streams_and_its_swap_is_audited() {
         assert_eq!(h.proxy.summary().swapped_requests, 1);
     });
 }
+
+#[test]
+fn expect_100_continue_is_answered_and_the_body_swapped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    rt().block_on(async {
+        let h = harness(&[]).await;
+        let addr = h.proxy_url.trim_start_matches("http://").to_string();
+        let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let body = format!("k={}", h.token);
+        // Absolute-form https target: the proxy originates the TLS connection itself.
+        let head = format!(
+            "POST https://localhost:{}/expect HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+            h.upstream.port(),
+            body.len()
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 512];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), tcp.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        let interim = String::from_utf8_lossy(&buf[..n]).to_string();
+        assert!(interim.starts_with("HTTP/1.1 100"), "{interim}");
+        tcp.write_all(body.as_bytes()).await.unwrap();
+        let mut all = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !String::from_utf8_lossy(&all).contains("ok POST /expect") {
+            assert!(std::time::Instant::now() < deadline, "no final answer");
+            let n = tokio::time::timeout(std::time::Duration::from_secs(10), tcp.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&all));
+            all.extend_from_slice(&buf[..n]);
+        }
+        assert!(String::from_utf8_lossy(&all).starts_with("HTTP/1.1 200"));
+        let seen = h.upstream.seen();
+        assert_eq!(seen[0].body, format!("k={CANARY}").as_bytes());
+        assert!(seen[0].header("expect").is_none());
+    });
+}
