@@ -187,3 +187,24 @@ fn the_command_cannot_read_kz_through_proc() {
     assert!(stdout.contains("mem=denied"), "{stdout}");
     assert!(!stdout.contains(CANARY) && !stderr.contains(CANARY));
 }
+
+#[test]
+fn blind_isolate_in_the_config_isolates_without_the_flag() {
+    let mut s = Sandbox::with_config(
+        "[secrets]\nAPI_TOKEN = { provider = \"env\", ref = \"KZ_TEST_SRC\", hosts = [\"api.example.com\"] }\n\
+         [blind]\nisolate = true\n",
+    );
+    s.set("KZ_TEST_SRC", CANARY);
+    let r = s
+        .kz(&["run", "--blind", "--", "cat", "/proc/net/dev"])
+        .ok()
+        .no_canary();
+    let interfaces: Vec<&str> = r
+        .stdout
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(str::trim)
+        .collect();
+    assert_eq!(interfaces, ["lo"], "{}", r.stdout);
+}
