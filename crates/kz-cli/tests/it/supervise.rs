@@ -37,8 +37,11 @@ fn mask_replaces_values_even_split_across_writes() {
 
 /// Starts kz in the background with stdout piped into a channel of lines.
 fn spawn(s: &Sandbox, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
+    use std::os::unix::process::CommandExt;
     let mut c = s
         .cmd(args)
+        // Its own process group, which kz's children share: a test can stop them all.
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -128,7 +131,12 @@ fn sighup_re_resolves_and_a_stubborn_child_is_killed_after_the_grace() {
     s.write("vals.env", "V=two-two-two\nSHORT=x\n");
     kill(&c, "HUP");
     expect_line(&rx, "start:two-two-two");
-    kill(&c, "KILL");
+    // The command ignores SIGTERM: stop kz and it together (the whole process group).
+    let ok = std::process::Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", c.id())])
+        .status()
+        .unwrap();
+    assert!(ok.success());
     let _ = wait(&mut c);
 }
 
