@@ -602,18 +602,7 @@ impl Proxy {
         let Some(scrubber) = &self.shared.scrubber else {
             return Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync());
         };
-        let mut hits = scrubber.scrub_headers(&mut parts.headers);
-        if let Some(echo) = &echo {
-            for v in parts.headers.values_mut() {
-                let (new, h) = echo.redactor.replace_all_hits(v.as_bytes());
-                if !h.is_empty()
-                    && let Ok(nv) = HeaderValue::from_bytes(&new)
-                {
-                    *v = nv;
-                    hits.extend_from_slice(&echo.secrets);
-                }
-            }
-        }
+        let hits = scrub_fields(scrubber, echo.as_ref(), &mut parts.headers);
         self.scrubbed(method, dest, path, &hits);
         let bodiless = method == Method::HEAD
             || parts.status.is_informational()
@@ -651,16 +640,9 @@ impl Proxy {
                     );
                 }
             };
-            let mut hits = Vec::new();
-            let echoed = match &echo {
-                Some(e) => {
-                    let (out, h) = e.redactor.replace_all_hits(&bytes);
-                    if !h.is_empty() {
-                        hits.extend_from_slice(&e.secrets);
-                    }
-                    out
-                }
-                None => bytes.to_vec(),
+            let (echoed, mut hits) = match &echo {
+                Some(e) => e.apply(&bytes),
+                None => (bytes.to_vec(), Vec::new()),
             };
             let (out, h) = scrubber.scrub_buffer(&echoed);
             hits.extend(h);
@@ -679,7 +661,7 @@ impl Proxy {
         let transform = ScrubTransform {
             inner: scrubber.stream(),
             echo,
-            scrubber: Some(scrubber.clone()),
+            scrubber: scrubber.clone(),
             trailer_hits: Vec::new(),
             done: Some(Box::new(move |hits: Vec<usize>| {
                 proxy.scrubbed(&method, &dest, &path, &hits);
@@ -992,6 +974,38 @@ struct Echo {
     secrets: Vec<usize>,
 }
 
+impl Echo {
+    /// `bytes` with the pair replaced, and the secrets inside when it occurred.
+    fn apply(&self, bytes: &[u8]) -> (Vec<u8>, Vec<usize>) {
+        let (out, h) = self.redactor.replace_all_hits(bytes);
+        let secrets = if h.is_empty() {
+            Vec::new()
+        } else {
+            self.secrets.clone()
+        };
+        (out, secrets)
+    }
+}
+
+/// Scrubs header fields (the head or trailers): this request's echo pair, then every secret's
+/// forms. Returns the secrets hidden.
+fn scrub_fields(scrubber: &Scrubber, echo: Option<&Echo>, fields: &mut HeaderMap) -> Vec<usize> {
+    let mut hits = Vec::new();
+    if let Some(echo) = echo {
+        for v in fields.values_mut() {
+            let (new, h) = echo.apply(v.as_bytes());
+            if !h.is_empty()
+                && let Ok(nv) = HeaderValue::from_bytes(&new)
+            {
+                *v = nv;
+                hits.extend(h);
+            }
+        }
+    }
+    hits.extend(scrubber.scrub_headers(fields));
+    hits
+}
+
 /// The echo pair when a swap changed an `Authorization: Basic` header.
 fn basic_echo(
     swapper: &Swapper,
@@ -1027,27 +1041,15 @@ struct ScrubTransform {
     inner: ScrubStream,
     echo: Option<Echo>,
     /// For trailers (header fields after the body).
-    scrubber: Option<Scrubber>,
+    scrubber: Scrubber,
     trailer_hits: Vec<usize>,
     done: Option<Done>,
 }
 
 impl Transform for ScrubTransform {
     fn trailers(&mut self, trailers: &mut HeaderMap) {
-        if let Some(scrubber) = &self.scrubber {
-            self.trailer_hits.extend(scrubber.scrub_headers(trailers));
-        }
-        if let Some(echo) = &self.echo {
-            for v in trailers.values_mut() {
-                let (new, h) = echo.redactor.replace_all_hits(v.as_bytes());
-                if !h.is_empty()
-                    && let Ok(nv) = HeaderValue::from_bytes(&new)
-                {
-                    *v = nv;
-                    self.trailer_hits.extend_from_slice(&echo.secrets);
-                }
-            }
-        }
+        let hits = scrub_fields(&self.scrubber, self.echo.as_ref(), trailers);
+        self.trailer_hits.extend(hits);
     }
 
     fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), BoxError> {
