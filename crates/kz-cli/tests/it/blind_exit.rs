@@ -208,3 +208,51 @@ fn blind_isolate_in_the_config_isolates_without_the_flag() {
         .collect();
     assert_eq!(interfaces, ["lo"], "{}", r.stdout);
 }
+
+#[test]
+fn an_unreadable_upstream_ca_stops_the_run_naming_the_file() {
+    let mut s = Sandbox::with_config(
+        "[secrets]\nAPI_TOKEN = { provider = \"env\", ref = \"KZ_TEST_SRC\", hosts = [\"api.example.com\"] }\n\
+         [blind]\nupstream_ca = \"/nonexistent/kz-test-ca.pem\"\n",
+    );
+    s.set("KZ_TEST_SRC", CANARY);
+    let r = s
+        .kz(&["run", "--blind", "--", "touch", "started"])
+        .code(1)
+        .no_canary();
+    assert!(
+        r.stderr.contains("/nonexistent/kz-test-ca.pem"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !s.project.join("started").exists(),
+        "the command must not start"
+    );
+}
+
+#[test]
+fn an_unwritable_audit_log_stops_the_run_before_the_command() {
+    let s = project();
+    let r = s
+        .kz(&[
+            "run",
+            "--blind",
+            "--audit",
+            "/nonexistent-dir/audit.jsonl",
+            "--",
+            "touch",
+            "started",
+        ])
+        .code(1)
+        .no_canary();
+    assert!(
+        r.stderr.contains("/nonexistent-dir/audit.jsonl"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !s.project.join("started").exists(),
+        "the command must not start"
+    );
+}
