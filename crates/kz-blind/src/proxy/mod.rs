@@ -3,7 +3,8 @@
 //!
 //! For every request: the destination must pass the egress policy; every token in the target,
 //! headers and body must belong to a secret bound to that destination, or the request is
-//! refused (`403`, nothing sent); tokens are then swapped for values; the response has values
+//! refused (`403`; nothing is sent, except that a body over 16 MiB streams and is cut off at the
+//! forbidden token, before any value); tokens are then swapped for values; the response has values
 //! (and their encodings) scrubbed back into tokens. Swaps, refusals and scrubs are audited
 //! (names only) and counted for the `-v` summary.
 //!
