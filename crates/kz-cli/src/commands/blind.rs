@@ -10,6 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -79,6 +80,24 @@ pub fn run(
         ));
     }
     let (table, policy) = plan(ctx, &args, config, selected, vars)?;
+    // Where this run's values and backend credentials come from: hidden from the command under
+    // --isolate, named at start without it (docs/blind.md, "Threat model").
+    let sources = isolate::provider_sources(ctx, config, selected)?;
+    let hide = if isolate {
+        Some(isolate::hidden_paths(
+            &ctx.paths,
+            &sources,
+            &config.blind.hide,
+        ))
+    } else {
+        let root = rustix::process::geteuid().is_root();
+        if let Some(line) =
+            isolate::exposure_line(&sources, root).filter(|_| cfg!(target_os = "linux"))
+        {
+            ctx.out.note(&line);
+        }
+        None
+    };
     let ca = RunCa::new().map_err(|e| {
         Failure::msg(
             "blind::ca",
@@ -110,7 +129,7 @@ pub fn run(
         scrub_responses: config.blind.scrub_responses,
         audit: None,
     };
-    let result = run_with_dir(ctx, args, selected, settings, &dir, isolate);
+    let result = run_with_dir(ctx, args, selected, settings, &dir, hide.as_deref());
     if let Err(e) = dir.remove() {
         ctx.out
             .note(&format!("could not remove the run's CA directory: {e}"));
@@ -185,7 +204,7 @@ fn run_with_dir(
     selected: &[&SecretEntry],
     mut settings: Settings,
     dir: &CaDir,
-    isolate: bool,
+    isolate: Option<&[PathBuf]>,
 ) -> CmdResult {
     let audit = match &args.audit {
         None => None,
@@ -225,7 +244,7 @@ fn run_with_dir(
         })
         .collect();
     let proxy = runtime.block_on(async { Proxy::new(settings) });
-    let proxy_url = if isolate {
+    let proxy_url = if isolate.is_some() {
         let listener = runtime
             .block_on(async { tokio::net::UnixListener::bind(dir.socket_path()) })
             .map_err(|e| {
@@ -378,7 +397,7 @@ fn run_child(
     args: &RunArgs,
     env: Vec<(OsString, OsString)>,
     dir: &CaDir,
-    isolate: bool,
+    isolate: Option<&[PathBuf]>,
 ) -> CmdResult {
     let Some(program) = args.command.first().cloned() else {
         return Err(Failure::usage(
@@ -386,10 +405,11 @@ fn run_child(
             "write the command after `--`: kz run --blind -- agent",
         ));
     };
-    let mut cmd = if isolate {
+    let mut cmd = if let Some(hide) = isolate {
         let spec = isolate::Spec {
             socket: dir.socket_path(),
             port: ISOLATED_PROXY_PORT,
+            hide: hide.to_vec(),
             command: args.command.clone(),
             env,
         };
