@@ -1,19 +1,25 @@
 //! `kz run --blind --isolate`: the network-namespace helper (`blind.md`, "Isolation").
 //!
 //! A multi-threaded process cannot create a user namespace, so the outer kz (which has threads:
-//! the proxy, signal handling) re-executes itself as `kz __isolate SOCKET PORT -- CMD ARGS…`
-//! ([`command`]). `main` dispatches that to [`helper_main`] before anything else runs, so the
-//! helper is still single-threaded when it:
+//! the proxy, signal handling) re-executes itself as
+//! `kz __isolate SOCKET PORT [--hide PATH]… -- CMD ARGS…` ([`command`]; the paths are
+//! [`hidden_paths`]: kz's XDG directories, every provider's `sources`, well-known credential
+//! files, `[blind] hide`). `main` dispatches that to [`helper_main`] before anything else runs,
+//! so the helper is still single-threaded when it:
 //!
-//! 1. unshares a user, a network and a mount namespace, maps the user's own uid and gid (not
-//!    root) and denies `setgroups`;
-//! 2. makes every mount private, opens the proxy socket's directory (`O_PATH`) and then hides
-//!    the host's filesystem sockets that lead out of the namespace (the network namespace does
-//!    not cover them): an empty read-only tmpfs over `/run/user/UID`, `/run/dbus`,
-//!    `/run/systemd` and `/run/nscd`, `/dev/null` over the docker, podman and containerd
-//!    sockets. The relay names the proxy as `/proc/self/fd/N/NAME`, so it is reached even when
-//!    its directory is under a hidden one. `CAP_SYS_ADMIN` leaves the bounding set, so a command
-//!    running as root cannot unmount what hides them;
+//! 1. notes the block devices and swap areas the user can read, then unshares a user, a network
+//!    and a mount namespace, maps the user's own uid and gid (not root) and denies `setgroups`;
+//! 2. makes every mount private, opens the proxy socket's directory (`O_PATH`), then covers
+//!    every credential source (each `--hide` path with symlinks resolved, and those devices):
+//!    an empty read-only tmpfs over a directory, an empty read-only file over anything else;
+//!    a hard-linked file, `/`, or a directory that holds the run's CA directory is an error.
+//!    Then it hides the host's filesystem sockets that lead out of the namespace (the network
+//!    namespace does not cover them): an empty read-only tmpfs over `/run/user/UID`,
+//!    `/run/dbus`, `/run/systemd` and `/run/nscd`, `/dev/null` over the docker, podman and
+//!    containerd sockets. The relay names the proxy as `/proc/self/fd/N/NAME`, so it is
+//!    reached even when its directory is under a hidden one. `CAP_SYS_ADMIN` leaves the
+//!    bounding set, so a command running as root cannot unmount what hides them, and once
+//!    set up the helper drops every capability of its own (the command may ptrace it);
 //! 3. brings the new namespace's `lo` up (its only interface: no route leaves the machine, and
 //!    DNS fails because no resolver is reachable);
 //! 4. listens on `127.0.0.1:PORT` (and `[::1]:PORT` when IPv6 is there), then starts threads

@@ -84,11 +84,10 @@ pub fn run(
     // --isolate, named at start without it (docs/blind.md, "Threat model").
     let sources = isolate::provider_sources(ctx, config, selected)?;
     let hide = if isolate {
-        Some(isolate::hidden_paths(
-            &ctx.paths,
-            &sources,
-            &config.blind.hide,
-        ))
+        // `.keyzero.local.toml` may hold inline backend credentials (a Vault token).
+        let mut extra = vec![config.discovered.local_path()];
+        extra.extend(config.blind.hide.iter().cloned());
+        Some(isolate::hidden_paths(&ctx.paths, &sources, &extra))
     } else {
         let root = rustix::process::geteuid().is_root();
         if let Some(line) =

@@ -743,6 +743,7 @@ fn hostile_world() -> crate::util::Sandbox {
     s.set("KZ_TEST_SRC", CANARY);
     s.put("LOCAL_KEY", CANARY);
     s.write("secrets.env", &format!("FILE_KEY={CANARY}\n"));
+    s.write(".keyzero.local.toml", &format!("# {CANARY}\n"));
     let home = s.root.path().join("home");
     std::fs::write(home.join(".vault-token"), CANARY).unwrap();
     std::fs::create_dir_all(home.join("real-aws")).unwrap();
@@ -774,6 +775,7 @@ fn hostile_targets(s: &crate::util::Sandbox) -> Vec<(&'static str, PathBuf)> {
         ("aws-via-link", root.join("home/.aws/credentials")),
         ("aws-real", root.join("home/real-aws/credentials")),
         ("hide", root.join("home/private/notes.txt")),
+        ("local-config", s.project.join(".keyzero.local.toml")),
     ]
 }
 
@@ -876,9 +878,9 @@ fn assert_all_blocked(r: &crate::util::Run) {
         r.stdout,
         r.stderr
     );
-    // The helper's capabilities, kz's name, 10 targets each directly and through kz's root,
-    // then environ, mem and two unmounts.
-    assert_eq!(v.len(), 2 + 10 * 2 + 4, "{}", r.stdout);
+    // The helper's capabilities, kz's name, each target directly and through kz's root, then
+    // environ, mem and two unmounts.
+    assert_eq!(v.len(), 2 + 11 * 2 + 4, "{}", r.stdout);
 }
 
 #[test]
