@@ -811,6 +811,7 @@ for arg in sys.argv[2:]:
     name, path = arg.split("=", 1)
     print(name, verdict(read(path)))
     print(name + "-via-kz-root", verdict(read("/proc/%d/root%s" % (kz, path))))
+    print(name + "-via-own-root", verdict(read("/proc/self/root" + path)))
 print("kz-environ", verdict(read("/proc/%d/environ" % kz)))
 def mem():
     try:
@@ -878,9 +879,9 @@ fn assert_all_blocked(r: &crate::util::Run) {
         r.stdout,
         r.stderr
     );
-    // The helper's capabilities, kz's name, each target directly and through kz's root, then
-    // environ, mem and two unmounts.
-    assert_eq!(v.len(), 2 + 11 * 2 + 4, "{}", r.stdout);
+    // The helper's capabilities, kz's name, each target directly, through kz's root and
+    // through the command's own, then environ, mem and two unmounts.
+    assert_eq!(v.len(), 2 + 11 * 3 + 4, "{}", r.stdout);
 }
 
 #[test]
@@ -1029,4 +1030,34 @@ fn without_isolate_one_line_names_the_readable_sources_and_q_silences_it() {
         .ok()
         .no_canary();
     assert!(!i.stderr.contains("without --isolate"), "{}", i.stderr);
+}
+
+#[test]
+fn hiding_the_directory_that_holds_the_runs_ca_directory_stops_the_start() {
+    let mut s = crate::util::Sandbox::with_config(
+        "[secrets]\nAPI_TOKEN = { provider = \"env\", ref = \"KZ_TEST_SRC\", hosts = [\"api.example.com\"] }\n\
+         [blind]\nhide = [\"../tmp\"]\n",
+    );
+    let tmp = s.root.path().join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    s.set("KZ_TEST_SRC", crate::util::CANARY);
+    s.set("TMPDIR", tmp.to_str().unwrap());
+    let marker = s.project.join("started");
+    let r = s
+        .kz(&[
+            "run",
+            "--blind",
+            "--isolate",
+            "--",
+            "touch",
+            marker.to_str().unwrap(),
+        ])
+        .code(125)
+        .no_canary();
+    assert!(
+        r.stderr.contains("CA directory") && r.stderr.contains(&tmp.display().to_string()),
+        "{}",
+        r.stderr
+    );
+    assert!(!marker.exists(), "the command must not start");
 }
