@@ -160,10 +160,37 @@ pub fn provider_sources(
     Ok(out)
 }
 
+/// Whether this run's values or backend credentials sit in kz's own environment: a secret of
+/// the `env` provider, or a credential variable of a used provider type (`AWS_*`, `VAULT_TOKEN`,
+/// ...) that is set. The process that started kz holds the same environment, and the command
+/// (same user) can read it through `/proc/PID/environ` unless it is isolated.
+pub fn values_in_environment<'t>(
+    types: impl IntoIterator<Item = &'t kz_config::catalog::ProviderType>,
+    is_set: impl Fn(&str) -> bool,
+    names: impl IntoIterator<Item = String>,
+) -> bool {
+    let types: Vec<&kz_config::catalog::ProviderType> = types.into_iter().collect();
+    if types.iter().any(|t| t.name == "env") {
+        return true;
+    }
+    let patterns: Vec<&str> = types
+        .iter()
+        .flat_map(|t| t.credential_env.iter().copied())
+        .collect();
+    names.into_iter().any(|n| {
+        is_set(&n)
+            && patterns.iter().any(|p| match p.strip_suffix('*') {
+                Some(prefix) => n.starts_with(prefix),
+                None => n == *p,
+            })
+    })
+}
+
 /// Without `--isolate`: the one line that says which sources of this run's values the command
-/// could read (those that exist and this user can read), and, as root, that it can read kz's
-/// memory too; `None` when there is nothing to say.
-pub fn exposure_line(provider_sources: &[PathBuf], root: bool) -> Option<String> {
+/// could read (the files that exist and this user can read; the environment kz was started
+/// with, which its parent process still holds, when `in_env`), and, as root, that it can read
+/// kz's memory too; `None` when there is nothing to say.
+pub fn exposure_line(provider_sources: &[PathBuf], in_env: bool, root: bool) -> Option<String> {
     let readable: Vec<String> = provider_sources
         .iter()
         .filter(|p| rustix::fs::access(p.as_path(), rustix::fs::Access::READ_OK).is_ok())
@@ -175,6 +202,11 @@ pub fn exposure_line(provider_sources: &[PathBuf], root: bool) -> Option<String>
             "where this run's values come from ({})",
             readable.join(", ")
         ));
+    }
+    if in_env {
+        exposed.push(
+            "the environment kz was started with (its parent process holds it too)".to_string(),
+        );
     }
     if root {
         exposed.push("kz's memory (it runs as root)".to_string());
@@ -1155,15 +1187,55 @@ mod tests {
         let env = tmp.path().join(".env");
         std::fs::write(&env, "A=1").unwrap();
         let missing = tmp.path().join("missing");
-        let line = exposure_line(&[env.clone(), missing.clone()], false).unwrap();
+        let line = exposure_line(&[env.clone(), missing.clone()], false, false).unwrap();
         assert!(line.contains(&env.display().to_string()), "{line}");
         assert!(!line.contains("missing"), "{line}");
         assert!(
             line.contains("--isolate") && !line.contains("memory"),
             "{line}"
         );
-        assert_eq!(exposure_line(std::slice::from_ref(&missing), false), None);
-        let line = exposure_line(&[missing], true).unwrap();
+        assert!(!line.contains("environment"), "{line}");
+        assert_eq!(
+            exposure_line(std::slice::from_ref(&missing), false, false),
+            None
+        );
+        let line = exposure_line(std::slice::from_ref(&missing), true, false).unwrap();
+        assert!(
+            line.contains("the environment kz was started with"),
+            "{line}"
+        );
+        let line = exposure_line(&[missing], false, true).unwrap();
         assert!(line.contains("kz's memory"), "{line}");
+    }
+
+    #[test]
+    fn values_in_the_environment_are_the_env_providers_and_set_credential_variables() {
+        use kz_config::catalog::find;
+        let ty = |n: &str| find(n).unwrap();
+        let names = || ["PATH", "AWS_SECRET_ACCESS_KEY", "EMPTY"].map(String::from);
+        let set = |n: &str| n != "EMPTY";
+        assert!(values_in_environment([ty("env")], set, names()));
+        assert!(values_in_environment(
+            [ty("local"), ty("aws")],
+            set,
+            names()
+        ));
+        assert!(!values_in_environment(
+            [ty("local"), ty("dotenv")],
+            set,
+            names()
+        ));
+        // A credential variable that is set but empty holds nothing.
+        let only_vault = || ["VAULT_TOKEN"].map(String::from);
+        assert!(!values_in_environment(
+            [ty("hashicorp")],
+            |_| false,
+            only_vault()
+        ));
+        assert!(values_in_environment(
+            [ty("hashicorp")],
+            |_| true,
+            only_vault()
+        ));
     }
 }

@@ -90,8 +90,13 @@ pub fn run(
         Some(isolate::hidden_paths(&ctx.paths, &sources, &extra))
     } else {
         let root = rustix::process::geteuid().is_root();
+        let in_env = isolate::values_in_environment(
+            selected.iter().map(|s| s.ty),
+            |n| std::env::var_os(n).is_some_and(|v| !v.is_empty()),
+            std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()),
+        );
         if let Some(line) =
-            isolate::exposure_line(&sources, root).filter(|_| cfg!(target_os = "linux"))
+            isolate::exposure_line(&sources, in_env, root).filter(|_| cfg!(target_os = "linux"))
         {
             ctx.out.note(&line);
         }

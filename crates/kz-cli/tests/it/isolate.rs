@@ -1019,6 +1019,11 @@ fn without_isolate_one_line_names_the_readable_sources_and_q_silences_it() {
         );
     }
     assert!(line.contains("add --isolate"), "{line}");
+    // ENV_KEY comes from kz's environment, which the process that started kz holds too.
+    assert!(
+        line.contains("the environment kz was started with"),
+        "{line}"
+    );
     let q = s
         .kz(&["-q", "run", "--blind", "--", "true"])
         .ok()
