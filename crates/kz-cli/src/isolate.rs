@@ -436,10 +436,22 @@ mod linux {
         .map_err(|e| format!("cannot make the new mount namespace private: {e}"))?;
         // Opened in the new mount namespace, before anything is hidden.
         let proxy = proxy_via_fd(socket)?;
+        let cwd = std::env::current_dir()
+            .map_err(|e| format!("cannot tell the working directory: {e}"))?;
         let stage = socket.parent().unwrap_or(Path::new("."));
         let targets = hide_targets(hide, &devices, stage)?;
         hide_credentials(&targets, stage)?;
         hide_host_sockets(uid)?;
+        // The working directory still names the directory as it was before anything was
+        // mounted: a command could read what is hidden through relative paths. Enter it again
+        // through the mounts; when it is inside a hidden directory, that fails.
+        std::env::set_current_dir(&cwd).map_err(|e| {
+            format!(
+                "the working directory {} is inside a directory that is hidden from the \
+                 command ({e}); start kz from another directory",
+                cwd.display()
+            )
+        })?;
         if !std::fs::metadata(&proxy.via_fd).is_ok_and(|m| m.file_type().is_socket()) {
             return Err(format!(
                 "cannot reach the proxy socket {} through {}",

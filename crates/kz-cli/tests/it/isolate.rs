@@ -1066,3 +1066,61 @@ fn hiding_the_directory_that_holds_the_runs_ca_directory_stops_the_start() {
     );
     assert!(!marker.exists(), "the command must not start");
 }
+
+/// `kz --dir PROJECT run --blind --isolate -- sh -c SCRIPT` started in `cwd`.
+fn run_from(s: &crate::util::Sandbox, cwd: &Path, script: &str) -> crate::util::Run {
+    let out = s
+        .cmd(&[
+            "--dir",
+            s.project.to_str().unwrap(),
+            "run",
+            "--blind",
+            "--isolate",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    crate::util::Run::from(out)
+}
+
+#[test]
+fn a_command_started_in_a_hidden_directory_sees_it_empty() {
+    // The working directory is entered again after the mounts: otherwise it would still name
+    // the directory below the one that hides it, and relative paths would read the store.
+    let s = hostile_world();
+    let r = run_from(
+        &s,
+        &s.root.path().join("data/keyzero"),
+        "ls -A | wc -l; cat store.age 2>/dev/null | wc -c",
+    )
+    .ok()
+    .no_canary();
+    let counts: Vec<&str> = r.stdout.split_whitespace().collect();
+    assert_eq!(counts, ["0", "0"], "{}\n{}", r.stdout, r.stderr);
+}
+
+#[test]
+fn a_working_directory_inside_a_hidden_directory_stops_the_start() {
+    let s = hostile_world();
+    let inside = s.root.path().join("data/keyzero/sub");
+    std::fs::create_dir_all(&inside).unwrap();
+    let marker = s.project.join("started");
+    let r = run_from(
+        &s,
+        &inside,
+        &format!("cat ../store.age | wc -c; touch {}", marker.display()),
+    )
+    .code(125)
+    .no_canary();
+    assert!(
+        r.stderr.contains("working directory") && r.stderr.contains(&inside.display().to_string()),
+        "{}",
+        r.stderr
+    );
+    assert!(!marker.exists(), "the command must not start");
+}
