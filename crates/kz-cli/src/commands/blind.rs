@@ -1,8 +1,9 @@
 //! `kz run --blind`: the command gets masked tokens; kz stays its parent and runs the swapping
 //! proxy ([`kz_blind::proxy`]) until it exits.
 //!
-//! Order: plan where each secret may go (refuse to start when one may go nowhere), make the run's
-//! CA and its private directory, open the audit log, start the proxy (on `127.0.0.1`, or on a
+//! Order: plan where each secret may go (refuse to start when one may go nowhere), collect where
+//! the values and backend credentials come from (hidden under `--isolate`, named in one line
+//! without it), make the run's CA and its private directory, open the audit log, start the proxy (on `127.0.0.1`, or on a
 //! Unix socket in that directory for `--isolate`), build the child's clean environment, start
 //! the child (directly, or through the namespace helper), forward signals, wait. On every way
 //! out after the directory exists (child exit, a signal to kz, an error) the directory is removed
