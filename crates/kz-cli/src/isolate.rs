@@ -1,19 +1,25 @@
 //! `kz run --blind --isolate`: the network-namespace helper (`blind.md`, "Isolation").
 //!
 //! A multi-threaded process cannot create a user namespace, so the outer kz (which has threads:
-//! the proxy, signal handling) re-executes itself as `kz __isolate SOCKET PORT -- CMD ARGS…`
-//! ([`command`]). `main` dispatches that to [`helper_main`] before anything else runs, so the
-//! helper is still single-threaded when it:
+//! the proxy, signal handling) re-executes itself as
+//! `kz __isolate SOCKET PORT [--hide PATH]… -- CMD ARGS…` ([`command`]; the paths are
+//! [`hidden_paths`]: kz's XDG directories, every provider's `sources`, well-known credential
+//! files, `[blind] hide`). `main` dispatches that to [`helper_main`] before anything else runs,
+//! so the helper is still single-threaded when it:
 //!
-//! 1. unshares a user, a network and a mount namespace, maps the user's own uid and gid (not
-//!    root) and denies `setgroups`;
-//! 2. makes every mount private, opens the proxy socket's directory (`O_PATH`) and then hides
-//!    the host's filesystem sockets that lead out of the namespace (the network namespace does
-//!    not cover them): an empty read-only tmpfs over `/run/user/UID`, `/run/dbus`,
-//!    `/run/systemd` and `/run/nscd`, `/dev/null` over the docker, podman and containerd
-//!    sockets. The relay names the proxy as `/proc/self/fd/N/NAME`, so it is reached even when
-//!    its directory is under a hidden one. `CAP_SYS_ADMIN` leaves the bounding set, so a command
-//!    running as root cannot unmount what hides them;
+//! 1. notes the block devices and swap areas the user can read, then unshares a user, a network
+//!    and a mount namespace, maps the user's own uid and gid (not root) and denies `setgroups`;
+//! 2. makes every mount private, opens the proxy socket's directory (`O_PATH`), then covers
+//!    every credential source (each `--hide` path with symlinks resolved, and those devices):
+//!    an empty read-only tmpfs over a directory, an empty read-only file over anything else;
+//!    a hard-linked file, `/`, or a directory that holds the run's CA directory is an error.
+//!    Then it hides the host's filesystem sockets that lead out of the namespace (the network
+//!    namespace does not cover them): an empty read-only tmpfs over `/run/user/UID`,
+//!    `/run/dbus`, `/run/systemd` and `/run/nscd`, `/dev/null` over the docker, podman and
+//!    containerd sockets. The relay names the proxy as `/proc/self/fd/N/NAME`, so it is
+//!    reached even when its directory is under a hidden one. `CAP_SYS_ADMIN` leaves the
+//!    bounding set, so a command running as root cannot unmount what hides them, and once
+//!    set up the helper drops every capability of its own (the command may ptrace it);
 //! 3. brings the new namespace's `lo` up (its only interface: no route leaves the machine, and
 //!    DNS fails because no resolver is reachable);
 //! 4. listens on `127.0.0.1:PORT` (and `[::1]:PORT` when IPv6 is there), then starts threads
@@ -33,6 +39,9 @@ use std::path::PathBuf;
 /// argv[1] that selects the helper.
 pub const HELPER_ARG: &str = "__isolate";
 
+/// Before each path the helper must hide.
+const HIDE_ARG: &str = "--hide";
+
 /// The helper's exit code when isolation could not be set up (nothing was started).
 pub const SETUP_FAILED: u8 = 125;
 
@@ -50,14 +59,171 @@ pub struct Spec {
     pub socket: PathBuf,
     /// The port to listen on at `127.0.0.1` inside the namespace.
     pub port: u16,
+    /// Files and directories to hide from the command ([`hidden_paths`]).
+    pub hide: Vec<PathBuf>,
     /// The program and its arguments.
     pub command: Vec<OsString>,
     /// The child's complete environment.
     pub env: Vec<(OsString, OsString)>,
 }
 
+/// Well-known credential files and directories under `$HOME` that `--isolate` hides whatever
+/// the run uses (`docs/blind.md`, "Isolation"). `~/.ssh` and `~/.gnupg` are in: their private
+/// keys are credentials, and nothing inside the namespace could use them (no network but the
+/// HTTP proxy; the agents' sockets are hidden with `/run/user/UID`).
+pub const WELL_KNOWN_IN_HOME: &[&str] = &[
+    ".vault-token",
+    ".aws",
+    ".config/gcloud",
+    ".docker/config.json",
+    ".netrc",
+    ".git-credentials",
+    ".config/op",
+    ".op",
+    ".config/1Password",
+    ".1password",
+    ".kube/config",
+    ".npmrc",
+    ".pypirc",
+    ".config/gh/hosts.yml",
+    ".config/hub",
+    ".cargo/credentials",
+    ".cargo/credentials.toml",
+    ".azure",
+    ".terraform.d/credentials.tfrc.json",
+    ".ssh",
+    ".gnupg",
+];
+
+/// The same, relative to `$XDG_CONFIG_HOME` when it is not `~/.config`.
+pub const WELL_KNOWN_IN_CONFIG: &[&str] = &["gcloud", "op", "1Password", "gh/hosts.yml", "hub"];
+
+/// Well-known credential locations outside `$HOME` (container and Kubernetes secrets).
+pub const WELL_KNOWN_ABSOLUTE: &[&str] = &["/run/secrets", "/var/run/secrets"];
+
+/// Everything `--isolate` hides from the command, in this order: kz's own configuration, data
+/// and cache directories (`$XDG_*_HOME/keyzero`: identity, store, cache, trust records), the
+/// sources the run's providers reported, the well-known credential locations, and
+/// `[blind] hide`. Paths that do not exist are skipped by the helper.
+pub fn hidden_paths(
+    paths: &crate::context::Paths,
+    provider_sources: &[PathBuf],
+    extra: &[PathBuf],
+) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = vec![
+        paths.config_home.join("keyzero"),
+        paths.state_dir(),
+        paths.cache_home.join("keyzero"),
+    ];
+    out.extend(provider_sources.iter().cloned());
+    if let Some(home) = &paths.home {
+        out.extend(WELL_KNOWN_IN_HOME.iter().map(|rel| home.join(rel)));
+    }
+    out.extend(
+        WELL_KNOWN_IN_CONFIG
+            .iter()
+            .map(|rel| paths.config_home.join(rel)),
+    );
+    out.extend(WELL_KNOWN_ABSOLUTE.iter().map(PathBuf::from));
+    out.extend(extra.iter().cloned());
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|p| p.is_absolute() && seen.insert(p.clone()));
+    out
+}
+
+/// The files and directories the providers of this run read values or credentials from
+/// ([`kz_resolve::Provider::sources`]), for the secrets in `selected`.
+pub fn provider_sources(
+    ctx: &crate::context::Ctx,
+    config: &kz_config::Config,
+    selected: &[&kz_config::SecretEntry],
+) -> Result<Vec<PathBuf>, crate::report::Failure> {
+    let instances = ctx.instances(config, selected)?;
+    let mut names: Vec<&String> = instances.keys().collect();
+    names.sort();
+    let mut out: Vec<PathBuf> = Vec::new();
+    for name in names {
+        let Some(inst) = instances.get(name) else {
+            continue;
+        };
+        let items: Vec<kz_resolve::Item> = selected
+            .iter()
+            .filter(|s| &s.provider == name)
+            .map(|s| kz_resolve::item_for(s))
+            .collect();
+        for p in inst.provider.sources(&items) {
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Whether this run's values or backend credentials sit in kz's own environment: a secret of
+/// the `env` provider, or a credential variable of a used provider type (`AWS_*`, `VAULT_TOKEN`,
+/// ...) that is set. The process that started kz holds the same environment, and the command
+/// (same user) can read it through `/proc/PID/environ` unless it is isolated.
+pub fn values_in_environment<'t>(
+    types: impl IntoIterator<Item = &'t kz_config::catalog::ProviderType>,
+    is_set: impl Fn(&str) -> bool,
+    names: impl IntoIterator<Item = String>,
+) -> bool {
+    let types: Vec<&kz_config::catalog::ProviderType> = types.into_iter().collect();
+    if types.iter().any(|t| t.name == "env") {
+        return true;
+    }
+    let patterns: Vec<&str> = types
+        .iter()
+        .flat_map(|t| t.credential_env.iter().copied())
+        .collect();
+    names.into_iter().any(|n| {
+        is_set(&n)
+            && patterns.iter().any(|p| match p.strip_suffix('*') {
+                Some(prefix) => n.starts_with(prefix),
+                None => n == *p,
+            })
+    })
+}
+
+/// Without `--isolate`: the one line that says which sources of this run's values the command
+/// could read (the files that exist and this user can read; the environment kz was started
+/// with, which its parent process still holds, when `in_env`), and, as root, that it can read
+/// kz's memory too; `None` when there is nothing to say.
+pub fn exposure_line(provider_sources: &[PathBuf], in_env: bool, root: bool) -> Option<String> {
+    let readable: Vec<String> = provider_sources
+        .iter()
+        .filter(|p| rustix::fs::access(p.as_path(), rustix::fs::Access::READ_OK).is_ok())
+        .map(|p| p.display().to_string())
+        .collect();
+    let mut exposed = Vec::new();
+    if !readable.is_empty() {
+        exposed.push(format!(
+            "where this run's values come from ({})",
+            readable.join(", ")
+        ));
+    }
+    if in_env {
+        exposed.push(
+            "the environment kz was started with (its parent process holds it too)".to_string(),
+        );
+    }
+    if root {
+        exposed.push("kz's memory (it runs as root)".to_string());
+    }
+    if exposed.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "blind mode without --isolate: the command can read {}; add --isolate to keep it out \
+         (docs/blind.md, \"Threat model\")",
+        exposed.join(" and ")
+    ))
+}
+
 /// Outer side: the command that runs this kz binary as the helper, with the spec in its
-/// arguments (`__isolate SOCKET PORT -- CMD ARGS…`) and exactly `spec.env` as its environment,
+/// arguments (`__isolate SOCKET PORT [--hide PATH]… -- CMD ARGS…`: each path is one argument,
+/// so it may hold any byte but NUL) and exactly `spec.env` as its environment,
 /// which the helper passes to the child unchanged. The caller spawns it, forwards signals to it
 /// and exits with its code.
 #[cfg(target_os = "linux")]
@@ -75,8 +241,11 @@ pub fn command(spec: &Spec) -> std::io::Result<std::process::Command> {
     cmd.arg0("kz")
         .arg(HELPER_ARG)
         .arg(&spec.socket)
-        .arg(spec.port.to_string())
-        .arg("--")
+        .arg(spec.port.to_string());
+    for p in &spec.hide {
+        cmd.arg(HIDE_ARG).arg(p);
+    }
+    cmd.arg("--")
         .args(&spec.command)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)));
@@ -95,15 +264,15 @@ pub fn command(_spec: &Spec) -> std::io::Result<std::process::Command> {
 /// The helper's entry point (`args`: argv after `__isolate`); returns the exit code.
 #[cfg(target_os = "linux")]
 pub fn helper_main(args: Vec<OsString>) -> u8 {
-    let (socket, port, command) = match parse(args) {
+    let p = match parse(args) {
         Ok(p) => p,
         Err(why) => {
             eprintln!("kz: --isolate: {why}");
             return SETUP_FAILED;
         }
     };
-    match linux::setup(&socket, port) {
-        Ok((proxy, listeners)) => linux::run(proxy, listeners, &command),
+    match linux::setup(&p.socket, p.port, &p.hide) {
+        Ok((proxy, listeners)) => linux::run(proxy, listeners, &p.command),
         Err(why) => {
             eprintln!("kz: --isolate: {why}");
             SETUP_FAILED
@@ -118,16 +287,26 @@ pub fn helper_main(_args: Vec<OsString>) -> u8 {
     SETUP_FAILED
 }
 
-/// `SOCKET PORT -- CMD ARGS…` → (socket, port, command).
+/// What the helper was asked for.
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-fn parse(args: Vec<OsString>) -> Result<(PathBuf, u16, Vec<OsString>), String> {
-    const USAGE: &str = "internal error: expected `kz __isolate SOCKET PORT -- COMMAND…` (this \
-                         helper is started by `kz run --blind --isolate`)";
+#[derive(Debug, PartialEq)]
+struct Parsed {
+    socket: PathBuf,
+    port: u16,
+    hide: Vec<PathBuf>,
+    command: Vec<OsString>,
+}
+
+/// `SOCKET PORT [--hide PATH]… -- CMD ARGS…`.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+fn parse(args: Vec<OsString>) -> Result<Parsed, String> {
+    const USAGE: &str = "internal error: expected `kz __isolate SOCKET PORT [--hide PATH]… -- \
+                         COMMAND…` (this helper is started by `kz run --blind --isolate`)";
     let mut it = args.into_iter();
-    let (Some(socket), Some(port), Some(sep)) = (it.next(), it.next(), it.next()) else {
+    let (Some(socket), Some(port)) = (it.next(), it.next()) else {
         return Err(USAGE.into());
     };
-    if sep != "--" || socket.is_empty() {
+    if socket.is_empty() {
         return Err(USAGE.into());
     }
     let port = port
@@ -135,11 +314,27 @@ fn parse(args: Vec<OsString>) -> Result<(PathBuf, u16, Vec<OsString>), String> {
         .and_then(|p| p.parse::<u16>().ok())
         .filter(|p| *p != 0)
         .ok_or_else(|| format!("internal error: invalid port {}", port.to_string_lossy()))?;
+    let mut hide = Vec::new();
+    loop {
+        match it.next() {
+            Some(a) if a == "--" => break,
+            Some(a) if a == HIDE_ARG => match it.next() {
+                Some(p) if !p.is_empty() => hide.push(PathBuf::from(p)),
+                _ => return Err(USAGE.into()),
+            },
+            _ => return Err(USAGE.into()),
+        }
+    }
     let command: Vec<OsString> = it.collect();
     if command.is_empty() {
         return Err(USAGE.into());
     }
-    Ok((PathBuf::from(socket), port, command))
+    Ok(Parsed {
+        socket: PathBuf::from(socket),
+        port,
+        hide,
+        command,
+    })
 }
 
 #[cfg(target_os = "linux")]
@@ -209,7 +404,11 @@ mod linux {
     /// Steps 1–4 (single-threaded): namespaces, id maps, hidden host sockets, `lo` up,
     /// listeners. Returns the proxy as seen from inside and the listeners, or the one-line
     /// reason.
-    pub(super) fn setup(socket: &Path, port: u16) -> Result<(Proxy, Vec<TcpListener>), String> {
+    pub(super) fn setup(
+        socket: &Path,
+        port: u16,
+        hide: &[PathBuf],
+    ) -> Result<(Proxy, Vec<TcpListener>), String> {
         match std::fs::metadata(socket) {
             Ok(m) if m.file_type().is_socket() => {}
             Ok(_) => {
@@ -224,6 +423,8 @@ mod linux {
         }
         let uid = rustix::process::getuid().as_raw();
         let gid = rustix::process::getgid().as_raw();
+        // Outside the new user namespace, so `access` answers for the user's own credentials.
+        let devices = readable_block_devices();
         crate::sys::unshare_user_net_mount()
             .map_err(|e| format!("cannot create a user namespace: {e} ({NO_USERNS_HINT})"))?;
         map_ids(uid, gid)?;
@@ -235,7 +436,22 @@ mod linux {
         .map_err(|e| format!("cannot make the new mount namespace private: {e}"))?;
         // Opened in the new mount namespace, before anything is hidden.
         let proxy = proxy_via_fd(socket)?;
+        let cwd = std::env::current_dir()
+            .map_err(|e| format!("cannot tell the working directory: {e}"))?;
+        let stage = socket.parent().unwrap_or(Path::new("."));
+        let targets = hide_targets(hide, &devices, stage)?;
+        hide_credentials(&targets, stage)?;
         hide_host_sockets(uid)?;
+        // The working directory still names the directory as it was before anything was
+        // mounted: a command could read what is hidden through relative paths. Enter it again
+        // through the mounts; when it is inside a hidden directory, that fails.
+        std::env::set_current_dir(&cwd).map_err(|e| {
+            format!(
+                "the working directory {} is inside a directory that is hidden from the \
+                 command ({e}); start kz from another directory",
+                cwd.display()
+            )
+        })?;
         if !std::fs::metadata(&proxy.via_fd).is_ok_and(|m| m.file_type().is_socket()) {
             return Err(format!(
                 "cannot reach the proxy socket {} through {}",
@@ -259,6 +475,18 @@ mod linux {
         if let Ok(v6) = TcpListener::bind((Ipv6Addr::LOCALHOST, port)) {
             listeners.push(v6);
         }
+        // Nothing below needs a capability. A command running as root inside may ptrace the
+        // helper (same user namespace): it must find no capability there to unmount with.
+        // Still single-threaded, so this covers every thread started later.
+        rustix::thread::set_capabilities(
+            None,
+            rustix::thread::CapabilitySets {
+                effective: CapabilitySet::empty(),
+                permitted: CapabilitySet::empty(),
+                inheritable: CapabilitySet::empty(),
+            },
+        )
+        .map_err(|e| format!("cannot drop the helper's capabilities: {e}"))?;
         Ok((proxy, listeners))
     }
 
@@ -291,6 +519,186 @@ mod linux {
             via_fd,
             _dir: fd,
         })
+    }
+
+    /// One path to cover, symlinks resolved.
+    #[derive(Debug, PartialEq)]
+    pub(super) struct Target {
+        pub(super) path: PathBuf,
+        pub(super) dir: bool,
+    }
+
+    /// What to cover: each path of `hide` (symlinks resolved, so a link and its target are both
+    /// covered), the block devices and swap areas in `devices`. A path that does not exist, or
+    /// that this user cannot look up (so neither can the command), is skipped; a path that
+    /// cannot be covered completely is an error: `/`, a directory that holds `keep` (the run's
+    /// CA directory, which the command needs), a file with other hard links (the command could
+    /// read it through one of them). Targets inside a directory target are dropped (covered).
+    pub(super) fn hide_targets(
+        hide: &[PathBuf],
+        devices: &[PathBuf],
+        keep: &Path,
+    ) -> Result<Vec<Target>, String> {
+        use std::os::unix::fs::MetadataExt;
+        let keep = std::fs::canonicalize(keep).unwrap_or_else(|_| keep.to_path_buf());
+        let mut done: Vec<PathBuf> = Vec::new();
+        let mut targets: Vec<Target> = Vec::new();
+        for path in hide.iter().chain(devices) {
+            let Some(real) = existing(path, &mut done)? else {
+                continue;
+            };
+            let shown = if real == *path {
+                path.display().to_string()
+            } else {
+                format!("{} (resolved to {})", path.display(), real.display())
+            };
+            let meta = std::fs::symlink_metadata(&real)
+                .map_err(|e| format!("cannot hide {shown}: {e}"))?;
+            let dir = meta.is_dir();
+            if real.parent().is_none() {
+                return Err(format!(
+                    "cannot hide {shown}: it is the root directory (check `[blind] hide`)"
+                ));
+            }
+            if dir && keep.starts_with(&real) {
+                return Err(format!(
+                    "cannot hide {shown}: it holds the run's CA directory {}, which the command \
+                     needs; point TMPDIR elsewhere, or hide a narrower path",
+                    keep.display()
+                ));
+            }
+            if meta.is_file() && meta.nlink() > 1 {
+                return Err(format!(
+                    "cannot hide {shown}: it has {} other hard link(s), through which the \
+                     command could still read it; remove them (copy the file instead of linking \
+                     it)",
+                    meta.nlink() - 1
+                ));
+            }
+            targets.push(Target { path: real, dir });
+        }
+        let dirs: Vec<PathBuf> = targets
+            .iter()
+            .filter(|t| t.dir)
+            .map(|t| t.path.clone())
+            .collect();
+        targets.retain(|t| !dirs.iter().any(|d| t.path != *d && t.path.starts_with(d)));
+        Ok(targets)
+    }
+
+    /// Covers each target: an empty read-only tmpfs over a directory, an empty read-only file
+    /// over anything else. The empty file lives on a small tmpfs mounted for a moment over
+    /// `stage` (the run's CA directory; unmounted again once every file is covered), so no
+    /// path leads to it and nothing can write to it.
+    fn hide_credentials(targets: &[Target], stage: &Path) -> Result<(), String> {
+        let quiet = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+        for t in targets.iter().filter(|t| t.dir) {
+            rustix::mount::mount(
+                "tmpfs",
+                &t.path,
+                "tmpfs",
+                quiet | MountFlags::RDONLY,
+                c"size=4k,mode=755",
+            )
+            .map_err(|e| format!("cannot hide {} (tmpfs over it): {e}", t.path.display()))?;
+        }
+        if !targets.iter().any(|t| !t.dir) {
+            return Ok(());
+        }
+        let staging = |e: &dyn std::fmt::Display| {
+            format!(
+                "cannot prepare the empty file that hides credential files (on {}): {e}",
+                stage.display()
+            )
+        };
+        rustix::mount::mount("tmpfs", stage, "tmpfs", quiet, c"size=4k,mode=700")
+            .map_err(|e| staging(&e))?;
+        let empty = stage.join("empty");
+        let made = std::fs::File::create(&empty)
+            .and_then(|f| f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o444)))
+            .map_err(|e| staging(&e))
+            .and_then(|()| {
+                rustix::mount::mount_remount(stage, quiet | MountFlags::RDONLY, c"")
+                    .map_err(|e| staging(&e))
+            });
+        let covered = made.and_then(|()| {
+            for t in targets.iter().filter(|t| !t.dir) {
+                let fail = |e: rustix::io::Errno| {
+                    format!(
+                        "cannot hide {} (an empty file over it): {e}",
+                        t.path.display()
+                    )
+                };
+                rustix::mount::mount_bind(&empty, &t.path).map_err(fail)?;
+                rustix::mount::mount_remount(
+                    &t.path,
+                    MountFlags::BIND | MountFlags::RDONLY | quiet,
+                    c"",
+                )
+                .map_err(fail)?;
+            }
+            Ok(())
+        });
+        let unmounted = rustix::mount::unmount(stage, rustix::mount::UnmountFlags::DETACH)
+            .map_err(|e| staging(&e));
+        covered.and(unmounted)
+    }
+
+    /// Block devices under `/dev` that this user can read (as root: all of them; reading one
+    /// reads every file on it), and the swap areas of `/proc/swaps`.
+    fn readable_block_devices() -> Vec<PathBuf> {
+        use std::os::unix::fs::FileTypeExt;
+        fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for e in entries.flatten() {
+                let Ok(ft) = e.file_type() else { continue };
+                if ft.is_block_device() {
+                    out.push(e.path());
+                } else if ft.is_dir() && depth > 0 {
+                    walk(&e.path(), depth - 1, out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(Path::new("/dev"), 3, &mut out);
+        if let Ok(text) = std::fs::read_to_string("/proc/swaps") {
+            out.extend(
+                text.lines()
+                    .skip(1)
+                    .filter_map(|l| l.split_whitespace().next())
+                    .map(|p| PathBuf::from(unescape_octal(p))),
+            );
+        }
+        out.retain(|p| rustix::fs::access(p.as_path(), rustix::fs::Access::READ_OK).is_ok());
+        out
+    }
+
+    /// `/proc/swaps` writes a space in a path as `\040` (octal escapes for blanks).
+    pub(super) fn unescape_octal(s: &str) -> OsString {
+        use std::os::unix::ffi::OsStringExt;
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while let Some(&c) = b.get(i) {
+            let code = b
+                .get(i + 1..i + 4)
+                .filter(|d| c == b'\\' && d.iter().all(|x| (b'0'..=b'7').contains(x)))
+                .and_then(|d| std::str::from_utf8(d).ok())
+                .and_then(|d| u8::from_str_radix(d, 8).ok());
+            match code {
+                Some(v) => {
+                    out.push(v);
+                    i += 4;
+                }
+                None => {
+                    out.push(c);
+                    i += 1;
+                }
+            }
+        }
+        OsString::from_vec(out)
     }
 
     /// Covers the host's filesystem sockets that lead out of the namespace: an empty read-only
@@ -537,11 +945,25 @@ mod tests {
 
     #[test]
     fn parse_accepts_the_helper_arguments() {
-        let (socket, port, command) =
-            parse(args(&["/tmp/s.sock", "8123", "--", "sh", "-c", "exit 3"])).unwrap();
-        assert_eq!(socket, PathBuf::from("/tmp/s.sock"));
-        assert_eq!(port, 8123);
-        assert_eq!(command, args(&["sh", "-c", "exit 3"]));
+        let p = parse(args(&["/tmp/s.sock", "8123", "--", "sh", "-c", "exit 3"])).unwrap();
+        assert_eq!(p.socket, PathBuf::from("/tmp/s.sock"));
+        assert_eq!(p.port, 8123);
+        assert!(p.hide.is_empty());
+        assert_eq!(p.command, args(&["sh", "-c", "exit 3"]));
+        // Paths to hide come in pairs; a path may look like a flag or the separator.
+        let p = parse(args(&[
+            "/tmp/s", "80", "--hide", "/a b", "--hide", "--", "--hide", "--hide", "--", "sh",
+        ]))
+        .unwrap();
+        assert_eq!(
+            p.hide,
+            [
+                PathBuf::from("/a b"),
+                PathBuf::from("--"),
+                PathBuf::from("--hide")
+            ]
+        );
+        assert_eq!(p.command, args(&["sh"]));
     }
 
     #[test]
@@ -556,6 +978,9 @@ mod tests {
             &["/tmp/s", "65536", "--", "sh"][..],
             &["/tmp/s", "-1", "--", "sh"][..],
             &["", "80", "--", "sh"][..],
+            &["/tmp/s", "80", "--hide"][..],
+            &["/tmp/s", "80", "--hide", "", "--", "sh"][..],
+            &["/tmp/s", "80", "--hide", "/x", "sh"][..],
         ] {
             assert!(parse(args(bad)).is_err(), "{bad:?} accepted");
         }
@@ -610,9 +1035,13 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn command_encodes_the_spec_and_only_its_environment() {
+        use std::os::unix::ffi::OsStringExt;
+        // Any byte but NUL survives in a path to hide.
+        let odd = PathBuf::from(OsString::from_vec(b"/h/\xff\n x".to_vec()));
         let spec = Spec {
             socket: PathBuf::from("/run/p.sock"),
             port: 4242,
+            hide: vec![PathBuf::from("/h/.vault-token"), odd.clone()],
             command: args(&["npm", "start"]),
             env: vec![("A".into(), "1".into())],
         };
@@ -620,7 +1049,18 @@ mod tests {
         let got: Vec<_> = cmd.get_args().collect();
         assert_eq!(
             got,
-            ["__isolate", "/run/p.sock", "4242", "--", "npm", "start"]
+            [
+                std::ffi::OsStr::new("__isolate"),
+                "/run/p.sock".as_ref(),
+                "4242".as_ref(),
+                "--hide".as_ref(),
+                "/h/.vault-token".as_ref(),
+                "--hide".as_ref(),
+                odd.as_os_str(),
+                "--".as_ref(),
+                "npm".as_ref(),
+                "start".as_ref()
+            ]
         );
         let envs: Vec<_> = cmd.get_envs().collect();
         assert_eq!(
@@ -628,11 +1068,186 @@ mod tests {
             [(std::ffi::OsStr::new("A"), Some(std::ffi::OsStr::new("1")))]
         );
         // The round trip through the helper's parser gives the spec back.
-        let (socket, port, command) =
-            parse(got.iter().skip(1).map(OsString::from).collect()).unwrap();
+        let p = parse(got.iter().skip(1).map(OsString::from).collect()).unwrap();
         assert_eq!(
-            (socket, port, command),
-            (spec.socket, spec.port, spec.command)
+            p,
+            Parsed {
+                socket: spec.socket,
+                port: spec.port,
+                hide: spec.hide,
+                command: spec.command
+            }
         );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn hide_targets_resolve_links_drop_covered_paths_and_refuse_what_cannot_be_hidden() {
+        use linux::{Target, hide_targets};
+        let tmp = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(tmp.path()).unwrap();
+        let ca = root.join("ca");
+        let creds = root.join("creds");
+        std::fs::create_dir_all(&ca).unwrap();
+        std::fs::create_dir_all(&creds).unwrap();
+        std::fs::write(creds.join("inner"), "x").unwrap();
+        let token = root.join("token");
+        std::fs::write(&token, "x").unwrap();
+        let link = root.join("link-to-token");
+        std::os::unix::fs::symlink(&token, &link).unwrap();
+        let got = hide_targets(
+            &[
+                link.clone(),
+                creds.join("inner"),
+                creds.clone(),
+                token.clone(),
+                root.join("missing"),
+            ],
+            &[],
+            &ca,
+        )
+        .unwrap();
+        // The link is followed (its target hidden once), the file inside a hidden directory is
+        // covered by it, a missing path is skipped.
+        assert_eq!(
+            got,
+            [
+                Target {
+                    path: token.clone(),
+                    dir: false
+                },
+                Target {
+                    path: creds.clone(),
+                    dir: true
+                }
+            ]
+        );
+        // A directory that holds the run's CA directory, `/` and a hard-linked file are refused.
+        let err = hide_targets(std::slice::from_ref(&root), &[], &ca).unwrap_err();
+        assert!(err.contains("CA directory"), "{err}");
+        let err = hide_targets(&[PathBuf::from("/")], &[], &ca).unwrap_err();
+        assert!(err.contains("root directory"), "{err}");
+        std::fs::hard_link(&token, root.join("second-name")).unwrap();
+        let err = hide_targets(&[link], &[], &ca).unwrap_err();
+        assert!(
+            err.contains("1 other hard link") && err.contains(&token.display().to_string()),
+            "{err}"
+        );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn swap_paths_are_unescaped() {
+        assert_eq!(
+            linux::unescape_octal("/swap\\040file"),
+            OsString::from("/swap file")
+        );
+        assert_eq!(
+            linux::unescape_octal("/dev/vda2"),
+            OsString::from("/dev/vda2")
+        );
+        assert_eq!(linux::unescape_octal("/a\\09"), OsString::from("/a\\09"));
+    }
+
+    #[test]
+    fn hidden_paths_cover_kz_dirs_sources_well_known_files_and_hide() {
+        let paths = crate::context::Paths {
+            home: Some(PathBuf::from("/home/u")),
+            config_home: PathBuf::from("/home/u/.config"),
+            data_home: PathBuf::from("/data"),
+            cache_home: PathBuf::from("/cache"),
+            runtime_dir: None,
+            cwd: PathBuf::from("/p"),
+        };
+        let got = hidden_paths(
+            &paths,
+            &[
+                PathBuf::from("/p/.env"),
+                PathBuf::from("/home/u/.vault-token"),
+            ],
+            &[PathBuf::from("/etc/app/key")],
+        );
+        for want in [
+            "/home/u/.config/keyzero",
+            "/data/keyzero",
+            "/cache/keyzero",
+            "/p/.env",
+            "/home/u/.vault-token",
+            "/home/u/.aws",
+            "/home/u/.config/gcloud",
+            "/home/u/.netrc",
+            "/home/u/.ssh",
+            "/home/u/.kube/config",
+            "/run/secrets",
+            "/etc/app/key",
+        ] {
+            assert!(
+                got.contains(&PathBuf::from(want)),
+                "{want} missing: {got:?}"
+            );
+        }
+        // Each path once.
+        let mut unique = got.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), got.len());
+    }
+
+    #[test]
+    fn the_exposure_line_names_readable_sources_and_roots_memory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let env = tmp.path().join(".env");
+        std::fs::write(&env, "A=1").unwrap();
+        let missing = tmp.path().join("missing");
+        let line = exposure_line(&[env.clone(), missing.clone()], false, false).unwrap();
+        assert!(line.contains(&env.display().to_string()), "{line}");
+        assert!(!line.contains("missing"), "{line}");
+        assert!(
+            line.contains("--isolate") && !line.contains("memory"),
+            "{line}"
+        );
+        assert!(!line.contains("environment"), "{line}");
+        assert_eq!(
+            exposure_line(std::slice::from_ref(&missing), false, false),
+            None
+        );
+        let line = exposure_line(std::slice::from_ref(&missing), true, false).unwrap();
+        assert!(
+            line.contains("the environment kz was started with"),
+            "{line}"
+        );
+        let line = exposure_line(&[missing], false, true).unwrap();
+        assert!(line.contains("kz's memory"), "{line}");
+    }
+
+    #[test]
+    fn values_in_the_environment_are_the_env_providers_and_set_credential_variables() {
+        use kz_config::catalog::find;
+        let ty = |n: &str| find(n).unwrap();
+        let names = || ["PATH", "AWS_SECRET_ACCESS_KEY", "EMPTY"].map(String::from);
+        let set = |n: &str| n != "EMPTY";
+        assert!(values_in_environment([ty("env")], set, names()));
+        assert!(values_in_environment(
+            [ty("local"), ty("aws")],
+            set,
+            names()
+        ));
+        assert!(!values_in_environment(
+            [ty("local"), ty("dotenv")],
+            set,
+            names()
+        ));
+        // A credential variable that is set but empty holds nothing.
+        let only_vault = || ["VAULT_TOKEN"].map(String::from);
+        assert!(!values_in_environment(
+            [ty("hashicorp")],
+            |_| false,
+            only_vault()
+        ));
+        assert!(values_in_environment(
+            [ty("hashicorp")],
+            |_| true,
+            only_vault()
+        ));
     }
 }

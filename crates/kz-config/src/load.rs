@@ -24,6 +24,7 @@ const BLIND_KEYS: &[&str] = &[
     "isolate",
     "upstream_ca",
     "scrub_responses",
+    "hide",
 ];
 const CACHE_KEYS: &[&str] = &["max_age", "offline"];
 /// Framework variables that pick an environment when kz's own are not set.
@@ -1193,10 +1194,76 @@ fn build_blind(m: &Merged, home: Option<&Path>, diags: &mut Vec<Diagnostic>) -> 
                 None => diags.push(type_error(e, &path, "a path string")),
             },
             "connections" => b.connections = parse_connections(e, &path, diags),
+            "hide" => b.hide = parse_hide(e, &path, home, diags),
             _ => diags.push(unknown_key(e, &path, BLIND_KEYS)),
         }
     }
     b
+}
+
+/// `[blind] hide`: a list of paths, `~` expanded, relative ones against the file's directory.
+fn parse_hide(
+    e: &Entry,
+    path: &str,
+    home: Option<&Path>,
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<PathBuf> {
+    let Val::Array(items) = &e.node.val else {
+        diags.push(type_error(e, path, "a list of paths"));
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, n) in items.iter().enumerate() {
+        let p = format!("{path}[{i}]");
+        let bad = |msg: String, help: &str| {
+            Diagnostic::error("config::value", format!("`{p}`: {msg}"))
+                .at(&n.pos)
+                .key(&p)
+                .help(help)
+        };
+        let Some(s) = n.as_str() else {
+            diags.push(bad(
+                format!("expected a path string, found {}", n.val.type_name()),
+                "write hide = [\"~/.ssh\", \"/etc/app/credentials\"]",
+            ));
+            continue;
+        };
+        if s.is_empty() || s.contains('\0') {
+            diags.push(bad(
+                "a path must be non-empty and hold no NUL character".into(),
+                "write the path of a file or directory the command must not read",
+            ));
+            continue;
+        }
+        if s == "~" || s.starts_with("~/") {
+            let Some(home) = home else {
+                diags.push(bad(
+                    format!("`{s}` starts with `~` but HOME is not set"),
+                    "set HOME or write an absolute path",
+                ));
+                continue;
+            };
+            out.push(home.join(s.trim_start_matches('~').trim_start_matches('/')));
+            continue;
+        }
+        if s.starts_with('~') {
+            diags.push(bad(
+                format!("`{s}`: only `~` and `~/…` (your own home) are expanded"),
+                "write the absolute path of the other user's file",
+            ));
+            continue;
+        }
+        let resolved = resolve_path(s, &n.pos.file, home);
+        if resolved.parent().is_none() {
+            diags.push(bad(
+                "hiding `/` would hide the command itself".into(),
+                "name the directories or files that hold credentials",
+            ));
+            continue;
+        }
+        out.push(resolved);
+    }
+    out
 }
 
 fn parse_connections(e: &Entry, path: &str, diags: &mut Vec<Diagnostic>) -> Vec<ConnRule> {

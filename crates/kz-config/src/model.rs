@@ -269,6 +269,8 @@ pub struct BlindConfig {
     pub upstream_ca: Option<PathBuf>,
     /// Re-mask values in responses.
     pub scrub_responses: bool,
+    /// More paths `--isolate` hides from the command (`~` expanded, relative to the file).
+    pub hide: Vec<PathBuf>,
 }
 
 impl Default for BlindConfig {
@@ -280,6 +282,7 @@ impl Default for BlindConfig {
             isolate: false,
             upstream_ca: None,
             scrub_responses: true,
+            hide: Vec::new(),
         }
     }
 }

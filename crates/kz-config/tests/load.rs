@@ -387,3 +387,49 @@ fn not_found_suggests_init() {
     assert!(e[0].message.contains(&dir.path().display().to_string()));
     let _ = Path::new("");
 }
+
+#[test]
+fn blind_hide_expands_home_and_resolves_relative_paths() {
+    let p = Project::new(
+        "[blind]\nhide = [\"~/.ssh\", \"~\", \"/etc/app/creds\", \"secrets/key.pem\"]\n",
+    )
+    .var("HOME", "/home/u");
+    let c = p.ok();
+    let dir = p.dir.path();
+    assert_eq!(
+        c.blind.hide,
+        [
+            std::path::PathBuf::from("/home/u/.ssh"),
+            std::path::PathBuf::from("/home/u"),
+            std::path::PathBuf::from("/etc/app/creds"),
+            dir.join("secrets/key.pem"),
+        ]
+    );
+}
+
+#[test]
+fn blind_hide_errors_name_the_item_and_line() {
+    let e = Project::new(
+        "[blind]\nhide = [\n  \"/ok\",\n  3,\n  \"\",\n  \"~bob/.netrc\",\n  \"/\",\n  \"~/x\",\n]\n",
+    )
+    .errors();
+    let got: Vec<_> = e
+        .iter()
+        .map(|d| (d.code, d.key.clone().unwrap_or_default(), d.line))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("config::value", "blind.hide[1]".to_string(), Some(4)),
+            ("config::value", "blind.hide[2]".to_string(), Some(5)),
+            ("config::value", "blind.hide[3]".to_string(), Some(6)),
+            ("config::value", "blind.hide[4]".to_string(), Some(7)),
+            ("config::value", "blind.hide[5]".to_string(), Some(8)),
+        ],
+        "{e:#?}"
+    );
+    assert!(e.iter().all(|d| d.help.is_some()), "{e:#?}");
+    assert!(e[4].message.contains("HOME is not set"), "{e:#?}");
+    let e = Project::new("[blind]\nhide = \"/x\"\n").errors();
+    assert_eq!(e[0].code, "config::type", "{e:#?}");
+}

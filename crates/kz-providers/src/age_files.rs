@@ -199,6 +199,19 @@ impl Provider for AgeProvider {
         true
     }
 
+    /// The identity files, and the encrypted files the items name (harmless without an
+    /// identity, hidden all the same).
+    fn sources(&self, items: &[Item]) -> Vec<PathBuf> {
+        let identities = self.inner.sources.iter().filter_map(|s| match s {
+            IdentitySource::File { path, .. } => Some(path.clone()),
+            IdentitySource::Text(_) => None,
+        });
+        let files = items
+            .iter()
+            .filter_map(|i| self.inner.file_path(&i.reference).ok());
+        identities.chain(files).collect()
+    }
+
     fn describe(&self) -> Description {
         let inner = &self.inner;
         let identities = inner.identity_labels();

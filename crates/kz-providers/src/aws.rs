@@ -74,6 +74,7 @@
 //! per call. `check()` (both types) calls `sts:GetCallerIdentity`.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
@@ -132,6 +133,7 @@ struct Settings {
     endpoint: Option<String>,
     timeout: Duration,
     getenv: GetEnv,
+    home: Option<PathBuf>,
 }
 
 impl fmt::Debug for Settings {
@@ -188,7 +190,28 @@ impl Settings {
             endpoint,
             timeout: inst.timeout(),
             getenv: ctx.getenv.clone(),
+            home: ctx.home.clone(),
         })
+    }
+
+    /// The files the SDK reads credentials from: `~/.aws` (shared credentials and config, SSO
+    /// and CLI caches), `AWS_SHARED_CREDENTIALS_FILE`, `AWS_CONFIG_FILE` and
+    /// `AWS_WEB_IDENTITY_TOKEN_FILE`.
+    fn sources(&self) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = self.home.iter().map(|h| h.join(".aws")).collect();
+        for var in [
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "AWS_CONFIG_FILE",
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+        ] {
+            if let Some(p) = self.env(var) {
+                out.push(match (p.strip_prefix("~/"), &self.home) {
+                    (Some(rest), Some(h)) => h.join(rest),
+                    _ => PathBuf::from(p),
+                });
+            }
+        }
+        out
     }
 
     /// Loads the SDK configuration (no network I/O until a client sends a request).
@@ -1394,6 +1417,10 @@ impl Provider for AwsProvider {
         true
     }
 
+    fn sources(&self, _items: &[Item]) -> Vec<PathBuf> {
+        self.settings.sources()
+    }
+
     fn describe(&self) -> Description {
         let mut details = self.settings.details();
         details.push((
@@ -1696,6 +1723,10 @@ impl Provider for StsProvider {
             )
             .help("aws_sts issues temporary credentials; store secrets with the `aws` provider (sm:// or ssm://)"))
         })
+    }
+
+    fn sources(&self, _items: &[Item]) -> Vec<PathBuf> {
+        self.settings.sources()
     }
 
     fn describe(&self) -> Description {

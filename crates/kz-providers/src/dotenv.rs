@@ -399,6 +399,11 @@ impl Provider for DotenvProvider {
         1000
     }
 
+    /// The dotenv file.
+    fn sources(&self, _items: &[Item]) -> Vec<PathBuf> {
+        vec![self.path.clone()]
+    }
+
     fn describe(&self) -> Description {
         Description {
             instance: self.instance.clone(),

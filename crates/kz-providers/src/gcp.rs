@@ -653,6 +653,19 @@ impl Provider for GcpProvider {
         Box::pin(self.delete_item(item))
     }
 
+    /// The `credentials` file or `GOOGLE_APPLICATION_CREDENTIALS`, and gcloud's configuration
+    /// directory (application-default credentials, gcloud's own tokens).
+    fn sources(&self, _items: &[Item]) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = self.credentials.iter().cloned().collect();
+        if let Some(p) = self.env("GOOGLE_APPLICATION_CREDENTIALS") {
+            out.push(PathBuf::from(p));
+        }
+        if let Some(dir) = self.adc_path().as_deref().and_then(Path::parent) {
+            out.push(dir.to_path_buf());
+        }
+        out
+    }
+
     fn describe(&self) -> Description {
         let auth = match self.find_source() {
             Ok(source) => source.describe(),

@@ -996,6 +996,23 @@ impl Provider for VaultProvider {
         true
     }
 
+    /// The files the token or the login credential is read from (`~/.vault-token` for the
+    /// default chain).
+    fn sources(&self, _items: &[Item]) -> Vec<PathBuf> {
+        let file = |s: &Source| match s {
+            Source::File(p) => Some(p.clone()),
+            Source::Inline(..) | Source::Env(_) => None,
+        };
+        match &self.auth {
+            Auth::Token(Some(s)) => file(s).into_iter().collect(),
+            Auth::Token(None) => self.home.iter().map(|h| h.join(".vault-token")).collect(),
+            Auth::Login { login, .. } => match login {
+                Login::AppRole { secret_id, .. } => secret_id.iter().filter_map(file).collect(),
+                Login::Jwt { jwt, .. } => file(jwt).into_iter().collect(),
+            },
+        }
+    }
+
     fn describe(&self) -> Description {
         let mut details = vec![(
             "address".to_string(),

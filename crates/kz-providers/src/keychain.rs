@@ -45,6 +45,8 @@ pub struct KeychainProvider {
     bus_address: Option<String>,
     /// `$XDG_RUNTIME_DIR/bus`, the session bus used when the variable is not set.
     runtime_bus: Option<PathBuf>,
+    /// `$XDG_DATA_HOME/keyrings` (GNOME Keyring's files).
+    keyrings: PathBuf,
 }
 
 impl std::fmt::Debug for KeychainProvider {
@@ -86,6 +88,7 @@ impl KeychainProvider {
             service: service.to_owned(),
             bus_address: (ctx.getenv)("DBUS_SESSION_BUS_ADDRESS").filter(|a| !a.is_empty()),
             runtime_bus: ctx.runtime_dir.as_ref().map(|d| d.join("bus")),
+            keyrings: ctx.data_home.join("keyrings"),
         })
     }
 
@@ -416,6 +419,13 @@ impl Provider for KeychainProvider {
 
     fn max_batch(&self) -> usize {
         usize::MAX
+    }
+
+    /// The session bus's socket (the Secret Service answers there) and GNOME Keyring's files.
+    fn sources(&self, _items: &[Item]) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = self.runtime_bus.iter().cloned().collect();
+        out.push(self.keyrings.clone());
+        out
     }
 
     fn describe(&self) -> Description {

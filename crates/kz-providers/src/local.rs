@@ -597,4 +597,21 @@ impl Provider for LocalProvider {
     fn check<'a>(&'a self) -> BoxFuture<'a, Result<(), ProviderError>> {
         Box::pin(async move { self.cached_entries().map(drop) })
     }
+
+    /// The store, its identity record, and the identity: the recorded one (what decrypts the
+    /// store), else the one the first write would use.
+    fn sources(&self, _items: &[Item]) -> Vec<PathBuf> {
+        let mut out = vec![self.store.clone(), self.meta_path()];
+        if let Ok(meta) = self.recorded_identity() {
+            out.push(meta.identity);
+        }
+        let configured = self
+            .identity_option
+            .as_ref()
+            .unwrap_or(&self.default_identity);
+        if !out.contains(configured) {
+            out.push(configured.clone());
+        }
+        out
+    }
 }

@@ -67,6 +67,8 @@ pub struct OpProvider {
     vault: Option<String>,
     /// Safety net around each `op` run (the engine enforces its own timeout too).
     timeout: Duration,
+    /// Where `op` keeps its sessions and accounts (see [`Provider::sources`]).
+    config_dirs: Vec<PathBuf>,
 }
 
 impl OpProvider {
@@ -96,6 +98,7 @@ impl OpProvider {
             account: non_empty("account"),
             vault: non_empty("vault"),
             timeout: inst.timeout(),
+            config_dirs: op_config_dirs(ctx),
         })
     }
 
@@ -447,6 +450,12 @@ impl Provider for OpProvider {
         false
     }
 
+    /// `op`'s configuration directories (accounts, session state), and the desktop app's
+    /// (`~/.config/1Password`, `~/.1password`, whose sockets sign `op` in).
+    fn sources(&self, _items: &[Item]) -> Vec<PathBuf> {
+        self.config_dirs.clone()
+    }
+
     fn describe(&self) -> Description {
         let mut details = vec![("op path".to_string(), self.program.display().to_string())];
         details.push((
@@ -531,6 +540,27 @@ impl<'a> OpRef<'a> {
 
 /// `op_path` as a program: a bare name is looked up on PATH, `~/` is expanded, and a relative
 /// path with a `/` is taken from the project directory.
+/// `OP_CONFIG_DIR`, `$XDG_CONFIG_HOME/op`, `~/.config/op`, `~/.op`, and the desktop app's
+/// `~/.config/1Password` and `~/.1password`.
+fn op_config_dirs(ctx: &BuildContext) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = (ctx.getenv)("OP_CONFIG_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .into_iter()
+        .collect();
+    out.push(ctx.config_home.join("op"));
+    out.push(ctx.config_home.join("1Password"));
+    if let Some(home) = &ctx.home {
+        for rel in [".config/op", ".op", ".config/1Password", ".1password"] {
+            let p = home.join(rel);
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
 fn program_path(op_path: &str, ctx: &BuildContext) -> PathBuf {
     if let (Some(rest), Some(home)) = (op_path.strip_prefix("~/"), &ctx.home) {
         return home.join(rest);

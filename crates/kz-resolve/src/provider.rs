@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 
 use kz_secret::{Resolved, SecretValue};
@@ -186,6 +187,17 @@ pub trait Provider: Send + Sync {
     /// Checks that the backend is reachable and authenticated, without reading a secret.
     fn check<'a>(&'a self) -> BoxFuture<'a, Result<(), ProviderError>> {
         Box::pin(async { Ok(()) })
+    }
+
+    /// The files and directories on this machine that `items`' values, or this provider's
+    /// backend credentials, come from (a store and its identity, a dotenv file, a token or
+    /// credentials file, a CLI's configuration directory), whether or not they exist now.
+    /// Reads nothing secret and contacts nothing. `kz run --blind --isolate` hides each from
+    /// the command; without `--isolate` kz names those that exist. Default: none (the values
+    /// come from kz's environment or from a service whose credentials are not files).
+    fn sources(&self, items: &[Item]) -> Vec<PathBuf> {
+        let _ = items;
+        Vec::new()
     }
 }
 

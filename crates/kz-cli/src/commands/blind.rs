@@ -1,8 +1,9 @@
 //! `kz run --blind`: the command gets masked tokens; kz stays its parent and runs the swapping
 //! proxy ([`kz_blind::proxy`]) until it exits.
 //!
-//! Order: plan where each secret may go (refuse to start when one may go nowhere), make the run's
-//! CA and its private directory, open the audit log, start the proxy (on `127.0.0.1`, or on a
+//! Order: plan where each secret may go (refuse to start when one may go nowhere), collect where
+//! the values and backend credentials come from (hidden under `--isolate`, named in one line
+//! without it), make the run's CA and its private directory, open the audit log, start the proxy (on `127.0.0.1`, or on a
 //! Unix socket in that directory for `--isolate`), build the child's clean environment, start
 //! the child (directly, or through the namespace helper), forward signals, wait. On every way
 //! out after the directory exists (child exit, a signal to kz, an error) the directory is removed
@@ -10,6 +11,7 @@
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -79,6 +81,28 @@ pub fn run(
         ));
     }
     let (table, policy) = plan(ctx, &args, config, selected, vars)?;
+    // Where this run's values and backend credentials come from: hidden from the command under
+    // --isolate, named at start without it (docs/blind.md, "Threat model").
+    let sources = isolate::provider_sources(ctx, config, selected)?;
+    let hide = if isolate {
+        // `.keyzero.local.toml` may hold inline backend credentials (a Vault token).
+        let mut extra = vec![config.discovered.local_path()];
+        extra.extend(config.blind.hide.iter().cloned());
+        Some(isolate::hidden_paths(&ctx.paths, &sources, &extra))
+    } else {
+        let root = rustix::process::geteuid().is_root();
+        let in_env = isolate::values_in_environment(
+            selected.iter().map(|s| s.ty),
+            |n| std::env::var_os(n).is_some_and(|v| !v.is_empty()),
+            std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()),
+        );
+        if let Some(line) =
+            isolate::exposure_line(&sources, in_env, root).filter(|_| cfg!(target_os = "linux"))
+        {
+            ctx.out.note(&line);
+        }
+        None
+    };
     let ca = RunCa::new().map_err(|e| {
         Failure::msg(
             "blind::ca",
@@ -110,7 +134,7 @@ pub fn run(
         scrub_responses: config.blind.scrub_responses,
         audit: None,
     };
-    let result = run_with_dir(ctx, args, selected, settings, &dir, isolate);
+    let result = run_with_dir(ctx, args, selected, settings, &dir, hide.as_deref());
     if let Err(e) = dir.remove() {
         ctx.out
             .note(&format!("could not remove the run's CA directory: {e}"));
@@ -185,7 +209,7 @@ fn run_with_dir(
     selected: &[&SecretEntry],
     mut settings: Settings,
     dir: &CaDir,
-    isolate: bool,
+    isolate: Option<&[PathBuf]>,
 ) -> CmdResult {
     let audit = match &args.audit {
         None => None,
@@ -225,7 +249,7 @@ fn run_with_dir(
         })
         .collect();
     let proxy = runtime.block_on(async { Proxy::new(settings) });
-    let proxy_url = if isolate {
+    let proxy_url = if isolate.is_some() {
         let listener = runtime
             .block_on(async { tokio::net::UnixListener::bind(dir.socket_path()) })
             .map_err(|e| {
@@ -378,7 +402,7 @@ fn run_child(
     args: &RunArgs,
     env: Vec<(OsString, OsString)>,
     dir: &CaDir,
-    isolate: bool,
+    isolate: Option<&[PathBuf]>,
 ) -> CmdResult {
     let Some(program) = args.command.first().cloned() else {
         return Err(Failure::usage(
@@ -386,10 +410,11 @@ fn run_child(
             "write the command after `--`: kz run --blind -- agent",
         ));
     };
-    let mut cmd = if isolate {
+    let mut cmd = if let Some(hide) = isolate {
         let spec = isolate::Spec {
             socket: dir.socket_path(),
             port: ISOLATED_PROXY_PORT,
+            hide: hide.to_vec(),
             command: args.command.clone(),
             env,
         };

@@ -724,3 +724,403 @@ fn an_unprivileged_user_cannot_reach_hidden_sockets_either() {
     assert_eq!(d.stdout.trim(), "pong nobody", "stderr:\n{}", d.stderr);
     drop(t);
 }
+
+// ----- `kz run --blind --isolate` end to end: no source of a value is readable -----
+
+/// A project whose values come from the local store, a dotenv file and kz's environment, with
+/// credential files of other tools beside them (`~/.vault-token`, `~/.aws` through a symlink, a
+/// `[blind] hide` path) and kz's cache directory. Every one of them holds the canary.
+fn hostile_world() -> crate::util::Sandbox {
+    use crate::util::{CANARY, Sandbox};
+    let mut s = Sandbox::with_config(
+        "[providers.dotenv]\npath = \"secrets.env\"\n\
+         [secrets]\n\
+         LOCAL_KEY = { provider = \"local\", ref = \"proj/LOCAL_KEY\", hosts = [\"api.example.com\"] }\n\
+         FILE_KEY = { provider = \"dotenv\", ref = \"FILE_KEY\", hosts = [\"api.example.com\"] }\n\
+         ENV_KEY = { provider = \"env\", ref = \"KZ_TEST_SRC\", hosts = [\"api.example.com\"] }\n\
+         [blind]\nhide = [\"~/private/notes.txt\"]\n",
+    );
+    s.set("KZ_TEST_SRC", CANARY);
+    s.put("LOCAL_KEY", CANARY);
+    s.write("secrets.env", &format!("FILE_KEY={CANARY}\n"));
+    s.write(".keyzero.local.toml", &format!("# {CANARY}\n"));
+    let home = s.root.path().join("home");
+    std::fs::write(home.join(".vault-token"), CANARY).unwrap();
+    std::fs::create_dir_all(home.join("real-aws")).unwrap();
+    std::fs::write(
+        home.join("real-aws/credentials"),
+        format!("[default]\naws_secret_access_key = {CANARY}\n"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(home.join("real-aws"), home.join(".aws")).unwrap();
+    std::fs::create_dir_all(home.join("private")).unwrap();
+    std::fs::write(home.join("private/notes.txt"), CANARY).unwrap();
+    let cache = s.root.path().join("cache/keyzero");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::write(cache.join("cache.age"), CANARY).unwrap();
+    s
+}
+
+/// The probe's targets: (name, path), every one of which holds a value or a credential.
+fn hostile_targets(s: &crate::util::Sandbox) -> Vec<(&'static str, PathBuf)> {
+    let root = s.root.path();
+    vec![
+        ("store", root.join("data/keyzero/store.age")),
+        ("identity", root.join("config/keyzero/identity.txt")),
+        ("kz-config-dir", root.join("config/keyzero")),
+        ("kz-data-dir", root.join("data/keyzero")),
+        ("kz-cache-dir", root.join("cache/keyzero")),
+        ("dotenv", s.project.join("secrets.env")),
+        ("vault-token", root.join("home/.vault-token")),
+        ("aws-via-link", root.join("home/.aws/credentials")),
+        ("aws-real", root.join("home/real-aws/credentials")),
+        ("hide", root.join("home/private/notes.txt")),
+        ("local-config", s.project.join(".keyzero.local.toml")),
+    ]
+}
+
+/// Tries to read each `NAME=PATH` (a directory: list it), then kz's own memory, environment
+/// and view of the filesystem through `/proc/<kz pid>`, then a hidden file again from a nested
+/// user and mount namespace after unmounting what covers it. Prints `NAME exposed` or
+/// `NAME blocked` per probe — never what it read.
+const HOSTILE: &str = r#"
+import os, subprocess, sys
+def verdict(ok):
+    return "exposed" if ok else "blocked"
+def read(p):
+    try:
+        if os.path.isdir(p):
+            return bool(os.listdir(p))
+        with open(p, "rb") as f:
+            return bool(f.read(1 << 20))
+    except OSError:
+        return False
+def field(pid, n):
+    with open("/proc/%d/stat" % pid) as f:
+        return f.read().rsplit(")", 1)[1].split()[n - 3]
+kz = os.getppid()
+with open("/proc/%d/status" % kz) as f:
+    caps = [l.split()[1] for l in f if l.startswith("CapEff:")]
+print("parent-capabilities", verdict(int(caps[0], 16) != 0))
+with open("/proc/%d/cmdline" % kz, "rb") as f:
+    if b"__isolate" in f.read():
+        kz = int(field(kz, 4))
+with open("/proc/%d/comm" % kz) as f:
+    print("kz-comm", f.read().strip())
+for arg in sys.argv[2:]:
+    name, path = arg.split("=", 1)
+    print(name, verdict(read(path)))
+    print(name + "-via-kz-root", verdict(read("/proc/%d/root%s" % (kz, path))))
+    print(name + "-via-own-root", verdict(read("/proc/self/root" + path)))
+print("kz-environ", verdict(read("/proc/%d/environ" % kz)))
+def mem():
+    try:
+        with open("/proc/%d/mem" % kz, "rb") as f:
+            return True
+    except OSError:
+        return False
+print("kz-mem", verdict(mem()))
+unmount = "umount -l %s 2>/dev/null; cat %s 2>/dev/null" % (sys.argv[1], sys.argv[1])
+for name, argv in [("unmount", ["sh", "-c", unmount]),
+                   ("unmount-in-nested-namespace", ["unshare", "-Urm", "sh", "-c", unmount])]:
+    try:
+        out = subprocess.run(argv, capture_output=True).stdout
+    except OSError:
+        out = b""
+    print(name, verdict(bool(out)))
+"#;
+
+/// Runs the probe as `kz run --blind [EXTRA] -- PYTHON …` through `wrap` (a `Command` maker).
+fn hostile_run(
+    s: &crate::util::Sandbox,
+    extra: &[&str],
+    python: &str,
+    wrap: impl Fn(&[&str]) -> Command,
+) -> crate::util::Run {
+    let targets: Vec<String> = hostile_targets(s)
+        .iter()
+        .map(|(n, p)| format!("{n}={}", p.display()))
+        .collect();
+    let dotenv = s.project.join("secrets.env").display().to_string();
+    let mut args: Vec<&str> = vec!["run", "--blind"];
+    args.extend(extra);
+    args.extend(["--", python, "-c", HOSTILE, &dotenv]);
+    args.extend(targets.iter().map(String::as_str));
+    let out = wrap(&args).stdin(Stdio::null()).output().unwrap();
+    crate::util::Run::from(out)
+}
+
+fn verdicts(r: &crate::util::Run) -> Vec<(String, String)> {
+    r.stdout
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+/// Every probe of a run under `--isolate` is blocked, and kz was found.
+#[track_caller]
+fn assert_all_blocked(r: &crate::util::Run) {
+    let v = verdicts(r);
+    assert!(
+        v.iter().any(|(n, c)| n == "kz-comm" && c == "kz"),
+        "the probe did not find kz\nstdout:\n{}\nstderr:\n{}",
+        r.stdout,
+        r.stderr
+    );
+    let exposed: Vec<&String> = v
+        .iter()
+        .filter(|(n, c)| n != "kz-comm" && c != "blocked")
+        .map(|(n, _)| n)
+        .collect();
+    assert!(
+        exposed.is_empty(),
+        "readable under --isolate: {exposed:?}\nstdout:\n{}\nstderr:\n{}",
+        r.stdout,
+        r.stderr
+    );
+    // The helper's capabilities, kz's name, each target directly, through kz's root and
+    // through the command's own, then environ, mem and two unmounts.
+    assert_eq!(v.len(), 2 + 11 * 3 + 4, "{}", r.stdout);
+}
+
+#[test]
+fn a_hostile_command_under_isolate_reads_no_source_of_the_runs_values() {
+    let s = hostile_world();
+    let wrap = |args: &[&str]| s.cmd(args);
+    // Without --isolate the same probe reads every file (so it can tell), and as root kz's
+    // environment too (tier 1: documented).
+    let open = hostile_run(&s, &[], "python3", wrap).ok().no_canary();
+    let v = verdicts(&open);
+    for (name, _) in hostile_targets(&s) {
+        assert!(
+            v.contains(&(name.to_string(), "exposed".to_string())),
+            "{name} unreadable without --isolate: the probe is broken\n{}\n{}",
+            open.stdout,
+            open.stderr
+        );
+    }
+    if outer(&["-u"]) == "0" {
+        assert!(
+            v.contains(&("kz-environ".to_string(), "exposed".to_string())),
+            "{}",
+            open.stdout
+        );
+    }
+    let r = hostile_run(&s, &["--isolate"], "python3", wrap)
+        .ok()
+        .no_canary();
+    assert_all_blocked(&r);
+    // The files themselves are untouched.
+    assert!(s.read("secrets.env").contains(crate::util::CANARY));
+}
+
+/// `chown -R` without following symlinks.
+fn chown_tree(root: &Path, uid: u32) {
+    std::os::unix::fs::lchown(root, Some(uid), Some(uid)).unwrap();
+    if std::fs::symlink_metadata(root).unwrap().is_dir() {
+        for e in std::fs::read_dir(root).unwrap() {
+            chown_tree(&e.unwrap().path(), uid);
+        }
+    }
+}
+
+#[test]
+fn a_hostile_command_running_as_an_unprivileged_user_is_blocked_too() {
+    // Run as root (as in a container): the same attack as `nobody` via setpriv.
+    let python = Path::new("/usr/bin/python3");
+    if outer(&["-u"]) != "0"
+        || Command::new("setpriv").arg("--version").output().is_err()
+        || !python.exists()
+    {
+        return;
+    }
+    let s = hostile_world();
+    chown_tree(s.root.path(), 65534);
+    let bin = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let kz = bin.path().join("kz");
+    std::fs::copy(kz_bin(), &kz).unwrap();
+    std::fs::set_permissions(&kz, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let wrap = |args: &[&str]| {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&kz)
+            .args(args)
+            .current_dir(&s.project)
+            .env_clear()
+            .envs(&s.env);
+        c
+    };
+    let open = hostile_run(&s, &[], python.to_str().unwrap(), wrap)
+        .ok()
+        .no_canary();
+    let v = verdicts(&open);
+    assert!(
+        v.contains(&("dotenv".to_string(), "exposed".to_string())),
+        "{}\n{}",
+        open.stdout,
+        open.stderr
+    );
+    let r = hostile_run(&s, &["--isolate"], python.to_str().unwrap(), wrap)
+        .ok()
+        .no_canary();
+    assert_all_blocked(&r);
+}
+
+#[test]
+fn a_source_with_another_hard_link_stops_the_start() {
+    let s = hostile_world();
+    std::fs::hard_link(
+        s.project.join("secrets.env"),
+        s.root.path().join("home/copy.env"),
+    )
+    .unwrap();
+    let marker = s.project.join("started");
+    let r = s
+        .kz(&[
+            "run",
+            "--blind",
+            "--isolate",
+            "--",
+            "touch",
+            marker.to_str().unwrap(),
+        ])
+        .code(125)
+        .no_canary();
+    assert!(
+        r.stderr.contains("secrets.env") && r.stderr.contains("hard link"),
+        "{}",
+        r.stderr
+    );
+    assert!(!marker.exists(), "the command must not start");
+}
+
+#[test]
+fn without_isolate_one_line_names_the_readable_sources_and_q_silences_it() {
+    let s = hostile_world();
+    let r = s.kz(&["run", "--blind", "--", "true"]).ok().no_canary();
+    let lines: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.contains("without --isolate"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    let line = lines.first().copied().unwrap_or_default();
+    let root = s.root.path();
+    for p in [
+        root.join("data/keyzero/store.age"),
+        root.join("config/keyzero/identity.txt"),
+        s.project.join("secrets.env"),
+    ] {
+        assert!(
+            line.contains(&p.display().to_string()),
+            "{p:?} not named: {line}"
+        );
+    }
+    assert!(line.contains("add --isolate"), "{line}");
+    // ENV_KEY comes from kz's environment, which the process that started kz holds too.
+    assert!(
+        line.contains("the environment kz was started with"),
+        "{line}"
+    );
+    let q = s
+        .kz(&["-q", "run", "--blind", "--", "true"])
+        .ok()
+        .no_canary();
+    assert!(!q.stderr.contains("without --isolate"), "{}", q.stderr);
+    // Under --isolate there is nothing to warn about.
+    let i = s
+        .kz(&["run", "--blind", "--isolate", "--", "true"])
+        .ok()
+        .no_canary();
+    assert!(!i.stderr.contains("without --isolate"), "{}", i.stderr);
+}
+
+#[test]
+fn hiding_the_directory_that_holds_the_runs_ca_directory_stops_the_start() {
+    let mut s = crate::util::Sandbox::with_config(
+        "[secrets]\nAPI_TOKEN = { provider = \"env\", ref = \"KZ_TEST_SRC\", hosts = [\"api.example.com\"] }\n\
+         [blind]\nhide = [\"../tmp\"]\n",
+    );
+    let tmp = s.root.path().join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    s.set("KZ_TEST_SRC", crate::util::CANARY);
+    s.set("TMPDIR", tmp.to_str().unwrap());
+    let marker = s.project.join("started");
+    let r = s
+        .kz(&[
+            "run",
+            "--blind",
+            "--isolate",
+            "--",
+            "touch",
+            marker.to_str().unwrap(),
+        ])
+        .code(125)
+        .no_canary();
+    assert!(
+        r.stderr.contains("CA directory") && r.stderr.contains(&tmp.display().to_string()),
+        "{}",
+        r.stderr
+    );
+    assert!(!marker.exists(), "the command must not start");
+}
+
+/// `kz --dir PROJECT run --blind --isolate -- sh -c SCRIPT` started in `cwd`.
+fn run_from(s: &crate::util::Sandbox, cwd: &Path, script: &str) -> crate::util::Run {
+    let out = s
+        .cmd(&[
+            "--dir",
+            s.project.to_str().unwrap(),
+            "run",
+            "--blind",
+            "--isolate",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    crate::util::Run::from(out)
+}
+
+#[test]
+fn a_command_started_in_a_hidden_directory_sees_it_empty() {
+    // The working directory is entered again after the mounts: otherwise it would still name
+    // the directory below the one that hides it, and relative paths would read the store.
+    let s = hostile_world();
+    let r = run_from(
+        &s,
+        &s.root.path().join("data/keyzero"),
+        "ls -A | wc -l; cat store.age 2>/dev/null | wc -c",
+    )
+    .ok()
+    .no_canary();
+    let counts: Vec<&str> = r.stdout.split_whitespace().collect();
+    assert_eq!(counts, ["0", "0"], "{}\n{}", r.stdout, r.stderr);
+}
+
+#[test]
+fn a_working_directory_inside_a_hidden_directory_stops_the_start() {
+    let s = hostile_world();
+    let inside = s.root.path().join("data/keyzero/sub");
+    std::fs::create_dir_all(&inside).unwrap();
+    let marker = s.project.join("started");
+    let r = run_from(
+        &s,
+        &inside,
+        &format!("cat ../store.age | wc -c; touch {}", marker.display()),
+    )
+    .code(125)
+    .no_canary();
+    assert!(
+        r.stderr.contains("working directory") && r.stderr.contains(&inside.display().to_string()),
+        "{}",
+        r.stderr
+    );
+    assert!(!marker.exists(), "the command must not start");
+}
