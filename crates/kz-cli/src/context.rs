@@ -212,9 +212,12 @@ impl Ctx {
                     );
                 }
                 Err(e) => {
-                    for s in secrets.iter().filter(|s| s.provider == inst.name) {
-                        diags.push(provider_diag(s, &e));
-                    }
+                    let failed: Vec<_> = secrets
+                        .iter()
+                        .filter(|s| s.provider == inst.name)
+                        .map(|s| (*s, &e))
+                        .collect();
+                    diags.extend(provider_diags(&failed));
                 }
             }
         }
@@ -468,6 +471,51 @@ pub fn provider_diag(s: &SecretEntry, e: &ProviderError) -> Diagnostic {
         Some(h) => d.help(h.clone()),
         None => d,
     }
+}
+
+/// The diagnostics for failed secrets: one per failure, except that the same error of the same
+/// provider instance (a store's missing key, an unreachable server) is reported once, naming
+/// every secret it stopped. Per-secret errors (not found, a bad field) name their ref, so they
+/// never merge.
+pub fn provider_diags(failures: &[(&SecretEntry, &ProviderError)]) -> Vec<Diagnostic> {
+    let mut groups: Vec<(&SecretEntry, &ProviderError, Vec<&str>)> = Vec::new();
+    for (s, e) in failures {
+        let same = |(g, ge, _): &&mut (&SecretEntry, &ProviderError, Vec<&str>)| {
+            g.provider == s.provider
+                && ge.kind == e.kind
+                && ge.message == e.message
+                && ge.help == e.help
+        };
+        match groups.iter_mut().find(|g| same(g)) {
+            Some((_, _, names)) => names.push(&s.name),
+            None => groups.push((s, e, vec![&s.name])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(s, e, names)| {
+            if names.len() == 1 {
+                return provider_diag(s, e);
+            }
+            let d = Diagnostic::error(
+                "provider::resolve",
+                format!(
+                    "{}: {} from provider `{}` ({}): {}",
+                    names.join(", "),
+                    e.kind.label(),
+                    s.provider,
+                    s.ty.name,
+                    e.message
+                ),
+            )
+            .at(&s.pos)
+            .secret(names.join(", "));
+            match &e.help {
+                Some(h) => d.help(h.clone()),
+                None => d,
+            }
+        })
+        .collect()
 }
 
 /// Runs a future to completion on a current-thread runtime; shows a spinner on stderr when it
