@@ -15,6 +15,7 @@ mod blind;
 mod blind_exit;
 mod cache;
 mod config;
+mod docker;
 mod export;
 mod help;
 mod hook;
