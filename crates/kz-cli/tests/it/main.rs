@@ -17,6 +17,7 @@ mod cache;
 mod config;
 mod docker;
 mod export;
+mod first_hour;
 mod help;
 mod hook;
 mod import;
