@@ -212,12 +212,13 @@ impl Ctx {
                     );
                 }
                 Err(e) => {
-                    let failed: Vec<_> = secrets
+                    // One build error stops every secret of the instance: said once.
+                    let failed: Vec<&SecretEntry> = secrets
                         .iter()
                         .filter(|s| s.provider == inst.name)
-                        .map(|s| (*s, &e))
+                        .copied()
                         .collect();
-                    diags.extend(provider_diags(&failed));
+                    diags.extend(shared_diag(&failed, &e));
                 }
             }
         }
@@ -473,49 +474,59 @@ pub fn provider_diag(s: &SecretEntry, e: &ProviderError) -> Diagnostic {
     }
 }
 
-/// The diagnostics for failed secrets: one per failure, except that the same error of the same
-/// provider instance (a store's missing key, an unreachable server) is reported once, naming
-/// every secret it stopped. Per-secret errors (not found, a bad field) name their ref, so they
-/// never merge.
+/// The diagnostics for failed secrets: one per failure, except that the same error about a
+/// provider instance's own configuration (`Config`: the local store's key is missing, a bad
+/// option) is reported once, naming every secret it stopped. Errors about an item (not found,
+/// denied for that path, a bad field) stay one per secret, with its ref.
 pub fn provider_diags(failures: &[(&SecretEntry, &ProviderError)]) -> Vec<Diagnostic> {
-    let mut groups: Vec<(&SecretEntry, &ProviderError, Vec<&str>)> = Vec::new();
+    let mut groups: Vec<(&ProviderError, Vec<&SecretEntry>)> = Vec::new();
     for (s, e) in failures {
-        let same = |(g, ge, _): &&mut (&SecretEntry, &ProviderError, Vec<&str>)| {
-            g.provider == s.provider
+        let shared = groups.iter_mut().find(|(ge, g)| {
+            e.kind == ErrorKind::Config
+                && g.first().is_some_and(|f| f.provider == s.provider)
                 && ge.kind == e.kind
                 && ge.message == e.message
                 && ge.help == e.help
-        };
-        match groups.iter_mut().find(|g| same(g)) {
-            Some((_, _, names)) => names.push(&s.name),
-            None => groups.push((s, e, vec![&s.name])),
+        });
+        match shared {
+            Some((_, entries)) => entries.push(s),
+            None => groups.push((e, vec![s])),
         }
     }
     groups
         .into_iter()
-        .map(|(s, e, names)| {
-            if names.len() == 1 {
-                return provider_diag(s, e);
-            }
-            let d = Diagnostic::error(
-                "provider::resolve",
-                format!(
-                    "{}: {} from provider `{}` ({}): {}",
-                    names.join(", "),
-                    e.kind.label(),
-                    s.provider,
-                    s.ty.name,
-                    e.message
-                ),
-            )
-            .at(&s.pos)
-            .secret(names.join(", "));
-            match &e.help {
-                Some(h) => d.help(h.clone()),
-                None => d,
-            }
-        })
+        .filter_map(|(e, entries)| shared_diag(&entries, e))
         .collect()
+}
+
+/// One diagnostic for an error that stopped every secret in `entries` (all of one provider
+/// instance): a single secret's is [`provider_diag`].
+pub fn shared_diag(entries: &[&SecretEntry], e: &ProviderError) -> Option<Diagnostic> {
+    let (first, rest) = entries.split_first()?;
+    if rest.is_empty() {
+        return Some(provider_diag(first, e));
+    }
+    let names = entries
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let d = Diagnostic::error(
+        "provider::resolve",
+        format!(
+            "{names}: {} from provider `{}` ({}): {}",
+            e.kind.label(),
+            first.provider,
+            first.ty.name,
+            e.message
+        ),
+    )
+    .at(&first.pos)
+    .secret(names);
+    Some(match &e.help {
+        Some(h) => d.help(h.clone()),
+        None => d,
+    })
 }
 
 /// Runs a future to completion on a current-thread runtime; shows a spinner on stderr when it
