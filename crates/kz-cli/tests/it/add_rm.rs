@@ -259,3 +259,60 @@ fn add_checks_the_ref_scheme_as_the_file_loader_does() {
             .contains("LOCAL_ONE = { provider = \"local\"")
     );
 }
+
+/// Runs `kz ARGS` on a pseudo-terminal (util-linux `script`) with `keys` typed in; returns what
+/// the terminal showed.
+fn on_terminal(s: &Sandbox, args: &str, keys: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("script")
+        .args([
+            "-qec",
+            &format!("'{}' {args}", crate::util::kz_bin().display()),
+            "/dev/null",
+        ])
+        .current_dir(&s.project)
+        .env_clear()
+        .envs(&s.env)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("`script` is needed (apt-get install bsdutils): {e}"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(keys.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn interactive_add_asks_for_a_field_only_where_values_have_fields() {
+    let s = Sandbox::with_config("[secrets]\n");
+    // local: the reference (default accepted), and no field question (the second Enter would
+    // answer one).
+    let shown = on_terminal(&s, "add LOCAL_ONE --provider local", "\r\r");
+    assert!(shown.contains("reference"), "{shown}");
+    assert!(!shown.contains("field"), "{shown}");
+    assert!(
+        s.read(".keyzero.toml")
+            .contains("LOCAL_ONE = { provider = \"local\", ref = \"proj/LOCAL_ONE\" }")
+    );
+    // aws: a JSON secret has members, so the field is asked for.
+    let shown = on_terminal(&s, "add AWS_ONE --provider aws", "sm://prod/app\rapi_key\r");
+    assert!(shown.contains("field"), "{shown}");
+    assert!(
+        s.read(".keyzero.toml").contains(
+            "AWS_ONE = { provider = \"aws\", ref = \"sm://prod/app\", field = \"api_key\" }"
+        ),
+        "{}",
+        s.read(".keyzero.toml")
+    );
+}
