@@ -121,6 +121,11 @@ fn a_missing_store_key_is_reported_once() {
         r.stderr
     );
     assert!(r.stderr.contains("A, B, C:"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("Backing up the local store"),
+        "points to the backup section: {}",
+        r.stderr
+    );
     assert_eq!(r.stderr.matches("help:").count(), 1, "{}", r.stderr);
     let r = s.kz(&["status"]).code(1).no_canary();
     assert_eq!(r.stdout.matches("help:").count(), 1, "{}", r.stdout);
