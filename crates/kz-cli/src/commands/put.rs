@@ -175,6 +175,7 @@ fn missing(ctx: &Ctx, config: &Config) -> CmdResult {
     let all: Vec<&SecretEntry> = config.secrets.iter().collect();
     let outcomes = ctx.resolve(config, &all)?;
     let mut other = Vec::new();
+    let mut failed = Vec::new();
     let mut todo = Vec::new();
     for o in &outcomes {
         let Some(entry) = config.secret(&o.name) else {
@@ -197,12 +198,13 @@ fn missing(ctx: &Ctx, config: &Config) -> CmdResult {
                     entry.ty.name
                 )),
             ),
-            Err(e) => {
-                let mut d = provider_diag(entry, e);
-                d.severity = kz_config::Severity::Warning;
-                other.push(d);
-            }
+            Err(e) => failed.push((entry, e)),
         }
+    }
+    // A problem several secrets share (the store's key is missing) is listed once.
+    for mut d in crate::context::provider_diags(&failed) {
+        d.severity = kz_config::Severity::Warning;
+        other.push(d);
     }
     if todo.is_empty() {
         ctx.out.all(&other);

@@ -127,6 +127,13 @@ fn a_missing_store_key_is_reported_once() {
         r.stderr
     );
     assert_eq!(r.stderr.matches("help:").count(), 1, "{}", r.stderr);
+    let r = s.kz(&["put", "--missing"]).code(1).no_canary();
+    assert_eq!(
+        r.stderr.matches("identity.txt").count(),
+        1,
+        "kz put --missing lists it once too: {}",
+        r.stderr
+    );
     let r = s.kz(&["status"]).code(1).no_canary();
     assert_eq!(r.stdout.matches("help:").count(), 1, "{}", r.stdout);
     assert!(r.stdout.contains("help: A, B, C: "), "{}", r.stdout);
