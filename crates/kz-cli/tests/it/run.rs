@@ -243,6 +243,20 @@ fn mistyped_run_options_are_usage_errors_not_commands() {
     assert_eq!(r.stdout, "postgres://u@h/db");
     let r = s.kz(&["run", "--only", "DB", "printenv", "DB"]).ok();
     assert_eq!(r.stdout.trim(), "postgres://u@h/db");
+    // So are options after the command's name that kz also has.
+    let r = s
+        .kz(&[
+            "run",
+            "sh",
+            "-c",
+            "echo \"$*\"",
+            "x",
+            "--only",
+            "--blind",
+            "-v",
+        ])
+        .ok();
+    assert_eq!(r.stdout.trim(), "--only --blind -v");
     // After `--`, everything is the command, even what looks like a kz option.
     let r = s
         .kz(&["run", "--", "sh", "-c", "echo \"$0\"", "--only"])
