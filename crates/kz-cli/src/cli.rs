@@ -318,13 +318,9 @@ pub struct RunArgs {
     /// Replace secret values (8 bytes or more) in the command's output with ****
     #[arg(long)]
     pub mask: bool,
-    /// The command and its arguments
-    #[arg(
-        required = true,
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "CMD"
-    )]
+    /// The command and its arguments (after `--`; options before it are kz's own, and a mistyped
+    /// one is an error rather than the command)
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     pub command: Vec<OsString>,
 }
 

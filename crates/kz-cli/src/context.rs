@@ -212,9 +212,13 @@ impl Ctx {
                     );
                 }
                 Err(e) => {
-                    for s in secrets.iter().filter(|s| s.provider == inst.name) {
-                        diags.push(provider_diag(s, &e));
-                    }
+                    // One build error stops every secret of the instance: said once.
+                    let failed: Vec<&SecretEntry> = secrets
+                        .iter()
+                        .filter(|s| s.provider == inst.name)
+                        .copied()
+                        .collect();
+                    diags.extend(shared_diag(&failed, &e));
                 }
             }
         }
@@ -468,6 +472,61 @@ pub fn provider_diag(s: &SecretEntry, e: &ProviderError) -> Diagnostic {
         Some(h) => d.help(h.clone()),
         None => d,
     }
+}
+
+/// The diagnostics for failed secrets: one per failure, except that the same error about a
+/// provider instance's own configuration (`Config`: the local store's key is missing, a bad
+/// option) is reported once, naming every secret it stopped. Errors about an item (not found,
+/// denied for that path, a bad field) stay one per secret, with its ref.
+pub fn provider_diags(failures: &[(&SecretEntry, &ProviderError)]) -> Vec<Diagnostic> {
+    let mut groups: Vec<(&ProviderError, Vec<&SecretEntry>)> = Vec::new();
+    for (s, e) in failures {
+        let shared = groups.iter_mut().find(|(ge, g)| {
+            e.kind == ErrorKind::Config
+                && g.first().is_some_and(|f| f.provider == s.provider)
+                && ge.kind == e.kind
+                && ge.message == e.message
+                && ge.help == e.help
+        });
+        match shared {
+            Some((_, entries)) => entries.push(s),
+            None => groups.push((e, vec![s])),
+        }
+    }
+    groups
+        .into_iter()
+        .filter_map(|(e, entries)| shared_diag(&entries, e))
+        .collect()
+}
+
+/// One diagnostic for an error that stopped every secret in `entries` (all of one provider
+/// instance): a single secret's is [`provider_diag`].
+pub fn shared_diag(entries: &[&SecretEntry], e: &ProviderError) -> Option<Diagnostic> {
+    let (first, rest) = entries.split_first()?;
+    if rest.is_empty() {
+        return Some(provider_diag(first, e));
+    }
+    let names = entries
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let d = Diagnostic::error(
+        "provider::resolve",
+        format!(
+            "{names}: {} from provider `{}` ({}): {}",
+            e.kind.label(),
+            first.provider,
+            first.ty.name,
+            e.message
+        ),
+    )
+    .at(&first.pos)
+    .secret(names);
+    Some(match &e.help {
+        Some(h) => d.help(h.clone()),
+        None => d,
+    })
 }
 
 /// Runs a future to completion on a current-thread runtime; shows a spinner on stderr when it

@@ -18,6 +18,8 @@ pub struct NewEntry {
     pub field: Option<String>,
     /// Blind-mode hosts.
     pub hosts: Vec<String>,
+    /// `allow_empty = true` (an empty value is valid).
+    pub allow_empty: bool,
 }
 
 fn read_doc(path: &Path) -> Result<DocumentMut, Diagnostic> {
@@ -110,6 +112,9 @@ pub fn add_secrets(
             }
             it.insert("hosts", arr.into());
         }
+        if e.allow_empty {
+            it.insert("allow_empty", true.into());
+        }
         t.insert(name, toml_edit::value(it));
     }
     write(path, &doc.to_string())?;
@@ -188,6 +193,7 @@ mod tests {
             reference: "p/B".into(),
             field: None,
             hosts: vec!["api.x.com".into()],
+            allow_empty: false,
         };
         add_secrets(&p, None, &[("B".into(), e)]).unwrap();
         add_secrets(

@@ -67,7 +67,7 @@ fn main() -> ExitCode {
         Command::Status(a) => commands::status::run(&ctx, &a),
         Command::Validate(a) => commands::validate::run(&ctx, &a),
         Command::List(a) => commands::list::run(&ctx, &a),
-        Command::Hook(a) => commands::hook::print_script(a.shell),
+        Command::Hook(a) => commands::hook::print_script(a.shell, ctx.global.verbose),
         Command::HookEnv(a) => commands::hook::env(&ctx, &a),
         Command::Allow => commands::trust::allow(&ctx),
         Command::Deny => commands::trust::deny(&ctx),

@@ -715,7 +715,7 @@ fn build_sections(m: &Merged, env: &ActiveEnv, ctx: &mut Ctx) -> (Vec<SecretEntr
             Diagnostic::warning(
                 "config::environment_fallback",
                 format!(
-                    "note: {var}={} has no [{}.secrets] section; using [secrets]",
+                    "{var}={} has no [{}.secrets] section; using [secrets]",
                     env.name, env.name
                 ),
             )

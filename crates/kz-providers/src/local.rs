@@ -168,7 +168,7 @@ impl LocalProvider {
     fn load_identity(path: &Path) -> Result<age::x25519::Identity, ProviderError> {
         let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
             ProviderError::new(ErrorKind::Config, format!("cannot read the local store's identity `{}`: {e}", path.display()))
-                .help("this is the key the store was created with; without it the store cannot be decrypted, restore it from a backup")
+                .help("this is the key the store was created with; without it the store cannot be decrypted: restore it from a backup (docs/providers.md, \"Backing up the local store\")")
         })?);
         text.lines()
             .map(str::trim)

@@ -67,6 +67,9 @@ pub struct Settings {
     pub audit: Option<Arc<Writer>>,
 }
 
+/// Distinct `502` reasons kept for the `-v` summary.
+pub const FAILURE_REASONS: usize = 16;
+
 /// Counts for the `-v` summary at exit.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Summary {
@@ -82,6 +85,10 @@ pub struct Summary {
     pub per_secret: Vec<(String, u64, u64)>,
     /// Audit records the writer refused.
     pub audit_failures: u64,
+    /// Requests answered `502` (upstream unreachable, or an answer kz cannot check).
+    pub failed: u64,
+    /// Why, distinct reasons in order, at most [`FAILURE_REASONS`].
+    pub failures: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -91,6 +98,7 @@ struct Counters {
     refused: AtomicU64,
     scrubbed: AtomicU64,
     audit_failures: AtomicU64,
+    failed: AtomicU64,
 }
 
 /// The proxy. Cheap to clone; every connection task holds one.
@@ -117,6 +125,7 @@ struct Shared {
     ws_client: UpstreamClient,
     audit: Option<Arc<Writer>>,
     counters: Counters,
+    failures: std::sync::Mutex<Vec<String>>,
     swaps: Vec<AtomicU64>,
     buffer_budget: Arc<tokio::sync::Semaphore>,
     scrubs: Vec<AtomicU64>,
@@ -155,6 +164,7 @@ impl Proxy {
                 ws_client,
                 audit: settings.audit,
                 counters: Counters::default(),
+                failures: std::sync::Mutex::new(Vec::new()),
             }),
         }
     }
@@ -169,6 +179,8 @@ impl Proxy {
             refused: get(&s.counters.refused),
             scrubbed: get(&s.counters.scrubbed),
             audit_failures: get(&s.counters.audit_failures),
+            failed: get(&s.counters.failed),
+            failures: s.failures.lock().map(|f| f.clone()).unwrap_or_default(),
             per_secret: s
                 .table
                 .secrets
@@ -252,7 +264,7 @@ impl Proxy {
         match policy::resolve_checked(&dest.host, dest.port, explicit).await {
             Ok(_) => {}
             Err(reason) if reason.starts_with("cannot resolve") => {
-                return text(StatusCode::BAD_GATEWAY, format!("kz blind: {reason}\n"));
+                return self.bad_gateway(reason);
             }
             Err(reason) => return self.refuse_host(&Method::CONNECT, &dest, "", &reason),
         }
@@ -525,13 +537,10 @@ impl Proxy {
                     ConnectError::Refused(reason) => {
                         self.refuse_host(&method, &dest, &path, &reason)
                     }
-                    ConnectError::Failed(reason) => text(
-                        StatusCode::BAD_GATEWAY,
-                        format!(
-                            "kz blind: upstream {}:{} failed: {reason}\n",
-                            dest.host, dest.port
-                        ),
-                    ),
+                    ConnectError::Failed(reason) => self.bad_gateway(format!(
+                        "upstream {}:{} failed: {reason}\n",
+                        dest.host, dest.port
+                    )),
                 };
             }
         };
@@ -589,14 +598,11 @@ impl Proxy {
             .count()
             > 1;
         if self.shared.scrubber.is_some() && (unknown_transfer_coding || stacked) {
-            return text(
-                StatusCode::BAD_GATEWAY,
-                format!(
-                    "kz blind: {}:{} answered with a transfer or content coding kz cannot decode, \
+            return self.bad_gateway(format!(
+                "{}:{} answered with a transfer or content coding kz cannot decode, \
                      so the response cannot be checked for secret values\n",
-                    dest.host, dest.port
-                ),
-            );
+                dest.host, dest.port
+            ));
         }
         let upgrade = parts.status == StatusCode::SWITCHING_PROTOCOLS;
         strip_hop_by_hop(&mut parts.headers, upgrade);
@@ -613,14 +619,11 @@ impl Proxy {
             return Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync());
         }
         let Some(encoding) = Encoding::parse(parts.headers.get(header::CONTENT_ENCODING)) else {
-            return text(
-                StatusCode::BAD_GATEWAY,
-                format!(
-                    "kz blind: {}:{} answered with a content-encoding kz cannot decode, so the \
+            return self.bad_gateway(format!(
+                "{}:{} answered with a content-encoding kz cannot decode, so the \
                      response cannot be checked for secret values\n",
-                    dest.host, dest.port
-                ),
-            );
+                dest.host, dest.port
+            ));
         };
         let mut body = body.map_err(BoxError::from).boxed_unsync();
         if encoding != Encoding::Identity {
@@ -632,13 +635,10 @@ impl Proxy {
             let bytes = match body.collect().await {
                 Ok(b) => b.to_bytes(),
                 Err(e) => {
-                    return text(
-                        StatusCode::BAD_GATEWAY,
-                        format!(
-                            "kz blind: reading the response from {}:{} failed: {e}\n",
-                            dest.host, dest.port
-                        ),
-                    );
+                    return self.bad_gateway(format!(
+                        "reading the response from {}:{} failed: {e}\n",
+                        dest.host, dest.port
+                    ));
                 }
             };
             let (echoed, mut hits) = match &echo {
@@ -669,6 +669,21 @@ impl Proxy {
             })),
         };
         Response::from_parts(parts, MapBody::new(body, transform).boxed_unsync())
+    }
+
+    /// A `502`: the upstream could not be reached or its answer cannot be checked. The reason
+    /// (a host, a port, a network or coding error, never a value) goes to the command in the
+    /// body and is kept, distinct reasons up to [`FAILURE_REASONS`], for kz's `-v` summary.
+    fn bad_gateway(&self, reason: String) -> Response<ProxyBody> {
+        let reason = reason.trim_end();
+        self.shared.counters.failed.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut f) = self.shared.failures.lock()
+            && f.len() < FAILURE_REASONS
+            && !f.iter().any(|r| r == reason)
+        {
+            f.push(reason.to_string());
+        }
+        text(StatusCode::BAD_GATEWAY, format!("kz blind: {reason}\n"))
     }
 
     /// Audits and counts a swap; `false` when the audit log refused the record (the value must

@@ -57,8 +57,17 @@ pub fn run(ctx: &Ctx, mut args: AddArgs) -> CmdResult {
     let provider = match args.provider.clone() {
         Some(p) => p,
         None if interactive && args.reference.is_none() => choose_provider(config.as_ref())?,
+        // As the file loader reads a short-form ref: a known scheme picks the type, an
+        // unknown one (`opp://`) is an error, never silently a ref in the local store.
         None => match args.reference.as_deref().map(reference::infer) {
             Some(Ok((ty, _))) => ty.to_string(),
+            Some(Err(reference::InferError::UnknownScheme(s))) => {
+                return Err(Failure::one(unknown_scheme(
+                    &name,
+                    &s,
+                    args.reference.as_deref().unwrap_or_default(),
+                )));
+            }
             _ => "local".to_string(),
         },
     };
@@ -122,7 +131,7 @@ pub fn run(ctx: &Ctx, mut args: AddArgs) -> CmdResult {
     }
     let field = match args.field.clone() {
         Some(f) => Some(f),
-        None if interactive && args.reference.is_none() => {
+        None if interactive && args.reference.is_none() && offers_fields(ty) => {
             Some(prompt("field (empty for the whole value)", Some(""))?).filter(|f| !f.is_empty())
         }
         None => None,
@@ -152,6 +161,7 @@ pub fn run(ctx: &Ctx, mut args: AddArgs) -> CmdResult {
         reference: r,
         field,
         hosts: args.hosts.clone(),
+        allow_empty: false,
     };
     let before = edit::add_secrets(&file, env, &[(name.clone(), entry)])?;
     // The whole configuration must still load; otherwise put the file back.
@@ -172,6 +182,37 @@ pub fn run(ctx: &Ctx, mut args: AddArgs) -> CmdResult {
             .note(&format!("store its value with `kz put {name}`"));
     }
     Ok(exit::OK)
+}
+
+/// The error for a ref whose `scheme://` no provider type owns, with the closest known scheme.
+fn unknown_scheme(name: &str, scheme: &str, raw_ref: &str) -> Diagnostic {
+    let d = Diagnostic::error(
+        "add::reference",
+        format!("unknown reference scheme `{scheme}` in `{raw_ref}`"),
+    )
+    .secret(name)
+    .reference(raw_ref);
+    let known = reference::SCHEMES.iter().map(|s| s.prefix);
+    match kz_config::diag::did_you_mean(scheme, known) {
+        Some(s) => d.help(format!(
+            "did you mean `{s}`? (known schemes: {}; or name the type with --provider)",
+            reference::known_schemes()
+        )),
+        None => d.help(format!(
+            "use a known scheme ({}) or name the type with --provider",
+            reference::known_schemes()
+        )),
+    }
+}
+
+/// Whether the interactive `kz add` asks for a `field`: only for types whose values are
+/// documents with members (a JSON secret, a Vault KV map, a plugin's answer). A `local`, `env`,
+/// `dotenv` or `keychain` value is one string, and a 1Password ref names its field itself.
+fn offers_fields(ty: &catalog::ProviderType) -> bool {
+    !matches!(
+        ty.name,
+        "local" | "env" | "dotenv" | "keychain" | "1password"
+    )
 }
 
 fn prompt(what: &str, default: Option<&str>) -> Result<String, Failure> {
@@ -220,4 +261,24 @@ fn choose_provider(config: Option<&kz_config::Config>) -> Result<String, Failure
         .get(i)
         .map(|(n, _)| n.clone())
         .ok_or_else(|| Failure::msg("add::prompt", "no provider chosen", "pass --provider"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_is_offered_only_for_types_with_members() {
+        let offered: Vec<&str> = catalog::TYPES
+            .iter()
+            .filter(|t| offers_fields(t))
+            .map(|t| t.name)
+            .collect();
+        for t in ["local", "env", "dotenv", "keychain", "1password"] {
+            assert!(!offered.contains(&t), "{t} has no fields");
+        }
+        for t in ["aws", "hashicorp", "gcp", "exec"] {
+            assert!(offered.contains(&t), "{t} has fields");
+        }
+    }
 }

@@ -477,9 +477,12 @@ fn run_child(
 
 fn summarize(ctx: &Ctx, s: &Summary) {
     ctx.out.verbose(&format!(
-        "blind: {} request(s), {} with secrets swapped in, {} refused, {} scrubbed",
-        s.requests, s.swapped_requests, s.refused, s.scrubbed
+        "blind: {} request(s), {} with secrets swapped in, {} refused, {} scrubbed, {} failed (502)",
+        s.requests, s.swapped_requests, s.refused, s.scrubbed, s.failed
     ));
+    for reason in &s.failures {
+        ctx.out.verbose(&format!("blind: 502: {reason}"));
+    }
     for (name, swaps, scrubs) in &s.per_secret {
         if *swaps > 0 || *scrubs > 0 {
             ctx.out.verbose(&format!(

@@ -21,7 +21,7 @@ use crate::report::{CmdResult, exit};
 const BASH: &str = r#"# keyzero shell integration (bash): eval "$(kz hook --shell bash)"
 _kz_hook() {
   local _kz_status=$? _kz_out
-  _kz_out="$(command kz __hook-env --shell bash --state "${_kz_state-}")" && eval "$_kz_out"
+  _kz_out="$(@KZ@ __hook-env --shell bash@FLAGS@ --state "${_kz_state-}")" && eval "$_kz_out"
   return $_kz_status
 }
 _kz_unload() {
@@ -44,7 +44,7 @@ fi
 const ZSH: &str = r#"# keyzero shell integration (zsh): eval "$(kz hook --shell zsh)"
 _kz_hook() {
   local _kz_out
-  _kz_out="$(command kz __hook-env --shell zsh --state "${_kz_state-}")" && eval "$_kz_out"
+  _kz_out="$(@KZ@ __hook-env --shell zsh@FLAGS@ --state "${_kz_state-}")" && eval "$_kz_out"
 }
 _kz_unload() {
   local _kz_n
@@ -78,17 +78,31 @@ function _kz_unload
     set -g _kz_loaded
 end
 function _kz_hook --on-variable PWD --on-event fish_prompt
-    command kz __hook-env --shell fish --state "$_kz_state" | source
+    @KZ@ __hook-env --shell fish@FLAGS@ --state "$_kz_state" | source
 end
 "#;
 
-/// Prints the integration script.
-pub fn print_script(shell: HookShell) -> CmdResult {
-    print_out(match shell {
+/// Prints the integration script. It calls this kz by its absolute path (as direnv does), so
+/// it works when `kz` is not on the shell's `PATH`; with `-v` the per-prompt call is verbose
+/// too and says which variables it loaded.
+pub fn print_script(shell: HookShell, verbose: u8) -> CmdResult {
+    let template = match shell {
         HookShell::Bash => BASH,
         HookShell::Zsh => ZSH,
         HookShell::Fish => FISH,
-    })?;
+    };
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.to_str().map(|s| s.to_string()))
+        .map_or_else(
+            || "command kz".to_string(),
+            |p| match shell {
+                HookShell::Fish => format!("command {}", quote::fish(&p)),
+                _ => format!("command {}", quote::posix(&p)),
+            },
+        );
+    let flags = if verbose > 0 { " -v" } else { "" };
+    print_out(&template.replace("@KZ@", &exe).replace("@FLAGS@", flags))?;
     Ok(exit::OK)
 }
 

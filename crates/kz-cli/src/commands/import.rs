@@ -79,7 +79,8 @@ pub fn run(ctx: &Ctx, mut args: ImportArgs) -> CmdResult {
     let mut entries = Vec::new();
     let mut skipped = Vec::new();
     let mut diags = Vec::new();
-    for (key, _) in &pairs {
+    let mut empty = Vec::new();
+    for (key, value) in &pairs {
         if !kz_config::reference::is_env_name(key) {
             diags.push(
                 Diagnostic::error(
@@ -92,6 +93,10 @@ pub fn run(ctx: &Ctx, mut args: ImportArgs) -> CmdResult {
         } else if edit::has_secret(&file, env, key)? {
             skipped.push(key.clone());
         } else {
+            // `KEY=` is a value too: map it as one, or every `kz run` would fail on it.
+            if value.is_empty() {
+                empty.push(key.as_str());
+            }
             entries.push((
                 key.clone(),
                 NewEntry {
@@ -99,6 +104,7 @@ pub fn run(ctx: &Ctx, mut args: ImportArgs) -> CmdResult {
                     reference: format!("{prefix}{key}"),
                     field: None,
                     hosts: Vec::new(),
+                    allow_empty: value.is_empty(),
                 },
             ));
         }
@@ -113,6 +119,13 @@ pub fn run(ctx: &Ctx, mut args: ImportArgs) -> CmdResult {
         ));
     }
     let names: Vec<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
+    if !empty.is_empty() {
+        ctx.out.note(&format!(
+            "empty in {}, mapped with allow_empty = true: {}",
+            path.display(),
+            empty.join(", ")
+        ));
+    }
     if args.dry_run {
         super::print_out(&format!(
             "would map and store {} secret(s) in `{provider}` ({}): {}\n",
@@ -135,6 +148,7 @@ pub fn run(ctx: &Ctx, mut args: ImportArgs) -> CmdResult {
         }
     };
     let provider_impl = ctx.instance(&config, &provider)?;
+    let identity_before = super::put::identity(provider_impl.as_ref());
     let mut stored = Vec::new();
     let mut failures = Vec::new();
     for (key, value) in &pairs {
@@ -154,6 +168,11 @@ pub fn run(ctx: &Ctx, mut args: ImportArgs) -> CmdResult {
         ty.name,
         stored.join(", ")
     ));
+    if let Some(now) = super::put::identity(provider_impl.as_ref())
+        .filter(|now| Some(now) != identity_before.as_ref())
+    {
+        ctx.out.note(&super::put::key_created_note(&provider, &now));
+    }
     if failures.is_empty() {
         ctx.out.note(&format!(
             "check with `kz status`, then delete {}",

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use kz_config::{Diagnostic, LOCAL_FILE, PROJECT_FILE};
+use kz_config::{Diagnostic, LOCAL_FILE, PROJECT_FILE, catalog};
 
 use crate::cli::InitArgs;
 use crate::commands::print_out;
@@ -26,8 +26,10 @@ pub fn template(project: &str) -> String {
 
 [secrets]
 # NAME = {{ provider = "…", ref = "…" }}  or the short form  NAME = "scheme://ref"
-EXAMPLE_API_KEY = {{ provider = "local", ref = "{project}/EXAMPLE_API_KEY", description = "an example: store it with `kz put EXAMPLE_API_KEY`" }}
-# DATABASE_URL  = "op://Dev/database/url"
+# An example in kz's local store (`kz add EXAMPLE_API_KEY` writes this line, `kz put` stores
+# its value); a mapped secret is required: `kz run` starts nothing until every one resolves.
+# EXAMPLE_API_KEY = {{ provider = "local", ref = "{project}/EXAMPLE_API_KEY" }}
+# DATABASE_URL    = "op://Dev/database/url"
 
 # Environment sections replace [secrets] as a whole when active (--env, KEYZERO_ENV, NODE_ENV).
 # [production.secrets]
@@ -58,12 +60,27 @@ pub fn run(ctx: &Ctx, args: &InitArgs) -> CmdResult {
         msg.push_str(&format!("added {LOCAL_FILE} to {}\n", g.display()));
     }
     msg.push_str(&format!(
-        "\nnext steps:\n  kz put EXAMPLE_API_KEY          store a value (hidden prompt), or remove the example\n  kz add NAME                     map another variable (local store: ref {project}/NAME)\n  kz run -- CMD                   run CMD with the secrets in its environment\n"
+        "\nnext steps:\n  kz add NAME                     map a variable (local store: ref {project}/NAME)\n  kz put NAME                     store its value (hidden prompt)\n  kz run -- CMD                   run CMD with the secrets in its environment\n"
     ));
+    if let Some(identity) = local_identity(ctx) {
+        msg.push_str(&format!(
+            "\nthe local store's key is {identity}.\nback it up: losing it loses every value in the store (docs/providers.md, \"Backing up the local store\").\n"
+        ));
+    }
     if !ctx.global.quiet {
         print_out(&msg)?;
     }
     Ok(exit::OK)
+}
+
+/// Where the `local` provider's identity is (or will be created by the first `kz put`), as its
+/// `describe` says; `None` when the configuration does not load.
+fn local_identity(ctx: &Ctx) -> Option<String> {
+    let config = ctx.load().ok()?;
+    let implicit = kz_config::ProviderInstance::implicit(catalog::find("local")?);
+    let inst = config.provider("local").unwrap_or(&implicit);
+    let provider = kz_providers::build(inst, &ctx.build_context(&config.discovered.dir)).ok()?;
+    super::put::identity(provider.as_ref())
 }
 
 /// Adds `.keyzero.local.toml` to `.gitignore` when the directory is in a git work tree (creating

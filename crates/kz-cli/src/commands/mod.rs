@@ -23,7 +23,7 @@ use kz_config::{Config, Diagnostic};
 use kz_resolve::{ErrorKind, Outcome};
 use kz_secret::{Resolved, SecretValue};
 
-use crate::context::{Ctx, provider_diag};
+use crate::context::{Ctx, provider_diags};
 use crate::report::Failure;
 
 /// Resolved variables, in config order: `(NAME, value)`.
@@ -33,7 +33,7 @@ pub type Vars = Vec<(String, SecretValue)>;
 /// secrets are reported as warnings.
 pub fn collect(ctx: &Ctx, config: &Config, outcomes: Vec<Outcome>) -> Result<Vars, Failure> {
     let mut vars = Vars::new();
-    let mut diags = Vec::new();
+    let mut failed = Vec::new();
     for o in outcomes {
         let Some(entry) = config.secret(&o.name) else {
             continue;
@@ -53,12 +53,14 @@ pub fn collect(ctx: &Ctx, config: &Config, outcomes: Vec<Outcome>) -> Result<Var
                 )
                 .secret(&o.name),
             ),
-            Err(e) => diags.push(provider_diag(entry, &e)),
+            Err(e) => failed.push((entry, e)),
         }
     }
-    if !diags.is_empty() {
-        return Err(Failure::many(diags));
+    if !failed.is_empty() {
+        let refs: Vec<_> = failed.iter().map(|(s, e)| (*s, e)).collect();
+        return Err(Failure::many(provider_diags(&refs)));
     }
+    let mut diags = Vec::new();
     // Environment values cannot hold NUL.
     for (name, v) in &vars {
         if v.expose_bytes().contains(&0) {

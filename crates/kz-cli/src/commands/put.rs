@@ -138,19 +138,44 @@ fn store(
     }
     let provider = ctx.instance(config, &entry.provider)?;
     let item = kz_resolve::item_for(entry);
+    let identity_before = identity(provider.as_ref());
     block_on_with_spinner(&ctx.out, "storing", provider.write(&item, value))?
         .map_err(|e| Failure::one(provider_diag(entry, &e)))?;
     ctx.out.note(&format!(
         "stored {} in `{}` ({}) as {}",
         entry.name, entry.provider, entry.ty.name, entry.reference
     ));
+    // The first write to a local store records its key: say where it is, once.
+    if let Some(now) =
+        identity(provider.as_ref()).filter(|now| Some(now) != identity_before.as_ref())
+    {
+        ctx.out.note(&key_created_note(&entry.provider, &now));
+    }
     Ok(())
+}
+
+/// The identity a provider describes (the `local` store's key file), if it has one.
+pub fn identity(provider: &dyn kz_resolve::Provider) -> Option<String> {
+    provider
+        .describe()
+        .details
+        .into_iter()
+        .find(|(k, _)| k == "identity")
+        .map(|(_, v)| v)
+}
+
+/// What to say when a store was just created: where its key is and why to back it up.
+pub fn key_created_note(provider: &str, identity: &str) -> String {
+    format!(
+        "the `{provider}` store's key is {identity}\nkz: back it up: losing it loses every value in the store (docs/providers.md, \"Backing up the local store\")"
+    )
 }
 
 fn missing(ctx: &Ctx, config: &Config) -> CmdResult {
     let all: Vec<&SecretEntry> = config.secrets.iter().collect();
     let outcomes = ctx.resolve(config, &all)?;
     let mut other = Vec::new();
+    let mut failed = Vec::new();
     let mut todo = Vec::new();
     for o in &outcomes {
         let Some(entry) = config.secret(&o.name) else {
@@ -173,12 +198,13 @@ fn missing(ctx: &Ctx, config: &Config) -> CmdResult {
                     entry.ty.name
                 )),
             ),
-            Err(e) => {
-                let mut d = provider_diag(entry, e);
-                d.severity = kz_config::Severity::Warning;
-                other.push(d);
-            }
+            Err(e) => failed.push((entry, e)),
         }
+    }
+    // A problem several secrets share (the store's key is missing) is listed once.
+    for mut d in crate::context::provider_diags(&failed) {
+        d.severity = kz_config::Severity::Warning;
+        other.push(d);
     }
     if todo.is_empty() {
         ctx.out.all(&other);

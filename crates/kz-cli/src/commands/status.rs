@@ -76,11 +76,32 @@ pub fn run(ctx: &Ctx, args: &StatusArgs) -> CmdResult {
             }
             let mut t = format!("environment: {}\n", config.environment);
             t.push_str(&table(&rows));
+            t.push_str(&help_lines(&results));
             t
         }
     };
     print_out(&text)?;
     Ok(if all_ok { exit::OK } else { exit::ERROR })
+}
+
+/// The `help:` lines `kz run` would show for the failed secrets, one per distinct help (a
+/// problem several secrets share, such as a missing store key, is explained once).
+fn help_lines(results: &[(kz_resolve::Outcome, CacheUse)]) -> String {
+    let mut helps: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (o, _) in results {
+        let Err(e) = &o.result else { continue };
+        let Some(h) = e.help.as_deref().filter(|_| !o.skipped) else {
+            continue;
+        };
+        match helps.iter_mut().find(|(x, _)| *x == h) {
+            Some((_, names)) => names.push(&o.name),
+            None => helps.push((h, vec![&o.name])),
+        }
+    }
+    helps
+        .iter()
+        .map(|(h, names)| format!("help: {}: {h}\n", names.join(", ")))
+        .collect()
 }
 
 /// Left-aligned columns separated by two spaces; the last column is not padded.

@@ -192,3 +192,127 @@ fn rm_removes_and_purges_with_confirmation() {
     let r = s.kz(&["rm", "ZZZ"]).code(1);
     assert!(r.stderr.contains("not mapped"), "{}", r.stderr);
 }
+
+#[test]
+fn init_add_put_run_works_the_first_time() {
+    let s = Sandbox::new();
+    let r = s.kz(&["init"]).ok();
+    let identity = s.root.path().join("config/keyzero/identity.txt");
+    assert!(
+        r.stdout.contains(&identity.display().to_string())
+            && r.stdout.contains("losing it loses every value"),
+        "init says where the store's key is: {}",
+        r.stdout
+    );
+    // The starter file alone must not stop the first run.
+    s.kz(&["run", "--", "true"]).ok();
+    s.kz(&["add", "API_KEY"]).ok();
+    let r = s
+        .kz_stdin(&["put", "API_KEY", "--stdin"], CANARY)
+        .ok()
+        .no_canary();
+    assert!(
+        r.stderr.contains(&identity.display().to_string()) && r.stderr.contains("back it up"),
+        "the put that creates the store says where its key is: {}",
+        r.stderr
+    );
+    assert!(identity.exists());
+    let r = s
+        .kz(&["run", "--", "sh", "-c", "printf %s \"$API_KEY\""])
+        .ok();
+    assert_eq!(r.stdout, CANARY);
+    // Said once: the next put names no key.
+    let r = s.kz_stdin(&["put", "API_KEY", "--stdin"], "other").ok();
+    assert!(!r.stderr.contains("back it up"), "{}", r.stderr);
+}
+
+#[test]
+fn add_checks_the_ref_scheme_as_the_file_loader_does() {
+    let s = Sandbox::with_config("[secrets]\n");
+    let before = s.read(".keyzero.toml");
+    let r = s
+        .kz(&["add", "OPENAI_KEY", "--ref", "opp://Dev/openai/key"])
+        .code(1);
+    assert!(
+        r.stderr.contains("unknown reference scheme `opp://`")
+            && r.stderr.contains("did you mean `op://`?"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(s.read(".keyzero.toml"), before, "nothing written");
+    // The same ref in the file is refused by the loader too.
+    let s2 = Sandbox::with_config("[secrets]\nOPENAI_KEY = \"opp://Dev/openai/key\"\n");
+    assert!(
+        s2.kz(&["validate"])
+            .code(1)
+            .stderr
+            .contains("unknown reference scheme"),
+        "the loader and kz add agree"
+    );
+    // Known schemes and plain local refs still work.
+    s.kz(&["add", "OPENAI_KEY", "--ref", "op://Dev/openai/key"])
+        .ok();
+    assert!(s.read(".keyzero.toml").contains("provider = \"1password\""));
+    s.kz(&["add", "LOCAL_ONE", "--ref", "proj/LOCAL_ONE"]).ok();
+    assert!(
+        s.read(".keyzero.toml")
+            .contains("LOCAL_ONE = { provider = \"local\"")
+    );
+}
+
+/// Runs `kz ARGS` on a pseudo-terminal (util-linux `script`) with `keys` typed in; returns what
+/// the terminal showed.
+fn on_terminal(s: &Sandbox, args: &str, keys: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("script")
+        .args([
+            "-qec",
+            &format!("'{}' {args}", crate::util::kz_bin().display()),
+            "/dev/null",
+        ])
+        .current_dir(&s.project)
+        .env_clear()
+        .envs(&s.env)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("`script` is needed (apt-get install bsdutils): {e}"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(keys.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn interactive_add_asks_for_a_field_only_where_values_have_fields() {
+    let s = Sandbox::with_config("[secrets]\n");
+    // local: the reference (default accepted), and no field question (the second Enter would
+    // answer one).
+    let shown = on_terminal(&s, "add LOCAL_ONE --provider local", "\r\r");
+    assert!(shown.contains("reference"), "{shown}");
+    assert!(!shown.contains("field"), "{shown}");
+    assert!(
+        s.read(".keyzero.toml")
+            .contains("LOCAL_ONE = { provider = \"local\", ref = \"proj/LOCAL_ONE\" }")
+    );
+    // aws: a JSON secret has members, so the field is asked for.
+    let shown = on_terminal(&s, "add AWS_ONE --provider aws", "sm://prod/app\rapi_key\r");
+    assert!(shown.contains("field"), "{shown}");
+    assert!(
+        s.read(".keyzero.toml").contains(
+            "AWS_ONE = { provider = \"aws\", ref = \"sm://prod/app\", field = \"api_key\" }"
+        ),
+        "{}",
+        s.read(".keyzero.toml")
+    );
+}

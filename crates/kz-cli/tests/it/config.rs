@@ -72,6 +72,13 @@ fn environments_are_selected_and_reported() {
         "{}",
         r.stderr
     );
+    assert!(
+        r.stderr
+            .contains("warning: NODE_ENV=test has no [test.secrets] section")
+            && !r.stderr.contains("note:"),
+        "one prefix, not `warning: note:`: {}",
+        r.stderr
+    );
     s.set("KEYZERO_ENV", "staging");
     let r = s.kz(&["run", "--", "true"]).code(1);
     assert!(

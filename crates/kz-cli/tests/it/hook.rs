@@ -114,10 +114,60 @@ fn errors_are_shown_and_the_shell_stays_usable() {
     assert!(err.contains("NEVER: not found"), "{err}");
 }
 
+/// The hook script with kz's absolute path replaced by `[KZ]`.
+fn script_for_snapshot(text: &str) -> String {
+    let bin = kz_bin();
+    let mut out = text.to_string();
+    for p in [std::fs::canonicalize(&bin).unwrap(), bin] {
+        out = out.replace(&p.display().to_string(), "[KZ]");
+    }
+    out
+}
+
 #[test]
 fn hook_script_snapshots() {
     for sh in ["bash", "zsh", "fish"] {
         let r = Sandbox::new().kz(&["hook", "--shell", sh]).ok();
-        insta::assert_snapshot!(format!("hook_{sh}"), r.stdout);
+        insta::assert_snapshot!(format!("hook_{sh}"), script_for_snapshot(&r.stdout));
     }
+}
+
+#[test]
+fn hook_works_without_kz_on_path_and_says_what_it_loaded_under_verbose() {
+    let s = project();
+    s.kz(&["allow"]).ok();
+    let kz = std::fs::canonicalize(kz_bin()).unwrap();
+    for sh in ["bash", "zsh"] {
+        // PATH without kz's directory: the hook must call kz by its absolute path.
+        let script = format!(
+            "eval \"$('{}' -v hook --shell {sh})\"\ncd proj; _kz_hook\necho \"in:${{KZ_HOOK_A-unset}}\"\n",
+            kz.display()
+        );
+        let out = std::process::Command::new(sh)
+            .arg("-c")
+            .arg(&script)
+            .current_dir(s.root.path())
+            .env_clear()
+            .envs(&s.env)
+            .env("PATH", "/usr/bin:/bin")
+            .output()
+            .unwrap_or_else(|e| panic!("{sh} is needed for this test (apt-get install {sh}): {e}"));
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert_eq!(stdout.trim(), "in:alpha value", "{sh}: {stderr}");
+        assert!(
+            stderr.contains("kz: loaded KZ_HOOK_A SHADOW"),
+            "{sh} -v says what it loaded: {stderr}"
+        );
+    }
+    // Without -v the hook loads silently.
+    let (out, err) = shell(
+        &s,
+        "bash",
+        "eval \"$(kz hook --shell bash)\"; cd proj; _kz_hook; echo \"in:$KZ_HOOK_A\"",
+    );
+    assert_eq!(out.trim(), "in:alpha value");
+    assert!(!err.contains("loaded"), "{err}");
 }

@@ -62,3 +62,39 @@ fn published_flag_spellings() {
     assert!(r.stderr.contains("deprecated"), "{}", r.stderr);
     assert!(s.read(".keyzero.toml").contains("A = "));
 }
+
+#[test]
+fn import_maps_empty_values_with_allow_empty() {
+    let s = Sandbox::with_config("[secrets]\n");
+    s.write(
+        ".env",
+        &format!("EMPTY_VAR=\nFULL={CANARY}\nQUOTED_EMPTY=\"\"\n"),
+    );
+    let r = s.kz(&["import"]).ok().no_canary();
+    assert!(
+        r.stderr.contains("allow_empty = true") && r.stderr.contains("EMPTY_VAR, QUOTED_EMPTY"),
+        "{}",
+        r.stderr
+    );
+    let text = s.read(".keyzero.toml");
+    assert!(
+        text.contains(
+            "EMPTY_VAR = { provider = \"local\", ref = \"proj/EMPTY_VAR\", allow_empty = true }"
+        ),
+        "{text}"
+    );
+    assert!(
+        !text.contains("FULL = { provider = \"local\", ref = \"proj/FULL\", allow_empty"),
+        "{text}"
+    );
+    let r = s
+        .kz(&[
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "printf '[%s][%s]' \"$EMPTY_VAR\" \"${QUOTED_EMPTY-unset}\"",
+        ])
+        .ok();
+    assert_eq!(r.stdout, "[][]");
+}

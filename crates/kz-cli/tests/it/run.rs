@@ -221,3 +221,70 @@ fn unimplemented_provider_types_say_so() {
         r.stderr
     );
 }
+
+#[test]
+fn mistyped_run_options_are_usage_errors_not_commands() {
+    let mut s = project();
+    s.set("KZ_TEST_SOURCE", "x");
+    let r = s
+        .kz(&["run", "--onyl", "DB", "--", "env"])
+        .code(2)
+        .no_canary();
+    assert!(
+        r.stderr.contains("--onyl") && r.stderr.contains("'--only'"),
+        "names the option and the closest one: {}",
+        r.stderr
+    );
+    s.kz(&["run", "--blnd", "--", "true"]).code(2);
+    // Without `--` the command's own options stay the command's.
+    let r = s
+        .kz(&["run", "sh", "-c", "printf %s \"$DB\"; exit 3"])
+        .code(3);
+    assert_eq!(r.stdout, "postgres://u@h/db");
+    let r = s.kz(&["run", "--only", "DB", "printenv", "DB"]).ok();
+    assert_eq!(r.stdout.trim(), "postgres://u@h/db");
+    // So are options after the command's name that kz also has.
+    let r = s
+        .kz(&[
+            "run",
+            "sh",
+            "-c",
+            "echo \"$*\"",
+            "x",
+            "--only",
+            "--blind",
+            "-v",
+        ])
+        .ok();
+    assert_eq!(r.stdout.trim(), "--only --blind -v");
+    // After `--`, everything is the command, even what looks like a kz option.
+    let r = s
+        .kz(&["run", "--", "sh", "-c", "echo \"$0\"", "--only"])
+        .ok();
+    assert_eq!(r.stdout.trim(), "--only");
+}
+
+#[test]
+fn blind_502_says_why_under_verbose() {
+    let mut s = Sandbox::with_config(
+        "[secrets]\nAPI_TOKEN = { provider = \"env\", ref = \"KZ_TEST_SRC\", hosts = [\"localhost:1\"] }\n",
+    );
+    s.set("KZ_TEST_SRC", CANARY);
+    // Port 1 on loopback: allowed by the exact pattern, but nothing listens there.
+    let child = "curl -s -o /dev/null -w '%{http_code}' -H \"Authorization: Bearer $API_TOKEN\" http://localhost:1/";
+    let r = s
+        .kz(&["-v", "run", "--blind", "--", "sh", "-c", child])
+        .no_canary();
+    assert_eq!(r.stdout, "502", "{}", r.stderr);
+    assert!(
+        r.stderr.contains("1 failed (502)")
+            && r.stderr.contains("blind: 502: upstream localhost:1 failed"),
+        "-v says why: {}",
+        r.stderr
+    );
+    // Without -v, no summary.
+    let r = s
+        .kz(&["run", "--blind", "--", "sh", "-c", child])
+        .no_canary();
+    assert!(!r.stderr.contains("blind: 502"), "{}", r.stderr);
+}

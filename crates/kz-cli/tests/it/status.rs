@@ -85,3 +85,56 @@ fn slow_plugin_hits_the_timeout_and_others_are_unaffected() {
     );
     assert_eq!(v["secrets"][1]["status"], "ok");
 }
+
+#[test]
+fn status_shows_the_help_lines_run_shows() {
+    let s = Sandbox::with_config("[secrets]\nBAD = \"local://proj/BAD\"\n");
+    let run = s.kz(&["run", "--", "true"]).code(1);
+    let help = run
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("help: "))
+        .unwrap_or_else(|| panic!("kz run printed no help: {}", run.stderr))
+        .to_string();
+    let r = s.kz(&["status"]).code(1);
+    assert!(
+        r.stdout.contains(&format!("help: BAD: {help}")),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn a_missing_store_key_is_reported_once() {
+    let s = Sandbox::with_config(
+        "[secrets]\nA = \"local://proj/A\"\nB = \"local://proj/B\"\nC = \"local://proj/C\"\n",
+    );
+    for n in ["A", "B", "C"] {
+        s.put(n, CANARY);
+    }
+    std::fs::remove_file(s.root.path().join("config/keyzero/identity.txt")).unwrap();
+    let r = s.kz(&["run", "--", "true"]).code(1).no_canary();
+    assert_eq!(
+        r.stderr.matches("identity.txt").count(),
+        1,
+        "one error for the three secrets: {}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("A, B, C:"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("Backing up the local store"),
+        "points to the backup section: {}",
+        r.stderr
+    );
+    assert_eq!(r.stderr.matches("help:").count(), 1, "{}", r.stderr);
+    let r = s.kz(&["put", "--missing"]).code(1).no_canary();
+    assert_eq!(
+        r.stderr.matches("identity.txt").count(),
+        1,
+        "kz put --missing lists it once too: {}",
+        r.stderr
+    );
+    let r = s.kz(&["status"]).code(1).no_canary();
+    assert_eq!(r.stdout.matches("help:").count(), 1, "{}", r.stdout);
+    assert!(r.stdout.contains("help: A, B, C: "), "{}", r.stdout);
+}
