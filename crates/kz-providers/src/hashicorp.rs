@@ -80,6 +80,9 @@ pub struct VaultProvider {
     session: Mutex<Option<Session>>,
     /// Mounts already looked up.
     mounts: Mutex<Vec<Mount>>,
+    /// Every credential sent so far (tokens, login secrets), so a server that echoes one in an
+    /// error message does not get it printed ([`Provider::credentials`]).
+    sent: std::sync::Mutex<Vec<Zeroizing<String>>>,
 }
 
 impl fmt::Debug for VaultProvider {
@@ -344,7 +347,25 @@ impl VaultProvider {
             home: ctx.home.clone(),
             session: Mutex::new(None),
             mounts: Mutex::new(Vec::new()),
+            sent: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// Records the credentials a request carries: its token and a login's secrets.
+    fn remember_sent(&self, token: Option<&str>, body: Option<&Value>) {
+        let login = body
+            .and_then(Value::as_object)
+            .into_iter()
+            .flat_map(|o| ["secret_id", "jwt"].into_iter().filter_map(|k| o.get(k)))
+            .filter_map(Value::as_str);
+        let Ok(mut sent) = self.sent.lock() else {
+            return;
+        };
+        for c in token.into_iter().chain(login) {
+            if !c.is_empty() && !sent.iter().any(|s| s.as_str() == c) {
+                sent.push(Zeroizing::new(c.to_string()));
+            }
+        }
     }
 
     /// "Vault at ADDRESS".
@@ -380,6 +401,7 @@ impl VaultProvider {
         token: Option<&str>,
     ) -> Result<Reply, ProviderError> {
         let mut req = self.client.request(method, self.url(path)?);
+        self.remember_sent(token, body);
         if let Some(ns) = &self.namespace {
             req = req.header("X-Vault-Namespace", ns);
         }
@@ -994,6 +1016,13 @@ impl Provider for VaultProvider {
 
     fn handles_field(&self) -> bool {
         true
+    }
+
+    fn credentials(&self) -> Vec<SecretValue> {
+        self.sent
+            .lock()
+            .map(|sent| sent.iter().map(|s| SecretValue::from_str_copy(s)).collect())
+            .unwrap_or_default()
     }
 
     fn describe(&self) -> Description {

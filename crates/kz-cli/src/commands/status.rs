@@ -83,8 +83,14 @@ pub fn run(ctx: &Ctx, args: &StatusArgs) -> CmdResult {
     Ok(if all_ok { exit::OK } else { exit::ERROR })
 }
 
-/// Left-aligned columns separated by two spaces; the last column is not padded.
+/// Left-aligned columns separated by two spaces; the last column is not padded. Cells are
+/// escaped ([`crate::report::escape`]): refs, descriptions and messages come from files.
 pub fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let rows: Vec<[String; N]> = rows
+        .iter()
+        .map(|r| r.clone().map(|c| crate::report::escape(&c).into_owned()))
+        .collect();
+    let rows = rows.as_slice();
     let mut widths = [0usize; N];
     for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {
