@@ -470,7 +470,7 @@ impl VaultProvider {
 
     /// The error for an unexpected status; `what` names the operation and path.
     fn status_error(&self, reply: &Reply, what: &str) -> ProviderError {
-        let said = vault_errors(&reply.body);
+        let said = vault_errors(&reply.body, &self.credentials());
         let said = if said.is_empty() {
             reply.status.to_string()
         } else {
@@ -858,7 +858,7 @@ impl VaultProvider {
                 return Ok(());
             }
             if reply.status == StatusCode::BAD_REQUEST
-                && vault_errors(&reply.body).contains("check-and-set")
+                && vault_errors(&reply.body, &[]).contains("check-and-set")
             {
                 continue;
             }
@@ -1441,10 +1441,12 @@ fn missing_credential(what: &str, source: &Source) -> ProviderError {
 }
 
 /// Vault's `errors`, joined and shortened.
-fn vault_errors(body: &[u8]) -> String {
+/// Vault's `errors`, with the credentials sent removed before the text is cut short.
+fn vault_errors(body: &[u8], sent: &[SecretValue]) -> String {
     let text = serde_json::from_slice::<ErrorBody>(body)
         .map(|b| b.errors.join("; "))
         .unwrap_or_default();
+    let text = kz_resolve::redact_text(&text, sent);
     let text = text.replace(['\n', '\r'], " ");
     if text.chars().count() > MAX_QUOTED {
         let cut: String = text.chars().take(MAX_QUOTED).collect();

@@ -17,5 +17,5 @@ pub mod provider;
 pub use engine::{Instance, Outcome, item_for, resolve_all};
 pub use provider::{
     BoxFuture, Description, ErrorKind, Item, Provider, ProviderError, REDACTED, Redacting,
-    join_all, json_field, redact_error,
+    join_all, json_field, redact_error, redact_text,
 };

@@ -238,6 +238,19 @@ impl Redacting {
     }
 }
 
+/// `text` with every non-empty value of `secrets` replaced by [`REDACTED`] (for a provider that
+/// must cut a backend message short: redact first, so no part of a credential survives the cut).
+pub fn redact_text(text: &str, secrets: &[SecretValue]) -> String {
+    let r = kz_redact::Redactor::uniform(
+        secrets.iter().map(|v| v.expose_bytes().to_vec()),
+        REDACTED.as_bytes(),
+    );
+    if r.is_empty() {
+        return text.to_string();
+    }
+    String::from_utf8_lossy(&r.replace_all(text.as_bytes())).into_owned()
+}
+
 /// Replaces every pattern of `r` in an error's message and help.
 pub fn redact_error(mut e: ProviderError, r: kz_redact::Redactor) -> ProviderError {
     if r.is_empty() {
@@ -390,6 +403,69 @@ pub fn json_field(value: &SecretValue, field: &str) -> Result<SecretValue, Provi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redacting_cleans_every_error_of_credentials_and_values() {
+        struct Echo;
+        impl Provider for Echo {
+            fn resolve<'a>(
+                &'a self,
+                items: &'a [Item],
+            ) -> BoxFuture<'a, Vec<Result<Resolved, ProviderError>>> {
+                Box::pin(async move {
+                    items
+                        .iter()
+                        .map(|i| match i.reference.as_str() {
+                            "ok" => Ok(Resolved::Single(SecretValue::from_str_copy("kz-value-1"))),
+                            _ => Err(ProviderError::new(
+                                ErrorKind::Auth,
+                                "token kz-sent-1 (ambient kz-env-1) denied; other value kz-value-1",
+                            )
+                            .help("kz-sent-1 again")),
+                        })
+                        .collect()
+                })
+            }
+            fn describe(&self) -> Description {
+                Description {
+                    instance: "e".into(),
+                    type_name: "echo",
+                    details: Vec::new(),
+                }
+            }
+            fn credentials(&self) -> Vec<SecretValue> {
+                vec![SecretValue::from_str_copy("kz-sent-1")]
+            }
+        }
+        let p = Redacting::new(
+            std::sync::Arc::new(Echo),
+            vec![SecretValue::from_str_copy("kz-env-1")],
+        );
+        let item = |r: &str| Item {
+            name: "X".into(),
+            reference: r.into(),
+            field: None,
+            params: Vec::new(),
+        };
+        let items = [item("ok"), item("bad")];
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let out = rt.block_on(p.resolve(&items));
+        let e = out[1].as_ref().unwrap_err();
+        let shown = format!("{} {:?}", e.message, e.help);
+        assert!(
+            !shown.contains("kz-sent-1")
+                && !shown.contains("kz-env-1")
+                && !shown.contains("kz-value-1"),
+            "{shown}"
+        );
+        assert_eq!(shown.matches(REDACTED).count(), 4, "{shown}");
+        assert_eq!(
+            redact_text("a kz-x b", &[SecretValue::from_str_copy("kz-x")]),
+            "a <redacted> b"
+        );
+    }
 
     #[test]
     fn json_field_lists_keys_never_values() {
