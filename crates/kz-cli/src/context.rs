@@ -237,14 +237,7 @@ impl Ctx {
         config: &Config,
         secrets: &[&SecretEntry],
     ) -> Result<HashMap<String, Instance>, Failure> {
-        let mut used: Vec<&ProviderInstance> = Vec::new();
-        for s in secrets {
-            if let Some(p) = config.provider(&s.provider)
-                && !used.iter().any(|u| u.name == p.name)
-            {
-                used.push(p);
-            }
-        }
+        let used = used_instances(config, secrets);
         self.check_trust(config, secrets, &used)?;
         let bctx = self.build_context(&config.discovered.dir);
         let mut map = HashMap::new();
@@ -320,6 +313,8 @@ impl Ctx {
         config: &Config,
         secrets: &[&SecretEntry],
     ) -> Result<Vec<(Outcome, CacheUse)>, Failure> {
+        // Before the cache too: a cached value is no more reachable than a fetched one.
+        self.check_trust(config, secrets, &used_instances(config, secrets))?;
         let policies: Vec<Option<cache::Policy>> = secrets
             .iter()
             .map(|s| {
@@ -442,6 +437,19 @@ impl Ctx {
             Err(Failure::many(diags))
         }
     }
+}
+
+/// The provider instances the secrets use, each once.
+fn used_instances<'c>(config: &'c Config, secrets: &[&SecretEntry]) -> Vec<&'c ProviderInstance> {
+    let mut used: Vec<&ProviderInstance> = Vec::new();
+    for s in secrets {
+        if let Some(p) = config.provider(&s.provider)
+            && !used.iter().any(|u| u.name == p.name)
+        {
+            used.push(p);
+        }
+    }
+    used
 }
 
 /// How a value was obtained, for `kz status`.

@@ -346,3 +346,33 @@ fn names_from_files_and_directories_cannot_drive_the_terminal() {
         assert!(r.stderr.contains("\\e]0;pwned"), "{}", r.stderr);
     }
 }
+
+#[test]
+fn a_cached_value_is_no_easier_to_reach_untrusted() {
+    use std::os::unix::fs::PermissionsExt;
+    // The plugin is in the user's global file (trusted); the project caches its value.
+    let s = Sandbox::with_config(
+        "[cache]\nmax_age = \"10m\"\n[secrets]\nP = { provider = \"plug\", ref = \"x\" }\n",
+    );
+    let plugin = s.root.path().join("plugin.sh");
+    std::fs::write(&plugin, "#!/bin/sh\ncat >/dev/null\necho /tmp/kz-evil.so\n").unwrap();
+    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let global = s.root.path().join("config/keyzero/config.toml");
+    std::fs::create_dir_all(global.parent().unwrap()).unwrap();
+    std::fs::write(
+        &global,
+        format!(
+            "[providers.plug]\ntype = \"exec\"\ncommand = [\"{}\"]\n",
+            plugin.display()
+        ),
+    )
+    .unwrap();
+    s.kz(&["run", "--", "true"]).ok();
+    // Every value now comes from the cache; the repository maps one of them to LD_PRELOAD.
+    s.write(
+        ".keyzero.toml",
+        "[cache]\nmax_age = \"10m\"\n[secrets]\nLD_PRELOAD = { provider = \"plug\", ref = \"x\" }\n",
+    );
+    let r = s.kz(&["run", "--", "printenv", "LD_PRELOAD"]).code(1);
+    assert!(r.stderr.contains("changes which code"), "{}", r.stderr);
+}
