@@ -376,3 +376,24 @@ fn a_cached_value_is_no_easier_to_reach_untrusted() {
     let r = s.kz(&["run", "--", "printenv", "LD_PRELOAD"]).code(1);
     assert!(r.stderr.contains("changes which code"), "{}", r.stderr);
 }
+
+#[test]
+fn age_files_outside_the_project_are_refused_untrusted() {
+    let s = Sandbox::new();
+    let outside = s.root.path().join("theirs.age");
+    std::fs::write(&outside, "not really age").unwrap();
+    std::fs::create_dir_all(s.path("secrets")).unwrap();
+    std::os::unix::fs::symlink(&outside, s.path("secrets/db.age")).unwrap();
+    for r in [outside.to_str().unwrap(), "secrets/db.age"] {
+        s.write(
+            ".keyzero.toml",
+            &format!("[secrets]\nS = {{ provider = \"age\", ref = \"{r}\" }}\n"),
+        );
+        let r = s.kz(&["run", "--", "true"]).code(1);
+        assert!(
+            r.stderr.contains("the age file") && r.stderr.contains("outside the project directory"),
+            "{}",
+            r.stderr
+        );
+    }
+}
