@@ -194,3 +194,30 @@ pub fn is_inside(root: &Path, path: &Path) -> bool {
     let full = rest.iter().rev().fold(base, |p, n| p.join(n));
     full.starts_with(&root)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inside_resolves_dot_dot_and_symlinks_first() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("proj");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(t.path().join("out.env"), "").unwrap();
+        std::fs::write(root.join("in.env"), "").unwrap();
+        assert!(is_inside(&root, &root.join("in.env")));
+        assert!(is_inside(&root, &root.join("sub/../in.env")));
+        assert!(is_inside(&root, &root.join("sub/not-yet.env")));
+        assert!(!is_inside(&root, &root.join("../out.env")));
+        assert!(!is_inside(&root, &root.join("sub/../../out.env")));
+        assert!(!is_inside(&root, &root.join("missing/../../out.env")));
+        assert!(!is_inside(&root, &t.path().join("out.env")));
+        std::os::unix::fs::symlink(t.path().join("out.env"), root.join("link.env")).unwrap();
+        assert!(!is_inside(&root, &root.join("link.env")));
+        std::os::unix::fs::symlink(t.path(), root.join("up")).unwrap();
+        assert!(!is_inside(&root, &root.join("up/new.env")));
+        std::os::unix::fs::symlink(t.path().join("nowhere"), root.join("dangling")).unwrap();
+        assert!(!is_inside(&root, &root.join("dangling")));
+    }
+}
