@@ -142,7 +142,14 @@ pub fn untrusted_reach(
             _ => {}
         }
     }
-    out
+    // One error per problem: several secrets of one dotenv instance share its file.
+    let mut unique: Vec<Diagnostic> = Vec::with_capacity(out.len());
+    for d in out {
+        if !unique.contains(&d) {
+            unique.push(d);
+        }
+    }
+    unique
 }
 
 /// An error when `path` (after resolving `..` and symlinks) is not inside `root`.

@@ -397,3 +397,17 @@ fn age_files_outside_the_project_are_refused_untrusted() {
         );
     }
 }
+
+#[test]
+fn one_error_per_file_outside_the_tree() {
+    let s = Sandbox::with_config(
+        "[providers.dotenv]\npath = \"../x.env\"\n[secrets]\nA = { provider = \"dotenv\", ref = \"A\" }\nB = { provider = \"dotenv\", ref = \"B\" }\n",
+    );
+    let r = s.kz(&["run", "--", "true"]).code(1);
+    assert_eq!(
+        r.stderr.matches("outside the project directory").count(),
+        1,
+        "{}",
+        r.stderr
+    );
+}
