@@ -99,6 +99,24 @@ pub fn build(
     )))
 }
 
+/// Whether a variable among a type's credential variables holds a secret (a token, key,
+/// password, identity, session), not an address, region or profile name, which error messages
+/// must keep showing.
+fn holds_secret(name: &str) -> bool {
+    const MARKERS: &[&str] = &[
+        "TOKEN",
+        "SECRET",
+        "PASSWORD",
+        "PASSPHRASE",
+        "CREDENTIAL",
+        "IDENTITY",
+        "SESSION",
+        "KEY",
+    ];
+    let upper = name.to_ascii_uppercase();
+    !upper.contains("ADDR") && MARKERS.iter().any(|m| upper.contains(m))
+}
+
 /// The credentials from kz's environment and the instance's options that the provider may send.
 fn ambient_credentials(inst: &ProviderInstance, ctx: &BuildContext) -> Vec<SecretValue> {
     let mut names: Vec<String> = Vec::new();
@@ -112,6 +130,7 @@ fn ambient_credentials(inst: &ProviderInstance, ctx: &BuildContext) -> Vec<Secre
             None => names.push((*pat).to_string()),
         }
     }
+    names.retain(|n| holds_secret(n));
     let mut direct = Vec::new();
     let mut options: Vec<(&str, &kz_config::tree::Node)> = inst
         .options
@@ -126,6 +145,7 @@ fn ambient_credentials(inst: &ProviderInstance, ctx: &BuildContext) -> Vec<Secre
         if key.ends_with("_env") {
             names.push(v.to_string());
         } else if matches!(key, "token" | "secret_id") {
+            // Written in a (trusted) file: a credential by the catalog's definition.
             direct.push(SecretValue::from_str_copy(v));
         }
     }
@@ -170,4 +190,34 @@ fn build_inner(
             .help("use another provider type (see `kz doctor`)"));
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credential_variables_that_hold_secrets_are_told_from_addresses_and_regions() {
+        for n in [
+            "VAULT_TOKEN",
+            "BAO_TOKEN",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "OP_SERVICE_ACCOUNT_TOKEN",
+            "GOOGLE_ACCESS_TOKEN",
+            "KEYZERO_AGE_IDENTITY",
+        ] {
+            assert!(holds_secret(n), "{n}");
+        }
+        for n in [
+            "VAULT_ADDR",
+            "AWS_REGION",
+            "AWS_PROFILE",
+            "VAULT_NAMESPACE",
+            "DBUS_SESSION_BUS_ADDRESS",
+            "OP_CONNECT_HOST",
+        ] {
+            assert!(!holds_secret(n), "{n}");
+        }
+    }
 }

@@ -180,6 +180,20 @@ fn a_backend_echoing_the_token_in_its_error_does_not_get_it_printed() {
     let r = s.kz(&["run", "--", "true"]).code(1).no_canary();
     assert!(!r.stderr.contains(&CANARY[..8]), "{}", r.stderr);
     assert!(r.stderr.contains("<redacte"), "{}", r.stderr);
+    // Ambient variables that are not secrets (the address) stay readable in messages.
+    std::fs::write(
+        &global,
+        "[providers.vault]\ntype = \"hashicorp\"\ntimeout = \"3s\"\n",
+    )
+    .unwrap();
+    s.set("VAULT_ADDR", &server.address());
+    let r = s.kz(&["run", "--", "true"]).code(1).no_canary();
+    assert!(
+        r.stderr.contains(&format!("Vault at {}", server.address())),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("<redacted>"), "{}", r.stderr);
 }
 
 #[test]
