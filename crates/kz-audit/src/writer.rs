@@ -47,7 +47,9 @@ pub trait Sink: Send {
     fn name(&self) -> String;
 }
 
-/// A file opened for appending, created with mode 0600.
+/// A file opened for appending, created with mode 0600, never through a symlink (a link planted
+/// at the audit path, in a project directory say, makes opening fail instead of appending to
+/// whatever it points at).
 struct FileSink {
     path: PathBuf,
     file: File,
@@ -58,7 +60,12 @@ impl FileSink {
         let mut options = OpenOptions::new();
         options.create(true).append(true);
         #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+            let nofollow = rustix::fs::OFlags::NOFOLLOW.bits();
+            options.custom_flags(i32::try_from(nofollow).unwrap_or(0));
+        }
         options.open(path)
     }
 }

@@ -315,3 +315,16 @@ fn writer_is_shareable_and_stdout_opens() {
     writer.reopen().unwrap();
     writer.close().unwrap();
 }
+
+#[test]
+fn a_link_planted_at_the_audit_path_is_never_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("elsewhere.sh");
+    let path = dir.path().join("audit.jsonl");
+    std::os::unix::fs::symlink(&target, &path).unwrap();
+    assert!(Writer::open(&path).is_err());
+    assert!(
+        !target.exists(),
+        "the audit log was written through the link"
+    );
+}

@@ -146,39 +146,89 @@ impl Ctx {
         self.global.trust || std::env::var("KEYZERO_TRUST").is_ok_and(|v| v == "1")
     }
 
-    /// Refuses provider instances whose program/server options come from an untrusted project
-    /// file, before anything is contacted.
+    /// Whether the project's files are trusted for this invocation (`kz allow` on their current
+    /// content, or the operator's `--trust` / `KEYZERO_TRUST=1`).
+    pub fn trusted(&self, config: &Config) -> bool {
+        self.trust_override() || crate::trust::is_trusted(&self.paths, &config.discovered)
+    }
+
+    /// Refuses, before anything is contacted, what an untrusted project configuration may not
+    /// do: program/server options of the given instances (from `.keyzero.toml` or
+    /// `.keyzero.local.toml`), and for the given secrets, variables that load code, `local`
+    /// refs of other projects and files outside the project tree.
     pub fn check_trust(
         &self,
         config: &Config,
+        secrets: &[&SecretEntry],
         instances: &[&ProviderInstance],
     ) -> Result<(), Failure> {
         let mut diags = Vec::new();
-        let needs: Vec<_> = instances
-            .iter()
-            .flat_map(|i| i.untrusted_options().into_iter().map(move |o| (*i, o)))
-            .collect();
-        if needs.is_empty()
-            || self.trust_override()
-            || crate::trust::is_trusted(&self.paths, &config.discovered)
-        {
+        for inst in instances {
+            for (opt, pos) in inst.untrusted_options() {
+                let file = pos
+                    .file
+                    .file_name()
+                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+                diags.push(
+                    Diagnostic::error(
+                        "trust::untrusted_option",
+                        format!(
+                            "the option `{opt}` of provider `{}` runs a program or names a server, and this {file} is not trusted",
+                            inst.name
+                        ),
+                    )
+                    .at(pos)
+                    .key(format!("providers.{}.{opt}", inst.name))
+                    .help("review the file, then run `kz allow` to trust it (or pass --trust / KEYZERO_TRUST=1 for one invocation)"),
+                );
+            }
+        }
+        diags.extend(crate::trust::untrusted_reach(
+            config,
+            secrets,
+            self.paths.home.as_deref(),
+        ));
+        if diags.is_empty() || self.trusted(config) {
             return Ok(());
         }
-        for (inst, (opt, pos)) in needs {
-            diags.push(
-                Diagnostic::error(
-                    "trust::untrusted_option",
-                    format!(
-                        "the option `{opt}` of provider `{}` runs a program or names a server, and this .keyzero.toml is not trusted",
-                        inst.name
-                    ),
-                )
-                .at(pos)
-                .key(format!("providers.{}.{opt}", inst.name))
-                .help("review the file, then run `kz allow` to trust it (or pass --trust / KEYZERO_TRUST=1 for one invocation)"),
-            );
-        }
         Err(Failure::many(diags))
+    }
+
+    /// Blind mode starts only on a trusted configuration: its `hosts` decide where values may
+    /// go, so an edit (by an agent, say) revokes trust instead of widening its reach.
+    pub fn require_trust_for_blind(&self, config: &Config) -> Result<(), Failure> {
+        if self.trusted(config) {
+            return Ok(());
+        }
+        let d = &config.discovered;
+        let files: Vec<String> = [&d.project, &d.local]
+            .into_iter()
+            .flatten()
+            .map(|p| format!("`{}`", p.display()))
+            .collect();
+        Err(Failure::one(
+            Diagnostic::error(
+                "trust::blind_untrusted",
+                format!(
+                    "blind mode does not start on an untrusted or changed configuration ({}): its `hosts` decide where secret values may be sent",
+                    files.join(", ")
+                ),
+            )
+            .in_file(&d.project_path())
+            .help("review the files (above all every `hosts` and [blind] entry), then run `kz allow`; an operator can pass --trust or KEYZERO_TRUST=1 for one invocation"),
+        ))
+    }
+
+    /// The instance a secret uses, built (for `put` and `rm --purge`), after the trust check.
+    pub fn instance_for(
+        &self,
+        config: &Config,
+        entry: &SecretEntry,
+    ) -> Result<Arc<dyn Provider>, Failure> {
+        if let Some(inst) = config.provider(&entry.provider) {
+            self.check_trust(config, &[entry], &[inst])?;
+        }
+        self.instance(config, &entry.provider)
     }
 
     /// Builds the instances the given secrets use (after the trust check).
@@ -187,15 +237,8 @@ impl Ctx {
         config: &Config,
         secrets: &[&SecretEntry],
     ) -> Result<HashMap<String, Instance>, Failure> {
-        let mut used: Vec<&ProviderInstance> = Vec::new();
-        for s in secrets {
-            if let Some(p) = config.provider(&s.provider)
-                && !used.iter().any(|u| u.name == p.name)
-            {
-                used.push(p);
-            }
-        }
-        self.check_trust(config, &used)?;
+        let used = used_instances(config, secrets);
+        self.check_trust(config, secrets, &used)?;
         let bctx = self.build_context(&config.discovered.dir);
         let mut map = HashMap::new();
         let mut diags = Vec::new();
@@ -238,7 +281,7 @@ impl Ctx {
                 "declare it under [providers.NAME] or use a provider type",
             )
         })?;
-        self.check_trust(config, &[inst])?;
+        self.check_trust(config, &[], &[inst])?;
         kz_providers::build(inst, &self.build_context(&config.discovered.dir)).map_err(|e| {
             Failure::one(
                 Diagnostic::error(
@@ -274,6 +317,8 @@ impl Ctx {
         config: &Config,
         secrets: &[&SecretEntry],
     ) -> Result<Vec<(Outcome, CacheUse)>, Failure> {
+        // Before the cache too: a cached value is no more reachable than a fetched one.
+        self.check_trust(config, secrets, &used_instances(config, secrets))?;
         let policies: Vec<Option<cache::Policy>> = secrets
             .iter()
             .map(|s| {
@@ -396,6 +441,19 @@ impl Ctx {
             Err(Failure::many(diags))
         }
     }
+}
+
+/// The provider instances the secrets use, each once.
+fn used_instances<'c>(config: &'c Config, secrets: &[&SecretEntry]) -> Vec<&'c ProviderInstance> {
+    let mut used: Vec<&ProviderInstance> = Vec::new();
+    for s in secrets {
+        if let Some(p) = config.provider(&s.provider)
+            && !used.iter().any(|u| u.name == p.name)
+        {
+            used.push(p);
+        }
+    }
+    used
 }
 
 /// How a value was obtained, for `kz status`.

@@ -139,37 +139,15 @@ pub fn restore(path: &Path, before: Option<&str>) {
     };
 }
 
-/// Writes a file atomically, keeping its permissions (0644 for a new config file).
+/// Writes a file atomically ([`kz_providers::fsio::write_atomic`]: an exclusive temporary file
+/// with an unpredictable name, never a symlink followed), keeping its permissions (0644 for a
+/// new config file).
 pub fn write(path: &Path, text: &str) -> Result<(), Diagnostic> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path)
         .map(|m| m.permissions().mode() & 0o777)
         .unwrap_or(0o644);
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(format!(".kz-tmp-{}", std::process::id()));
-    let tmp = dir.join(name);
-    let r = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
-        std::fs::rename(&tmp, path)
-    })();
-    r.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
+    kz_providers::fsio::write_atomic(path, text.as_bytes(), mode).map_err(|e| {
         Diagnostic::error(
             "edit::io",
             format!("cannot write `{}`: {e}", path.display()),
@@ -182,6 +160,25 @@ pub fn write(path: &Path, text: &str) -> Result<(), Diagnostic> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rewrite_never_follows_a_planted_link() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join(".keyzero.toml");
+        std::fs::write(&p, "[secrets]\n").unwrap();
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, "untouched").unwrap();
+        // The temporary name the old writer used (predictable from the pid).
+        std::os::unix::fs::symlink(
+            &victim,
+            d.path()
+                .join(format!(".keyzero.toml.kz-tmp-{}", std::process::id())),
+        )
+        .unwrap();
+        write(&p, "[secrets]\nA = \"env://A\"\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+        assert!(std::fs::symlink_metadata(&p).unwrap().file_type().is_file());
+    }
 
     #[test]
     fn keeps_comments_and_creates_sections() {

@@ -8,6 +8,42 @@ use kz_config::{Diagnostic, Severity};
 
 use crate::cli::ErrorFormat;
 
+/// Escapes every control character (C0 including newline and tab, DEL, and the C1 range) as
+/// `\n`, `\t`, `\r`, `\e` or `\u{..}`, so text that comes from files, directories, backends or
+/// the user cannot drive the terminal (escape sequences, carriage returns that overwrite a
+/// line) or forge lines of kz's output. A backslash itself is left alone. Used for every field
+/// of a rendered diagnostic and wherever kz prints names, keys, refs or paths.
+pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
+    escape_keeping(s, false)
+}
+
+/// Like [`escape`], but keeps newlines and tabs (for kz's own multi-line notes).
+pub fn escape_text(s: &str) -> std::borrow::Cow<'_, str> {
+    escape_keeping(s, true)
+}
+
+fn escape_keeping(s: &str, keep_lines: bool) -> std::borrow::Cow<'_, str> {
+    let is_control = |c: char| c.is_control() && !(keep_lines && (c == '\n' || c == '\t'));
+    if !s.chars().any(is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if !is_control(c) {
+            out.push(c);
+            continue;
+        }
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            '\u{1b}' => out.push_str("\\e"),
+            c => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Exit codes (`cli.md`).
 pub mod exit {
     /// Success.
@@ -134,7 +170,7 @@ impl Reporter {
         match self.format {
             ErrorFormat::Json => self.diagnostic(&Diagnostic::warning("note", msg)),
             ErrorFormat::Human => {
-                let _ = writeln!(std::io::stderr().lock(), "kz: {msg}");
+                let _ = writeln!(std::io::stderr().lock(), "kz: {}", escape_text(msg));
             }
         }
     }
@@ -142,7 +178,7 @@ impl Reporter {
     /// A detail shown with `-v`.
     pub fn verbose(&self, msg: &str) {
         if self.verbose > 0 && !self.quiet {
-            let _ = writeln!(std::io::stderr().lock(), "kz: {msg}");
+            let _ = writeln!(std::io::stderr().lock(), "kz: {}", escape_text(msg));
         }
     }
 
@@ -151,19 +187,23 @@ impl Reporter {
             Severity::Error => ("error", "1;31"),
             Severity::Warning => ("warning", "1;33"),
         };
-        let mut out = format!("{}: {}", self.paint(color, label), d.message);
+        let mut out = format!("{}: {}", self.paint(color, label), escape(&d.message));
         if let Some(loc) = d.location() {
-            out.push_str(&format!("\n  {} {loc}", self.paint("1;34", "-->")));
+            out.push_str(&format!(
+                "\n  {} {}",
+                self.paint("1;34", "-->"),
+                escape(&loc)
+            ));
         }
         let mut facts = Vec::new();
         if let Some(s) = &d.secret {
-            facts.push(format!("secret: {s}"));
+            facts.push(format!("secret: {}", escape(s)));
         }
         if let Some(k) = d.key.as_ref().filter(|_| d.file.is_some()) {
-            facts.push(format!("key: {k}"));
+            facts.push(format!("key: {}", escape(k)));
         }
         if let Some(r) = &d.reference {
-            facts.push(format!("ref: {r}"));
+            facts.push(format!("ref: {}", escape(r)));
         }
         if !facts.is_empty() {
             out.push_str(&format!(
@@ -173,7 +213,7 @@ impl Reporter {
             ));
         }
         if let Some(h) = &d.help {
-            out.push_str(&format!("\n{}: {h}", self.paint("1;36", "help")));
+            out.push_str(&format!("\n{}: {}", self.paint("1;36", "help"), escape(h)));
         }
         out
     }
@@ -208,4 +248,39 @@ pub fn json_line(d: &Diagnostic) -> String {
         m.insert("severity".into(), "warning".into());
     }
     serde_json::Value::Object(m).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_neutralises_terminal_controls() {
+        assert_eq!(escape("plain ünï \\ text"), "plain ünï \\ text");
+        assert_eq!(
+            escape("a\u{1b}]0;pwned\u{7}b\rc\nd\u{9b}2Je\u{7f}"),
+            "a\\e]0;pwned\\u{7}b\\rc\\nd\\u{9b}2Je\\u{7f}"
+        );
+        assert_eq!(escape_text("line\n\tnext\u{1b}[2J"), "line\n\tnext\\e[2J");
+    }
+
+    #[test]
+    fn human_rendering_escapes_every_field() {
+        let r = Reporter {
+            format: ErrorFormat::Human,
+            color: false,
+            quiet: false,
+            verbose: 0,
+        };
+        let evil = "x\u{1b}[31my";
+        let d = Diagnostic::error("c", format!("m {evil}"))
+            .in_file(std::path::Path::new(&format!("/tmp/{evil}/.keyzero.toml")))
+            .key(evil)
+            .secret(evil)
+            .reference(evil)
+            .help(evil);
+        let text = r.human(&d);
+        assert!(!text.contains('\u{1b}'), "{text}");
+        assert!(text.contains("x\\e[31my"), "{text}");
+    }
 }

@@ -1,11 +1,12 @@
 //! Trust records (`kz allow` / `kz deny`), as direnv keeps them: a project's configuration is
 //! trusted when a record for its directory holds the SHA-256 of its current files. Any edit of
-//! `.keyzero.toml` or `.keyzero.local.toml` revokes trust until `kz allow` is run again.
+//! `.keyzero.toml` or `.keyzero.local.toml` revokes trust until `kz allow` is run again. Also
+//! what an untrusted configuration may not reach ([`untrusted_reach`]).
 
 use std::path::{Path, PathBuf};
 
-use kz_config::Discovered;
 use kz_config::discover::hex;
+use kz_config::{Config, Diagnostic, Discovered, Pos, SecretEntry};
 use sha2::{Digest, Sha256};
 
 use crate::context::Paths;
@@ -35,7 +36,7 @@ pub fn allow(paths: &Paths, d: &Discovered) -> std::io::Result<PathBuf> {
     set_private(&dir);
     let p = record_path(paths, &d.dir);
     let text = format!("{}\n{}\n", d.dir.display(), d.content_hash());
-    std::fs::write(&p, text)?;
+    kz_providers::fsio::write_atomic(&p, text.as_bytes(), 0o600)?;
     Ok(p)
 }
 
@@ -51,4 +52,179 @@ pub fn deny(paths: &Paths, d: &Discovered) -> std::io::Result<bool> {
 fn set_private(dir: &Path) {
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+}
+
+/// What an untrusted project configuration may not reach or set, for the secrets a command
+/// uses (`config.md`, "Trust"): variables that change which code programs load or run, `local`
+/// references outside the project's own namespace, and files outside the project tree
+/// (`dotenv` files, age files, a `local` store `path`), with `..` and symlinks resolved before
+/// the check. Empty when nothing is out of bounds.
+pub fn untrusted_reach(
+    config: &Config,
+    secrets: &[&SecretEntry],
+    home: Option<&Path>,
+) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let root = &config.discovered.dir;
+    let project = config.project_name();
+    let how = "review the files, then run `kz allow` to trust them (or pass --trust / KEYZERO_TRUST=1 for one invocation)";
+    for s in secrets {
+        for var in s.produces() {
+            if kz_config::trust::changes_code_loading(&var) {
+                out.push(
+                    Diagnostic::error(
+                        "trust::code_loading_variable",
+                        format!(
+                            "`{var}` changes which code programs load or run, and this configuration is not trusted: a repository could use it to run its code inside your command"
+                        ),
+                    )
+                    .at(&s.pos)
+                    .secret(&s.name)
+                    .help(format!("rename the secret if that is not its purpose; otherwise {how}")),
+                );
+            }
+        }
+        let Some(inst) = config.provider(&s.provider) else {
+            continue;
+        };
+        match inst.ty.name {
+            "local" => {
+                let own = format!("{project}/");
+                if !s.reference.starts_with(&own) {
+                    out.push(
+                        Diagnostic::error(
+                            "trust::foreign_local_ref",
+                            format!(
+                                "`{}` is outside this project's namespace `{project}/` in the shared local store, and this configuration is not trusted",
+                                s.reference
+                            ),
+                        )
+                        .at(&s.pos)
+                        .secret(&s.name)
+                        .reference(&s.reference)
+                        .help(format!("use a ref under `{project}/`; if this project really needs another project's secret, {how}")),
+                    );
+                }
+                if let Some(o) = inst.option("path").filter(|o| o.role.is_project_level())
+                    && let Some(p) = inst.opt_path("path", home)
+                {
+                    out.extend(outside_tree(
+                        root,
+                        &p,
+                        &o.node.pos,
+                        "the local store `path`",
+                        how,
+                    ));
+                }
+            }
+            "dotenv" => {
+                let set = inst.option("path");
+                if set.is_none_or(|o| o.role.is_project_level()) {
+                    let p = inst
+                        .opt_path("path", home)
+                        .unwrap_or_else(|| root.join(".env"));
+                    let pos = set.map_or(&s.pos, |o| &o.node.pos);
+                    out.extend(outside_tree(root, &p, pos, "the dotenv file", how));
+                }
+            }
+            "age" => {
+                let p = Path::new(&s.reference);
+                let p = if p.is_absolute() {
+                    p.to_path_buf()
+                } else {
+                    root.join(p)
+                };
+                out.extend(
+                    outside_tree(root, &p, &s.pos, "the age file", how)
+                        .map(|d| d.secret(&s.name).reference(&s.reference)),
+                );
+            }
+            _ => {}
+        }
+    }
+    // One error per problem: several secrets of one dotenv instance share its file.
+    let mut unique: Vec<Diagnostic> = Vec::with_capacity(out.len());
+    for d in out {
+        if !unique.contains(&d) {
+            unique.push(d);
+        }
+    }
+    unique
+}
+
+/// An error when `path` (after resolving `..` and symlinks) is not inside `root`.
+fn outside_tree(root: &Path, path: &Path, pos: &Pos, what: &str, how: &str) -> Option<Diagnostic> {
+    if is_inside(root, path) {
+        return None;
+    }
+    Some(
+        Diagnostic::error(
+            "trust::outside_project",
+            format!(
+                "{what} `{}` is outside the project directory `{}` (after resolving `..` and symlinks), and this configuration is not trusted",
+                path.display(),
+                root.display()
+            ),
+        )
+        .at(pos)
+        .help(format!("keep the file inside the project; if it must live elsewhere, {how}")),
+    )
+}
+
+/// Whether `path` is inside `root` once both are resolved. A path that does not exist (yet) is
+/// resolved through its nearest existing ancestor, and the rest must not climb with `..`.
+pub fn is_inside(root: &Path, path: &Path) -> bool {
+    use std::path::Component;
+    let Ok(root) = std::fs::canonicalize(root) else {
+        return false;
+    };
+    let mut existing = path.to_path_buf();
+    let mut rest: Vec<std::ffi::OsString> = Vec::new();
+    let base = loop {
+        match std::fs::canonicalize(&existing) {
+            Ok(c) => break c,
+            Err(_) => {
+                // A dangling symlink is not resolved by canonicalize: refuse it outright.
+                if std::fs::symlink_metadata(&existing).is_ok() {
+                    return false;
+                }
+                match existing.components().next_back() {
+                    Some(Component::Normal(n)) => rest.push(n.to_os_string()),
+                    _ => return false,
+                }
+                if !existing.pop() {
+                    return false;
+                }
+            }
+        }
+    };
+    let full = rest.iter().rev().fold(base, |p, n| p.join(n));
+    full.starts_with(&root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inside_resolves_dot_dot_and_symlinks_first() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("proj");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(t.path().join("out.env"), "").unwrap();
+        std::fs::write(root.join("in.env"), "").unwrap();
+        assert!(is_inside(&root, &root.join("in.env")));
+        assert!(is_inside(&root, &root.join("sub/../in.env")));
+        assert!(is_inside(&root, &root.join("sub/not-yet.env")));
+        assert!(!is_inside(&root, &root.join("../out.env")));
+        assert!(!is_inside(&root, &root.join("sub/../../out.env")));
+        assert!(!is_inside(&root, &root.join("missing/../../out.env")));
+        assert!(!is_inside(&root, &t.path().join("out.env")));
+        std::os::unix::fs::symlink(t.path().join("out.env"), root.join("link.env")).unwrap();
+        assert!(!is_inside(&root, &root.join("link.env")));
+        std::os::unix::fs::symlink(t.path(), root.join("up")).unwrap();
+        assert!(!is_inside(&root, &root.join("up/new.env")));
+        std::os::unix::fs::symlink(t.path().join("nowhere"), root.join("dangling")).unwrap();
+        assert!(!is_inside(&root, &root.join("dangling")));
+    }
 }

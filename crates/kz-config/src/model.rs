@@ -16,10 +16,19 @@ pub enum Role {
     Global,
     /// `.keyzero.toml` (committed; trusted only after `kz allow` for some options).
     Project,
-    /// `.keyzero.local.toml` (personal; always trusted).
+    /// `.keyzero.local.toml` (personal, but it sits in the project directory where a
+    /// repository can commit one: trusted only together with `.keyzero.toml`).
     Local,
     /// Not written anywhere: a default.
     Default,
+}
+
+impl Role {
+    /// `.keyzero.toml` or `.keyzero.local.toml`: files in the project directory, which whoever
+    /// controls the repository can write, and which only `kz allow` trusts.
+    pub fn is_project_level(self) -> bool {
+        matches!(self, Role::Project | Role::Local)
+    }
 }
 
 /// How the active environment was chosen.
@@ -139,12 +148,13 @@ impl ProviderInstance {
             .unwrap_or(8)
     }
 
-    /// Options that need trust and came from the project file.
+    /// Options that need trust and came from a project-level file (`.keyzero.toml` or
+    /// `.keyzero.local.toml`: a repository can commit either; only the global file is trusted).
     pub fn untrusted_options(&self) -> Vec<(&str, &Pos)> {
         self.options
             .iter()
             .filter(|(n, v)| {
-                v.role == Role::Project && self.ty.option(n).is_some_and(|s| s.needs_trust)
+                v.role.is_project_level() && self.ty.option(n).is_some_and(|s| s.needs_trust)
             })
             .map(|(n, v)| (n.as_str(), &v.node.pos))
             .collect()

@@ -357,6 +357,14 @@ fn untrusted_options_are_reported_per_instance() {
     .local("[providers.vault]\naddress = \"http://y\"\n")
     .ok();
     assert_eq!(c.provider("exec").unwrap().untrusted_options().len(), 1);
+    // A repository can commit .keyzero.local.toml too: its options need trust as well.
+    let v = c.provider("vault").unwrap().untrusted_options();
+    assert_eq!(v.len(), 1);
+    assert!(v[0].1.file.ends_with(".keyzero.local.toml"), "{v:?}");
+    // Only the user's global file is trusted as it is.
+    let c = Project::new("[secrets]\nA = { provider = \"vault\", ref = \"secret/a\" }\n")
+        .global("[providers.vault]\ntype = \"hashicorp\"\naddress = \"http://y\"\n")
+        .ok();
     assert!(c.provider("vault").unwrap().untrusted_options().is_empty());
 }
 

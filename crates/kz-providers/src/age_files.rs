@@ -837,25 +837,6 @@ fn write_atomically(path: &Path, data: &[u8]) -> Result<(), ProviderError> {
         _ => PathBuf::from("."),
     };
     std::fs::create_dir_all(&dir).map_err(|e| fail("creating its directory", &e))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".kz-age-")
-        .suffix(".tmp")
-        .tempfile_in(&dir)
-        .map_err(|e| fail("creating a temporary file", &e))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| fail("setting mode 0600", &e))?;
-    }
-    tmp.write_all(data).map_err(|e| fail("writing", &e))?;
-    tmp.as_file().sync_all().map_err(|e| fail("syncing", &e))?;
-    tmp.persist(path)
-        .map_err(|e| fail("renaming into place", &e.error))?;
-    if let Ok(d) = std::fs::File::open(&dir) {
-        // Best effort: some filesystems cannot sync a directory.
-        let _ = d.sync_all();
-    }
+    crate::fsio::write_atomic(path, data, 0o600).map_err(|e| fail("replacing it", &e))?;
     Ok(())
 }

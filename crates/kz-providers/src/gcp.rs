@@ -103,6 +103,9 @@ pub struct GcpProvider {
     /// The per-request limit (the `timeout` option).
     timeout: Duration,
     token: tokio::sync::Mutex<Option<CachedToken>>,
+    /// Every access token sent so far ([`Provider::credentials`]: a server echoing one in an
+    /// error does not get it printed).
+    sent: std::sync::Mutex<Vec<Zeroizing<String>>>,
 }
 
 impl fmt::Debug for GcpProvider {
@@ -158,6 +161,7 @@ impl GcpProvider {
             client: build_client(inst, &ctx.getenv)?,
             timeout: inst.timeout(),
             token: tokio::sync::Mutex::new(None),
+            sent: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -279,6 +283,11 @@ impl GcpProvider {
         r: &SecretRef,
     ) -> Result<Zeroizing<Vec<u8>>, ProviderError> {
         let token = self.token().await?;
+        if let Ok(mut sent) = self.sent.lock()
+            && !sent.iter().any(|t| t.as_str() == token.as_str())
+        {
+            sent.push(Zeroizing::new(token.as_str().to_string()));
+        }
         let mut req = self.client.request(method, url).bearer_auth(token.as_str());
         if let Some(body) = body {
             req = req
@@ -628,6 +637,13 @@ impl GcpProvider {
 }
 
 impl Provider for GcpProvider {
+    fn credentials(&self) -> Vec<SecretValue> {
+        self.sent
+            .lock()
+            .map(|sent| sent.iter().map(|t| SecretValue::from_str_copy(t)).collect())
+            .unwrap_or_default()
+    }
+
     fn resolve<'a>(
         &'a self,
         items: &'a [Item],

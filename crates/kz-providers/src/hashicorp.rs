@@ -80,6 +80,9 @@ pub struct VaultProvider {
     session: Mutex<Option<Session>>,
     /// Mounts already looked up.
     mounts: Mutex<Vec<Mount>>,
+    /// Every credential sent so far (tokens, login secrets), so a server that echoes one in an
+    /// error message does not get it printed ([`Provider::credentials`]).
+    sent: std::sync::Mutex<Vec<Zeroizing<String>>>,
 }
 
 impl fmt::Debug for VaultProvider {
@@ -344,7 +347,25 @@ impl VaultProvider {
             home: ctx.home.clone(),
             session: Mutex::new(None),
             mounts: Mutex::new(Vec::new()),
+            sent: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// Records the credentials a request carries: its token and a login's secrets.
+    fn remember_sent(&self, token: Option<&str>, body: Option<&Value>) {
+        let login = body
+            .and_then(Value::as_object)
+            .into_iter()
+            .flat_map(|o| ["secret_id", "jwt"].into_iter().filter_map(|k| o.get(k)))
+            .filter_map(Value::as_str);
+        let Ok(mut sent) = self.sent.lock() else {
+            return;
+        };
+        for c in token.into_iter().chain(login) {
+            if !c.is_empty() && !sent.iter().any(|s| s.as_str() == c) {
+                sent.push(Zeroizing::new(c.to_string()));
+            }
+        }
     }
 
     /// "Vault at ADDRESS".
@@ -380,6 +401,7 @@ impl VaultProvider {
         token: Option<&str>,
     ) -> Result<Reply, ProviderError> {
         let mut req = self.client.request(method, self.url(path)?);
+        self.remember_sent(token, body);
         if let Some(ns) = &self.namespace {
             req = req.header("X-Vault-Namespace", ns);
         }
@@ -448,7 +470,7 @@ impl VaultProvider {
 
     /// The error for an unexpected status; `what` names the operation and path.
     fn status_error(&self, reply: &Reply, what: &str) -> ProviderError {
-        let said = vault_errors(&reply.body);
+        let said = vault_errors(&reply.body, &self.credentials());
         let said = if said.is_empty() {
             reply.status.to_string()
         } else {
@@ -836,7 +858,7 @@ impl VaultProvider {
                 return Ok(());
             }
             if reply.status == StatusCode::BAD_REQUEST
-                && vault_errors(&reply.body).contains("check-and-set")
+                && vault_errors(&reply.body, &[]).contains("check-and-set")
             {
                 continue;
             }
@@ -1011,6 +1033,13 @@ impl Provider for VaultProvider {
                 Login::Jwt { jwt, .. } => file(jwt).into_iter().collect(),
             },
         }
+    }
+
+    fn credentials(&self) -> Vec<SecretValue> {
+        self.sent
+            .lock()
+            .map(|sent| sent.iter().map(|s| SecretValue::from_str_copy(s)).collect())
+            .unwrap_or_default()
     }
 
     fn describe(&self) -> Description {
@@ -1429,10 +1458,12 @@ fn missing_credential(what: &str, source: &Source) -> ProviderError {
 }
 
 /// Vault's `errors`, joined and shortened.
-fn vault_errors(body: &[u8]) -> String {
+/// Vault's `errors`, with the credentials sent removed before the text is cut short.
+fn vault_errors(body: &[u8], sent: &[SecretValue]) -> String {
     let text = serde_json::from_slice::<ErrorBody>(body)
         .map(|b| b.errors.join("; "))
         .unwrap_or_default();
+    let text = kz_resolve::redact_text(&text, sent);
     let text = text.replace(['\n', '\r'], " ");
     if text.chars().count() > MAX_QUOTED {
         let cut: String = text.chars().take(MAX_QUOTED).collect();

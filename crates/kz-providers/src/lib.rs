@@ -27,6 +27,7 @@ use std::sync::Arc;
 
 use kz_config::ProviderInstance;
 use kz_resolve::{ErrorKind, Provider, ProviderError};
+use kz_secret::SecretValue;
 
 pub mod age_files;
 #[cfg(feature = "aws")]
@@ -34,6 +35,7 @@ pub mod aws;
 pub mod dotenv;
 pub mod env;
 pub mod exec;
+pub mod fsio;
 #[cfg(feature = "gcp")]
 pub mod gcp;
 #[cfg(feature = "hashicorp")]
@@ -82,7 +84,83 @@ impl std::fmt::Debug for BuildContext {
 
 /// Builds the provider for a configured instance. Building does no network I/O; files are
 /// read lazily on first use where possible.
+///
+/// The provider is wrapped in [`kz_resolve::Redacting`]: no error it returns can hold a
+/// credential it used or was given (its type's credential variables, the variables its `*_env`
+/// options name, a `token` option), nor a value it resolved.
 pub fn build(
+    inst: &ProviderInstance,
+    ctx: &BuildContext,
+) -> Result<Arc<dyn Provider>, ProviderError> {
+    let inner = build_inner(inst, ctx)?;
+    Ok(Arc::new(kz_resolve::Redacting::new(
+        inner,
+        ambient_credentials(inst, ctx),
+    )))
+}
+
+/// Whether a variable among a type's credential variables holds a secret (a token, key,
+/// password, identity, session), not an address, region or profile name, which error messages
+/// must keep showing.
+fn holds_secret(name: &str) -> bool {
+    const MARKERS: &[&str] = &[
+        "TOKEN",
+        "SECRET",
+        "PASSWORD",
+        "PASSPHRASE",
+        "CREDENTIAL",
+        "IDENTITY",
+        "SESSION",
+        "KEY",
+    ];
+    let upper = name.to_ascii_uppercase();
+    !upper.contains("ADDR") && MARKERS.iter().any(|m| upper.contains(m))
+}
+
+/// The credentials from kz's environment and the instance's options that the provider may send.
+fn ambient_credentials(inst: &ProviderInstance, ctx: &BuildContext) -> Vec<SecretValue> {
+    let mut names: Vec<String> = Vec::new();
+    for pat in inst.ty.credential_env {
+        match pat.strip_suffix('*') {
+            Some(prefix) => names.extend(
+                std::env::vars_os()
+                    .filter_map(|(k, _)| k.into_string().ok())
+                    .filter(|k| k.starts_with(prefix)),
+            ),
+            None => names.push((*pat).to_string()),
+        }
+    }
+    names.retain(|n| holds_secret(n));
+    let mut direct = Vec::new();
+    let mut options: Vec<(&str, &kz_config::tree::Node)> = inst
+        .options
+        .iter()
+        .map(|(k, v)| (k.as_str(), &v.node))
+        .collect();
+    if let Some(t) = inst.option("auth").and_then(|o| o.node.as_table()) {
+        options.extend(t.iter().map(|e| (e.key.as_str(), &e.node)));
+    }
+    for (key, node) in options {
+        let Some(v) = node.as_str() else { continue };
+        if key.ends_with("_env") {
+            names.push(v.to_string());
+        } else if matches!(key, "token" | "secret_id") {
+            // Written in a (trusted) file: a credential by the catalog's definition.
+            direct.push(SecretValue::from_str_copy(v));
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+        .iter()
+        .filter_map(|n| (ctx.getenv)(n))
+        .filter(|v| !v.is_empty())
+        .map(SecretValue::from_string)
+        .chain(direct)
+        .collect()
+}
+
+fn build_inner(
     inst: &ProviderInstance,
     ctx: &BuildContext,
 ) -> Result<Arc<dyn Provider>, ProviderError> {
@@ -112,4 +190,34 @@ pub fn build(
             .help("use another provider type (see `kz doctor`)"));
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credential_variables_that_hold_secrets_are_told_from_addresses_and_regions() {
+        for n in [
+            "VAULT_TOKEN",
+            "BAO_TOKEN",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "OP_SERVICE_ACCOUNT_TOKEN",
+            "GOOGLE_ACCESS_TOKEN",
+            "KEYZERO_AGE_IDENTITY",
+        ] {
+            assert!(holds_secret(n), "{n}");
+        }
+        for n in [
+            "VAULT_ADDR",
+            "AWS_REGION",
+            "AWS_PROFILE",
+            "VAULT_NAMESPACE",
+            "DBUS_SESSION_BUS_ADDRESS",
+            "OP_CONNECT_HOST",
+        ] {
+            assert!(!holds_secret(n), "{n}");
+        }
+    }
 }

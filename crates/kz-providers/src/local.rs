@@ -12,7 +12,7 @@
 //! one, and the directory is fsynced. Reads take no lock (a rename is atomic).
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -471,43 +471,9 @@ pub fn make_private_dir(dir: Option<&Path>) -> Result<(), ProviderError> {
         .map_err(|e| io_err(dir, "create the directory", &e))
 }
 
-/// Writes `bytes` to `path` atomically: a 0600 temp file in the same directory, fsync, rename,
-/// fsync of the directory.
+/// Writes `bytes` to `path` atomically with mode 0600 ([`crate::fsio::write_atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ProviderError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(format!(".tmp-{}-{}", std::process::id(), rand_suffix()));
-    let tmp = dir.join(name);
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        io_err(path, "write", &e)
-    })
-}
-
-fn rand_suffix() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.finish()
+    crate::fsio::write_atomic(path, bytes, 0o600).map_err(|e| io_err(path, "write", &e))
 }
 
 fn now_rfc3339() -> String {

@@ -283,6 +283,18 @@ fn assert_clean(e: &ProviderError) {
 // ---- reads ----
 
 #[test]
+fn the_tokens_sent_are_reported_as_credentials_for_redaction() {
+    let (s, p) = standin_with_env_token();
+    s.seed("projects/acme/secrets/db", CANARY.as_bytes());
+    let g = p.provider(&format!("{}\nproject = \"acme\"", endpoint(&s)));
+    assert!(g.credentials().is_empty());
+    assert_eq!(read_str(&g, item("db")), CANARY);
+    let creds = g.credentials();
+    assert_eq!(creds.len(), 1);
+    assert_eq!(creds[0].expose_str(), Some(ENV_TOKEN));
+}
+
+#[test]
 fn standin_reads_full_name_and_short_name_with_project() {
     let (s, p) = standin_with_env_token();
     s.seed("projects/acme/secrets/db", CANARY.as_bytes());

@@ -16,5 +16,6 @@ pub mod provider;
 
 pub use engine::{Instance, Outcome, item_for, resolve_all};
 pub use provider::{
-    BoxFuture, Description, ErrorKind, Item, Provider, ProviderError, join_all, json_field,
+    BoxFuture, Description, ErrorKind, Item, Provider, ProviderError, REDACTED, Redacting,
+    join_all, json_field, redact_error, redact_text,
 };

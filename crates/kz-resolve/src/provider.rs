@@ -199,6 +199,159 @@ pub trait Provider: Send + Sync {
         let _ = items;
         Vec::new()
     }
+
+    /// The credentials this provider has used so far (tokens read or obtained by logging in), so
+    /// that [`Redacting`] removes them from backend messages. Called after each operation.
+    fn credentials(&self) -> Vec<SecretValue> {
+        Vec::new()
+    }
+}
+
+/// What a removed credential or value is shown as in a message.
+pub const REDACTED: &str = "<redacted>";
+
+/// Wraps a provider so that no error it returns (from `resolve`, `write`, `delete`, `check`)
+/// holds a credential it used, an ambient credential it was given, or a value it resolved or
+/// was asked to store: a backend (or whatever a configured address points at) that echoes the
+/// request's token in its error text gets it replaced by [`REDACTED`]. Every built provider is
+/// wrapped (`kz_providers::build`), so this is the one place backend messages are cleaned.
+pub struct Redacting {
+    inner: std::sync::Arc<dyn Provider>,
+    ambient: Vec<SecretValue>,
+}
+
+impl fmt::Debug for Redacting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Redacting")
+            .field("type", &self.inner.describe().type_name)
+            .field("ambient", &self.ambient.len())
+            .finish()
+    }
+}
+
+impl Redacting {
+    /// Wraps `inner`; `ambient` are credentials from kz's environment the provider may send
+    /// (its type's credential variables).
+    pub fn new(inner: std::sync::Arc<dyn Provider>, ambient: Vec<SecretValue>) -> Self {
+        Self { inner, ambient }
+    }
+
+    fn clean(&self, e: ProviderError, values: &[&SecretValue]) -> ProviderError {
+        let creds = self.inner.credentials();
+        let patterns = creds
+            .iter()
+            .chain(&self.ambient)
+            .chain(values.iter().copied())
+            .map(|v| v.expose_bytes().to_vec());
+        redact_error(
+            e,
+            kz_redact::Redactor::uniform(patterns, REDACTED.as_bytes()),
+        )
+    }
+}
+
+/// `text` with every non-empty value of `secrets` replaced by [`REDACTED`] (for a provider that
+/// must cut a backend message short: redact first, so no part of a credential survives the cut).
+pub fn redact_text(text: &str, secrets: &[SecretValue]) -> String {
+    let r = kz_redact::Redactor::uniform(
+        secrets.iter().map(|v| v.expose_bytes().to_vec()),
+        REDACTED.as_bytes(),
+    );
+    if r.is_empty() {
+        return text.to_string();
+    }
+    String::from_utf8_lossy(&r.replace_all(text.as_bytes())).into_owned()
+}
+
+/// Replaces every pattern of `r` in an error's message and help.
+pub fn redact_error(mut e: ProviderError, r: kz_redact::Redactor) -> ProviderError {
+    if r.is_empty() {
+        return e;
+    }
+    fn fix(r: &kz_redact::Redactor, s: &str) -> String {
+        String::from_utf8_lossy(&r.replace_all(s.as_bytes())).into_owned()
+    }
+    e.message = fix(&r, &e.message);
+    e.help = e.help.as_deref().map(|h| fix(&r, h));
+    e
+}
+
+fn resolved_values(r: &Resolved) -> Vec<&SecretValue> {
+    match r {
+        Resolved::Single(v) => vec![v],
+        Resolved::Multi(m) => m.iter().map(|(_, v)| v).collect(),
+    }
+}
+
+impl Provider for Redacting {
+    fn resolve<'a>(
+        &'a self,
+        items: &'a [Item],
+    ) -> BoxFuture<'a, Vec<Result<Resolved, ProviderError>>> {
+        Box::pin(async move {
+            let results = self.inner.resolve(items).await;
+            if results.iter().all(Result::is_ok) {
+                return results;
+            }
+            let values: Vec<SecretValue> = results
+                .iter()
+                .filter_map(|r| r.as_ref().ok())
+                .flat_map(resolved_values)
+                .map(SecretValue::duplicate)
+                .collect();
+            let values: Vec<&SecretValue> = values.iter().collect();
+            results
+                .into_iter()
+                .map(|r| r.map_err(|e| self.clean(e, &values)))
+                .collect()
+        })
+    }
+
+    fn write<'a>(
+        &'a self,
+        item: &'a Item,
+        value: &'a SecretValue,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async move {
+            self.inner
+                .write(item, value)
+                .await
+                .map_err(|e| self.clean(e, &[value]))
+        })
+    }
+
+    fn delete<'a>(&'a self, item: &'a Item) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async move {
+            self.inner
+                .delete(item)
+                .await
+                .map_err(|e| self.clean(e, &[]))
+        })
+    }
+
+    fn max_batch(&self) -> usize {
+        self.inner.max_batch()
+    }
+
+    fn handles_field(&self) -> bool {
+        self.inner.handles_field()
+    }
+
+    fn describe(&self) -> Description {
+        self.inner.describe()
+    }
+
+    fn check<'a>(&'a self) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async move { self.inner.check().await.map_err(|e| self.clean(e, &[])) })
+    }
+
+    fn credentials(&self) -> Vec<SecretValue> {
+        self.inner.credentials()
+    }
+
+    fn sources(&self, items: &[Item]) -> Vec<PathBuf> {
+        self.inner.sources(items)
+    }
 }
 
 /// Runs futures concurrently on the current task and returns their outputs in order (for
@@ -266,6 +419,69 @@ pub fn json_field(value: &SecretValue, field: &str) -> Result<SecretValue, Provi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redacting_cleans_every_error_of_credentials_and_values() {
+        struct Echo;
+        impl Provider for Echo {
+            fn resolve<'a>(
+                &'a self,
+                items: &'a [Item],
+            ) -> BoxFuture<'a, Vec<Result<Resolved, ProviderError>>> {
+                Box::pin(async move {
+                    items
+                        .iter()
+                        .map(|i| match i.reference.as_str() {
+                            "ok" => Ok(Resolved::Single(SecretValue::from_str_copy("kz-value-1"))),
+                            _ => Err(ProviderError::new(
+                                ErrorKind::Auth,
+                                "token kz-sent-1 (ambient kz-env-1) denied; other value kz-value-1",
+                            )
+                            .help("kz-sent-1 again")),
+                        })
+                        .collect()
+                })
+            }
+            fn describe(&self) -> Description {
+                Description {
+                    instance: "e".into(),
+                    type_name: "echo",
+                    details: Vec::new(),
+                }
+            }
+            fn credentials(&self) -> Vec<SecretValue> {
+                vec![SecretValue::from_str_copy("kz-sent-1")]
+            }
+        }
+        let p = Redacting::new(
+            std::sync::Arc::new(Echo),
+            vec![SecretValue::from_str_copy("kz-env-1")],
+        );
+        let item = |r: &str| Item {
+            name: "X".into(),
+            reference: r.into(),
+            field: None,
+            params: Vec::new(),
+        };
+        let items = [item("ok"), item("bad")];
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let out = rt.block_on(p.resolve(&items));
+        let e = out[1].as_ref().unwrap_err();
+        let shown = format!("{} {:?}", e.message, e.help);
+        assert!(
+            !shown.contains("kz-sent-1")
+                && !shown.contains("kz-env-1")
+                && !shown.contains("kz-value-1"),
+            "{shown}"
+        );
+        assert_eq!(shown.matches(REDACTED).count(), 4, "{shown}");
+        assert_eq!(
+            redact_text("a kz-x b", &[SecretValue::from_str_copy("kz-x")]),
+            "a <redacted> b"
+        );
+    }
 
     #[test]
     fn json_field_lists_keys_never_values() {

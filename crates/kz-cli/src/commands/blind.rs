@@ -322,11 +322,18 @@ fn child_env(
         .iter()
         .flat_map(|e| e.ty.credential_env.iter().copied())
         .collect();
+    // The variables `env` secrets are read from hold the real values.
+    let sources: BTreeSet<&str> = selected
+        .iter()
+        .filter(|e| e.ty.name == "env")
+        .map(|e| e.reference.as_str())
+        .collect();
     let is_credential = |name: &str| {
-        credential.iter().any(|pat| match pat.strip_suffix('*') {
-            Some(prefix) => name.starts_with(prefix),
-            None => name == *pat,
-        })
+        sources.contains(name)
+            || credential.iter().any(|pat| match pat.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix),
+                None => name == *pat,
+            })
     };
     let mut env: Vec<(OsString, OsString)> = Vec::new();
     let mut dropped = Vec::new();
@@ -346,7 +353,7 @@ fn child_env(
     }
     if !dropped.is_empty() {
         ctx.out.note(&format!(
-            "not passing {} to the command: provider credentials are never given to a blind command",
+            "not passing {} to the command: provider credentials and the variables secrets are read from are never given to a blind command",
             dropped.join(", ")
         ));
     }

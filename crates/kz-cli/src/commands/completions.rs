@@ -36,7 +36,8 @@ pub fn man(dir: &Path) -> CmdResult {
     for (name, page) in pages {
         let mut buf = Vec::new();
         clap_mangen::Man::new(page).render(&mut buf).map_err(io)?;
-        std::fs::write(dir.join(format!("{name}.1")), buf).map_err(io)?;
+        kz_providers::fsio::write_atomic(&dir.join(format!("{name}.1")), &buf, 0o644)
+            .map_err(io)?;
     }
     Ok(exit::OK)
 }

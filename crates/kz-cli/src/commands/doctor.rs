@@ -65,9 +65,9 @@ pub fn run(ctx: &Ctx) -> CmdResult {
             Level::Warn => "warn",
             Level::Fail => "FAIL",
         };
-        text.push_str(&format!("[{mark}] {what}\n"));
+        text.push_str(&format!("[{mark}] {}\n", crate::report::escape(what)));
         if let Some(f) = fix {
-            text.push_str(&format!("       fix: {f}\n"));
+            text.push_str(&format!("       fix: {}\n", crate::report::escape(f)));
         }
     }
     print_out(&text)?;

@@ -30,11 +30,11 @@ pub fn run(ctx: &Ctx, args: &ExportArgs) -> CmdResult {
     match &args.output {
         Some(out) => {
             let path = ctx.paths.cwd.join(out);
-            kz_providers::local::write_atomic(&path, text.as_bytes()).map_err(|e| {
+            kz_providers::fsio::write_atomic(&path, text.as_bytes(), 0o600).map_err(|e| {
                 Failure::msg(
                     "export::write",
-                    e.message.clone(),
-                    e.help.clone().unwrap_or_default(),
+                    format!("cannot write `{}`: {e}", path.display()),
+                    "check the directory's permissions and free space",
                 )
             })?;
             ctx.out.note(&format!(
@@ -84,7 +84,22 @@ pub fn render(vars: &Vars, format: ExportFormat, shell: HookShell) -> Result<Str
         }
         ExportFormat::Env => {
             for (k, v) in vars {
-                text.push_str(&format!("{k}={}\n", quote::dotenv(&utf8(k, v)?)));
+                let v = utf8(k, v)?;
+                let quoted = quote::dotenv(&v);
+                // A dotenv file is often sourced by a shell: the double-quoted form (for values
+                // with `'` or line breaks) escapes `$`, `"` and `\\`, but dotenv has no escape for
+                // a backtick, which a shell would run as a command there.
+                if quoted.starts_with('"') && v.contains('`') {
+                    return Err(Failure::one(
+                        Diagnostic::error(
+                            "export::env_unsafe",
+                            format!("{k}: the value holds a backtick together with a quote or line break, which the env format cannot write so that a shell sourcing the file would not run it"),
+                        )
+                        .secret(k)
+                        .help("use --format shell (safe to source) or --format json, or `kz run` to pass it to a program"),
+                    ));
+                }
+                text.push_str(&format!("{k}={quoted}\n"));
             }
         }
         ExportFormat::Shell => {
@@ -102,7 +117,9 @@ pub fn render(vars: &Vars, format: ExportFormat, shell: HookShell) -> Result<Str
     Ok(text)
 }
 
-/// Refuses a path inside a git work tree unless git ignores it (or `--force`).
+/// Refuses a path inside a git work tree unless git ignores it (or `--force`). Any git failure
+/// other than "not a git repository" (such as "dubious ownership" of a repository another user
+/// owns) counts as inside, so secrets are never written where git's answer is unknown.
 fn check_output_path(path: &Path, force: bool) -> Result<(), Failure> {
     if force {
         return Ok(());
@@ -116,28 +133,45 @@ fn check_output_path(path: &Path, force: bool) -> Result<(), Failure> {
             .arg("-C")
             .arg(dir)
             .args(args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
+            // Untranslated messages, so "not a git repository" can be recognised.
+            .env("LC_ALL", "C")
+            .env("LANGUAGE", "C")
+            .stdin(std::process::Stdio::null())
+            .output()
     };
-    let inside = match git(&["rev-parse".as_ref(), "--is-inside-work-tree".as_ref()]) {
-        Ok(s) => s.success(),
-        // No git: fall back to looking for a .git directory, and refuse when there is one.
-        Err(_) => dir.ancestors().any(|a| a.join(".git").exists()),
+    let has_dot_git = dir.ancestors().any(|a| a.join(".git").exists());
+    let refuse = |why: String| {
+        Err(Failure::one(
+            Diagnostic::error(
+                "export::unignored_output",
+                format!("refusing to write secrets to `{}`: {why}", path.display()),
+            )
+            .help("add the file to .gitignore first, write it elsewhere, or pass --force"),
+        ))
     };
-    if !inside {
-        return Ok(());
+    match git(&["rev-parse".as_ref(), "--is-inside-work-tree".as_ref()]) {
+        // No git: look for a .git directory, and refuse when there is one.
+        Err(_) if has_dot_git => {
+            return refuse("it is inside a git work tree (git is not installed to ask whether it ignores the file)".into());
+        }
+        Err(_) => return Ok(()),
+        Ok(out) if !out.status.success() => {
+            let err = String::from_utf8_lossy(&out.stderr);
+            if err.contains("not a git repository") && !has_dot_git {
+                return Ok(());
+            }
+            let first = err.lines().next().unwrap_or("").trim();
+            return refuse(format!(
+                "git cannot tell whether it is inside a work tree ({})",
+                crate::report::escape(first)
+            ));
+        }
+        Ok(_) => {}
     }
-    let ignored =
-        git(&["check-ignore".as_ref(), "-q".as_ref(), path.as_os_str()]).is_ok_and(|s| s.success());
+    let ignored = git(&["check-ignore".as_ref(), "-q".as_ref(), path.as_os_str()])
+        .is_ok_and(|o| o.status.success());
     if ignored {
         return Ok(());
     }
-    Err(Failure::one(
-        Diagnostic::error(
-            "export::unignored_output",
-            format!("refusing to write secrets to `{}`: it is inside a git work tree and git does not ignore it", path.display()),
-        )
-        .help("add the file to .gitignore first, write it elsewhere, or pass --force"),
-    ))
+    refuse("it is inside a git work tree and git does not ignore it".into())
 }

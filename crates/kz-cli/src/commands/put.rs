@@ -136,7 +136,7 @@ fn store(
             .help("set allow_empty = true on the secret if empty is valid"),
         ));
     }
-    let provider = ctx.instance(config, &entry.provider)?;
+    let provider = ctx.instance_for(config, entry)?;
     let item = kz_resolve::item_for(entry);
     let identity_before = identity(provider.as_ref());
     block_on_with_spinner(&ctx.out, "storing", provider.write(&item, value))?

@@ -47,7 +47,7 @@ pub fn run(ctx: &Ctx, args: &RmArgs) -> CmdResult {
                 return Ok(exit::ERROR);
             }
         }
-        let provider = ctx.instance(&config, &entry.provider)?;
+        let provider = ctx.instance_for(&config, entry)?;
         let item = kz_resolve::item_for(entry);
         match block_on_with_spinner(&ctx.out, "deleting", provider.delete(&item))? {
             Ok(()) => ctx.out.note(&format!(

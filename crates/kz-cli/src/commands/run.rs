@@ -41,6 +41,9 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> CmdResult {
             })?;
     }
     let config = ctx.load()?;
+    if args.blind {
+        ctx.require_trust_for_blind(&config)?;
+    }
     let selected = ctx.select(&config, &args.only)?;
     let outcomes = ctx.resolve(&config, &selected)?;
     let vars = collect(ctx, &config, outcomes)?;

@@ -76,6 +76,8 @@ pub fn run(ctx: &Ctx, args: &ReportArgs) -> CmdResult {
             print_out(&format!("{doc}\n"))?;
         }
         ReportFormat::Text => {
+            // The path names a directory, which can hold any character: shown escaped.
+            let path = crate::report::escape(&path);
             ctx.out.all(&loaded.diagnostics);
             if valid {
                 print_out(&format!(

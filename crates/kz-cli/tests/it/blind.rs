@@ -467,7 +467,9 @@ impl World {
             ),
         );
         s.set("KZ_TEST_CANARY_SOURCE", value)
-            .set("KZ_TEST_OTHER_SOURCE", OTHER_VALUE);
+            .set("KZ_TEST_OTHER_SOURCE", OTHER_VALUE)
+            // Blind mode needs a trusted configuration (trust.rs tests that part).
+            .set("KEYZERO_TRUST", "1");
         // What this kind of machine presets: blind mode must not let it through.
         for v in PRESET_CA_VARS {
             s.set(v, SYSTEM_BUNDLE);
@@ -953,7 +955,8 @@ mod red_team {
             "[secrets]\nAPI_TOKEN = { provider = \"env\", ref = \"KZ_TEST_CANARY_SOURCE\" }\n",
         );
         let mut s = s;
-        s.set("KZ_TEST_CANARY_SOURCE", CANARY);
+        s.set("KZ_TEST_CANARY_SOURCE", CANARY)
+            .set("KEYZERO_TRUST", "1");
         let marker = s.path("started");
         let r = s
             .kz(&["run", "--blind", "--", "touch", marker.to_str().unwrap()])

@@ -12,7 +12,8 @@ fn project() -> Sandbox {
     let mut s = Sandbox::with_config(
         "[secrets]\nAPI_TOKEN = { provider = \"env\", ref = \"KZ_TEST_SRC\", hosts = [\"api.example.com\"] }\n",
     );
-    s.set("KZ_TEST_SRC", CANARY);
+    // Blind mode needs a trusted configuration (trust.rs tests that part).
+    s.set("KZ_TEST_SRC", CANARY).set("KEYZERO_TRUST", "1");
     s
 }
 
@@ -173,6 +174,7 @@ fn the_command_cannot_read_kz_through_proc() {
         .env("HOME", dir.path())
         .env("TMPDIR", "/tmp")
         .env("KZ_TEST_SRC", CANARY)
+        .env("KEYZERO_TRUST", "1")
         .current_dir(dir.path())
         .output()
         .expect("setpriv (util-linux) runs; install it with scripts/test");
@@ -194,7 +196,8 @@ fn blind_isolate_in_the_config_isolates_without_the_flag() {
         "[secrets]\nAPI_TOKEN = { provider = \"env\", ref = \"KZ_TEST_SRC\", hosts = [\"api.example.com\"] }\n\
          [blind]\nisolate = true\n",
     );
-    s.set("KZ_TEST_SRC", CANARY);
+    // Blind mode needs a trusted configuration (trust.rs tests that part).
+    s.set("KZ_TEST_SRC", CANARY).set("KEYZERO_TRUST", "1");
     let r = s
         .kz(&["run", "--blind", "--", "cat", "/proc/net/dev"])
         .ok()
@@ -215,7 +218,8 @@ fn an_unreadable_upstream_ca_stops_the_run_naming_the_file() {
         "[secrets]\nAPI_TOKEN = { provider = \"env\", ref = \"KZ_TEST_SRC\", hosts = [\"api.example.com\"] }\n\
          [blind]\nupstream_ca = \"/nonexistent/kz-test-ca.pem\"\n",
     );
-    s.set("KZ_TEST_SRC", CANARY);
+    // Blind mode needs a trusted configuration (trust.rs tests that part).
+    s.set("KZ_TEST_SRC", CANARY).set("KEYZERO_TRUST", "1");
     let r = s
         .kz(&["run", "--blind", "--", "touch", "started"])
         .code(1)

@@ -43,21 +43,144 @@ fn env_and_json_formats() {
         2,
         "flat object, no version wrapper: {j}"
     );
-    let e = s
+    // A backtick with a quote or line break cannot be written safely for a shell: refused.
+    let r = s
         .kz(&["export", "--format", "env", "--only", "A"])
-        .ok()
-        .stdout;
-    assert_eq!(
-        e,
-        "A=\"it's \\$(touch pwned) `x` \\\\ \\\"q\\\"\\nline2 \\$HOME\"\n"
+        .code(1)
+        .no_canary();
+    assert!(
+        r.stderr.contains("export::env_unsafe") || r.stderr.contains("backtick"),
+        "{}",
+        r.stderr
     );
-    // kz reads its own dotenv output back unchanged.
-    s.write("back.env", &e);
-    s.write(".keyzero.toml", "[providers.dotenv]\npath = \"back.env\"\n[secrets]\nA = { provider = \"dotenv\", ref = \"A\" }\n");
+    assert!(r.stderr.contains("--format shell"), "{}", r.stderr);
+}
+
+/// Values a shell must not run when it sources `kz export --format env` output.
+const SOURCEABLE: &[&str] = &[
+    "it's $(touch pwned1) \\ \"q\"\nline2 $HOME",
+    "$(touch pwned2)",
+    "`touch pwned3`",
+    "a'b'c",
+    "back\\slash\\",
+    "new\nline",
+    "\"dq\" $(touch pwned4) ${HOME}",
+    "tab\there",
+    "",
+];
+
+#[test]
+fn env_format_is_inert_when_sourced_by_shells_and_read_back_by_kz() {
+    let mut text = String::from("[secrets]\n");
+    for i in 0..SOURCEABLE.len() {
+        text.push_str(&format!(
+            "V{i} = {{ provider = \"local\", ref = \"proj/V{i}\", allow_empty = true }}\n"
+        ));
+    }
+    let s = Sandbox::with_config(&text);
+    for (i, v) in SOURCEABLE.iter().enumerate() {
+        s.kz_stdin(&["put", &format!("V{i}"), "--stdin"], v).ok();
+    }
+    // `put --stdin` drops one final newline; an empty value needs allow_empty: compare with
+    // what kz stored (JSON), then source the env form.
+    let stored = s.kz(&["export", "--format", "json"]).ok().stdout_json();
+    let env = s.kz(&["export", "--format", "env"]).ok().stdout;
+    let mut ran = 0;
+    for shell in ["sh", "bash", "dash", "zsh", "busybox"] {
+        let mut cmd = std::process::Command::new(shell);
+        if shell == "busybox" {
+            cmd.arg("sh");
+        }
+        let mut script = String::from("set -a\n. ./out.env\n");
+        for i in 0..SOURCEABLE.len() {
+            script.push_str(&format!("printf '%s\\0' \"$V{i}\"\n"));
+        }
+        s.write("out.env", &env);
+        let Ok(out) = cmd.arg("-c").arg(&script).current_dir(&s.project).output() else {
+            continue;
+        };
+        ran += 1;
+        assert!(
+            out.status.success(),
+            "{shell}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for n in 1..=4 {
+            assert!(
+                !s.path(&format!("pwned{n}")).exists(),
+                "{shell} ran a command from the env output"
+            );
+        }
+        // Plain single-quoted values come back exactly; double-quoted ones keep `\n` for a
+        // line break (dotenv's escape) but never run anything.
+        let got: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .split('\0')
+            .map(String::from)
+            .collect();
+        for (i, v) in SOURCEABLE.iter().enumerate() {
+            let want = stored[format!("V{i}")].as_str().unwrap();
+            if !want.contains(['\'', '\n']) {
+                assert_eq!(got[i], want, "{shell}: {v:?}");
+            }
+        }
+    }
+    assert!(ran >= 2, "at least sh and bash must be available");
+    // kz reads its own env output back unchanged.
+    s.write("back.env", &env);
+    let mut text = String::from("[providers.dotenv]\npath = \"back.env\"\n[secrets]\n");
+    for i in 0..SOURCEABLE.len() {
+        text.push_str(&format!(
+            "V{i} = {{ provider = \"dotenv\", ref = \"V{i}\", allow_empty = true }}\n"
+        ));
+    }
+    s.write(".keyzero.toml", &text);
     assert_eq!(
-        s.kz(&["export", "--format", "json"]).ok().stdout_json()["A"],
-        HOSTILE
+        s.kz(&["export", "--format", "json"]).ok().stdout_json(),
+        stored
     );
+}
+
+#[test]
+fn output_refused_when_git_cannot_answer_such_as_dubious_ownership() {
+    let s = project();
+    // A repository another user owns: git refuses to look at it ("dubious ownership").
+    let repo = s.root.path().join("theirs");
+    std::fs::create_dir_all(&repo).unwrap();
+    let git = std::process::Command::new("git")
+        .args(["init", "-q"])
+        .current_dir(&repo)
+        .status();
+    assert!(
+        git.is_ok_and(|g| g.success()),
+        "git is needed: apt-get install git"
+    );
+    let chown = std::process::Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&repo)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let out = repo.join("out.env");
+    let r = s
+        .kz(&["export", "--only", "B", "--output", out.to_str().unwrap()])
+        .code(1)
+        .no_canary();
+    assert!(
+        r.stderr.contains("refusing to write secrets"),
+        "{}",
+        r.stderr
+    );
+    assert!(!out.exists());
+    s.kz(&[
+        "export",
+        "--only",
+        "B",
+        "--output",
+        out.to_str().unwrap(),
+        "--force",
+    ])
+    .ok();
+    assert!(out.exists());
 }
 
 #[test]
@@ -81,7 +204,9 @@ fn fish_quoting() {
 fn output_file_is_private_and_git_aware() {
     let s = project();
     let r = s
-        .kz(&["export", "--format", "env", "--output", "out.env"])
+        .kz(&[
+            "export", "--format", "env", "--only", "B", "--output", "out.env",
+        ])
         .ok()
         .no_canary();
     assert!(!r.stderr.contains("pipe"), "{}", r.stderr);

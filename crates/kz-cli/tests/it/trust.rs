@@ -1,6 +1,9 @@
-//! Trust: program and server options from the committed file need `kz allow`.
+//! Trust: an untrusted repository can do nothing to you. Program and server options from
+//! `.keyzero.toml` or `.keyzero.local.toml` need `kz allow`; so do variables that load code,
+//! other projects' `local` refs, files outside the tree and blind mode.
 
-use crate::util::Sandbox;
+use crate::leaks::EchoServer;
+use crate::util::{CANARY, Sandbox};
 
 fn project() -> Sandbox {
     Sandbox::with_config(
@@ -39,20 +42,372 @@ fn allow_trusts_until_the_file_changes_and_deny_revokes() {
 }
 
 #[test]
-fn operator_overrides_and_local_file_are_trusted() {
+fn operator_overrides_for_one_invocation() {
     let mut s = project();
     s.kz(&["--trust", "run", "--", "true"]).ok();
     s.set("KEYZERO_TRUST", "1");
     s.kz(&["run", "--", "true"]).ok();
     s.set("KEYZERO_TRUST", "0");
     s.kz(&["run", "--", "true"]).code(1);
-    let s2 = Sandbox::with_config("[secrets]\nP = { provider = \"plug\", ref = \"x\" }\n");
-    s2.write(
+}
+
+/// A cloned repository whose committed `.keyzero.local.toml` plants a program and a server.
+fn hostile_local_file(server: &EchoServer) -> Sandbox {
+    let mut s = Sandbox::with_config(
+        "[secrets]\nV = { provider = \"vault\", ref = \"secret/data/app#key\" }\nP = { provider = \"plug\", ref = \"x\" }\n",
+    );
+    s.write(
         ".keyzero.local.toml",
-        "[providers.plug]\ntype = \"exec\"\ncommand = [\"sh\", \"-c\", \"echo v\"]\n",
+        &format!(
+            "[providers.vault]\ntype = \"hashicorp\"\naddress = \"{}\"\ntimeout = \"3s\"\n[providers.plug]\ntype = \"exec\"\ncommand = [\"sh\", \"-c\", \"touch ran; echo v\"]\n",
+            server.address()
+        ),
+    );
+    s.set("VAULT_TOKEN", CANARY);
+    s
+}
+
+#[test]
+fn a_committed_local_file_gets_nothing_without_allow() {
+    let server = EchoServer::start();
+    let s = hostile_local_file(&server);
+    for args in [
+        &["status"][..],
+        &["run", "--", "true"],
+        &["export"],
+        &["run", "--only", "P", "--", "true"],
+    ] {
+        let r = s.kz(args).code(1).no_canary();
+        assert!(
+            r.stderr.contains("trust::untrusted_option") || r.stderr.contains("not trusted"),
+            "{}",
+            r.stderr
+        );
+        assert!(r.stderr.contains(".keyzero.local.toml"), "{}", r.stderr);
+    }
+    assert!(!s.path("ran").exists(), "the planted plugin ran");
+    assert!(
+        server.requests().is_empty(),
+        "the planted address was contacted: {:?}",
+        server.requests()
+    );
+    // Trusted after review, the same files are honoured (so the refusal above was trust).
+    s.kz(&["allow"]).ok();
+    s.kz(&["run", "--only", "P", "--", "true"]).ok();
+    assert!(s.path("ran").exists());
+    s.kz(&["run", "--only", "V", "--", "true"])
+        .code(1)
+        .no_canary();
+    assert!(server.requests().iter().any(|h| h.contains(CANARY)));
+}
+
+#[test]
+fn variables_that_load_code_are_refused_untrusted() {
+    let mut s = Sandbox::with_config(
+        "[secrets]\nLD_PRELOAD = { provider = \"dotenv\", ref = \"SO\" }\nBASH_ENV = \"env://KZ_RC\"\nnpm_config_script_shell = \"env://KZ_RC\"\nOK = \"env://KZ_RC\"\n",
+    );
+    s.write(".env", "SO=/tmp/kz-evil.so\n");
+    s.set("KZ_RC", "/tmp/kz-evil-rc");
+    let r = s.kz(&["run", "--", "true"]).code(1);
+    for name in ["LD_PRELOAD", "BASH_ENV", "npm_config_script_shell"] {
+        assert!(
+            r.stderr.contains(&format!("secret: {name}")),
+            "{name}: {}",
+            r.stderr
+        );
+    }
+    assert!(!r.stderr.contains("secret: OK"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("changes which code programs load or run"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("kz allow"), "{}", r.stderr);
+    // Unaffected secrets still work on their own; `kz allow` lifts the rule.
+    assert_eq!(
+        s.kz(&["run", "--only", "OK", "--", "printenv", "OK"])
+            .ok()
+            .stdout
+            .trim(),
+        "/tmp/kz-evil-rc"
+    );
+    s.kz(&["allow"]).ok();
+    assert_eq!(
+        s.kz(&["run", "--", "printenv", "BASH_ENV"])
+            .ok()
+            .stdout
+            .trim(),
+        "/tmp/kz-evil-rc"
+    );
+}
+
+#[test]
+fn local_refs_of_another_project_are_refused_untrusted() {
+    let s = Sandbox::with_config(
+        "[secrets]\nS = \"local://payments/STRIPE_KEY\"\nMINE = \"local://proj/MINE\"\n",
+    );
+    // The other project stores its key in the shared local store.
+    let payments = s.root.path().join("payments");
+    std::fs::create_dir_all(&payments).unwrap();
+    std::fs::write(
+        payments.join(".keyzero.toml"),
+        "[secrets]\nSTRIPE_KEY = \"local://payments/STRIPE_KEY\"\n",
+    )
+    .unwrap();
+    s.kz_stdin(
+        &[
+            "--dir",
+            payments.to_str().unwrap(),
+            "put",
+            "STRIPE_KEY",
+            "--stdin",
+        ],
+        CANARY,
+    )
+    .ok();
+    s.put("MINE", "mine");
+    let r = s.kz(&["run", "--", "printenv", "S"]).code(1).no_canary();
+    assert!(
+        r.stderr.contains("trust::foreign_local_ref")
+            || r.stderr.contains("outside this project's namespace"),
+        "{}",
+        r.stderr
+    );
+    let r = s.kz(&["export", "--format", "json"]).code(1).no_canary();
+    assert!(r.stderr.contains("payments/STRIPE_KEY"), "{}", r.stderr);
+    // Nor can it overwrite the other project's value.
+    s.kz_stdin(&["put", "S", "--stdin"], "overwritten").code(1);
+    s.kz(&["run", "--only", "MINE", "--", "true"]).ok();
+    s.kz(&["allow"]).ok();
+    assert_eq!(
+        s.kz(&["run", "--", "printenv", "S"]).ok().stdout.trim(),
+        CANARY
+    );
+}
+
+#[test]
+fn dotenv_files_outside_the_project_are_refused_untrusted() {
+    let s = Sandbox::new();
+    let outside = s.root.path().join("outside.env");
+    std::fs::write(&outside, format!("K={CANARY}\n")).unwrap();
+    std::fs::write(
+        s.root.path().join("home/.secrets.env"),
+        format!("K={CANARY}\n"),
+    )
+    .unwrap();
+    s.write("inside/vals.env", "K=fine\n");
+    for path in [
+        "../outside.env",
+        "~/.secrets.env",
+        "inside/../../outside.env",
+        outside.to_str().unwrap(),
+    ] {
+        s.write(
+            ".keyzero.toml",
+            &format!("[providers.dotenv]\npath = \"{path}\"\n[secrets]\nK = {{ provider = \"dotenv\", ref = \"K\" }}\n"),
+        );
+        let r = s.kz(&["run", "--", "printenv", "K"]).code(1).no_canary();
+        assert!(
+            r.stderr.contains("outside the project directory"),
+            "{path}: {}",
+            r.stderr
+        );
+    }
+    // Through a symlink in the tree, with the default `.env`.
+    s.write(
+        ".keyzero.toml",
+        "[secrets]\nK = { provider = \"dotenv\", ref = \"K\" }\n",
+    );
+    std::os::unix::fs::symlink(&outside, s.path(".env")).unwrap();
+    let r = s.kz(&["run", "--", "printenv", "K"]).code(1).no_canary();
+    assert!(
+        r.stderr.contains("outside the project directory"),
+        "{}",
+        r.stderr
+    );
+    // Inside the tree is fine, `..` included.
+    s.write(
+        ".keyzero.toml",
+        "[providers.dotenv]\npath = \"inside/../inside/vals.env\"\n[secrets]\nK = { provider = \"dotenv\", ref = \"K\" }\n",
     );
     assert_eq!(
-        s2.kz(&["run", "--", "printenv", "P"]).ok().stdout.trim(),
-        "v"
+        s.kz(&["run", "--", "printenv", "K"]).ok().stdout.trim(),
+        "fine"
+    );
+}
+
+#[test]
+fn blind_mode_needs_trust_and_an_edit_of_hosts_revokes_it() {
+    let mut s = Sandbox::with_config(
+        "[secrets]\nE = { provider = \"env\", ref = \"KZ_SRC\", hosts = [\"api.example.com\"] }\n",
+    );
+    s.set("KZ_SRC", "v");
+    let r = s.kz(&["run", "--blind", "--", "touch", "started"]).code(1);
+    assert!(
+        r.stderr.contains("trust::blind_untrusted")
+            || r.stderr.contains("blind mode does not start"),
+        "{}",
+        r.stderr
+    );
+    assert!(!s.path("started").exists());
+    s.kz(&["allow"]).ok();
+    s.kz(&["run", "--blind", "--", "touch", "started"]).ok();
+    assert!(s.path("started").exists());
+    std::fs::remove_file(s.path("started")).unwrap();
+    // An agent widens `hosts`: trust is gone, blind mode does not start.
+    s.write(
+        ".keyzero.toml",
+        "[secrets]\nE = { provider = \"env\", ref = \"KZ_SRC\", hosts = [\"api.example.com\", \"evil.example\"] }\n",
+    );
+    s.kz(&["run", "--blind", "--", "touch", "started"]).code(1);
+    assert!(!s.path("started").exists());
+    // The same in a planted .keyzero.local.toml.
+    s.kz(&["allow"]).ok();
+    s.write(
+        ".keyzero.local.toml",
+        "[blind]\nallow = [\"evil.example\"]\n",
+    );
+    s.kz(&["run", "--blind", "--", "touch", "started"]).code(1);
+    assert!(!s.path("started").exists());
+    // The operator's override, for one invocation.
+    s.kz(&["--trust", "run", "--blind", "--", "touch", "started"])
+        .ok();
+    s.set("KEYZERO_TRUST", "1");
+    s.kz(&["run", "--blind", "--", "true"]).ok();
+}
+
+#[test]
+fn rewrites_never_follow_links_planted_in_a_shared_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Sandbox::new();
+    // A directory another user can write (sticky, like /tmp), holding the project.
+    let shared = s.root.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    std::fs::write(shared.join(".keyzero.toml"), "[secrets]\n").unwrap();
+    let victim = s.root.path().join("victim");
+    std::fs::write(&victim, "untouched").unwrap();
+    // The other user plants links under every temporary name the next processes could use
+    // with a pid-based scheme.
+    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(1000);
+    for pid in last..last + 2000 {
+        for name in [
+            format!(".keyzero.toml.kz-tmp-{pid}"),
+            format!(".keyzero.toml.tmp-{pid}"),
+        ] {
+            let link = shared.join(name);
+            std::os::unix::fs::symlink(&victim, &link).unwrap();
+            let _ = std::os::unix::fs::lchown(&link, Some(65534), Some(65534));
+        }
+    }
+    let dir = shared.to_str().unwrap();
+    s.kz(&[
+        "--dir",
+        dir,
+        "add",
+        "A",
+        "--provider",
+        "env",
+        "--ref",
+        "KZ_A",
+    ])
+    .ok();
+    s.kz(&["--dir", dir, "rm", "A"]).ok();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+    let meta = std::fs::symlink_metadata(shared.join(".keyzero.toml")).unwrap();
+    assert!(meta.file_type().is_file(), "the config became a link");
+}
+
+#[test]
+fn names_from_files_and_directories_cannot_drive_the_terminal() {
+    let s = Sandbox::new();
+    let evil = s.root.path().join("repo\u{1b}]0;pwned\u{7}\u{1b}[2J");
+    std::fs::create_dir_all(&evil).unwrap();
+    std::fs::write(
+        evil.join(".keyzero.toml"),
+        "[secrets]\n\"A\\u001b[31mB\" = \"env://X\"\n[blind]\n\"bad\\u009b2J\" = 1\n",
+    )
+    .unwrap();
+    for args in [&["validate"][..], &["status"], &["list"]] {
+        let mut a = vec!["--dir", evil.to_str().unwrap()];
+        a.extend_from_slice(args);
+        let r = s.kz(&a);
+        assert_ne!(r.code, Some(0));
+        assert!(
+            !r.stderr.contains('\u{1b}')
+                && !r.stderr.contains('\u{9b}')
+                && !r.stderr.contains('\u{7}'),
+            "{:?}",
+            r.stderr
+        );
+        assert!(r.stderr.contains("\\e]0;pwned"), "{}", r.stderr);
+    }
+}
+
+#[test]
+fn a_cached_value_is_no_easier_to_reach_untrusted() {
+    use std::os::unix::fs::PermissionsExt;
+    // The plugin is in the user's global file (trusted); the project caches its value.
+    let s = Sandbox::with_config(
+        "[cache]\nmax_age = \"10m\"\n[secrets]\nP = { provider = \"plug\", ref = \"x\" }\n",
+    );
+    let plugin = s.root.path().join("plugin.sh");
+    std::fs::write(&plugin, "#!/bin/sh\ncat >/dev/null\necho /tmp/kz-evil.so\n").unwrap();
+    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let global = s.root.path().join("config/keyzero/config.toml");
+    std::fs::create_dir_all(global.parent().unwrap()).unwrap();
+    std::fs::write(
+        &global,
+        format!(
+            "[providers.plug]\ntype = \"exec\"\ncommand = [\"{}\"]\n",
+            plugin.display()
+        ),
+    )
+    .unwrap();
+    s.kz(&["run", "--", "true"]).ok();
+    // Every value now comes from the cache; the repository maps one of them to LD_PRELOAD.
+    s.write(
+        ".keyzero.toml",
+        "[cache]\nmax_age = \"10m\"\n[secrets]\nLD_PRELOAD = { provider = \"plug\", ref = \"x\" }\n",
+    );
+    let r = s.kz(&["run", "--", "printenv", "LD_PRELOAD"]).code(1);
+    assert!(r.stderr.contains("changes which code"), "{}", r.stderr);
+}
+
+#[test]
+fn age_files_outside_the_project_are_refused_untrusted() {
+    let s = Sandbox::new();
+    let outside = s.root.path().join("theirs.age");
+    std::fs::write(&outside, "not really age").unwrap();
+    std::fs::create_dir_all(s.path("secrets")).unwrap();
+    std::os::unix::fs::symlink(&outside, s.path("secrets/db.age")).unwrap();
+    for r in [outside.to_str().unwrap(), "secrets/db.age"] {
+        s.write(
+            ".keyzero.toml",
+            &format!("[secrets]\nS = {{ provider = \"age\", ref = \"{r}\" }}\n"),
+        );
+        let r = s.kz(&["run", "--", "true"]).code(1);
+        assert!(
+            r.stderr.contains("the age file") && r.stderr.contains("outside the project directory"),
+            "{}",
+            r.stderr
+        );
+    }
+}
+
+#[test]
+fn one_error_per_file_outside_the_tree() {
+    let s = Sandbox::with_config(
+        "[providers.dotenv]\npath = \"../x.env\"\n[secrets]\nA = { provider = \"dotenv\", ref = \"A\" }\nB = { provider = \"dotenv\", ref = \"B\" }\n",
+    );
+    let r = s.kz(&["run", "--", "true"]).code(1);
+    assert_eq!(
+        r.stderr.matches("outside the project directory").count(),
+        1,
+        "{}",
+        r.stderr
     );
 }
