@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use cel::common::ast::IdedExpr;
 use cel::common::value::{CowVal, Val};
@@ -20,26 +20,36 @@ use crate::glob::Glob;
 /// Longest error text kept in a decision's reason (CEL errors can quote whole values).
 const MAX_REASON: usize = 300;
 
-/// The variables of one request, by name.
-pub(crate) struct Vars {
-    vars: Vec<(&'static str, Box<dyn Val>)>,
+/// The names rules can use, in the order of [`Vars`]'s cells.
+const NAMES: [&str; 16] = [
+    "issuer", "sub", "org", "service", "env", "action", "branch", "actor", "groups", "claims",
+    "ref", "resolver", "mode", "context", "request", "now",
+];
+
+/// The variables of one request, each converted to CEL's form on first use only (most
+/// decisions read two or three of them; `claims` and `context` are the costly ones).
+pub(crate) struct Vars<'r> {
+    req: &'r Request<'r>,
+    cells: [OnceLock<Option<Box<dyn Val>>>; NAMES.len()],
 }
 
-impl VariableResolver for Vars {
+impl VariableResolver for Vars<'_> {
     fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
-        self.vars
-            .iter()
-            .find(|(name, _)| *name == variable)
-            .map(|(_, v)| CowVal::Borrowed(v.as_ref()))
+        let i = NAMES.iter().position(|n| *n == variable)?;
+        self.cells
+            .get(i)?
+            .get_or_init(|| self.build(variable).ok())
+            .as_deref()
+            .map(CowVal::Borrowed)
     }
 }
 
-fn val(v: Value) -> Result<Box<dyn Val>, String> {
-    Box::<dyn Val>::try_from(v).map_err(|e| format!("request data cannot be used in rules: {e}"))
+fn val(v: Value) -> Result<Box<dyn Val>, ExecutionError> {
+    Box::<dyn Val>::try_from(v)
 }
 
-fn json(v: &serde_json::Value) -> Result<Value, String> {
-    cel::to_value(v).map_err(|e| format!("request data cannot be used in rules: {e}"))
+fn json(v: &impl serde::Serialize) -> Result<Value, ExecutionError> {
+    cel::to_value(v).map_err(|e| ExecutionError::function_error("request", e))
 }
 
 #[derive(serde::Serialize)]
@@ -49,48 +59,48 @@ struct RequestVar<'a> {
     transport: &'a str,
 }
 
-impl Vars {
-    pub(crate) fn new(req: &Request<'_>) -> Result<Self, String> {
-        let id = req.identity;
+impl<'r> Vars<'r> {
+    pub(crate) fn new(req: &'r Request<'r>) -> Self {
+        Vars {
+            req,
+            cells: Default::default(),
+        }
+    }
+
+    fn build(&self, name: &str) -> Result<Box<dyn Val>, ExecutionError> {
+        let (req, id) = (self.req, self.req.identity);
         let s = |v: &str| val(Value::String(Arc::new(v.to_owned())));
         let now = cel::Timestamp(req.time.fixed_offset());
-        let context = match req.context {
-            serde_json::Value::Null => Value::Map(HashMap::<String, Value>::new().into()),
-            other => json(other)?,
-        };
-        let request = cel::to_value(RequestVar {
-            time: now,
-            ip: req.ip,
-            transport: req.transport.as_str(),
-        })
-        .map_err(|e| format!("request data cannot be used in rules: {e}"))?;
-        let groups = Value::List(Arc::new(
-            id.groups
-                .iter()
-                .map(|g| Value::String(Arc::new(g.clone())))
-                .collect(),
-        ));
-        let claims = json(&serde_json::Value::Object(id.claims.clone()))?;
-        Ok(Vars {
-            vars: vec![
-                ("issuer", s(&id.issuer)?),
-                ("sub", s(&id.sub)?),
-                ("org", s(&id.org)?),
-                ("service", s(&id.service)?),
-                ("env", s(&id.env)?),
-                ("action", s(&id.action)?),
-                ("branch", s(&id.branch)?),
-                ("actor", s(&id.actor)?),
-                ("groups", val(groups)?),
-                ("claims", val(claims)?),
-                ("ref", s(req.reference)?),
-                ("resolver", s(req.resolver)?),
-                ("mode", s(req.mode)?),
-                ("context", val(context)?),
-                ("request", val(request)?),
-                ("now", val(Value::Timestamp(now.0))?),
-            ],
-        })
+        match name {
+            "issuer" => s(&id.issuer),
+            "sub" => s(&id.sub),
+            "org" => s(&id.org),
+            "service" => s(&id.service),
+            "env" => s(&id.env),
+            "action" => s(&id.action),
+            "branch" => s(&id.branch),
+            "actor" => s(&id.actor),
+            "groups" => val(Value::List(Arc::new(
+                id.groups
+                    .iter()
+                    .map(|g| Value::String(Arc::new(g.clone())))
+                    .collect(),
+            ))),
+            "claims" => val(json(&id.claims)?),
+            "ref" => s(req.reference),
+            "resolver" => s(req.resolver),
+            "mode" => s(req.mode),
+            "context" => match req.context {
+                serde_json::Value::Null => val(Value::Map(HashMap::<String, Value>::new().into())),
+                other => val(json(other)?),
+            },
+            "request" => val(json(&RequestVar {
+                time: now,
+                ip: req.ip,
+                transport: req.transport.as_str(),
+            })?),
+            _ => val(Value::Timestamp(now.0)),
+        }
     }
 }
 
@@ -102,7 +112,7 @@ pub(crate) struct Evaluator<'a> {
 impl<'a> Evaluator<'a> {
     pub(crate) fn new(
         env: &Arc<cel::Env>,
-        vars: &'a Vars,
+        vars: &'a Vars<'a>,
         globs: &Arc<HashMap<String, Glob>>,
         regexes: &Arc<HashMap<String, regex::Regex>>,
     ) -> Self {

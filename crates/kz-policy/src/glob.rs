@@ -29,6 +29,16 @@ impl std::error::Error for GlobError {}
 /// Bytes that start a wildcard or escape in globset's syntax.
 const SPECIAL: &[u8] = b"*?[{\\";
 
+/// The literal text of `pattern` before its first wildcard or escape (every match starts with
+/// it), without compiling the pattern.
+pub(crate) fn literal_prefix(pattern: &str) -> &str {
+    let end = pattern
+        .bytes()
+        .position(|b| SPECIAL.contains(&b))
+        .unwrap_or(pattern.len());
+    pattern.get(..end).unwrap_or_default()
+}
+
 impl Glob {
     /// Compiles `pattern`.
     pub fn new(pattern: &str) -> Result<Self, GlobError> {
@@ -39,16 +49,11 @@ impl Glob {
             .build()
             .map_err(|e| GlobError(format!("invalid glob `{pattern}`: {}", e.kind())))?
             .compile_matcher();
-        let prefix_len = pattern
-            .bytes()
-            .position(|b| SPECIAL.contains(&b))
-            .unwrap_or(pattern.len());
-        let wildcards = pattern.bytes().filter(|b| SPECIAL.contains(b)).count();
         Ok(Glob {
             pattern: pattern.to_owned(),
             matcher,
-            prefix_len,
-            wildcards,
+            prefix_len: literal_prefix(pattern).len(),
+            wildcards: pattern.bytes().filter(|b| SPECIAL.contains(b)).count(),
         })
     }
 

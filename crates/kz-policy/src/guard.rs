@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use cel::common::ast::{Expr, IdedExpr, LiteralValue, operators};
 
 use crate::Request;
-use crate::glob::Glob;
+use crate::glob::literal_prefix;
 
 /// A request field a guard can test, in the order guards are preferred.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -160,11 +160,12 @@ fn guard_of(e: &IdedExpr) -> Option<Guard> {
             Some(Guard::Eq(Field::parse(field)?, lit.to_owned()))
         }
         ("glob", Some(target), [pattern]) if ident(target) == Some("ref") => {
-            let glob = Glob::new(string_literal(pattern)?).ok()?;
-            if glob.is_literal() {
-                return Some(Guard::Eq(Field::Ref, glob.pattern().to_owned()));
+            // The pattern was compiled (and checked) with the rule; only its prefix matters here.
+            let pattern = string_literal(pattern)?;
+            let prefix = literal_prefix(pattern);
+            if prefix.len() == pattern.len() {
+                return Some(Guard::Eq(Field::Ref, pattern.to_owned()));
             }
-            let prefix = glob.literal_prefix();
             (!prefix.is_empty()).then(|| Guard::RefPrefix(prefix.to_owned()))
         }
         ("startsWith", Some(target), [prefix]) if ident(target) == Some("ref") => {

@@ -311,16 +311,7 @@ impl PolicySet {
     }
 
     fn run(&self, req: &Request<'_>, indexed: bool, mut trace: Option<&mut Vec<Step>>) -> Decision {
-        let vars = match eval::Vars::new(req) {
-            Ok(v) => v,
-            Err(reason) => {
-                return Decision {
-                    effect: Effect::Deny,
-                    policy: IMPLICIT_DENY.to_owned(),
-                    reason: Some(reason),
-                };
-            }
-        };
+        let vars = eval::Vars::new(req);
         let evaluator = eval::Evaluator::new(&self.env, &vars, &self.globs, &self.regexes);
         let candidates = if indexed {
             self.index.candidates(req)
