@@ -21,6 +21,7 @@ pub mod load;
 pub mod model;
 pub mod reference;
 pub mod tree;
+pub mod yaml;
 
 pub use diag::{Diagnostic, Pos, Severity};
 pub use discover::{Discovered, LOCAL_FILE, PROJECT_FILE};
