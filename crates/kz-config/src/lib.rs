@@ -22,6 +22,7 @@ pub mod model;
 pub mod reference;
 pub mod tree;
 pub mod trust;
+pub mod yaml;
 
 pub use diag::{Diagnostic, Pos, Severity};
 pub use discover::{Discovered, LOCAL_FILE, PROJECT_FILE};

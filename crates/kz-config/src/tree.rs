@@ -1,4 +1,4 @@
-//! A positioned value tree: TOML (and later YAML) parsed into plain data where every key and
+//! A positioned value tree: TOML (here) and YAML ([`crate::yaml`]) parsed into plain data where every key and
 //! value knows its file, line and column. Everything after parsing works on this tree, so the
 //! schema checks never depend on the syntax's library.
 

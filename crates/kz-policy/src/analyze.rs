@@ -1,0 +1,260 @@
+//! Load-time checks of one rule: limits, parse (panics contained), tree depth, literal
+//! arguments of `glob` and `matches` (compiled here; `matches` calls are rewritten to the
+//! precompiled form), and rules that are plainly not boolean.
+
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use cel::common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue, operators};
+
+use crate::glob::Glob;
+use crate::limits::{self, MAX_TREE_DEPTH};
+
+/// The name `matches` calls are rewritten to; evaluation looks the regex up by its literal.
+pub(crate) const MATCHES: &str = "__kz_matches";
+/// Compiled-size limit of one `matches` regex.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+pub(crate) struct Compiled {
+    pub expr: IdedExpr,
+    pub globs: HashMap<String, Glob>,
+    pub regexes: HashMap<String, regex::Regex>,
+    pub always_true: bool,
+}
+
+pub(crate) struct RuleError {
+    pub message: String,
+    pub help: String,
+}
+
+fn err(message: impl Into<String>, help: &str) -> RuleError {
+    RuleError {
+        message: message.into(),
+        help: help.to_owned(),
+    }
+}
+
+pub(crate) fn compile_rule(env: &cel::Env, rule: &str) -> Result<Compiled, RuleError> {
+    limits::check(rule).map_err(|m| err(m, "split the rule into several policies"))?;
+    let parsed = catch_unwind(AssertUnwindSafe(|| env.compile(rule))).map_err(|_| {
+        err(
+            "the CEL parser failed on this rule",
+            "check the rule's syntax",
+        )
+    })?;
+    let program = parsed.map_err(|e| {
+        err(
+            format!("the rule is not valid CEL: {}", one_line(&e.to_string())),
+            "check the rule's syntax (CEL: https://cel.dev)",
+        )
+    })?;
+    let mut expr = program.expression().clone();
+    if depth_exceeds(&expr, MAX_TREE_DEPTH) {
+        return Err(err(
+            format!("the rule's expression is nested more than {MAX_TREE_DEPTH} levels deep"),
+            "split the rule into several policies",
+        ));
+    }
+    let mut compiled = Compiled {
+        expr: IdedExpr::default(),
+        globs: HashMap::new(),
+        regexes: HashMap::new(),
+        always_true: false,
+    };
+    let mut problems = Vec::new();
+    rewrite(&mut expr, &mut compiled, &mut problems);
+    if let Some(first) = problems.into_iter().next() {
+        return Err(first);
+    }
+    if let Some(kind) = plainly_not_boolean(&expr) {
+        return Err(err(
+            format!("the rule is not boolean: it evaluates to {kind}"),
+            "a rule must be a condition, e.g. `org == \"acme\" && ref.glob(\"prod/**\")`",
+        ));
+    }
+    compiled.always_true =
+        matches!(&expr.expr, Expr::Literal(LiteralValue::Boolean(b)) if *b.inner());
+    compiled.expr = expr;
+    Ok(compiled)
+}
+
+/// CEL error texts span lines (source excerpt and caret); a diagnostic wants one.
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Whether the tree is deeper than `limit`; the walk itself stops at the limit.
+fn depth_exceeds(e: &IdedExpr, limit: usize) -> bool {
+    let Some(limit) = limit.checked_sub(1) else {
+        return true;
+    };
+    children(e).into_iter().any(|c| depth_exceeds(c, limit))
+}
+
+fn children(e: &IdedExpr) -> Vec<&IdedExpr> {
+    match &e.expr {
+        Expr::Call(c) => c
+            .target
+            .iter()
+            .map(|t| t.as_ref())
+            .chain(c.args.iter())
+            .collect(),
+        Expr::Comprehension(c) => vec![
+            &c.iter_range,
+            &c.accu_init,
+            &c.loop_cond,
+            &c.loop_step,
+            &c.result,
+        ],
+        Expr::List(l) => l.elements.iter().collect(),
+        Expr::Map(m) => m
+            .entries
+            .iter()
+            .flat_map(|e| entry_children(&e.expr))
+            .collect(),
+        Expr::Struct(s) => s
+            .entries
+            .iter()
+            .flat_map(|e| entry_children(&e.expr))
+            .collect(),
+        Expr::Select(s) => vec![s.operand.as_ref()],
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => Vec::new(),
+    }
+}
+
+fn entry_children(e: &EntryExpr) -> Vec<&IdedExpr> {
+    match e {
+        EntryExpr::StructField(f) => vec![&f.value],
+        EntryExpr::MapEntry(m) => vec![&m.key, &m.value],
+    }
+}
+
+fn string_literal(e: &IdedExpr) -> Option<&str> {
+    match &e.expr {
+        Expr::Literal(LiteralValue::String(s)) => Some(s.inner()),
+        _ => None,
+    }
+}
+
+/// Compiles `glob`/`matches` literals and renames `matches` to the precompiled form.
+fn rewrite(e: &mut IdedExpr, out: &mut Compiled, problems: &mut Vec<RuleError>) {
+    if let Expr::Call(call) = &mut e.expr {
+        let pattern_arg = call.args.last().and_then(string_literal).map(str::to_owned);
+        let arity_ok = match &call.target {
+            Some(_) => call.args.len() == 1,
+            None => call.args.len() == 2,
+        };
+        match call.func_name.as_str() {
+            "glob" if arity_ok => match pattern_arg {
+                Some(p) => match Glob::new(&p) {
+                    Ok(g) => {
+                        out.globs.insert(p, g);
+                    }
+                    Err(e) => problems.push(err(
+                        e.0,
+                        "`*` matches within a segment, `**` across, `?` one character, `[ab]` a class",
+                    )),
+                },
+                None => problems.push(err(
+                    "the pattern of `glob` must be a string literal",
+                    "write the pattern in the rule, e.g. `ref.glob(\"prod/**\")`",
+                )),
+            },
+            "matches" if arity_ok => match pattern_arg {
+                Some(p) => match regex::RegexBuilder::new(&p)
+                    .size_limit(REGEX_SIZE_LIMIT)
+                    .build()
+                {
+                    Ok(re) => {
+                        out.regexes.insert(p, re);
+                        call.func_name = MATCHES.to_owned();
+                    }
+                    Err(e) => problems.push(err(
+                        format!("invalid regex in `matches`: {}", one_line(&e.to_string())),
+                        "fix the regular expression (RE2 syntax)",
+                    )),
+                },
+                None => problems.push(err(
+                    "the regex of `matches` must be a string literal",
+                    "write the regex in the rule, e.g. `sub.matches(\"^repo:acme/.*$\")`",
+                )),
+            },
+            _ => {}
+        }
+    }
+    for child in children_mut(e) {
+        rewrite(child, out, problems);
+    }
+}
+
+fn children_mut(e: &mut IdedExpr) -> Vec<&mut IdedExpr> {
+    match &mut e.expr {
+        Expr::Call(c) => c
+            .target
+            .iter_mut()
+            .map(|t| t.as_mut())
+            .chain(c.args.iter_mut())
+            .collect(),
+        Expr::Comprehension(c) => {
+            let c = c.as_mut();
+            vec![
+                &mut c.iter_range,
+                &mut c.accu_init,
+                &mut c.loop_cond,
+                &mut c.loop_step,
+                &mut c.result,
+            ]
+        }
+        Expr::List(l) => l.elements.iter_mut().collect(),
+        Expr::Map(m) => m
+            .entries
+            .iter_mut()
+            .flat_map(|e| entry_children_mut(&mut e.expr))
+            .collect(),
+        Expr::Struct(s) => s
+            .entries
+            .iter_mut()
+            .flat_map(|e| entry_children_mut(&mut e.expr))
+            .collect(),
+        Expr::Select(s) => vec![s.operand.as_mut()],
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => Vec::new(),
+    }
+}
+
+fn entry_children_mut(e: &mut EntryExpr) -> Vec<&mut IdedExpr> {
+    match e {
+        EntryExpr::StructField(f) => vec![&mut f.value],
+        EntryExpr::MapEntry(m) => vec![&mut m.key, &mut m.value],
+    }
+}
+
+/// What a rule evaluates to when that is plainly not a boolean, judged from its shape alone.
+fn plainly_not_boolean(e: &IdedExpr) -> Option<&'static str> {
+    match &e.expr {
+        Expr::Literal(LiteralValue::Boolean(_)) => None,
+        Expr::Literal(LiteralValue::String(_)) => Some("a string"),
+        Expr::Literal(LiteralValue::Bytes(_)) => Some("bytes"),
+        Expr::Literal(LiteralValue::Null) => Some("null"),
+        Expr::Literal(_) => Some("a number"),
+        Expr::List(_) => Some("a list"),
+        Expr::Map(_) => Some("a map"),
+        Expr::Struct(_) => Some("a message"),
+        Expr::Call(c) => match c.func_name.as_str() {
+            operators::ADD
+            | operators::SUBSTRACT
+            | operators::MULTIPLY
+            | operators::DIVIDE
+            | operators::MODULO
+            | operators::NEGATE => Some("a number, string or list (arithmetic)"),
+            "size" | "int" | "uint" | "double" | "string" | "bytes" | "timestamp" | "duration" => {
+                Some("a non-boolean conversion")
+            }
+            operators::CONDITIONAL => {
+                let branch = |i: usize| c.args.get(i).and_then(plainly_not_boolean);
+                branch(1).and(branch(2))
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}

@@ -1,0 +1,177 @@
+//! Evaluation of compiled rules against one request: the request's variables (built once per
+//! decision and handed to CEL through a resolver, so untrusted `context` can never shadow an
+//! identity field), the precompiled `glob`/`matches` functions, and containment of any panic
+//! of the CEL evaluator.
+
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, OnceLock};
+
+use cel::common::ast::IdedExpr;
+use cel::common::value::{CowVal, Val};
+use cel::context::VariableResolver;
+use cel::extractors::This;
+use cel::{Context, ExecutionError, Value};
+
+use crate::Request;
+use crate::analyze::MATCHES;
+use crate::glob::Glob;
+
+/// Longest error text kept in a decision's reason (CEL errors can quote whole values).
+const MAX_REASON: usize = 300;
+
+/// The names rules can use, in the order of [`Vars`]'s cells.
+const NAMES: [&str; 16] = [
+    "issuer", "sub", "org", "service", "env", "action", "branch", "actor", "groups", "claims",
+    "ref", "resolver", "mode", "context", "request", "now",
+];
+
+/// The variables of one request, each converted to CEL's form on first use only (most
+/// decisions read two or three of them; `claims` and `context` are the costly ones).
+pub(crate) struct Vars<'r> {
+    req: &'r Request<'r>,
+    cells: [OnceLock<Option<Box<dyn Val>>>; NAMES.len()],
+}
+
+impl VariableResolver for Vars<'_> {
+    fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
+        let i = NAMES.iter().position(|n| *n == variable)?;
+        self.cells
+            .get(i)?
+            .get_or_init(|| self.build(variable).ok())
+            .as_deref()
+            .map(CowVal::Borrowed)
+    }
+}
+
+fn val(v: Value) -> Result<Box<dyn Val>, ExecutionError> {
+    Box::<dyn Val>::try_from(v)
+}
+
+fn json(v: &impl serde::Serialize) -> Result<Value, ExecutionError> {
+    cel::to_value(v).map_err(|e| ExecutionError::function_error("request", e))
+}
+
+#[derive(serde::Serialize)]
+struct RequestVar<'a> {
+    time: cel::Timestamp,
+    ip: &'a str,
+    transport: &'a str,
+}
+
+impl<'r> Vars<'r> {
+    pub(crate) fn new(req: &'r Request<'r>) -> Self {
+        Vars {
+            req,
+            cells: Default::default(),
+        }
+    }
+
+    fn build(&self, name: &str) -> Result<Box<dyn Val>, ExecutionError> {
+        let (req, id) = (self.req, self.req.identity);
+        let s = |v: &str| val(Value::String(Arc::new(v.to_owned())));
+        let now = cel::Timestamp(req.time.fixed_offset());
+        match name {
+            "issuer" => s(&id.issuer),
+            "sub" => s(&id.sub),
+            "org" => s(&id.org),
+            "service" => s(&id.service),
+            "env" => s(&id.env),
+            "action" => s(&id.action),
+            "branch" => s(&id.branch),
+            "actor" => s(&id.actor),
+            "groups" => val(Value::List(Arc::new(
+                id.groups
+                    .iter()
+                    .map(|g| Value::String(Arc::new(g.clone())))
+                    .collect(),
+            ))),
+            "claims" => val(json(&id.claims)?),
+            "ref" => s(req.reference),
+            "resolver" => s(req.resolver),
+            "mode" => s(req.mode),
+            "context" => match req.context {
+                serde_json::Value::Null => val(Value::Map(HashMap::<String, Value>::new().into())),
+                other => val(json(other)?),
+            },
+            "request" => val(json(&RequestVar {
+                time: now,
+                ip: req.ip,
+                transport: req.transport.as_str(),
+            })?),
+            _ => val(Value::Timestamp(now.0)),
+        }
+    }
+}
+
+/// Evaluates rules for one request.
+pub(crate) struct Evaluator<'a> {
+    ctx: Context<'a, 'a>,
+}
+
+impl<'a> Evaluator<'a> {
+    pub(crate) fn new(
+        env: &Arc<cel::Env>,
+        vars: &'a Vars<'a>,
+        globs: &Arc<HashMap<String, Glob>>,
+        regexes: &Arc<HashMap<String, regex::Regex>>,
+    ) -> Self {
+        let mut ctx = Context::with_env(Arc::clone(env));
+        ctx.set_variable_resolver(vars);
+        let globs = Arc::clone(globs);
+        // Neither name is declared by CEL's standard library, so adding them cannot conflict.
+        let _ = ctx.add_function(
+            "glob",
+            move |This(this): This<Arc<String>>,
+                  pattern: Arc<String>|
+                  -> Result<bool, ExecutionError> {
+                globs
+                    .get(pattern.as_str())
+                    .map(|g| g.is_match(&this))
+                    .ok_or_else(|| {
+                        ExecutionError::function_error("glob", "pattern was not compiled at load")
+                    })
+            },
+        );
+        let regexes = Arc::clone(regexes);
+        let _ = ctx.add_function(
+            MATCHES,
+            move |This(this): This<Arc<String>>,
+                  pattern: Arc<String>|
+                  -> Result<bool, ExecutionError> {
+                regexes
+                    .get(pattern.as_str())
+                    .map(|re| re.is_match(&this))
+                    .ok_or_else(|| {
+                        ExecutionError::function_error("matches", "regex was not compiled at load")
+                    })
+            },
+        );
+        Evaluator { ctx }
+    }
+
+    /// The rule's boolean value, or why it denies (an error, a non-boolean, a contained panic).
+    pub(crate) fn eval(&self, expr: &IdedExpr) -> Result<bool, String> {
+        match catch_unwind(AssertUnwindSafe(|| self.ctx.resolve(expr))) {
+            Ok(Ok(Value::Bool(b))) => Ok(b),
+            Ok(Ok(other)) => Err(format!(
+                "the rule evaluated to a {:?}, not a boolean",
+                other.type_of()
+            )),
+            Ok(Err(e)) => Err(shorten(&e.to_string().replace(MATCHES, "matches"))),
+            Err(_) => Err("the policy engine failed while evaluating this rule".to_owned()),
+        }
+    }
+}
+
+fn shorten(s: &str) -> String {
+    let one: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one.len() <= MAX_REASON {
+        return one;
+    }
+    let mut end = MAX_REASON;
+    while !one.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", one.get(..end).unwrap_or_default())
+}

@@ -1,0 +1,385 @@
+//! Policy behaviour as the bundle author sees it: every variable and function, CEL's error
+//! absorption, load-time refusals, guards and their trace, and hostile rules.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use chrono::TimeZone;
+use kz_policy::{
+    Decision, Effect, IMPLICIT_DENY, Identity, PolicySet, PolicySource, Request, Step, Transport,
+};
+use serde_json::json;
+
+fn src(name: &str, rule: &str, effect: Effect) -> PolicySource {
+    PolicySource {
+        name: name.into(),
+        rule: rule.into(),
+        effect,
+    }
+}
+
+fn allow(name: &str, rule: &str) -> PolicySource {
+    src(name, rule, Effect::Allow)
+}
+
+fn identity() -> Identity {
+    let claims = json!({
+        "repository_owner": "acme",
+        "repository": "acme/api",
+        "run_id": 42,
+        "kubernetes.io": {"namespace": "payments"},
+        "nested": {"deep": {"x": "y"}},
+    });
+    Identity {
+        issuer: "gha".into(),
+        sub: "repo:acme/api:ref:refs/heads/main".into(),
+        org: "acme".into(),
+        service: "acme/api".into(),
+        env: "production".into(),
+        action: "deploy".into(),
+        branch: "main".into(),
+        actor: "octocat".into(),
+        groups: vec!["admins".into(), "dev".into()],
+        claims: claims.as_object().unwrap().clone(),
+    }
+}
+
+struct Case {
+    id: Identity,
+    reference: String,
+    resolver: String,
+    mode: String,
+    context: serde_json::Value,
+    ip: String,
+    transport: Transport,
+}
+
+impl Case {
+    fn new(reference: &str) -> Self {
+        Case {
+            id: identity(),
+            reference: reference.into(),
+            resolver: "api-key".into(),
+            mode: "direct".into(),
+            context: serde_json::Value::Null,
+            ip: "10.1.2.3".into(),
+            transport: Transport::Http,
+        }
+    }
+
+    fn req(&self) -> Request<'_> {
+        Request {
+            identity: &self.id,
+            reference: &self.reference,
+            resolver: &self.resolver,
+            mode: &self.mode,
+            context: &self.context,
+            time: chrono::Utc.with_ymd_and_hms(2026, 12, 1, 12, 0, 0).unwrap(),
+            ip: &self.ip,
+            transport: self.transport,
+        }
+    }
+}
+
+fn set(sources: &[PolicySource]) -> PolicySet {
+    PolicySet::compile(sources).unwrap_or_else(|e| panic!("{e:?}"))
+}
+
+/// Decides with the index and without, asserts both agree, returns the indexed one.
+fn decide(set: &PolicySet, case: &Case) -> Decision {
+    let a = set.decide(&case.req());
+    let b = set.decide_unindexed(&case.req());
+    assert_eq!(a, b, "index and full scan disagree");
+    let (c, _) = set.decide_traced(&case.req());
+    assert_eq!(a, c, "traced decision differs");
+    a
+}
+
+fn holds(rule: &str, case: &Case) -> bool {
+    let d = decide(&set(&[allow("p", rule)]), case);
+    assert!(d.reason.is_none(), "{rule}: {d:?}");
+    d.allowed()
+}
+
+#[test]
+fn every_variable_is_visible() {
+    let c = Case::new("prod/db/password");
+    for rule in [
+        r#"issuer == "gha""#,
+        r#"sub.startsWith("repo:acme/")"#,
+        r#"org == "acme""#,
+        r#"service == "acme/api""#,
+        r#"env == "production""#,
+        r#"action == "deploy""#,
+        r#"branch == "main""#,
+        r#"actor == "octocat""#,
+        r#""admins" in groups && size(groups) == 2"#,
+        r#"claims.repository_owner == org && claims.run_id == 42"#,
+        r#"claims["kubernetes.io"].namespace == "payments""#,
+        r#"claims.nested.deep.x == "y""#,
+        r#"ref == "prod/db/password""#,
+        r#"resolver == "api-key""#,
+        r#"mode == "direct""#,
+        r#"size(context) == 0"#,
+        r#"request.ip == "10.1.2.3""#,
+        r#"request.transport == "http""#,
+        r#"request.time == now"#,
+        r#"now > timestamp("2026-01-01T00:00:00Z")"#,
+        r#"now.getFullYear() == 2026"#,
+    ] {
+        assert!(holds(rule, &c), "{rule}");
+    }
+    for rule in [
+        r#"org == "evil""#,
+        r#""ops" in groups"#,
+        r#"request.transport == "mcp""#,
+    ] {
+        assert!(!holds(rule, &c), "{rule}");
+    }
+    let mut mcp = Case::new("x");
+    mcp.transport = Transport::Mcp;
+    assert!(holds(r#"request.transport == "mcp""#, &mcp));
+}
+
+#[test]
+fn glob_matches_within_and_across_segments() {
+    let c = Case::new("prod/db/password");
+    assert!(holds(r#"ref.glob("prod/**")"#, &c));
+    assert!(holds(r#"ref.glob("prod/*/password")"#, &c));
+    assert!(!holds(r#"ref.glob("prod/*")"#, &c));
+    assert!(!holds(r#"ref.glob("production/**")"#, &c));
+    assert!(holds(r#"ref.glob("{dev,prod}/**")"#, &c));
+    assert!(holds(r#"glob(ref, "prod/**")"#, &c));
+}
+
+#[test]
+fn string_extensions_and_regex() {
+    let c = Case::new("prod/db/password");
+    assert!(holds(r#"sub.matches("^repo:acme/[a-z]+:")"#, &c));
+    assert!(!holds(r#"sub.matches("^repo:evil/")"#, &c));
+    assert!(holds(r#"matches(sub, "acme")"#, &c));
+    assert!(holds(
+        r#"ref.endsWith("password") && ref.contains("/db/")"#,
+        &c
+    ));
+}
+
+#[test]
+fn error_absorbing_and_or_and_failing_rules() {
+    let mut c = Case::new("x");
+    // `context.ticket` does not exist: an error, absorbed by the false side.
+    assert!(!holds(
+        r#"has(context.ticket) && context.ticket.startsWith("INC-")"#,
+        &c
+    ));
+    assert!(!holds(r#"context.ticket.startsWith("INC-") && false"#, &c));
+    assert!(holds(r#"context.ticket == "x" || true"#, &c));
+    c.context = json!({"ticket": "INC-42"});
+    assert!(holds(
+        r#"has(context.ticket) && context.ticket.startsWith("INC-")"#,
+        &c
+    ));
+
+    // An error that nothing absorbs denies, naming the policy.
+    let s = set(&[
+        allow("broken", r#"context.missing.deeper == 1"#),
+        allow("later", "true"),
+    ]);
+    let d = decide(&s, &Case::new("x"));
+    assert_eq!(d.effect, Effect::Deny);
+    assert_eq!(d.policy, "broken");
+    assert!(d.reason.as_deref().unwrap().contains("missing"), "{d:?}");
+
+    // A non-boolean result denies likewise.
+    let s = set(&[
+        allow("stringy", "claims.repository_owner"),
+        allow("later", "true"),
+    ]);
+    let d = decide(&s, &Case::new("x"));
+    assert_eq!((d.effect, d.policy.as_str()), (Effect::Deny, "stringy"));
+    assert!(d.reason.unwrap().contains("not a boolean"));
+}
+
+#[test]
+fn first_true_rule_decides_and_no_match_denies() {
+    let s = set(&[
+        src("deny-forks", "claims.repository_owner != org", Effect::Deny),
+        allow(
+            "ci-main",
+            r#"org == "acme" && branch == "main" && ref.glob("prod/**")"#,
+        ),
+        src("deny-prod", r#"ref.glob("prod/**")"#, Effect::Deny),
+    ]);
+    let d = decide(&s, &Case::new("prod/api"));
+    assert_eq!((d.effect, d.policy.as_str()), (Effect::Allow, "ci-main"));
+    let mut fork = Case::new("prod/api");
+    fork.id
+        .claims
+        .insert("repository_owner".into(), json!("evil"));
+    let d = decide(&s, &fork);
+    assert_eq!((d.effect, d.policy.as_str()), (Effect::Deny, "deny-forks"));
+    let mut other = Case::new("prod/api");
+    other.id.branch = "feature".into();
+    let d = decide(&s, &other);
+    assert_eq!((d.effect, d.policy.as_str()), (Effect::Deny, "deny-prod"));
+    let d = decide(&s, &Case::new("dev/api"));
+    assert_eq!(
+        (d.effect, d.policy.as_str(), d.reason),
+        (Effect::Deny, IMPLICIT_DENY, None)
+    );
+    assert!(!decide(&set(&[]), &Case::new("x")).allowed());
+}
+
+#[test]
+fn context_cannot_shadow_identity_fields() {
+    let mut c = Case::new("x");
+    c.context = json!({"org": "evil", "groups": ["root"], "ref": "prod/x"});
+    assert!(holds(
+        r#"org == "acme" && !("root" in groups) && ref == "x""#,
+        &c
+    ));
+    assert!(holds(r#"context.org == "evil""#, &c));
+}
+
+#[test]
+fn load_refuses_every_problem_at_once() {
+    let errors = PolicySet::compile(&[
+        allow("syntax", "org == "),
+        allow("number", "1 + 2"),
+        allow("string", r#""acme""#),
+        allow("list", "[true]"),
+        allow("dyn-glob", "ref.glob(context.pattern)"),
+        allow("bad-glob", r#"ref.glob("[oops")"#),
+        allow("dyn-re", "sub.matches(context.re)"),
+        allow("bad-re", r#"sub.matches("(")"#),
+        allow("syntax", "true"),
+        allow("after-true", r#"org == "x""#),
+        allow("", "false"),
+    ])
+    .unwrap_err();
+    let by = |name: &str| -> Vec<String> {
+        errors
+            .iter()
+            .filter(|e| e.name == name)
+            .map(|e| e.message.clone())
+            .collect()
+    };
+    assert!(
+        by("syntax").iter().any(|m| m.contains("not valid CEL")),
+        "{errors:?}"
+    );
+    assert!(
+        by("syntax").iter().any(|m| m.contains("defined twice")),
+        "{errors:?}"
+    );
+    assert!(by("number")[0].contains("not boolean"));
+    assert!(by("string")[0].contains("not boolean"));
+    assert!(by("list")[0].contains("not boolean"));
+    assert!(by("dyn-glob")[0].contains("string literal"));
+    assert!(by("bad-glob")[0].contains("invalid glob"));
+    assert!(by("dyn-re")[0].contains("string literal"));
+    assert!(by("bad-re")[0].contains("invalid regex"));
+    assert!(by("after-true")[0].contains("never apply"), "{errors:?}");
+    assert!(by("").iter().any(|m| m.contains("empty name")));
+    assert!(errors.iter().all(|e| !e.help.is_empty()));
+    let indices: Vec<usize> = errors.iter().map(|e| e.policy).collect();
+    assert!(indices.windows(2).all(|w| w[0] <= w[1]));
+}
+
+#[test]
+fn guards_skip_rules_and_the_trace_says_so() {
+    let s = set(&[
+        allow("team-a", r#"org == "team-a" && ref.glob("prod/**")"#),
+        allow(
+            "staging",
+            r#"ref.startsWith("staging/") && branch == "main""#,
+        ),
+        allow("acme-prod", r#"ref.glob("prod/**") && org == "acme""#),
+    ]);
+    let c = Case::new("prod/api");
+    let (d, trace) = s.decide_traced(&c.req());
+    assert_eq!(d.policy, "acme-prod");
+    assert_eq!(
+        trace,
+        vec![
+            Step::SkippedByGuard {
+                policy: "team-a".into(),
+                guard: r#"org == "team-a""#.into()
+            },
+            Step::SkippedByGuard {
+                policy: "staging".into(),
+                guard: r#"ref starts with "staging/""#.into()
+            },
+            Step::Evaluated {
+                policy: "acme-prod".into(),
+                value: true
+            },
+        ]
+    );
+    let c = Case::new("dev/api");
+    let (d, trace) = s.decide_traced(&c.req());
+    assert_eq!(d.policy, IMPLICIT_DENY);
+    assert_eq!(trace.len(), 3);
+    assert!(
+        matches!(&trace[2], Step::SkippedByGuard { guard, .. } if guard == r#"ref starts with "prod/""#)
+    );
+}
+
+#[test]
+fn hostile_rules_are_refused_without_crashing_a_small_stack() {
+    let rules: Vec<String> = vec![
+        format!("{}true{}", "(".repeat(100_000), ")".repeat(100_000)),
+        format!("{}true", "!".repeat(100_000)),
+        format!("{}1", "-".repeat(100_000)),
+        vec!["org"; 20_000].join(" + "),
+        vec![r#"org == "a""#; 20_000].join(" && "),
+        format!("{}1{}", "[".repeat(5_000), "]".repeat(5_000)),
+        format!("{}{}", "{1: ".repeat(5_000), "}".repeat(5_000)),
+        "a".repeat(1 << 20),
+        format!("ref == \"{}\"", "\\".repeat(10_000)),
+        "\"unterminated".into(),
+        "'''".into(),
+        "\u{0}".into(),
+        "org.@@".into(),
+    ];
+    let handle = std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            rules
+                .iter()
+                .map(|r| PolicySet::compile(&[allow("hostile", r)]).is_err())
+                .collect::<Vec<_>>()
+        })
+        .unwrap();
+    let refused = handle.join().expect("the compile thread crashed");
+    assert!(refused.iter().all(|r| *r), "{refused:?}");
+}
+
+#[test]
+fn rules_at_the_limits_evaluate_on_a_small_stack() {
+    // The worst shapes the limits let through: the deepest nesting, the longest chain of
+    // operators and of unary negations. A tokio worker thread has a 2 MiB stack.
+    let nested = format!("{}org == \"acme\"{}", "(".repeat(31), ")".repeat(31));
+    let chain = vec![r#"org == "acme""#; 120].join(" && ");
+    let plus = format!("size({}) > 0", vec!["org"; 46].join(" + "));
+    let nots = format!("{}(org == \"acme\")", "!".repeat(30));
+    let handle = std::thread::Builder::new()
+        .stack_size(2 * 1024 * 1024)
+        .spawn(move || {
+            let s = PolicySet::compile(&[
+                allow("nested", &nested),
+                allow("chain", &chain),
+                allow("plus", &plus),
+                allow("nots", &nots),
+            ])
+            .unwrap();
+            let c = Case::new("x");
+            s.decide(&c.req())
+        })
+        .unwrap();
+    let d = handle.join().expect("evaluation crashed");
+    assert_eq!(d.policy, "nested");
+}
