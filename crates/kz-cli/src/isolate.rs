@@ -271,8 +271,13 @@ pub fn helper_main(args: Vec<OsString>) -> u8 {
             return SETUP_FAILED;
         }
     };
-    match linux::setup(&p.socket, p.port, &p.hide) {
-        Ok((proxy, listeners)) => linux::run(proxy, listeners, &p.command),
+    let entered = linux::enter(&p.socket).and_then(|side| match side {
+        linux::Side::Outer(init) => Ok(linux::wait_for_init(init)),
+        linux::Side::Init(devices) => linux::setup(&p.socket, p.port, &p.hide, &devices)
+            .map(|(proxy, listeners)| linux::run(proxy, listeners, &p.command)),
+    });
+    match entered {
+        Ok(code) => code,
         Err(why) => {
             eprintln!("kz: --isolate: {why}");
             SETUP_FAILED
@@ -401,14 +406,17 @@ mod linux {
         "/run/containerd/containerd.sock",
     ];
 
-    /// Steps 1–4 (single-threaded): namespaces, id maps, hidden host sockets, `lo` up,
-    /// listeners. Returns the proxy as seen from inside and the listeners, or the one-line
-    /// reason.
-    pub(super) fn setup(
-        socket: &Path,
-        port: u16,
-        hide: &[PathBuf],
-    ) -> Result<(Proxy, Vec<TcpListener>), String> {
+    /// Which process [`enter`] returns in.
+    pub(super) enum Side {
+        /// The helper itself, outside the new PID namespace: it waits for the init.
+        Outer(Pid),
+        /// The init (pid 1) of the new PID namespace, with the devices to hide.
+        Init(Vec<PathBuf>),
+    }
+
+    /// Step 1 (single-threaded): checks the proxy socket, unshares the namespaces, maps the ids
+    /// and forks the new PID namespace's init. Returns on both sides of the fork.
+    pub(super) fn enter(socket: &Path) -> Result<Side, String> {
         match std::fs::metadata(socket) {
             Ok(m) if m.file_type().is_socket() => {}
             Ok(_) => {
@@ -425,9 +433,33 @@ mod linux {
         let gid = rustix::process::getgid().as_raw();
         // Outside the new user namespace, so `access` answers for the user's own credentials.
         let devices = readable_block_devices();
-        crate::sys::unshare_user_net_mount()
+        crate::sys::unshare_isolate_namespaces()
             .map_err(|e| format!("cannot create a user namespace: {e} ({NO_USERNS_HINT})"))?;
         map_ids(uid, gid)?;
+        match crate::sys::fork_single_threaded()
+            .map_err(|e| format!("cannot start the new PID namespace: {e}"))?
+        {
+            crate::sys::Forked::Parent(init) => Ok(Side::Outer(init)),
+            crate::sys::Forked::Child => {
+                // The init dies with the helper (the helper's only thread forked it), and with
+                // the init every process of the namespace: nothing of the run outlives it.
+                rustix::process::set_parent_process_death_signal(Some(Signal::KILL))
+                    .map_err(|e| format!("cannot tie the PID namespace to the helper: {e}"))?;
+                Ok(Side::Init(devices))
+            }
+        }
+    }
+
+    /// Steps 2–4, in the new PID namespace's init (still single-threaded): hidden credentials,
+    /// the confined filesystem, `lo` up, listeners. Returns the proxy as seen from inside and
+    /// the listeners, or the one-line reason.
+    pub(super) fn setup(
+        socket: &Path,
+        port: u16,
+        hide: &[PathBuf],
+        devices: &[PathBuf],
+    ) -> Result<(Proxy, Vec<TcpListener>), String> {
+        let uid = rustix::process::getuid().as_raw();
         // Nothing mounted here may reach the host's mount namespace (nor the other way).
         rustix::mount::mount_change(
             "/",
@@ -439,16 +471,16 @@ mod linux {
         let cwd = std::env::current_dir()
             .map_err(|e| format!("cannot tell the working directory: {e}"))?;
         let stage = socket.parent().unwrap_or(Path::new("."));
-        let targets = hide_targets(hide, &devices, stage)?;
+        let targets = hide_targets(hide, devices, stage)?;
         hide_credentials(&targets, stage)?;
         hide_host_sockets(uid)?;
+        confine_filesystem(&cwd, stage)?;
         // The working directory still names the directory as it was before anything was
         // mounted: a command could read what is hidden through relative paths. Enter it again
-        // through the mounts; when it is inside a hidden directory, that fails.
+        // through the mounts.
         std::env::set_current_dir(&cwd).map_err(|e| {
             format!(
-                "the working directory {} is inside a directory that is hidden from the \
-                 command ({e}); start kz from another directory",
+                "cannot enter the working directory {} again after hiding: {e}",
                 cwd.display()
             )
         })?;
@@ -459,6 +491,9 @@ mod linux {
                 proxy.via_fd.display()
             ));
         }
+        // Keys of the session kz was started in (`keyctl show @s`) stay out of reach.
+        crate::sys::join_new_session_keyring()
+            .map_err(|e| format!("cannot join a new session keyring: {e}"))?;
         // A command running as root inside would hold CAP_SYS_ADMIN over the new mount
         // namespace and could unmount what hides the host's sockets; the helper keeps it.
         rustix::thread::remove_capability_from_bounding_set(CapabilitySet::SYS_ADMIN).map_err(
@@ -644,6 +679,166 @@ mod linux {
         covered.and(unmounted)
     }
 
+    /// Directories replaced by an empty private tmpfs for the command (with their mount
+    /// options): where other programs keep sockets (tmux, screen, X11, ssh-agent, D-Bus) and
+    /// temporary files. Paths that do not exist are skipped; a symlink counts once.
+    pub(super) const PRIVATE_DIRS: &[(&str, &std::ffi::CStr)] = &[
+        ("/tmp", c"mode=1777"),
+        ("/var/tmp", c"mode=1777"),
+        ("/run", c"mode=755"),
+        ("/var/run", c"mode=755"),
+    ];
+
+    /// The devices the command's `/dev` holds (bind mounts of the host's).
+    pub(super) const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+    /// Builds the command's view of the filesystem from what it may see, after the credential
+    /// sources are covered: a fresh `/proc` of the new PID namespace; every mount read-only; an
+    /// empty private tmpfs over each of [`PRIVATE_DIRS`]; a minimal `/dev` ([`DEVICES`],
+    /// `pts`, `ptmx`, an empty `shm`); then the working directory `cwd` (writable, unless it
+    /// was read-only already or is `/`) and the run's CA directory `keep` at their own paths.
+    fn confine_filesystem(cwd: &Path, keep: &Path) -> Result<(), String> {
+        let node = |p: &Path| {
+            rustix::fs::open(
+                p,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+        };
+        let via = |fd: &OwnedFd| Path::new("/proc/self/fd").join(fd.as_raw_fd().to_string());
+        let cwd_fd = node(cwd).map_err(|e| {
+            format!(
+                "the working directory {} is inside a directory that is hidden from the \
+                 command ({e}); start kz from another directory",
+                cwd.display()
+            )
+        })?;
+        let keep = std::fs::canonicalize(keep).unwrap_or_else(|_| keep.to_path_buf());
+        // Absent when it lies in a directory of the host's sockets (covered above): then the
+        // command does not see it either way.
+        let keep_fd = node(&keep).ok();
+        let dev_fd = node(Path::new("/dev")).map_err(|e| format!("cannot open /dev: {e}"))?;
+        let cwd_read_only = rustix::fs::statvfs(cwd)
+            .is_ok_and(|s| s.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY));
+        let quiet = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+        // A `/proc` of the new PID namespace: processes outside it cannot be named.
+        rustix::mount::mount("proc", "/proc", "proc", quiet, c"")
+            .map_err(|e| format!("cannot mount a /proc for the new PID namespace: {e}"))?;
+        crate::sys::set_mount_read_only(Path::new("/"), true, true)
+            .map_err(|e| format!("cannot make the filesystem read-only for the command: {e}"))?;
+        let mut private: Vec<(PathBuf, &std::ffi::CStr)> = Vec::new();
+        for (dir, options) in PRIVATE_DIRS {
+            let Ok(real) = std::fs::canonicalize(dir) else {
+                continue;
+            };
+            if real.is_dir() && !private.iter().any(|(p, _)| *p == real) {
+                private.push((real, options));
+            }
+        }
+        if let Some((p, _)) = private.iter().find(|(p, _)| p == cwd) {
+            return Err(format!(
+                "the working directory {} is replaced by an empty directory for the command (it \
+                 holds other programs' sockets); start kz from a project directory",
+                p.display()
+            ));
+        }
+        let back = |fd: &OwnedFd, at: &Path| -> Result<(), String> {
+            let fail = |e: &dyn std::fmt::Display| {
+                format!("cannot show {} to the command again: {e}", at.display())
+            };
+            std::fs::create_dir_all(at).map_err(|e| fail(&e))?;
+            rustix::mount::mount_bind_recursive(via(fd), at).map_err(|e| fail(&e))
+        };
+        let writable = |at: &Path| -> Result<(), String> {
+            if cwd_read_only {
+                return Ok(());
+            }
+            crate::sys::set_mount_read_only(at, false, false).map_err(|e| {
+                format!(
+                    "cannot keep the working directory {} writable: {e}",
+                    at.display()
+                )
+            })
+        };
+        let cwd_is_private = private.iter().any(|(p, _)| cwd.starts_with(p));
+        // Outside the private directories, the working directory is bound onto itself first,
+        // so the private directories it may hold are covered again below.
+        if !cwd_is_private && cwd.parent().is_some() {
+            back(&cwd_fd, cwd)?;
+            writable(cwd)?;
+        }
+        for (dir, options) in &private {
+            rustix::mount::mount(
+                "tmpfs",
+                dir,
+                "tmpfs",
+                MountFlags::NOSUID | MountFlags::NODEV,
+                *options,
+            )
+            .map_err(|e| format!("cannot put an empty tmpfs over {}: {e}", dir.display()))?;
+        }
+        minimal_dev(&via(&dev_fd))?;
+        if cwd_is_private {
+            back(&cwd_fd, cwd)?;
+            writable(cwd)?;
+        }
+        if let Some(fd) = keep_fd.filter(|_| private.iter().any(|(p, _)| keep.starts_with(p))) {
+            back(&fd, &keep)?;
+        }
+        Ok(())
+    }
+
+    /// An empty tmpfs over `/dev` with only [`DEVICES`], `pts`, `ptmx` (bound from `host`, the
+    /// host's `/dev` through a descriptor), a private `shm` and the `fd`/`stdin`/`stdout`/
+    /// `stderr` links; then read-only. No disk, no raw device is reachable.
+    fn minimal_dev(host: &Path) -> Result<(), String> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            format!("cannot build the command's /dev ({what}): {e}")
+        };
+        let dev = Path::new("/dev");
+        rustix::mount::mount(
+            "tmpfs",
+            dev,
+            "tmpfs",
+            MountFlags::NOSUID | MountFlags::NOEXEC,
+            c"mode=755,size=64k",
+        )
+        .map_err(|e| fail("tmpfs", &e))?;
+        for name in DEVICES.iter().chain(&["ptmx"]) {
+            let src = host.join(name);
+            if std::fs::metadata(&src).is_err() {
+                continue;
+            }
+            let at = dev.join(name);
+            std::fs::File::create(&at).map_err(|e| fail(name, &e))?;
+            rustix::mount::mount_bind(&src, &at).map_err(|e| fail(name, &e))?;
+        }
+        let pts = host.join("pts");
+        if pts.is_dir() {
+            std::fs::create_dir(dev.join("pts")).map_err(|e| fail("pts", &e))?;
+            rustix::mount::mount_bind_recursive(&pts, dev.join("pts"))
+                .map_err(|e| fail("pts", &e))?;
+        }
+        std::fs::create_dir(dev.join("shm")).map_err(|e| fail("shm", &e))?;
+        rustix::mount::mount(
+            "tmpfs",
+            dev.join("shm"),
+            "tmpfs",
+            MountFlags::NOSUID | MountFlags::NODEV,
+            c"mode=1777",
+        )
+        .map_err(|e| fail("shm", &e))?;
+        for (link, to) in [
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+        ] {
+            std::os::unix::fs::symlink(to, dev.join(link)).map_err(|e| fail(link, &e))?;
+        }
+        crate::sys::set_mount_read_only(dev, true, false).map_err(|e| fail("read-only", &e))
+    }
+
     /// Block devices under `/dev` that this user can read (as root: all of them; reading one
     /// reads every file on it), and the swap areas of `/proc/swaps`.
     fn readable_block_devices() -> Vec<PathBuf> {
@@ -777,14 +972,51 @@ mod linux {
 
     enum Event {
         Signal(Origin),
-        Exited(ExitStatus),
+        Exited(Option<ExitStatus>),
     }
 
-    /// Step 5: relay threads, the child, signal forwarding; returns the child's exit code.
+    /// The signals passed on to the child: those another process sent (a signal from the
+    /// terminal already reached the child's process group).
+    const FORWARDED: [i32; 6] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2];
+
+    /// The helper outside the PID namespace: forwards signals to the init and returns its exit
+    /// code (128+N when signal N ended it). Without threads: a process that made a new PID
+    /// namespace for its children cannot start any, so `SIGCHLD` tells when to reap the init.
+    pub(super) fn wait_for_init(init: Pid) -> u8 {
+        use rustix::process::WaitOptions;
+        let mut set = FORWARDED.to_vec();
+        set.push(signal_hook::consts::signal::SIGCHLD);
+        let mut signals = match SignalsInfo::<WithOrigin>::new(set) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("kz: --isolate: cannot install signal handlers: {e}");
+                let _ = rustix::process::kill_process(init, Signal::KILL);
+                return super::SETUP_FAILED;
+            }
+        };
+        loop {
+            // Checked before each wait: the init may have ended before the handler was there.
+            match rustix::process::waitpid(Some(init), WaitOptions::NOHANG) {
+                Ok(Some((_, status))) => return code_of(ExitStatus::from_raw(status.as_raw())),
+                Ok(None) | Err(rustix::io::Errno::INTR) => {}
+                Err(_) => return exit::ERROR,
+            }
+            for o in signals.wait() {
+                if o.signal != signal_hook::consts::signal::SIGCHLD
+                    && matches!(o.cause, Cause::Sent(_))
+                    && let Some(sig) = Signal::from_named_raw(o.signal)
+                {
+                    let _ = rustix::process::kill_process(init, sig);
+                }
+            }
+        }
+    }
+
+    /// Step 5, in the init: relay threads, the child, signal forwarding, reaping every orphan
+    /// of the namespace; returns the child's exit code. When it returns, the init exits and the
+    /// kernel kills every process left in the namespace.
     pub(super) fn run(proxy: Proxy, listeners: Vec<TcpListener>, command: &[OsString]) -> u8 {
-        let mut signals = match SignalsInfo::<WithOrigin>::new([
-            SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2,
-        ]) {
+        let signals = match SignalsInfo::<WithOrigin>::new(FORWARDED) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("kz: --isolate: cannot install signal handlers: {e}");
@@ -796,27 +1028,15 @@ mod linux {
             let proxy = Arc::clone(&proxy);
             std::thread::spawn(move || accept_loop(&listener, &proxy));
         }
-        let (tx, rx) = mpsc::channel::<Event>();
-        let handle = signals.handle();
-        let sig_tx = tx.clone();
-        let sig_thread = std::thread::spawn(move || {
-            for origin in signals.forever() {
-                if sig_tx.send(Event::Signal(origin)).is_err() {
-                    break;
-                }
-            }
-        });
-        let code = supervise(command, &tx, &rx);
-        handle.close();
-        let _ = sig_thread.join();
-        code
-    }
-
-    fn supervise(command: &[OsString], tx: &mpsc::Sender<Event>, rx: &mpsc::Receiver<Event>) -> u8 {
         let Some((program, args)) = command.split_first() else {
             return super::SETUP_FAILED;
         };
-        let mut child = match Command::new(program).args(args).spawn() {
+        // The host's temporary directories are replaced by private ones.
+        let child = match Command::new(program)
+            .args(args)
+            .env("TMPDIR", "/tmp")
+            .spawn()
+        {
             Ok(c) => c,
             Err(e) => {
                 let name = program.to_string_lossy();
@@ -831,27 +1051,61 @@ mod linux {
                 return code;
             }
         };
-        let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(0));
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            if let Ok(status) = child.wait() {
-                let _ = tx.send(Event::Exited(status));
+        let Some(pid) = Pid::from_raw(i32::try_from(child.id()).unwrap_or(0)) else {
+            return exit::ERROR;
+        };
+        // Reaped below with every other process that ends in the namespace (the init adopts
+        // them), not through `Child::wait`, which would leave the orphans as zombies.
+        drop(child);
+        forward_until_exit(signals, pid, move || {
+            loop {
+                match rustix::process::wait(rustix::process::WaitOptions::empty()) {
+                    Ok(Some((p, status))) if p == pid => {
+                        return Some(ExitStatus::from_raw(status.as_raw()));
+                    }
+                    Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                    Err(_) => return None,
+                }
+            }
+        })
+    }
+
+    /// Forwards each signal another process sends to `pid` until `wait` (run on its own thread)
+    /// reports how `pid` ended; returns its exit code.
+    fn forward_until_exit(
+        mut signals: SignalsInfo<WithOrigin>,
+        pid: Pid,
+        wait: impl FnOnce() -> Option<ExitStatus> + Send + 'static,
+    ) -> u8 {
+        let (tx, rx) = mpsc::channel::<Event>();
+        let handle = signals.handle();
+        let sig_tx = tx.clone();
+        let sig_thread = std::thread::spawn(move || {
+            for origin in signals.forever() {
+                if sig_tx.send(Event::Signal(origin)).is_err() {
+                    break;
+                }
             }
         });
-        loop {
+        std::thread::spawn(move || {
+            let _ = tx.send(Event::Exited(wait()));
+        });
+        let code = loop {
             match rx.recv() {
-                Ok(Event::Exited(status)) => return code_of(status),
+                Ok(Event::Exited(Some(status))) => break code_of(status),
                 Ok(Event::Signal(o)) => {
-                    // A signal from the terminal already reached the child's process group.
                     if matches!(o.cause, Cause::Sent(_))
-                        && let (Some(pid), Some(sig)) = (pid, Signal::from_named_raw(o.signal))
+                        && let Some(sig) = Signal::from_named_raw(o.signal)
                     {
                         let _ = rustix::process::kill_process(pid, sig);
                     }
                 }
-                Err(_) => return exit::ERROR,
+                Ok(Event::Exited(None)) | Err(_) => break exit::ERROR,
             }
-        }
+        };
+        handle.close();
+        let _ = sig_thread.join();
+        code
     }
 
     fn code_of(status: ExitStatus) -> u8 {

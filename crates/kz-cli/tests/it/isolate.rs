@@ -612,7 +612,11 @@ fn host_filesystem_sockets_are_hidden_but_the_proxy_under_them_is_reached() {
     };
     // The proxy's own socket lives in a directory that gets hidden.
     let t = Target::pong_in(&runtime.path);
-    let control = Target::pong();
+    // A socket in the working directory stays reachable; one in /tmp (tmux, X11, ssh-agent
+    // live there) is hidden with the rest of /tmp.
+    let workdir = tempfile::tempdir().unwrap();
+    let control = Target::pong_in(workdir.path());
+    let in_tmp = Target::pong();
     let hidden = hidden_sockets(0, &runtime, true);
     assert!(hidden.len() >= 2, "too few places to test on this machine");
     let hidden_paths: Vec<&Path> = hidden.iter().map(|h| h.path.as_path()).collect();
@@ -630,17 +634,22 @@ fn host_filesystem_sockets_are_hidden_but_the_proxy_under_them_is_reached() {
     );
     // Inside, none does, even after trying to unmount what covers it; a socket elsewhere still
     // does, and the relay reaches the proxy in its hidden directory.
+    probe.push(in_tmp.socket.to_str().unwrap());
     probe.push(control.socket.to_str().unwrap());
     let mut want = expect(&hidden_paths, "blocked");
+    want.extend(expect(&[in_tmp.socket.as_path()], "blocked"));
     want.extend(expect(&[control.socket.as_path()], "reachable"));
-    let d = run(helper(&t.socket, &probe));
+    let mut inside = helper(&t.socket, &probe);
+    inside.current_dir(workdir.path());
+    let d = run(inside);
     assert_eq!(probe_lines(&d), want, "stderr:\n{}", d.stderr);
     let relay = format!(
         "import os, socket\n\
          c = socket.create_connection(('127.0.0.1', {PORT}), timeout=10)\n\
          c.sendall(b'hidden\\n')\n\
          print(c.makefile().readline().strip())\n\
-         print(os.listdir('{}'))\n",
+         p = '{}'\n\
+         print(os.listdir(p) if os.path.isdir(p) else [])\n",
         runtime.path.display()
     );
     let d = python_ok(&t.socket, &relay);
@@ -795,18 +804,19 @@ def read(p):
             return bool(f.read(1 << 20))
     except OSError:
         return False
-def field(pid, n):
-    with open("/proc/%d/stat" % pid) as f:
-        return f.read().rsplit(")", 1)[1].split()[n - 3]
-kz = os.getppid()
-with open("/proc/%d/status" % kz) as f:
+with open("/proc/%d/status" % os.getppid()) as f:
     caps = [l.split()[1] for l in f if l.startswith("CapEff:")]
 print("parent-capabilities", verdict(int(caps[0], 16) != 0))
-with open("/proc/%d/cmdline" % kz, "rb") as f:
-    if b"__isolate" in f.read():
-        kz = int(field(kz, 4))
-with open("/proc/%d/comm" % kz) as f:
-    print("kz-comm", f.read().strip())
+def kz_pid():
+    # The parent, or the parent of the namespace helper: 0 when outside the PID namespace.
+    pid = os.getppid()
+    with open("/proc/%d/cmdline" % pid, "rb") as f:
+        if b"__isolate" in f.read():
+            with open("/proc/%d/stat" % pid) as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+    return pid
+kz = kz_pid()
+print("kz-comm", "kz" if kz else "unreachable")
 for arg in sys.argv[2:]:
     name, path = arg.split("=", 1)
     print(name, verdict(read(path)))
@@ -858,13 +868,14 @@ fn verdicts(r: &crate::util::Run) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Every probe of a run under `--isolate` is blocked, and kz was found.
+/// Every probe of a run under `--isolate` is blocked, and kz cannot even be named (it is outside
+/// the command's PID namespace).
 #[track_caller]
 fn assert_all_blocked(r: &crate::util::Run) {
     let v = verdicts(r);
     assert!(
-        v.iter().any(|(n, c)| n == "kz-comm" && c == "kz"),
-        "the probe did not find kz\nstdout:\n{}\nstderr:\n{}",
+        v.iter().any(|(n, c)| n == "kz-comm" && c == "unreachable"),
+        "the probe found kz's process\nstdout:\n{}\nstderr:\n{}",
         r.stdout,
         r.stderr
     );
@@ -892,6 +903,11 @@ fn a_hostile_command_under_isolate_reads_no_source_of_the_runs_values() {
     // environment too (tier 1: documented).
     let open = hostile_run(&s, &[], "python3", wrap).ok().no_canary();
     let v = verdicts(&open);
+    assert!(
+        v.contains(&("kz-comm".to_string(), "kz".to_string())),
+        "the probe did not find kz without --isolate: it is broken\n{}",
+        open.stdout
+    );
     for (name, _) in hostile_targets(&s) {
         assert!(
             v.contains(&(name.to_string(), "exposed".to_string())),
