@@ -126,9 +126,37 @@ pub fn hidden_paths(
     );
     out.extend(WELL_KNOWN_ABSOLUTE.iter().map(PathBuf::from));
     out.extend(extra.iter().cloned());
+    out.extend(bus_socket(
+        std::env::var_os("DBUS_SESSION_BUS_ADDRESS").as_deref(),
+    ));
+    // A relative path (`KEYZERO_AGE_IDENTITY_FILE=keys/id.txt`) is read from the working
+    // directory, so it is hidden there; never dropped.
     let mut seen = std::collections::HashSet::new();
-    out.retain(|p| p.is_absolute() && seen.insert(p.clone()));
-    out
+    out.into_iter()
+        .map(|p| {
+            if p.is_absolute() {
+                p
+            } else {
+                paths.cwd.join(p)
+            }
+        })
+        .filter(|p| seen.insert(p.clone()))
+        .collect()
+}
+
+/// The socket file of a D-Bus address (`unix:path=/tmp/dbus-XYZ,guid=…`; the first `unix:`
+/// address of a `;`-separated list with a `path=`), which the Secret Service (the `keychain`
+/// provider's store) listens on. Abstract sockets need no hiding: the network namespace cuts
+/// them off.
+pub fn bus_socket(address: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+    let address = address?.to_str()?;
+    address
+        .split(';')
+        .filter_map(|a| a.strip_prefix("unix:"))
+        .flat_map(|a| a.split(','))
+        .find_map(|kv| kv.strip_prefix("path="))
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
 }
 
 /// The files and directories the providers of this run read values or credentials from
@@ -1445,6 +1473,43 @@ mod tests {
         unique.sort();
         unique.dedup();
         assert_eq!(unique.len(), got.len());
+    }
+
+    #[test]
+    fn relative_sources_are_hidden_in_the_working_directory_not_dropped() {
+        let paths = crate::context::Paths {
+            home: None,
+            config_home: PathBuf::from("/c"),
+            data_home: PathBuf::from("/d"),
+            cache_home: PathBuf::from("/k"),
+            runtime_dir: None,
+            cwd: PathBuf::from("/work/p"),
+        };
+        let got = hidden_paths(
+            &paths,
+            &[PathBuf::from("keys/id.txt")],
+            &[PathBuf::from("creds.json")],
+        );
+        for want in ["/work/p/keys/id.txt", "/work/p/creds.json"] {
+            assert!(got.contains(&PathBuf::from(want)), "{want}: {got:?}");
+        }
+        assert!(got.iter().all(|p| p.is_absolute()), "{got:?}");
+    }
+
+    #[test]
+    fn the_session_bus_socket_is_found_in_its_address() {
+        let bus = |a: &str| bus_socket(Some(std::ffi::OsStr::new(a)));
+        assert_eq!(
+            bus("unix:path=/tmp/dbus-AbC,guid=123"),
+            Some(PathBuf::from("/tmp/dbus-AbC"))
+        );
+        assert_eq!(
+            bus("unix:abstract=/tmp/x;unix:path=/run/user/1/bus"),
+            Some(PathBuf::from("/run/user/1/bus"))
+        );
+        assert_eq!(bus("unix:abstract=/tmp/dbus-1"), None);
+        assert_eq!(bus("tcp:host=localhost,port=1"), None);
+        assert_eq!(bus_socket(None), None);
     }
 
     #[test]

@@ -1140,3 +1140,138 @@ fn a_working_directory_inside_a_hidden_directory_stops_the_start() {
     );
     assert!(!marker.exists(), "the command must not start");
 }
+
+// ----- The command's view: its own processes, private temporary files, read-only elsewhere -----
+
+/// The command's view of processes: whether the test's own pid is visible or can be signalled,
+/// and the command's pid as it sees it.
+const PID_PROBE: &str = r#"
+import os, sys
+host = int(sys.argv[1])
+try:
+    os.kill(host, 0)
+    signalled = True
+except OSError:
+    signalled = False
+print("host-pid", "exposed" if os.path.exists("/proc/%d" % host) or signalled else "blocked")
+print("parent", os.getppid())
+"#;
+
+#[test]
+fn the_command_cannot_name_host_processes_and_nothing_outlives_the_run() {
+    let t = Target::pong();
+    let me = std::process::id().to_string();
+    let d = run(helper(&t.socket, &["python3", "-c", PID_PROBE, &me]));
+    assert_eq!(d.code, Some(0), "stderr:\n{}", d.stderr);
+    // Its parent is the namespace's init (the helper), pid 1.
+    assert_eq!(
+        d.stdout.lines().collect::<Vec<_>>(),
+        ["host-pid blocked", "parent 1"],
+        "stderr:\n{}",
+        d.stderr
+    );
+    // A process that leaves its session behind dies with the run.
+    let marker = format!("{}.{}", 4000 + std::process::id() % 1000, 17);
+    let script = format!("setsid sleep {marker} </dev/null >/dev/null 2>&1 & exit 3");
+    let d = run(helper(&t.socket, &["sh", "-c", &script]));
+    assert_eq!(d.code, Some(3), "stderr:\n{}", d.stderr);
+    let lingering: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&format!("sleep {marker}")))
+        .collect();
+    assert!(lingering.is_empty(), "still running: {lingering:?}");
+}
+
+/// Writes where a hostile command would plant code for later, and a private temporary file.
+const WRITE_PROBE: &str = r#"
+import os, sys
+def write(p):
+    try:
+        with open(p, "w") as f:
+            f.write("echo planted\n")
+        return "written"
+    except OSError:
+        return "refused"
+outside, marker = sys.argv[1], sys.argv[2]
+print("outside", write(os.path.join(outside, ".bashrc")))
+print("workdir", write(os.path.join(os.getcwd(), "out.txt")))
+print("tmp", write(os.path.join("/tmp", marker)))
+print("tmpdir", os.environ.get("TMPDIR"))
+print("dev", " ".join(sorted(os.listdir("/dev"))))
+"#;
+
+#[test]
+fn only_the_working_directory_and_private_temporary_directories_are_writable() {
+    let t = Target::pong();
+    // A stand-in for $HOME, outside the working directory and outside /tmp.
+    let outside = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let workdir = tempfile::tempdir().unwrap();
+    let marker = format!("kz-isolate-private-{}", std::process::id());
+    let mut cmd = helper(
+        &t.socket,
+        &[
+            "python3",
+            "-c",
+            WRITE_PROBE,
+            outside.path().to_str().unwrap(),
+            &marker,
+        ],
+    );
+    cmd.current_dir(workdir.path());
+    let d = run(cmd);
+    assert_eq!(d.code, Some(0), "stderr:\n{}", d.stderr);
+    let lines: Vec<&str> = d.stdout.lines().collect();
+    assert_eq!(
+        lines.get(..4).unwrap_or_default(),
+        [
+            "outside refused",
+            "workdir written",
+            "tmp written",
+            "tmpdir /tmp"
+        ],
+        "stderr:\n{}",
+        d.stderr
+    );
+    // Only harmless devices: no disk, loop, SCSI generic or NVMe device.
+    assert_eq!(
+        lines.get(4).copied().unwrap_or_default(),
+        "dev fd full null ptmx pts random shm stderr stdin stdout tty urandom zero"
+    );
+    assert!(!outside.path().join(".bashrc").exists());
+    assert!(workdir.path().join("out.txt").exists());
+    // The command's /tmp was its own.
+    assert!(!std::env::temp_dir().join(&marker).exists());
+}
+
+/// x86_64 `keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0)` through ctypes.
+#[cfg(target_arch = "x86_64")]
+const KEYRING_PROBE: &str = r#"
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+print(libc.syscall(250, 0, -3, 0))
+"#;
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn the_command_gets_a_session_keyring_of_its_own() {
+    let t = Target::pong();
+    let outside = Command::new("python3")
+        .args(["-c", KEYRING_PROBE])
+        .output()
+        .unwrap();
+    let outside = String::from_utf8_lossy(&outside.stdout).trim().to_string();
+    assert!(
+        outside.parse::<i64>().is_ok_and(|n| n > 0),
+        "no session keyring outside: {outside}"
+    );
+    let d = python_ok(&t.socket, KEYRING_PROBE);
+    let inside = d.stdout.trim();
+    assert!(
+        inside.parse::<i64>().is_ok_and(|n| n > 0),
+        "inside: {inside}"
+    );
+    assert_ne!(inside, outside);
+}
