@@ -1,4 +1,4 @@
-//! `kz run --blind --isolate`: the network-namespace helper (`blind.md`, "Isolation").
+//! `kz run --blind --isolate`: the namespace helper (`blind.md`, "Isolation").
 //!
 //! A multi-threaded process cannot create a user namespace, so the outer kz (which has threads:
 //! the proxy, signal handling) re-executes itself as
@@ -7,8 +7,13 @@
 //! files, `[blind] hide`). `main` dispatches that to [`helper_main`] before anything else runs,
 //! so the helper is still single-threaded when it:
 //!
-//! 1. notes the block devices and swap areas the user can read, then unshares a user, a network
-//!    and a mount namespace, maps the user's own uid and gid (not root) and denies `setgroups`;
+//! 1. notes the block devices and swap areas the user can read, then unshares a user, a network,
+//!    a mount and a PID namespace, maps the user's own uid and gid (not root), denies
+//!    `setgroups`, and forks the PID namespace's init (pid 1). The helper itself can start no
+//!    thread after that (the kernel refuses threads to a process whose children go to another
+//!    PID namespace): it forwards signals to the init and returns its exit code. The init gets
+//!    `SIGKILL` if the helper dies, and when the init ends the kernel kills every process left
+//!    in the namespace, so nothing of the run outlives it. The init, still single-threaded:
 //! 2. makes every mount private, opens the proxy socket's directory (`O_PATH`), then covers
 //!    every credential source (each `--hide` path with symlinks resolved, and those devices):
 //!    an empty read-only tmpfs over a directory, an empty read-only file over anything else;
@@ -16,18 +21,24 @@
 //!    Then it hides the host's filesystem sockets that lead out of the namespace (the network
 //!    namespace does not cover them): an empty read-only tmpfs over `/run/user/UID`,
 //!    `/run/dbus`, `/run/systemd` and `/run/nscd`, `/dev/null` over the docker, podman and
-//!    containerd sockets. The relay names the proxy as `/proc/self/fd/N/NAME`, so it is
-//!    reached even when its directory is under a hidden one. `CAP_SYS_ADMIN` leaves the
-//!    bounding set, so a command running as root cannot unmount what hides them, and once
-//!    set up the helper drops every capability of its own (the command may ptrace it);
+//!    containerd sockets. Then it builds the command's view from what it may see
+//!    ([`linux::PRIVATE_DIRS`], [`linux::DEVICES`]): a `/proc` of the new PID namespace, every
+//!    mount read-only, an empty private tmpfs over `/tmp`, `/var/tmp`, `/run`, a minimal `/dev`,
+//!    and the working directory (writable) and the run's CA directory bound back at their own
+//!    paths through descriptors opened before. It joins a new session keyring. The relay names
+//!    the proxy as `/proc/self/fd/N/NAME`, so it is reached even when its directory is hidden.
+//!    `CAP_SYS_ADMIN` leaves the bounding set, so a command running as root cannot unmount
+//!    what hides them, and once set up the init drops every capability of its own (the
+//!    command may ptrace it);
 //! 3. brings the new namespace's `lo` up (its only interface: no route leaves the machine, and
 //!    DNS fails because no resolver is reachable);
 //! 4. listens on `127.0.0.1:PORT` (and `[::1]:PORT` when IPv6 is there), then starts threads
 //!    that relay each accepted connection to a new connection to the proxy's Unix socket SOCKET
 //!    (a filesystem path, which works across network namespaces);
-//! 5. starts the command with its own environment (the outer kz gives the helper exactly the
-//!    child's environment), forwards `SIGINT SIGTERM SIGHUP SIGQUIT SIGUSR1 SIGUSR2` that another
-//!    process sent, and returns the command's exit code (128+N for signal N).
+//! 5. starts the command (`TMPDIR=/tmp`, otherwise the environment the outer kz gave the
+//!    helper, which is exactly the child's), reaps every orphan, forwards `SIGINT SIGTERM
+//!    SIGHUP SIGQUIT SIGUSR1 SIGUSR2` that another process sent, and returns the command's exit
+//!    code (128+N for signal N).
 //!
 //! If a step before the command starts fails, the helper prints one line saying which and why,
 //! and exits with [`SETUP_FAILED`] without starting the command. The unsafe system calls live in
@@ -752,8 +763,12 @@ mod linux {
         // A `/proc` of the new PID namespace: processes outside it cannot be named.
         rustix::mount::mount("proc", "/proc", "proc", quiet, c"")
             .map_err(|e| format!("cannot mount a /proc for the new PID namespace: {e}"))?;
-        crate::sys::set_mount_read_only(Path::new("/"), true, true)
-            .map_err(|e| format!("cannot make the filesystem read-only for the command: {e}"))?;
+        crate::sys::set_mount_read_only(Path::new("/"), true, true).map_err(|e| {
+            format!(
+                "cannot make the filesystem read-only for the command: {e} (mount_setattr \
+                     needs Linux 5.12 or later)"
+            )
+        })?;
         let mut private: Vec<(PathBuf, &std::ffi::CStr)> = Vec::new();
         for (dir, options) in PRIVATE_DIRS {
             let Ok(real) = std::fs::canonicalize(dir) else {

@@ -46,8 +46,8 @@ pub fn unshare_isolate_namespaces() -> std::io::Result<()> {
     // SAFETY: `unshare_unsafe` is unsafe only because `CLONE_FILES` would give this thread an fd
     // table of its own that other threads' descriptors are not part of. These flags do not
     // include `FILES` (nor anything else that splits per-thread state: `NEWNS` also unshares
-    // the filesystem root and cwd, which is harmless with one thread), and the caller has a
-    // single thread.
+    // the filesystem root and cwd, and `NEWPID` sets the PID namespace of the children of this
+    // thread only, both harmless with one thread), and the caller has a single thread.
     unsafe {
         rustix::thread::unshare_unsafe(
             UnshareFlags::NEWUSER

@@ -1203,23 +1203,60 @@ print("tmpdir", os.environ.get("TMPDIR"))
 print("dev", " ".join(sorted(os.listdir("/dev"))))
 "#;
 
-#[test]
-fn only_the_working_directory_and_private_temporary_directories_are_writable() {
+/// Runs [`WRITE_PROBE`] (as `uid` through setpriv when given) in a fresh working directory
+/// under `/tmp`, against a stand-in for `$HOME` outside it and outside `/tmp`; checks what was
+/// written where.
+fn check_writes(uid: Option<u32>) {
     let t = Target::pong();
-    // A stand-in for $HOME, outside the working directory and outside /tmp.
-    let outside = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    // Under `/`, which every user can traverse (the build directory may be under a private
+    // home); removed on drop.
+    let outside = tempfile::Builder::new()
+        .prefix(".kz-isolate-test-")
+        .tempdir_in("/")
+        .unwrap();
     let workdir = tempfile::tempdir().unwrap();
+    let bin = tempfile::tempdir().unwrap();
+    let mut kz = kz_bin();
+    if let Some(uid) = uid {
+        // Both writable by that user, so only the isolation can refuse.
+        for d in [outside.path(), workdir.path()] {
+            std::os::unix::fs::chown(d, Some(uid), Some(uid)).unwrap();
+        }
+        // A copy of kz that the user can execute wherever the build directory is.
+        std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        kz = bin.path().join("kz");
+        std::fs::copy(kz_bin(), &kz).unwrap();
+        std::fs::set_permissions(&kz, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     let marker = format!("kz-isolate-private-{}", std::process::id());
-    let mut cmd = helper(
-        &t.socket,
-        &[
-            "python3",
-            "-c",
-            WRITE_PROBE,
-            outside.path().to_str().unwrap(),
-            &marker,
-        ],
-    );
+    let probe = [
+        "python3",
+        "-c",
+        WRITE_PROBE,
+        outside.path().to_str().unwrap(),
+        &marker,
+    ];
+    let mut cmd = match uid {
+        Some(uid) => {
+            let mut c = Command::new("setpriv");
+            c.arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={uid}"))
+                .arg("--clear-groups")
+                .arg(&kz)
+                .args([
+                    "__isolate",
+                    t.socket.to_str().unwrap(),
+                    &PORT.to_string(),
+                    "--",
+                ])
+                .args(probe)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            c
+        }
+        None => helper_with(&kz, &t.socket, &PORT.to_string(), &probe),
+    };
     cmd.current_dir(workdir.path());
     let d = run(cmd);
     assert_eq!(d.code, Some(0), "stderr:\n{}", d.stderr);
@@ -1244,6 +1281,20 @@ fn only_the_working_directory_and_private_temporary_directories_are_writable() {
     assert!(workdir.path().join("out.txt").exists());
     // The command's /tmp was its own.
     assert!(!std::env::temp_dir().join(&marker).exists());
+}
+
+#[test]
+fn only_the_working_directory_and_private_temporary_directories_are_writable() {
+    check_writes(None);
+}
+
+#[test]
+fn an_unprivileged_user_cannot_write_outside_the_working_directory_either() {
+    // Run as root (as in a container): the same as `nobody` via setpriv.
+    if outer(&["-u"]) != "0" || Command::new("setpriv").arg("--version").output().is_err() {
+        return;
+    }
+    check_writes(Some(65534));
 }
 
 /// x86_64 `keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0)` through ctypes.
