@@ -664,12 +664,16 @@ mod linux {
     /// over anything else. The empty file lives on a small tmpfs mounted for a moment over
     /// `stage` (the run's CA directory; unmounted again once every file is covered), so no
     /// path leads to it and nothing can write to it.
+    ///
+    /// Each cover is mounted through a descriptor of the target ([`pinned`]), so a path swapped
+    /// for a symlink after it was resolved cannot redirect the cover elsewhere.
     fn hide_credentials(targets: &[Target], stage: &Path) -> Result<(), String> {
         let quiet = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
         for t in targets.iter().filter(|t| t.dir) {
+            let (_fd, at) = pinned(t)?;
             rustix::mount::mount(
                 "tmpfs",
-                &t.path,
+                &at,
                 "tmpfs",
                 quiet | MountFlags::RDONLY,
                 c"size=4k,mode=755",
@@ -703,7 +707,8 @@ mod linux {
                         t.path.display()
                     )
                 };
-                rustix::mount::mount_bind(&empty, &t.path).map_err(fail)?;
+                let (_fd, at) = pinned(t)?;
+                rustix::mount::mount_bind(&empty, &at).map_err(fail)?;
                 rustix::mount::mount_remount(
                     &t.path,
                     MountFlags::BIND | MountFlags::RDONLY | quiet,
@@ -716,6 +721,37 @@ mod linux {
         let unmounted = rustix::mount::unmount(stage, rustix::mount::UnmountFlags::DETACH)
             .map_err(|e| staging(&e));
         covered.and(unmounted)
+    }
+
+    /// `t.path` opened without following a symlink (`O_PATH|O_NOFOLLOW`), checked to still be
+    /// that very path and of the kind that was resolved, and the `/proc/self/fd/N` name through
+    /// which a mount lands on exactly that file or directory (keep the descriptor until then).
+    pub(super) fn pinned(t: &Target) -> Result<(OwnedFd, PathBuf), String> {
+        let fail = |why: &dyn std::fmt::Display| {
+            format!(
+                "cannot hide {}: {why} (did it change while kz started? run again)",
+                t.path.display()
+            )
+        };
+        let fd = rustix::fs::open(
+            &t.path,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| fail(&e))?;
+        let kind = rustix::fs::FileType::from_raw_mode(
+            rustix::fs::fstat(&fd).map_err(|e| fail(&e))?.st_mode,
+        );
+        let is_dir = kind == rustix::fs::FileType::Directory;
+        if kind == rustix::fs::FileType::Symlink || is_dir != t.dir {
+            return Err(fail(&"it was replaced"));
+        }
+        let at = Path::new("/proc/self/fd").join(fd.as_raw_fd().to_string());
+        match std::fs::read_link(&at) {
+            Ok(now) if now == t.path => Ok((fd, at)),
+            Ok(now) => Err(fail(&format_args!("it now resolves to {}", now.display()))),
+            Err(e) => Err(fail(&e)),
+        }
     }
 
     /// Directories replaced by an empty private tmpfs for the command (with their mount
@@ -1430,6 +1466,40 @@ mod tests {
             err.contains("1 other hard link") && err.contains(&token.display().to_string()),
             "{err}"
         );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_cover_lands_only_on_the_path_that_was_resolved() {
+        use linux::{Target, pinned};
+        let tmp = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(tmp.path()).unwrap();
+        let dir = root.join("creds");
+        std::fs::create_dir(&dir).unwrap();
+        let (_fd, at) = pinned(&Target {
+            path: dir.clone(),
+            dir: true,
+        })
+        .unwrap();
+        assert_eq!(std::fs::read_link(at).unwrap(), dir);
+        // Swapped for a symlink (to somewhere else) after it was resolved: refused.
+        std::fs::remove_dir(&dir).unwrap();
+        std::os::unix::fs::symlink("/etc", &dir).unwrap();
+        let err = pinned(&Target {
+            path: dir.clone(),
+            dir: true,
+        })
+        .unwrap_err();
+        assert!(err.contains("replaced"), "{err}");
+        // Swapped for a file: refused too.
+        std::fs::remove_file(&dir).unwrap();
+        std::fs::write(&dir, "").unwrap();
+        let err = pinned(&Target {
+            path: dir,
+            dir: true,
+        })
+        .unwrap_err();
+        assert!(err.contains("replaced"), "{err}");
     }
 
     #[cfg(target_os = "linux")]
