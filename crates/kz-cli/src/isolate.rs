@@ -1,4 +1,4 @@
-//! `kz run --blind --isolate`: the network-namespace helper (`blind.md`, "Isolation").
+//! `kz run --blind --isolate`: the namespace helper (`blind.md`, "Isolation").
 //!
 //! A multi-threaded process cannot create a user namespace, so the outer kz (which has threads:
 //! the proxy, signal handling) re-executes itself as
@@ -7,8 +7,13 @@
 //! files, `[blind] hide`). `main` dispatches that to [`helper_main`] before anything else runs,
 //! so the helper is still single-threaded when it:
 //!
-//! 1. notes the block devices and swap areas the user can read, then unshares a user, a network
-//!    and a mount namespace, maps the user's own uid and gid (not root) and denies `setgroups`;
+//! 1. notes the block devices and swap areas the user can read, then unshares a user, a network,
+//!    a mount and a PID namespace, maps the user's own uid and gid (not root), denies
+//!    `setgroups`, and forks the PID namespace's init (pid 1). The helper itself can start no
+//!    thread after that (the kernel refuses threads to a process whose children go to another
+//!    PID namespace): it forwards signals to the init and returns its exit code. The init gets
+//!    `SIGKILL` if the helper dies, and when the init ends the kernel kills every process left
+//!    in the namespace, so nothing of the run outlives it. The init, still single-threaded:
 //! 2. makes every mount private, opens the proxy socket's directory (`O_PATH`), then covers
 //!    every credential source (each `--hide` path with symlinks resolved, and those devices):
 //!    an empty read-only tmpfs over a directory, an empty read-only file over anything else;
@@ -16,18 +21,24 @@
 //!    Then it hides the host's filesystem sockets that lead out of the namespace (the network
 //!    namespace does not cover them): an empty read-only tmpfs over `/run/user/UID`,
 //!    `/run/dbus`, `/run/systemd` and `/run/nscd`, `/dev/null` over the docker, podman and
-//!    containerd sockets. The relay names the proxy as `/proc/self/fd/N/NAME`, so it is
-//!    reached even when its directory is under a hidden one. `CAP_SYS_ADMIN` leaves the
-//!    bounding set, so a command running as root cannot unmount what hides them, and once
-//!    set up the helper drops every capability of its own (the command may ptrace it);
+//!    containerd sockets. Then it builds the command's view from what it may see
+//!    ([`linux::PRIVATE_DIRS`], [`linux::DEVICES`]): a `/proc` of the new PID namespace, every
+//!    mount read-only, an empty private tmpfs over `/tmp`, `/var/tmp`, `/run`, a minimal `/dev`,
+//!    and the working directory (writable) and the run's CA directory bound back at their own
+//!    paths through descriptors opened before. It joins a new session keyring. The relay names
+//!    the proxy as `/proc/self/fd/N/NAME`, so it is reached even when its directory is hidden.
+//!    `CAP_SYS_ADMIN` leaves the bounding set, so a command running as root cannot unmount
+//!    what hides them, and once set up the init drops every capability of its own (the
+//!    command may ptrace it);
 //! 3. brings the new namespace's `lo` up (its only interface: no route leaves the machine, and
 //!    DNS fails because no resolver is reachable);
 //! 4. listens on `127.0.0.1:PORT` (and `[::1]:PORT` when IPv6 is there), then starts threads
 //!    that relay each accepted connection to a new connection to the proxy's Unix socket SOCKET
 //!    (a filesystem path, which works across network namespaces);
-//! 5. starts the command with its own environment (the outer kz gives the helper exactly the
-//!    child's environment), forwards `SIGINT SIGTERM SIGHUP SIGQUIT SIGUSR1 SIGUSR2` that another
-//!    process sent, and returns the command's exit code (128+N for signal N).
+//! 5. starts the command (`TMPDIR=/tmp`, otherwise the environment the outer kz gave the
+//!    helper, which is exactly the child's), reaps every orphan, forwards `SIGINT SIGTERM
+//!    SIGHUP SIGQUIT SIGUSR1 SIGUSR2` that another process sent, and returns the command's exit
+//!    code (128+N for signal N).
 //!
 //! If a step before the command starts fails, the helper prints one line saying which and why,
 //! and exits with [`SETUP_FAILED`] without starting the command. The unsafe system calls live in
@@ -126,9 +137,37 @@ pub fn hidden_paths(
     );
     out.extend(WELL_KNOWN_ABSOLUTE.iter().map(PathBuf::from));
     out.extend(extra.iter().cloned());
+    out.extend(bus_socket(
+        std::env::var_os("DBUS_SESSION_BUS_ADDRESS").as_deref(),
+    ));
+    // A relative path (`KEYZERO_AGE_IDENTITY_FILE=keys/id.txt`) is read from the working
+    // directory, so it is hidden there; never dropped.
     let mut seen = std::collections::HashSet::new();
-    out.retain(|p| p.is_absolute() && seen.insert(p.clone()));
-    out
+    out.into_iter()
+        .map(|p| {
+            if p.is_absolute() {
+                p
+            } else {
+                paths.cwd.join(p)
+            }
+        })
+        .filter(|p| seen.insert(p.clone()))
+        .collect()
+}
+
+/// The socket file of a D-Bus address (`unix:path=/tmp/dbus-XYZ,guid=…`; the first `unix:`
+/// address of a `;`-separated list with a `path=`), which the Secret Service (the `keychain`
+/// provider's store) listens on. Abstract sockets need no hiding: the network namespace cuts
+/// them off.
+pub fn bus_socket(address: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+    let address = address?.to_str()?;
+    address
+        .split(';')
+        .filter_map(|a| a.strip_prefix("unix:"))
+        .flat_map(|a| a.split(','))
+        .find_map(|kv| kv.strip_prefix("path="))
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
 }
 
 /// The files and directories the providers of this run read values or credentials from
@@ -271,8 +310,13 @@ pub fn helper_main(args: Vec<OsString>) -> u8 {
             return SETUP_FAILED;
         }
     };
-    match linux::setup(&p.socket, p.port, &p.hide) {
-        Ok((proxy, listeners)) => linux::run(proxy, listeners, &p.command),
+    let entered = linux::enter(&p.socket).and_then(|side| match side {
+        linux::Side::Outer(init) => Ok(linux::wait_for_init(init)),
+        linux::Side::Init(devices) => linux::setup(&p.socket, p.port, &p.hide, &devices)
+            .map(|(proxy, listeners)| linux::run(proxy, listeners, &p.command)),
+    });
+    match entered {
+        Ok(code) => code,
         Err(why) => {
             eprintln!("kz: --isolate: {why}");
             SETUP_FAILED
@@ -401,14 +445,17 @@ mod linux {
         "/run/containerd/containerd.sock",
     ];
 
-    /// Steps 1–4 (single-threaded): namespaces, id maps, hidden host sockets, `lo` up,
-    /// listeners. Returns the proxy as seen from inside and the listeners, or the one-line
-    /// reason.
-    pub(super) fn setup(
-        socket: &Path,
-        port: u16,
-        hide: &[PathBuf],
-    ) -> Result<(Proxy, Vec<TcpListener>), String> {
+    /// Which process [`enter`] returns in.
+    pub(super) enum Side {
+        /// The helper itself, outside the new PID namespace: it waits for the init.
+        Outer(Pid),
+        /// The init (pid 1) of the new PID namespace, with the devices to hide.
+        Init(Vec<PathBuf>),
+    }
+
+    /// Step 1 (single-threaded): checks the proxy socket, unshares the namespaces, maps the ids
+    /// and forks the new PID namespace's init. Returns on both sides of the fork.
+    pub(super) fn enter(socket: &Path) -> Result<Side, String> {
         match std::fs::metadata(socket) {
             Ok(m) if m.file_type().is_socket() => {}
             Ok(_) => {
@@ -425,9 +472,33 @@ mod linux {
         let gid = rustix::process::getgid().as_raw();
         // Outside the new user namespace, so `access` answers for the user's own credentials.
         let devices = readable_block_devices();
-        crate::sys::unshare_user_net_mount()
+        crate::sys::unshare_isolate_namespaces()
             .map_err(|e| format!("cannot create a user namespace: {e} ({NO_USERNS_HINT})"))?;
         map_ids(uid, gid)?;
+        match crate::sys::fork_single_threaded()
+            .map_err(|e| format!("cannot start the new PID namespace: {e}"))?
+        {
+            crate::sys::Forked::Parent(init) => Ok(Side::Outer(init)),
+            crate::sys::Forked::Child => {
+                // The init dies with the helper (the helper's only thread forked it), and with
+                // the init every process of the namespace: nothing of the run outlives it.
+                rustix::process::set_parent_process_death_signal(Some(Signal::KILL))
+                    .map_err(|e| format!("cannot tie the PID namespace to the helper: {e}"))?;
+                Ok(Side::Init(devices))
+            }
+        }
+    }
+
+    /// Steps 2–4, in the new PID namespace's init (still single-threaded): hidden credentials,
+    /// the confined filesystem, `lo` up, listeners. Returns the proxy as seen from inside and
+    /// the listeners, or the one-line reason.
+    pub(super) fn setup(
+        socket: &Path,
+        port: u16,
+        hide: &[PathBuf],
+        devices: &[PathBuf],
+    ) -> Result<(Proxy, Vec<TcpListener>), String> {
+        let uid = rustix::process::getuid().as_raw();
         // Nothing mounted here may reach the host's mount namespace (nor the other way).
         rustix::mount::mount_change(
             "/",
@@ -439,16 +510,16 @@ mod linux {
         let cwd = std::env::current_dir()
             .map_err(|e| format!("cannot tell the working directory: {e}"))?;
         let stage = socket.parent().unwrap_or(Path::new("."));
-        let targets = hide_targets(hide, &devices, stage)?;
+        let targets = hide_targets(hide, devices, stage)?;
         hide_credentials(&targets, stage)?;
         hide_host_sockets(uid)?;
+        confine_filesystem(&cwd, stage)?;
         // The working directory still names the directory as it was before anything was
         // mounted: a command could read what is hidden through relative paths. Enter it again
-        // through the mounts; when it is inside a hidden directory, that fails.
+        // through the mounts.
         std::env::set_current_dir(&cwd).map_err(|e| {
             format!(
-                "the working directory {} is inside a directory that is hidden from the \
-                 command ({e}); start kz from another directory",
+                "cannot enter the working directory {} again after hiding: {e}",
                 cwd.display()
             )
         })?;
@@ -459,6 +530,9 @@ mod linux {
                 proxy.via_fd.display()
             ));
         }
+        // Keys of the session kz was started in (`keyctl show @s`) stay out of reach.
+        crate::sys::join_new_session_keyring()
+            .map_err(|e| format!("cannot join a new session keyring: {e}"))?;
         // A command running as root inside would hold CAP_SYS_ADMIN over the new mount
         // namespace and could unmount what hides the host's sockets; the helper keeps it.
         rustix::thread::remove_capability_from_bounding_set(CapabilitySet::SYS_ADMIN).map_err(
@@ -590,12 +664,16 @@ mod linux {
     /// over anything else. The empty file lives on a small tmpfs mounted for a moment over
     /// `stage` (the run's CA directory; unmounted again once every file is covered), so no
     /// path leads to it and nothing can write to it.
+    ///
+    /// Each cover is mounted through a descriptor of the target ([`pinned`]), so a path swapped
+    /// for a symlink after it was resolved cannot redirect the cover elsewhere.
     fn hide_credentials(targets: &[Target], stage: &Path) -> Result<(), String> {
         let quiet = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
         for t in targets.iter().filter(|t| t.dir) {
+            let (_fd, at) = pinned(t)?;
             rustix::mount::mount(
                 "tmpfs",
-                &t.path,
+                &at,
                 "tmpfs",
                 quiet | MountFlags::RDONLY,
                 c"size=4k,mode=755",
@@ -629,7 +707,8 @@ mod linux {
                         t.path.display()
                     )
                 };
-                rustix::mount::mount_bind(&empty, &t.path).map_err(fail)?;
+                let (_fd, at) = pinned(t)?;
+                rustix::mount::mount_bind(&empty, &at).map_err(fail)?;
                 rustix::mount::mount_remount(
                     &t.path,
                     MountFlags::BIND | MountFlags::RDONLY | quiet,
@@ -642,6 +721,201 @@ mod linux {
         let unmounted = rustix::mount::unmount(stage, rustix::mount::UnmountFlags::DETACH)
             .map_err(|e| staging(&e));
         covered.and(unmounted)
+    }
+
+    /// `t.path` opened without following a symlink (`O_PATH|O_NOFOLLOW`), checked to still be
+    /// that very path and of the kind that was resolved, and the `/proc/self/fd/N` name through
+    /// which a mount lands on exactly that file or directory (keep the descriptor until then).
+    pub(super) fn pinned(t: &Target) -> Result<(OwnedFd, PathBuf), String> {
+        let fail = |why: &dyn std::fmt::Display| {
+            format!(
+                "cannot hide {}: {why} (did it change while kz started? run again)",
+                t.path.display()
+            )
+        };
+        let fd = rustix::fs::open(
+            &t.path,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| fail(&e))?;
+        let kind = rustix::fs::FileType::from_raw_mode(
+            rustix::fs::fstat(&fd).map_err(|e| fail(&e))?.st_mode,
+        );
+        let is_dir = kind == rustix::fs::FileType::Directory;
+        if kind == rustix::fs::FileType::Symlink || is_dir != t.dir {
+            return Err(fail(&"it was replaced"));
+        }
+        let at = Path::new("/proc/self/fd").join(fd.as_raw_fd().to_string());
+        match std::fs::read_link(&at) {
+            Ok(now) if now == t.path => Ok((fd, at)),
+            Ok(now) => Err(fail(&format_args!("it now resolves to {}", now.display()))),
+            Err(e) => Err(fail(&e)),
+        }
+    }
+
+    /// Directories replaced by an empty private tmpfs for the command (with their mount
+    /// options): where other programs keep sockets (tmux, screen, X11, ssh-agent, D-Bus) and
+    /// temporary files. Paths that do not exist are skipped; a symlink counts once.
+    pub(super) const PRIVATE_DIRS: &[(&str, &std::ffi::CStr)] = &[
+        ("/tmp", c"mode=1777"),
+        ("/var/tmp", c"mode=1777"),
+        ("/run", c"mode=755"),
+        ("/var/run", c"mode=755"),
+    ];
+
+    /// The devices the command's `/dev` holds (bind mounts of the host's).
+    pub(super) const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+    /// Builds the command's view of the filesystem from what it may see, after the credential
+    /// sources are covered: a fresh `/proc` of the new PID namespace; every mount read-only; an
+    /// empty private tmpfs over each of [`PRIVATE_DIRS`]; a minimal `/dev` ([`DEVICES`],
+    /// `pts`, `ptmx`, an empty `shm`); then the working directory `cwd` (writable, unless it
+    /// was read-only already or is `/`) and the run's CA directory `keep` at their own paths.
+    fn confine_filesystem(cwd: &Path, keep: &Path) -> Result<(), String> {
+        let node = |p: &Path| {
+            rustix::fs::open(
+                p,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+        };
+        let via = |fd: &OwnedFd| Path::new("/proc/self/fd").join(fd.as_raw_fd().to_string());
+        let cwd_fd = node(cwd).map_err(|e| {
+            format!(
+                "the working directory {} is inside a directory that is hidden from the \
+                 command ({e}); start kz from another directory",
+                cwd.display()
+            )
+        })?;
+        let keep = std::fs::canonicalize(keep).unwrap_or_else(|_| keep.to_path_buf());
+        // Absent when it lies in a directory of the host's sockets (covered above): then the
+        // command does not see it either way.
+        let keep_fd = node(&keep).ok();
+        let dev_fd = node(Path::new("/dev")).map_err(|e| format!("cannot open /dev: {e}"))?;
+        let cwd_read_only = rustix::fs::statvfs(cwd)
+            .is_ok_and(|s| s.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY));
+        let quiet = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+        // A `/proc` of the new PID namespace: processes outside it cannot be named.
+        rustix::mount::mount("proc", "/proc", "proc", quiet, c"")
+            .map_err(|e| format!("cannot mount a /proc for the new PID namespace: {e}"))?;
+        crate::sys::set_mount_read_only(Path::new("/"), true, true).map_err(|e| {
+            format!(
+                "cannot make the filesystem read-only for the command: {e} (mount_setattr \
+                     needs Linux 5.12 or later)"
+            )
+        })?;
+        let mut private: Vec<(PathBuf, &std::ffi::CStr)> = Vec::new();
+        for (dir, options) in PRIVATE_DIRS {
+            let Ok(real) = std::fs::canonicalize(dir) else {
+                continue;
+            };
+            if real.is_dir() && !private.iter().any(|(p, _)| *p == real) {
+                private.push((real, options));
+            }
+        }
+        if let Some((p, _)) = private.iter().find(|(p, _)| p == cwd) {
+            return Err(format!(
+                "the working directory {} is replaced by an empty directory for the command (it \
+                 holds other programs' sockets); start kz from a project directory",
+                p.display()
+            ));
+        }
+        let back = |fd: &OwnedFd, at: &Path| -> Result<(), String> {
+            let fail = |e: &dyn std::fmt::Display| {
+                format!("cannot show {} to the command again: {e}", at.display())
+            };
+            std::fs::create_dir_all(at).map_err(|e| fail(&e))?;
+            rustix::mount::mount_bind_recursive(via(fd), at).map_err(|e| fail(&e))
+        };
+        let writable = |at: &Path| -> Result<(), String> {
+            if cwd_read_only {
+                return Ok(());
+            }
+            crate::sys::set_mount_read_only(at, false, false).map_err(|e| {
+                format!(
+                    "cannot keep the working directory {} writable: {e}",
+                    at.display()
+                )
+            })
+        };
+        let cwd_is_private = private.iter().any(|(p, _)| cwd.starts_with(p));
+        // Outside the private directories, the working directory is bound onto itself first,
+        // so the private directories it may hold are covered again below.
+        if !cwd_is_private && cwd.parent().is_some() {
+            back(&cwd_fd, cwd)?;
+            writable(cwd)?;
+        }
+        for (dir, options) in &private {
+            rustix::mount::mount(
+                "tmpfs",
+                dir,
+                "tmpfs",
+                MountFlags::NOSUID | MountFlags::NODEV,
+                *options,
+            )
+            .map_err(|e| format!("cannot put an empty tmpfs over {}: {e}", dir.display()))?;
+        }
+        minimal_dev(&via(&dev_fd))?;
+        if cwd_is_private {
+            back(&cwd_fd, cwd)?;
+            writable(cwd)?;
+        }
+        if let Some(fd) = keep_fd.filter(|_| private.iter().any(|(p, _)| keep.starts_with(p))) {
+            back(&fd, &keep)?;
+        }
+        Ok(())
+    }
+
+    /// An empty tmpfs over `/dev` with only [`DEVICES`], `pts`, `ptmx` (bound from `host`, the
+    /// host's `/dev` through a descriptor), a private `shm` and the `fd`/`stdin`/`stdout`/
+    /// `stderr` links; then read-only. No disk, no raw device is reachable.
+    fn minimal_dev(host: &Path) -> Result<(), String> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            format!("cannot build the command's /dev ({what}): {e}")
+        };
+        let dev = Path::new("/dev");
+        rustix::mount::mount(
+            "tmpfs",
+            dev,
+            "tmpfs",
+            MountFlags::NOSUID | MountFlags::NOEXEC,
+            c"mode=755,size=64k",
+        )
+        .map_err(|e| fail("tmpfs", &e))?;
+        for name in DEVICES.iter().chain(&["ptmx"]) {
+            let src = host.join(name);
+            if std::fs::metadata(&src).is_err() {
+                continue;
+            }
+            let at = dev.join(name);
+            std::fs::File::create(&at).map_err(|e| fail(name, &e))?;
+            rustix::mount::mount_bind(&src, &at).map_err(|e| fail(name, &e))?;
+        }
+        let pts = host.join("pts");
+        if pts.is_dir() {
+            std::fs::create_dir(dev.join("pts")).map_err(|e| fail("pts", &e))?;
+            rustix::mount::mount_bind_recursive(&pts, dev.join("pts"))
+                .map_err(|e| fail("pts", &e))?;
+        }
+        std::fs::create_dir(dev.join("shm")).map_err(|e| fail("shm", &e))?;
+        rustix::mount::mount(
+            "tmpfs",
+            dev.join("shm"),
+            "tmpfs",
+            MountFlags::NOSUID | MountFlags::NODEV,
+            c"mode=1777",
+        )
+        .map_err(|e| fail("shm", &e))?;
+        for (link, to) in [
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+        ] {
+            std::os::unix::fs::symlink(to, dev.join(link)).map_err(|e| fail(link, &e))?;
+        }
+        crate::sys::set_mount_read_only(dev, true, false).map_err(|e| fail("read-only", &e))
     }
 
     /// Block devices under `/dev` that this user can read (as root: all of them; reading one
@@ -777,14 +1051,51 @@ mod linux {
 
     enum Event {
         Signal(Origin),
-        Exited(ExitStatus),
+        Exited(Option<ExitStatus>),
     }
 
-    /// Step 5: relay threads, the child, signal forwarding; returns the child's exit code.
+    /// The signals passed on to the child: those another process sent (a signal from the
+    /// terminal already reached the child's process group).
+    const FORWARDED: [i32; 6] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2];
+
+    /// The helper outside the PID namespace: forwards signals to the init and returns its exit
+    /// code (128+N when signal N ended it). Without threads: a process that made a new PID
+    /// namespace for its children cannot start any, so `SIGCHLD` tells when to reap the init.
+    pub(super) fn wait_for_init(init: Pid) -> u8 {
+        use rustix::process::WaitOptions;
+        let mut set = FORWARDED.to_vec();
+        set.push(signal_hook::consts::signal::SIGCHLD);
+        let mut signals = match SignalsInfo::<WithOrigin>::new(set) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("kz: --isolate: cannot install signal handlers: {e}");
+                let _ = rustix::process::kill_process(init, Signal::KILL);
+                return super::SETUP_FAILED;
+            }
+        };
+        loop {
+            // Checked before each wait: the init may have ended before the handler was there.
+            match rustix::process::waitpid(Some(init), WaitOptions::NOHANG) {
+                Ok(Some((_, status))) => return code_of(ExitStatus::from_raw(status.as_raw())),
+                Ok(None) | Err(rustix::io::Errno::INTR) => {}
+                Err(_) => return exit::ERROR,
+            }
+            for o in signals.wait() {
+                if o.signal != signal_hook::consts::signal::SIGCHLD
+                    && matches!(o.cause, Cause::Sent(_))
+                    && let Some(sig) = Signal::from_named_raw(o.signal)
+                {
+                    let _ = rustix::process::kill_process(init, sig);
+                }
+            }
+        }
+    }
+
+    /// Step 5, in the init: relay threads, the child, signal forwarding, reaping every orphan
+    /// of the namespace; returns the child's exit code. When it returns, the init exits and the
+    /// kernel kills every process left in the namespace.
     pub(super) fn run(proxy: Proxy, listeners: Vec<TcpListener>, command: &[OsString]) -> u8 {
-        let mut signals = match SignalsInfo::<WithOrigin>::new([
-            SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2,
-        ]) {
+        let signals = match SignalsInfo::<WithOrigin>::new(FORWARDED) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("kz: --isolate: cannot install signal handlers: {e}");
@@ -796,27 +1107,15 @@ mod linux {
             let proxy = Arc::clone(&proxy);
             std::thread::spawn(move || accept_loop(&listener, &proxy));
         }
-        let (tx, rx) = mpsc::channel::<Event>();
-        let handle = signals.handle();
-        let sig_tx = tx.clone();
-        let sig_thread = std::thread::spawn(move || {
-            for origin in signals.forever() {
-                if sig_tx.send(Event::Signal(origin)).is_err() {
-                    break;
-                }
-            }
-        });
-        let code = supervise(command, &tx, &rx);
-        handle.close();
-        let _ = sig_thread.join();
-        code
-    }
-
-    fn supervise(command: &[OsString], tx: &mpsc::Sender<Event>, rx: &mpsc::Receiver<Event>) -> u8 {
         let Some((program, args)) = command.split_first() else {
             return super::SETUP_FAILED;
         };
-        let mut child = match Command::new(program).args(args).spawn() {
+        // The host's temporary directories are replaced by private ones.
+        let child = match Command::new(program)
+            .args(args)
+            .env("TMPDIR", "/tmp")
+            .spawn()
+        {
             Ok(c) => c,
             Err(e) => {
                 let name = program.to_string_lossy();
@@ -831,27 +1130,61 @@ mod linux {
                 return code;
             }
         };
-        let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(0));
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            if let Ok(status) = child.wait() {
-                let _ = tx.send(Event::Exited(status));
+        let Some(pid) = Pid::from_raw(i32::try_from(child.id()).unwrap_or(0)) else {
+            return exit::ERROR;
+        };
+        // Reaped below with every other process that ends in the namespace (the init adopts
+        // them), not through `Child::wait`, which would leave the orphans as zombies.
+        drop(child);
+        forward_until_exit(signals, pid, move || {
+            loop {
+                match rustix::process::wait(rustix::process::WaitOptions::empty()) {
+                    Ok(Some((p, status))) if p == pid => {
+                        return Some(ExitStatus::from_raw(status.as_raw()));
+                    }
+                    Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                    Err(_) => return None,
+                }
+            }
+        })
+    }
+
+    /// Forwards each signal another process sends to `pid` until `wait` (run on its own thread)
+    /// reports how `pid` ended; returns its exit code.
+    fn forward_until_exit(
+        mut signals: SignalsInfo<WithOrigin>,
+        pid: Pid,
+        wait: impl FnOnce() -> Option<ExitStatus> + Send + 'static,
+    ) -> u8 {
+        let (tx, rx) = mpsc::channel::<Event>();
+        let handle = signals.handle();
+        let sig_tx = tx.clone();
+        let sig_thread = std::thread::spawn(move || {
+            for origin in signals.forever() {
+                if sig_tx.send(Event::Signal(origin)).is_err() {
+                    break;
+                }
             }
         });
-        loop {
+        std::thread::spawn(move || {
+            let _ = tx.send(Event::Exited(wait()));
+        });
+        let code = loop {
             match rx.recv() {
-                Ok(Event::Exited(status)) => return code_of(status),
+                Ok(Event::Exited(Some(status))) => break code_of(status),
                 Ok(Event::Signal(o)) => {
-                    // A signal from the terminal already reached the child's process group.
                     if matches!(o.cause, Cause::Sent(_))
-                        && let (Some(pid), Some(sig)) = (pid, Signal::from_named_raw(o.signal))
+                        && let Some(sig) = Signal::from_named_raw(o.signal)
                     {
                         let _ = rustix::process::kill_process(pid, sig);
                     }
                 }
-                Err(_) => return exit::ERROR,
+                Ok(Event::Exited(None)) | Err(_) => break exit::ERROR,
             }
-        }
+        };
+        handle.close();
+        let _ = sig_thread.join();
+        code
     }
 
     fn code_of(status: ExitStatus) -> u8 {
@@ -1137,6 +1470,40 @@ mod tests {
 
     #[cfg(target_os = "linux")]
     #[test]
+    fn a_cover_lands_only_on_the_path_that_was_resolved() {
+        use linux::{Target, pinned};
+        let tmp = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(tmp.path()).unwrap();
+        let dir = root.join("creds");
+        std::fs::create_dir(&dir).unwrap();
+        let (_fd, at) = pinned(&Target {
+            path: dir.clone(),
+            dir: true,
+        })
+        .unwrap();
+        assert_eq!(std::fs::read_link(at).unwrap(), dir);
+        // Swapped for a symlink (to somewhere else) after it was resolved: refused.
+        std::fs::remove_dir(&dir).unwrap();
+        std::os::unix::fs::symlink("/etc", &dir).unwrap();
+        let err = pinned(&Target {
+            path: dir.clone(),
+            dir: true,
+        })
+        .unwrap_err();
+        assert!(err.contains("replaced"), "{err}");
+        // Swapped for a file: refused too.
+        std::fs::remove_file(&dir).unwrap();
+        std::fs::write(&dir, "").unwrap();
+        let err = pinned(&Target {
+            path: dir,
+            dir: true,
+        })
+        .unwrap_err();
+        assert!(err.contains("replaced"), "{err}");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
     fn swap_paths_are_unescaped() {
         assert_eq!(
             linux::unescape_octal("/swap\\040file"),
@@ -1191,6 +1558,43 @@ mod tests {
         unique.sort();
         unique.dedup();
         assert_eq!(unique.len(), got.len());
+    }
+
+    #[test]
+    fn relative_sources_are_hidden_in_the_working_directory_not_dropped() {
+        let paths = crate::context::Paths {
+            home: None,
+            config_home: PathBuf::from("/c"),
+            data_home: PathBuf::from("/d"),
+            cache_home: PathBuf::from("/k"),
+            runtime_dir: None,
+            cwd: PathBuf::from("/work/p"),
+        };
+        let got = hidden_paths(
+            &paths,
+            &[PathBuf::from("keys/id.txt")],
+            &[PathBuf::from("creds.json")],
+        );
+        for want in ["/work/p/keys/id.txt", "/work/p/creds.json"] {
+            assert!(got.contains(&PathBuf::from(want)), "{want}: {got:?}");
+        }
+        assert!(got.iter().all(|p| p.is_absolute()), "{got:?}");
+    }
+
+    #[test]
+    fn the_session_bus_socket_is_found_in_its_address() {
+        let bus = |a: &str| bus_socket(Some(std::ffi::OsStr::new(a)));
+        assert_eq!(
+            bus("unix:path=/tmp/dbus-AbC,guid=123"),
+            Some(PathBuf::from("/tmp/dbus-AbC"))
+        );
+        assert_eq!(
+            bus("unix:abstract=/tmp/x;unix:path=/run/user/1/bus"),
+            Some(PathBuf::from("/run/user/1/bus"))
+        );
+        assert_eq!(bus("unix:abstract=/tmp/dbus-1"), None);
+        assert_eq!(bus("tcp:host=localhost,port=1"), None);
+        assert_eq!(bus_socket(None), None);
     }
 
     #[test]

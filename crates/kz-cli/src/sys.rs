@@ -4,10 +4,12 @@
 //!   so colours and interactive programs keep working). Everything else about the PTY uses
 //!   rustix's safe wrappers; this module only registers the `pre_exec` hook, which runs in the
 //!   forked child between `fork` and `exec`, where only async-signal-safe calls are allowed;
-//! - the two system calls of `kz run --isolate`'s namespace helper (Linux only) that have no safe
-//!   wrapper: `unshare` of a user, network and mount namespace, and the
+//! - the system calls of `kz run --isolate`'s namespace helper (Linux only) that have no safe
+//!   wrapper: `unshare` of a user, network, mount and PID namespace, the `fork` that starts the
+//!   new PID namespace's init, `mount_setattr` (make a mount tree read-only, or one mount
+//!   writable again), `keyctl(KEYCTL_JOIN_SESSION_KEYRING)`, and the
 //!   `SIOCGIFFLAGS`/`SIOCSIFFLAGS` ioctls that bring the new namespace's loopback interface up.
-//!   (The mounts that hide the host's sockets use rustix's safe wrappers, in `isolate`.)
+//!   (The other mounts use rustix's safe wrappers, in `isolate`.)
 #![allow(unsafe_code)]
 
 use std::os::fd::OwnedFd;
@@ -35,22 +37,122 @@ pub fn attach_pty(cmd: &mut Command, slave: &OwnedFd) -> std::io::Result<()> {
 }
 
 /// Moves the calling process into a new user namespace, a new network namespace and a new mount
-/// namespace (`kz run --isolate`), all owned by the new user namespace. The kernel refuses a new
-/// user namespace to a multi-threaded process, so this must run before the process starts any
-/// thread.
+/// namespace (`kz run --isolate`), all owned by the new user namespace, and makes the next child
+/// it forks the init (pid 1) of a new PID namespace. The kernel refuses a new user namespace to
+/// a multi-threaded process, so this must run before the process starts any thread.
 #[cfg(target_os = "linux")]
-pub fn unshare_user_net_mount() -> std::io::Result<()> {
+pub fn unshare_isolate_namespaces() -> std::io::Result<()> {
     use rustix::thread::UnshareFlags;
     // SAFETY: `unshare_unsafe` is unsafe only because `CLONE_FILES` would give this thread an fd
     // table of its own that other threads' descriptors are not part of. These flags do not
     // include `FILES` (nor anything else that splits per-thread state: `NEWNS` also unshares
-    // the filesystem root and cwd, which is harmless with one thread), and the caller has a
-    // single thread.
+    // the filesystem root and cwd, and `NEWPID` sets the PID namespace of the children of this
+    // thread only, both harmless with one thread), and the caller has a single thread.
     unsafe {
         rustix::thread::unshare_unsafe(
-            UnshareFlags::NEWUSER | UnshareFlags::NEWNET | UnshareFlags::NEWNS,
+            UnshareFlags::NEWUSER
+                | UnshareFlags::NEWNET
+                | UnshareFlags::NEWNS
+                | UnshareFlags::NEWPID,
         )
     }?;
+    Ok(())
+}
+
+/// Which side of [`fork_single_threaded`] the caller is on.
+#[cfg(target_os = "linux")]
+pub enum Forked {
+    /// The original process; the child's pid as this process sees it.
+    Parent(rustix::process::Pid),
+    /// The new process.
+    Child,
+}
+
+/// `fork()`. Only for a process that has a single thread (the `--isolate` helper before it
+/// starts any): the child then is a full copy in which any code may run.
+#[cfg(target_os = "linux")]
+pub fn fork_single_threaded() -> std::io::Result<Forked> {
+    // SAFETY: `fork` is unsafe in a multi-threaded process, where the child would inherit locks
+    // held by threads that do not exist in it. The only caller is the `--isolate` helper before
+    // it starts a thread (its unshare of a user namespace, which the kernel refuses to a
+    // multi-threaded process, has succeeded just before), so the child is a complete copy.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(std::io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        n => rustix::process::Pid::from_raw(n)
+            .map(Forked::Parent)
+            .ok_or_else(|| std::io::Error::other("fork returned an invalid pid")),
+    }
+}
+
+/// `struct mount_attr` of `mount_setattr(2)`.
+#[cfg(target_os = "linux")]
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// Sets (`read_only`) or clears the read-only flag of the mount at `path`, and of every mount
+/// below it when `recursive`. Clearing fails (`EPERM`) on a mount that was read-only when the
+/// mount namespace was created by a less privileged user (the kernel locks that flag).
+#[cfg(target_os = "linux")]
+pub fn set_mount_read_only(
+    path: &std::path::Path,
+    read_only: bool,
+    recursive: bool,
+) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // `MOUNT_ATTR_RDONLY` of <linux/mount.h>.
+    let rdonly: u64 = 0x1;
+    let mut attr = MountAttr {
+        attr_set: if read_only { rdonly } else { 0 },
+        attr_clr: if read_only { 0 } else { rdonly },
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let flags = if recursive { libc::AT_RECURSIVE } else { 0 };
+    // SAFETY: `mount_setattr(dirfd, path, flags, attr, size)` reads the NUL-terminated `c_path`
+    // and `size` bytes of `attr`; both live until the call returns, and `attr` has the layout of
+    // the kernel's `struct mount_attr` (four `__u64`, `MOUNT_ATTR_SIZE_VER0` = 32 bytes).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            flags,
+            &raw mut attr,
+            size_of::<MountAttr>(),
+        )
+    };
+    if r == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Gives the calling process a new, empty, anonymous session keyring, so that no key of the
+/// session it was started in (`keyctl show @s`) is reachable from it or its children.
+#[cfg(target_os = "linux")]
+pub fn join_new_session_keyring() -> std::io::Result<()> {
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    // SAFETY: `keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL)` takes a name pointer that may be NULL
+    // (an anonymous keyring); it reads no other memory of this process.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<libc::c_char>(),
+        )
+    };
+    if r == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
     Ok(())
 }
 

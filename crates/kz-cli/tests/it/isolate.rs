@@ -612,7 +612,11 @@ fn host_filesystem_sockets_are_hidden_but_the_proxy_under_them_is_reached() {
     };
     // The proxy's own socket lives in a directory that gets hidden.
     let t = Target::pong_in(&runtime.path);
-    let control = Target::pong();
+    // A socket in the working directory stays reachable; one in /tmp (tmux, X11, ssh-agent
+    // live there) is hidden with the rest of /tmp.
+    let workdir = tempfile::tempdir().unwrap();
+    let control = Target::pong_in(workdir.path());
+    let in_tmp = Target::pong();
     let hidden = hidden_sockets(0, &runtime, true);
     assert!(hidden.len() >= 2, "too few places to test on this machine");
     let hidden_paths: Vec<&Path> = hidden.iter().map(|h| h.path.as_path()).collect();
@@ -630,17 +634,22 @@ fn host_filesystem_sockets_are_hidden_but_the_proxy_under_them_is_reached() {
     );
     // Inside, none does, even after trying to unmount what covers it; a socket elsewhere still
     // does, and the relay reaches the proxy in its hidden directory.
+    probe.push(in_tmp.socket.to_str().unwrap());
     probe.push(control.socket.to_str().unwrap());
     let mut want = expect(&hidden_paths, "blocked");
+    want.extend(expect(&[in_tmp.socket.as_path()], "blocked"));
     want.extend(expect(&[control.socket.as_path()], "reachable"));
-    let d = run(helper(&t.socket, &probe));
+    let mut inside = helper(&t.socket, &probe);
+    inside.current_dir(workdir.path());
+    let d = run(inside);
     assert_eq!(probe_lines(&d), want, "stderr:\n{}", d.stderr);
     let relay = format!(
         "import os, socket\n\
          c = socket.create_connection(('127.0.0.1', {PORT}), timeout=10)\n\
          c.sendall(b'hidden\\n')\n\
          print(c.makefile().readline().strip())\n\
-         print(os.listdir('{}'))\n",
+         p = '{}'\n\
+         print(os.listdir(p) if os.path.isdir(p) else [])\n",
         runtime.path.display()
     );
     let d = python_ok(&t.socket, &relay);
@@ -795,18 +804,19 @@ def read(p):
             return bool(f.read(1 << 20))
     except OSError:
         return False
-def field(pid, n):
-    with open("/proc/%d/stat" % pid) as f:
-        return f.read().rsplit(")", 1)[1].split()[n - 3]
-kz = os.getppid()
-with open("/proc/%d/status" % kz) as f:
+with open("/proc/%d/status" % os.getppid()) as f:
     caps = [l.split()[1] for l in f if l.startswith("CapEff:")]
 print("parent-capabilities", verdict(int(caps[0], 16) != 0))
-with open("/proc/%d/cmdline" % kz, "rb") as f:
-    if b"__isolate" in f.read():
-        kz = int(field(kz, 4))
-with open("/proc/%d/comm" % kz) as f:
-    print("kz-comm", f.read().strip())
+def kz_pid():
+    # The parent, or the parent of the namespace helper: 0 when outside the PID namespace.
+    pid = os.getppid()
+    with open("/proc/%d/cmdline" % pid, "rb") as f:
+        if b"__isolate" in f.read():
+            with open("/proc/%d/stat" % pid) as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+    return pid
+kz = kz_pid()
+print("kz-comm", "kz" if kz else "unreachable")
 for arg in sys.argv[2:]:
     name, path = arg.split("=", 1)
     print(name, verdict(read(path)))
@@ -858,13 +868,14 @@ fn verdicts(r: &crate::util::Run) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Every probe of a run under `--isolate` is blocked, and kz was found.
+/// Every probe of a run under `--isolate` is blocked, and kz cannot even be named (it is outside
+/// the command's PID namespace).
 #[track_caller]
 fn assert_all_blocked(r: &crate::util::Run) {
     let v = verdicts(r);
     assert!(
-        v.iter().any(|(n, c)| n == "kz-comm" && c == "kz"),
-        "the probe did not find kz\nstdout:\n{}\nstderr:\n{}",
+        v.iter().any(|(n, c)| n == "kz-comm" && c == "unreachable"),
+        "the probe found kz's process\nstdout:\n{}\nstderr:\n{}",
         r.stdout,
         r.stderr
     );
@@ -892,6 +903,11 @@ fn a_hostile_command_under_isolate_reads_no_source_of_the_runs_values() {
     // environment too (tier 1: documented).
     let open = hostile_run(&s, &[], "python3", wrap).ok().no_canary();
     let v = verdicts(&open);
+    assert!(
+        v.contains(&("kz-comm".to_string(), "kz".to_string())),
+        "the probe did not find kz without --isolate: it is broken\n{}",
+        open.stdout
+    );
     for (name, _) in hostile_targets(&s) {
         assert!(
             v.contains(&(name.to_string(), "exposed".to_string())),
@@ -1123,4 +1139,190 @@ fn a_working_directory_inside_a_hidden_directory_stops_the_start() {
         r.stderr
     );
     assert!(!marker.exists(), "the command must not start");
+}
+
+// ----- The command's view: its own processes, private temporary files, read-only elsewhere -----
+
+/// The command's view of processes: whether the test's own pid is visible or can be signalled,
+/// and the command's pid as it sees it.
+const PID_PROBE: &str = r#"
+import os, sys
+host = int(sys.argv[1])
+try:
+    os.kill(host, 0)
+    signalled = True
+except OSError:
+    signalled = False
+print("host-pid", "exposed" if os.path.exists("/proc/%d" % host) or signalled else "blocked")
+print("parent", os.getppid())
+"#;
+
+#[test]
+fn the_command_cannot_name_host_processes_and_nothing_outlives_the_run() {
+    let t = Target::pong();
+    let me = std::process::id().to_string();
+    let d = run(helper(&t.socket, &["python3", "-c", PID_PROBE, &me]));
+    assert_eq!(d.code, Some(0), "stderr:\n{}", d.stderr);
+    // Its parent is the namespace's init (the helper), pid 1.
+    assert_eq!(
+        d.stdout.lines().collect::<Vec<_>>(),
+        ["host-pid blocked", "parent 1"],
+        "stderr:\n{}",
+        d.stderr
+    );
+    // A process that leaves its session behind dies with the run.
+    let marker = format!("{}.{}", 4000 + std::process::id() % 1000, 17);
+    let script = format!("setsid sleep {marker} </dev/null >/dev/null 2>&1 & exit 3");
+    let d = run(helper(&t.socket, &["sh", "-c", &script]));
+    assert_eq!(d.code, Some(3), "stderr:\n{}", d.stderr);
+    let lingering: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&format!("sleep {marker}")))
+        .collect();
+    assert!(lingering.is_empty(), "still running: {lingering:?}");
+}
+
+/// Writes where a hostile command would plant code for later, and a private temporary file.
+const WRITE_PROBE: &str = r#"
+import os, sys
+def write(p):
+    try:
+        with open(p, "w") as f:
+            f.write("echo planted\n")
+        return "written"
+    except OSError:
+        return "refused"
+outside, marker = sys.argv[1], sys.argv[2]
+print("outside", write(os.path.join(outside, ".bashrc")))
+print("workdir", write(os.path.join(os.getcwd(), "out.txt")))
+print("tmp", write(os.path.join("/tmp", marker)))
+print("tmpdir", os.environ.get("TMPDIR"))
+print("dev", " ".join(sorted(os.listdir("/dev"))))
+"#;
+
+/// Runs [`WRITE_PROBE`] (as `uid` through setpriv when given) in a fresh working directory
+/// under `/tmp`, against a stand-in for `$HOME` outside it and outside `/tmp`; checks what was
+/// written where.
+fn check_writes(uid: Option<u32>) {
+    let t = Target::pong();
+    // Under `/`, which every user can traverse (the build directory may be under a private
+    // home); removed on drop.
+    let outside = tempfile::Builder::new()
+        .prefix(".kz-isolate-test-")
+        .tempdir_in("/")
+        .unwrap();
+    let workdir = tempfile::tempdir().unwrap();
+    let bin = tempfile::tempdir().unwrap();
+    let mut kz = kz_bin();
+    if let Some(uid) = uid {
+        // Both writable by that user, so only the isolation can refuse.
+        for d in [outside.path(), workdir.path()] {
+            std::os::unix::fs::chown(d, Some(uid), Some(uid)).unwrap();
+        }
+        // A copy of kz that the user can execute wherever the build directory is.
+        std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        kz = bin.path().join("kz");
+        std::fs::copy(kz_bin(), &kz).unwrap();
+        std::fs::set_permissions(&kz, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let marker = format!("kz-isolate-private-{}", std::process::id());
+    let probe = [
+        "python3",
+        "-c",
+        WRITE_PROBE,
+        outside.path().to_str().unwrap(),
+        &marker,
+    ];
+    let mut cmd = match uid {
+        Some(uid) => {
+            let mut c = Command::new("setpriv");
+            c.arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={uid}"))
+                .arg("--clear-groups")
+                .arg(&kz)
+                .args([
+                    "__isolate",
+                    t.socket.to_str().unwrap(),
+                    &PORT.to_string(),
+                    "--",
+                ])
+                .args(probe)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            c
+        }
+        None => helper_with(&kz, &t.socket, &PORT.to_string(), &probe),
+    };
+    cmd.current_dir(workdir.path());
+    let d = run(cmd);
+    assert_eq!(d.code, Some(0), "stderr:\n{}", d.stderr);
+    let lines: Vec<&str> = d.stdout.lines().collect();
+    assert_eq!(
+        lines.get(..4).unwrap_or_default(),
+        [
+            "outside refused",
+            "workdir written",
+            "tmp written",
+            "tmpdir /tmp"
+        ],
+        "stderr:\n{}",
+        d.stderr
+    );
+    // Only harmless devices: no disk, loop, SCSI generic or NVMe device.
+    assert_eq!(
+        lines.get(4).copied().unwrap_or_default(),
+        "dev fd full null ptmx pts random shm stderr stdin stdout tty urandom zero"
+    );
+    assert!(!outside.path().join(".bashrc").exists());
+    assert!(workdir.path().join("out.txt").exists());
+    // The command's /tmp was its own.
+    assert!(!std::env::temp_dir().join(&marker).exists());
+}
+
+#[test]
+fn only_the_working_directory_and_private_temporary_directories_are_writable() {
+    check_writes(None);
+}
+
+#[test]
+fn an_unprivileged_user_cannot_write_outside_the_working_directory_either() {
+    // Run as root (as in a container): the same as `nobody` via setpriv.
+    if outer(&["-u"]) != "0" || Command::new("setpriv").arg("--version").output().is_err() {
+        return;
+    }
+    check_writes(Some(65534));
+}
+
+/// x86_64 `keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0)` through ctypes.
+#[cfg(target_arch = "x86_64")]
+const KEYRING_PROBE: &str = r#"
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+print(libc.syscall(250, 0, -3, 0))
+"#;
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn the_command_gets_a_session_keyring_of_its_own() {
+    let t = Target::pong();
+    let outside = Command::new("python3")
+        .args(["-c", KEYRING_PROBE])
+        .output()
+        .unwrap();
+    let outside = String::from_utf8_lossy(&outside.stdout).trim().to_string();
+    assert!(
+        outside.parse::<i64>().is_ok_and(|n| n > 0),
+        "no session keyring outside: {outside}"
+    );
+    let d = python_ok(&t.socket, KEYRING_PROBE);
+    let inside = d.stdout.trim();
+    assert!(
+        inside.parse::<i64>().is_ok_and(|n| n > 0),
+        "inside: {inside}"
+    );
+    assert_ne!(inside, outside);
 }
