@@ -10,7 +10,7 @@ use std::process::Stdio;
 use crate::util::{CANARY, Run, Sandbox};
 
 /// A value that breaks careless quoting: quotes, `$`, a command substitution, a newline.
-const TRICKY: &str = "it's \"q\" $HOME `touch PWNED` \\ end\nline two";
+const TRICKY: &str = "it's \"q\" $HOME $(touch PWNED) \\ end\nline two";
 
 /// A stand-in for the vault: answers every ref from a fixed table.
 const STUB: &str = r#"import json, sys

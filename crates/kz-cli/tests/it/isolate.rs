@@ -749,7 +749,8 @@ fn hostile_world() -> crate::util::Sandbox {
          ENV_KEY = { provider = \"env\", ref = \"KZ_TEST_SRC\", hosts = [\"api.example.com\"] }\n\
          [blind]\nhide = [\"~/private/notes.txt\"]\n",
     );
-    s.set("KZ_TEST_SRC", CANARY);
+    // Blind mode needs a trusted configuration; the operator's override stands in for `kz allow`.
+    s.set("KZ_TEST_SRC", CANARY).set("KEYZERO_TRUST", "1");
     s.put("LOCAL_KEY", CANARY);
     s.write("secrets.env", &format!("FILE_KEY={CANARY}\n"));
     s.write(".keyzero.local.toml", &format!("# {CANARY}\n"));
@@ -1061,7 +1062,8 @@ fn hiding_the_directory_that_holds_the_runs_ca_directory_stops_the_start() {
     );
     let tmp = s.root.path().join("tmp");
     std::fs::create_dir_all(&tmp).unwrap();
-    s.set("KZ_TEST_SRC", crate::util::CANARY);
+    s.set("KZ_TEST_SRC", crate::util::CANARY)
+        .set("KEYZERO_TRUST", "1");
     s.set("TMPDIR", tmp.to_str().unwrap());
     let marker = s.project.join("started");
     let r = s

@@ -269,7 +269,7 @@ fn blind_502_says_why_under_verbose() {
     let mut s = Sandbox::with_config(
         "[secrets]\nAPI_TOKEN = { provider = \"env\", ref = \"KZ_TEST_SRC\", hosts = [\"localhost:1\"] }\n",
     );
-    s.set("KZ_TEST_SRC", CANARY);
+    s.set("KZ_TEST_SRC", CANARY).set("KEYZERO_TRUST", "1");
     // Port 1 on loopback: allowed by the exact pattern, but nothing listens there.
     let child = "curl -s -o /dev/null -w '%{http_code}' -H \"Authorization: Bearer $API_TOKEN\" http://localhost:1/";
     let r = s
