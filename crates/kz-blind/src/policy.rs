@@ -110,7 +110,7 @@ fn join_patterns(ps: &[HostPattern]) -> String {
 }
 
 /// `host:port` for messages, with IPv6 in brackets.
-fn host_port(host: &str, port: u16) -> String {
+pub fn host_port(host: &str, port: u16) -> String {
     if host.contains(':') {
         format!("[{host}]:{port}")
     } else {

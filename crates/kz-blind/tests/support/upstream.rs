@@ -117,6 +117,39 @@ impl Upstream {
         }
     }
 
+    /// A plain-HTTP server (HTTP/1.1 and HTTP/2 prior knowledge) with the same routes, on
+    /// 127.0.0.1:0 inside the current Tokio runtime. `ca_pem` is empty.
+    pub async fn start_plain() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = Arc::clone(&seen);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let _ = tcp.set_nodelay(true);
+                let seen = Arc::clone(&seen2);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let seen = Arc::clone(&seen);
+                        async move { Ok::<_, Infallible>(answer(req, &seen).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            ca_pem: String::new(),
+            seen,
+            task,
+        }
+    }
+
     pub fn port(&self) -> u16 {
         self.addr.port()
     }
