@@ -123,6 +123,8 @@ struct Shared {
     /// The proxy credential (`kz:<random>`), fresh per run; every request and `CONNECT` on the
     /// proxy port must present it.
     credential: ProxyCredential,
+    /// Checked DNS answers, shared by `CONNECT` and the upstream connectors.
+    resolver: Arc<policy::CheckedResolver>,
 }
 
 /// The proxy's own credential: user `kz`, a password of [`CREDENTIAL_BYTES`] random bytes (hex)
@@ -203,8 +205,19 @@ impl Proxy {
     /// A proxy with `settings`. Must be called inside a Tokio runtime.
     pub fn new(settings: Settings) -> Self {
         let policy = Arc::new(settings.policy);
-        let client = upstream::client(Arc::clone(&policy), settings.upstream_tls.clone(), false);
-        let ws_client = upstream::client(Arc::clone(&policy), settings.upstream_tls, true);
+        let resolver = Arc::new(policy::CheckedResolver::default());
+        let client = upstream::client(
+            Arc::clone(&policy),
+            Arc::clone(&resolver),
+            settings.upstream_tls.clone(),
+            false,
+        );
+        let ws_client = upstream::client(
+            Arc::clone(&policy),
+            Arc::clone(&resolver),
+            settings.upstream_tls,
+            true,
+        );
         let swapper = Swapper::new(&settings.table);
         let scrubber = Some(Scrubber::new(&settings.table))
             .filter(|s| settings.scrub_responses && !s.is_empty());
@@ -215,6 +228,7 @@ impl Proxy {
                 buffer_budget: Arc::new(tokio::sync::Semaphore::new(BUFFER_BUDGET_MIB as usize)),
                 scrubs: (0..n).map(|_| AtomicU64::new(0)).collect(),
                 credential: ProxyCredential::new(),
+                resolver,
                 table: settings.table,
                 policy,
                 ca: settings.ca,
@@ -389,7 +403,12 @@ impl Proxy {
         };
         // The address check too, before the tunnel is answered (each connection made later is
         // checked again, against the address it actually uses).
-        match policy::resolve_checked(&dest.host, dest.port, explicit).await {
+        match self
+            .shared
+            .resolver
+            .resolve(&dest.host, dest.port, explicit)
+            .await
+        {
             Ok(_) => {}
             Err(reason) if reason.starts_with("cannot resolve") => {
                 return text(StatusCode::BAD_GATEWAY, format!("kz blind: {reason}\n"));
