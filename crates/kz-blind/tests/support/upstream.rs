@@ -81,7 +81,13 @@ impl Upstream {
                 rustls_pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
             )
             .unwrap();
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // `KZ_BENCH_UPSTREAM_H1=1`: HTTP/1.1 only (the benchmark's comparison of upstream
+        // protocols).
+        config.alpn_protocols = if std::env::var_os("KZ_BENCH_UPSTREAM_H1").is_some() {
+            vec![b"http/1.1".to_vec()]
+        } else {
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        };
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
