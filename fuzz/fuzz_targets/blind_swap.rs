@@ -41,6 +41,13 @@ fuzz_target!(|input: &[u8]| {
             value: SecretValue::from_bytes(value.to_vec()),
             token: format!("kz_masked_{i:032x}"),
             hosts: Vec::new(),
+            // Every location, so the body checks below see every swap.
+            swap: kz_config::SwapIn {
+                headers: true,
+                query: true,
+                path: true,
+                body: true,
+            },
         });
     }
     let Some(&[mask, chunk]) = take(&mut data, 2) else {

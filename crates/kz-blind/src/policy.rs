@@ -110,7 +110,7 @@ fn join_patterns(ps: &[HostPattern]) -> String {
 }
 
 /// `host:port` for messages, with IPv6 in brackets.
-fn host_port(host: &str, port: u16) -> String {
+pub fn host_port(host: &str, port: u16) -> String {
     if host.contains(':') {
         format!("[{host}]:{port}")
     } else {
@@ -774,6 +774,63 @@ pub async fn resolve_checked(
         }
     }
     Ok(checked)
+}
+
+/// How long a checked answer of [`CheckedResolver`] is reused.
+pub const RESOLVE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+/// Names a [`CheckedResolver`] remembers at once (it forgets them all when full).
+const RESOLVE_CACHE_LIMIT: usize = 256;
+
+type ResolveKey = (String, u16, bool);
+
+/// [`resolve_checked`] with its successful answers reused for [`RESOLVE_TTL`]: a `CONNECT` and
+/// the upstream connection made right after it (and every new tunnel to the same host) then
+/// cost one lookup, not one each, and no trip through the blocking thread pool on the request
+/// path. What is reused is the *checked* address list (per host, port and `explicit`), and the
+/// caller still connects to exactly those addresses, so reuse cannot let a special address in.
+/// Refusals and failures are not remembered.
+#[derive(Debug, Default)]
+pub struct CheckedResolver {
+    answers: std::sync::Mutex<
+        std::collections::HashMap<ResolveKey, (std::time::Instant, Vec<SocketAddr>)>,
+    >,
+}
+
+impl CheckedResolver {
+    /// As [`resolve_checked`].
+    pub async fn resolve(
+        &self,
+        host: &str,
+        port: u16,
+        explicit: bool,
+    ) -> Result<Vec<SocketAddr>, String> {
+        let key = (host.to_string(), port, explicit);
+        let now = std::time::Instant::now();
+        if let Some((at, addrs)) = self.lock().get(&key)
+            && now.saturating_duration_since(*at) < RESOLVE_TTL
+        {
+            return Ok(addrs.clone());
+        }
+        let addrs = resolve_checked(host, port, explicit).await?;
+        let mut answers = self.lock();
+        if answers.len() >= RESOLVE_CACHE_LIMIT {
+            answers.clear();
+        }
+        answers.insert(key, (std::time::Instant::now(), addrs.clone()));
+        Ok(addrs)
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<ResolveKey, (std::time::Instant, Vec<SocketAddr>)>,
+    > {
+        // Inserts and clears cannot leave the map inconsistent: a poisoned lock is still usable.
+        self.answers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 fn host_port_pattern(ip: IpAddr, port: u16) -> String {
@@ -1581,6 +1638,26 @@ mod tests {
         assert_eq!(
             resolve_checked("1.1.1.1", 443, false).await.unwrap(),
             vec!["1.1.1.1:443".parse::<SocketAddr>().unwrap()]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_resolver_reuses_checked_answers_only() {
+        let r = CheckedResolver::default();
+        // A refusal is not remembered, and an explicit answer is not reused for a non-explicit
+        // question.
+        assert!(r.resolve("localhost", 8443, false).await.is_err());
+        let addrs = r.resolve("localhost", 8443, true).await.unwrap();
+        assert!(addrs.iter().all(|a| a.ip().is_loopback()));
+        assert!(r.resolve("localhost", 8443, false).await.is_err());
+        assert_eq!(r.resolve("localhost", 8443, true).await.unwrap(), addrs);
+        assert_eq!(r.lock().len(), 1);
+        // Literals never reach the cache's answers differently from resolve_checked.
+        assert!(r.resolve("169.254.169.254", 80, false).await.is_err());
+        assert!(
+            r.resolve("metadata.google.internal", 80, true)
+                .await
+                .is_err()
         );
     }
 

@@ -1,7 +1,7 @@
 //! The per-run secret table: every secret blind mode handles, its masked token and the hosts it
 //! may be sent to. Indices into [`SecretTable::secrets`] are how the other modules name a secret.
 
-use kz_config::HostPattern;
+use kz_config::{HostPattern, SwapIn};
 use kz_secret::SecretValue;
 use std::fmt::Write;
 
@@ -35,6 +35,9 @@ pub struct BlindSecret {
     /// Where this secret may be sent (already merged: `hosts`, else `[blind] allow`, plus
     /// `--allow-host`).
     pub hosts: Vec<HostPattern>,
+    /// Where in a request its token is swapped (the entry's `swap`; headers and query by
+    /// default).
+    pub swap: SwapIn,
 }
 
 impl BlindSecret {
@@ -45,12 +48,29 @@ impl BlindSecret {
             value,
             token: new_token(),
             hosts,
+            swap: SwapIn::default(),
         }
     }
 
-    /// Whether this secret may be sent to `host` (lowercase ASCII, no trailing dot) on `port`.
+    /// The same secret, swapped where `swap` says.
+    #[must_use]
+    pub fn with_swap(mut self, swap: SwapIn) -> Self {
+        self.swap = swap;
+        self
+    }
+
+    /// Whether this secret is bound to `host` (lowercase ASCII, no trailing dot) on `port`, over
+    /// any scheme.
     pub fn may_reach(&self, host: &str, port: u16) -> bool {
         self.hosts.iter().any(|p| p.matches(host, port))
+    }
+
+    /// Whether this secret's value may be sent to `host` on `port`: bound there, and over plain
+    /// HTTP (`https == false`) only by a pattern written `http://…`.
+    pub fn may_send(&self, host: &str, port: u16, https: bool) -> bool {
+        self.hosts
+            .iter()
+            .any(|p| (https || p.cleartext) && p.matches(host, port))
     }
 }
 
@@ -64,6 +84,34 @@ pub struct SecretTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_http_needs_a_binding_that_names_the_scheme() {
+        let pats = |l: &[&str]| -> Vec<HostPattern> {
+            l.iter().map(|p| HostPattern::parse(p).unwrap()).collect()
+        };
+        let s = BlindSecret::new(
+            "A",
+            SecretValue::from_str_copy("v"),
+            pats(&[
+                "api.example.com",
+                "http://localhost:8080",
+                "http://*.dev.test",
+            ]),
+        );
+        assert!(s.may_send("api.example.com", 443, true));
+        assert!(!s.may_send("api.example.com", 80, false));
+        assert!(s.may_reach("api.example.com", 80));
+        assert!(s.may_send("localhost", 8080, false));
+        assert!(
+            s.may_send("localhost", 8080, true),
+            "`http://` allows HTTPS too"
+        );
+        assert!(!s.may_send("localhost", 8081, false));
+        assert!(s.may_send("a.dev.test", 80, false));
+        assert!(!s.may_send("other.example.com", 443, true));
+        assert_eq!(s.swap, SwapIn::default());
+    }
 
     #[test]
     fn tokens_have_the_documented_shape_and_differ() {

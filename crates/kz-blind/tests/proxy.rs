@@ -17,7 +17,7 @@ use kz_blind::ca::{RunCa, upstream_client_config};
 use kz_blind::policy::{Policy, SecretHosts};
 use kz_blind::proxy::{Proxy, Settings};
 use kz_blind::secrets::{BlindSecret, SecretTable};
-use kz_config::{BlindConfig, HostPattern};
+use kz_config::{BlindConfig, HostPattern, SwapIn};
 use kz_secret::SecretValue;
 use upstream::Upstream;
 
@@ -26,8 +26,15 @@ const CANARY: &str = "kz-canary-Zq8vLx3N0pW";
 struct Harness {
     upstream: Upstream,
     other: Upstream,
+    /// A plain-HTTP server; API_TOKEN is bound to it only when the test says so.
+    plain: Upstream,
     proxy: Proxy,
+    /// The proxy URL with its credential, as the command gets it.
     proxy_url: String,
+    /// `host:port` of the proxy.
+    proxy_addr: String,
+    /// `Basic …`: the `Proxy-Authorization` value for raw requests.
+    proxy_auth: String,
     token: String,
     ca_pem: String,
     _dir: tempfile::TempDir,
@@ -36,13 +43,36 @@ struct Harness {
 }
 
 async fn harness(extra: &[&str]) -> Harness {
+    harness_with(extra, &[], SwapIn::default()).await
+}
+
+/// API_TOKEN swapped in bodies too (`swap = ["headers", "query", "body"]`).
+async fn harness_body(extra: &[&str]) -> Harness {
+    harness_with(
+        extra,
+        &[],
+        SwapIn {
+            body: true,
+            ..SwapIn::default()
+        },
+    )
+    .await
+}
+
+/// `api_hosts`: more hosts for API_TOKEN, with `{plain}` standing for the plain server's port.
+async fn harness_with(extra: &[&str], api_hosts: &[&str], swap: SwapIn) -> Harness {
     let upstream = Upstream::start().await;
     let other = Upstream::start().await;
+    let plain = Upstream::start_plain().await;
     let dir = tempfile::tempdir().unwrap();
     // Both test servers share nothing: trust both CAs upstream.
     let ca_file = dir.path().join("upstream-ca.pem");
     std::fs::write(&ca_file, format!("{}{}", upstream.ca_pem, other.ca_pem)).unwrap();
-    let hosts = vec![HostPattern::parse(&format!("localhost:{}", upstream.port())).unwrap()];
+    let mut hosts = vec![HostPattern::parse(&format!("localhost:{}", upstream.port())).unwrap()];
+    for h in api_hosts {
+        let h = h.replace("{plain}", &plain.port().to_string());
+        hosts.push(HostPattern::parse(&h).unwrap());
+    }
     // A second secret bound to the other server, so that server is reachable (named exactly)
     // but API_TOKEN is not bound to it.
     let other_hosts = vec![HostPattern::parse(&format!("localhost:{}", other.port())).unwrap()];
@@ -69,7 +99,8 @@ async fn harness(extra: &[&str]) -> Harness {
         "API_TOKEN",
         SecretValue::from_str_copy(CANARY),
         planned.hosts[0].clone(),
-    );
+    )
+    .with_swap(swap);
     let other_secret = BlindSecret::new(
         "OTHER_TOKEN",
         SecretValue::from_str_copy("other-value-not-the-canary"),
@@ -91,14 +122,31 @@ async fn harness(extra: &[&str]) -> Harness {
         audit: Some(Arc::clone(&writer)),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy_url = format!("http://{}", listener.local_addr().unwrap());
+    let proxy_addr = listener.local_addr().unwrap().to_string();
+    let proxy_url = proxy.url_for(&proxy_addr);
+    let userinfo = proxy_url
+        .strip_prefix("http://")
+        .unwrap()
+        .split_once('@')
+        .unwrap()
+        .0;
+    let proxy_auth = {
+        use base64::Engine as _;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(userinfo)
+        )
+    };
     let p = proxy.clone();
     tokio::spawn(async move { p.serve_tcp(listener).await });
     Harness {
         upstream,
         other,
+        plain,
         proxy,
         proxy_url,
+        proxy_addr,
+        proxy_auth,
         token,
         ca_pem,
         _dir: dir,
@@ -162,7 +210,8 @@ fn token_is_swapped_for_the_allowed_host_over_http1_and_http2() {
                 format!("Bearer {CANARY}").as_bytes()
             );
             assert_eq!(s.target, format!("/v1/x?key={CANARY}"));
-            assert_eq!(s.body, format!("{{\"token\":\"{CANARY}\"}}").as_bytes());
+            // Not in the body: API_TOKEN's entry does not ask for it.
+            assert_eq!(s.body, format!("{{\"token\":\"{}\"}}", h.token).as_bytes());
         }
         let summary = h.proxy.summary();
         assert_eq!(summary.swapped_requests, 2);
@@ -311,7 +360,7 @@ fn a_streamed_body_with_a_token_for_another_host_is_refused_before_anything_is_s
 #[test]
 fn a_streamed_body_is_swapped_and_audited() {
     rt().block_on(async {
-        let h = harness(&[]).await;
+        let h = harness_body(&[]).await;
         let url = format!("https://localhost:{}/upload", h.upstream.port());
         let chunks: Vec<Result<String, std::io::Error>> =
             vec![Ok("t=".into()), Ok(h.token.clone()), Ok(";".into())];
@@ -370,7 +419,7 @@ fn range_requests_are_not_forwarded_while_scrubbing() {
 #[test]
 fn a_body_over_the_buffer_limit_streams_and_its_swap_is_audited() {
     rt().block_on(async {
-        let h = harness(&[]).await;
+        let h = harness_body(&[]).await;
         let url = format!("https://localhost:{}/big", h.upstream.port());
         let filler = "x".repeat(kz_blind::proxy::BUFFER_LIMIT + 1024);
         let chunks: Vec<Result<String, std::io::Error>> =
@@ -397,14 +446,14 @@ fn a_body_over_the_buffer_limit_streams_and_its_swap_is_audited() {
 fn expect_100_continue_is_answered_and_the_body_swapped() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     rt().block_on(async {
-        let h = harness(&[]).await;
-        let addr = h.proxy_url.trim_start_matches("http://").to_string();
-        let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let h = harness_body(&[]).await;
+        let mut tcp = tokio::net::TcpStream::connect(&h.proxy_addr).await.unwrap();
         let body = format!("k={}", h.token);
         // Absolute-form https target: the proxy originates the TLS connection itself.
         let head = format!(
-            "POST https://localhost:{}/expect HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+            "POST https://localhost:{}/expect HTTP/1.1\r\nHost: localhost\r\nProxy-Authorization: {}\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
             h.upstream.port(),
+            h.proxy_auth,
             body.len()
         );
         tcp.write_all(head.as_bytes()).await.unwrap();
@@ -431,5 +480,270 @@ fn expect_100_continue_is_answered_and_the_body_swapped() {
         let seen = h.upstream.seen();
         assert_eq!(seen[0].body, format!("k={CANARY}").as_bytes());
         assert!(seen[0].header("expect").is_none());
+    });
+}
+
+/// A client through the proxy for plain-HTTP targets.
+fn plain_client(proxy_url: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .proxy(reqwest::Proxy::all(proxy_url).unwrap())
+        .build()
+        .unwrap()
+}
+
+/// Sends `head` (and nothing else) to the proxy port and returns what comes back until the
+/// proxy closes or 10 s pass.
+async fn raw_exchange(addr: &str, head: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut all = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    while !String::from_utf8_lossy(&all).contains("\r\n\r\n") {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), tcp.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        all.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+#[test]
+fn a_token_in_a_body_is_left_as_the_token_unless_the_entry_asks_for_body_swap() {
+    rt().block_on(async {
+        for body_swap in [false, true] {
+            let h = if body_swap {
+                harness_body(&[]).await
+            } else {
+                harness(&[]).await
+            };
+            let url = format!("https://localhost:{}/gists", h.upstream.port());
+            let body = format!("{{\"content\":\"{}\"}}", h.token);
+            // Buffered (known length) and streamed (chunked, the token split).
+            let (a, b) = h.token.split_at(12);
+            let chunks = || -> Vec<Result<String, std::io::Error>> {
+                vec![Ok(format!("{{\"content\":\"{a}")), Ok(format!("{b}\"}}"))]
+            };
+            for streamed in [false, true] {
+                let req = client(&h, false).post(&url);
+                let req = if streamed {
+                    req.body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                        chunks(),
+                    )))
+                } else {
+                    req.body(body.clone())
+                };
+                assert_eq!(req.send().await.unwrap().status(), 200);
+            }
+            let seen = h.upstream.seen();
+            assert_eq!(seen.len(), 2);
+            let want = if body_swap {
+                format!("{{\"content\":\"{CANARY}\"}}")
+            } else {
+                body.clone()
+            };
+            for s in &seen {
+                assert_eq!(
+                    String::from_utf8_lossy(&s.body),
+                    want,
+                    "body swap {body_swap}"
+                );
+            }
+            let swaps = h.proxy.summary().swapped_requests;
+            assert_eq!(swaps, if body_swap { 2 } else { 0 });
+            let audit = audit_text(&h);
+            assert_eq!(audit.contains("\"mode\":\"swap\""), body_swap, "{audit}");
+        }
+    });
+}
+
+#[test]
+fn a_token_in_the_path_is_not_swapped_by_default() {
+    rt().block_on(async {
+        let h = harness(&[]).await;
+        let url = format!(
+            "https://localhost:{}/bot{}/send?k={}",
+            h.upstream.port(),
+            h.token,
+            h.token
+        );
+        assert_eq!(
+            client(&h, false).get(&url).send().await.unwrap().status(),
+            200
+        );
+        let seen = h.upstream.seen();
+        assert_eq!(seen[0].target, format!("/bot{}/send?k={CANARY}", h.token));
+    });
+}
+
+#[test]
+fn a_value_over_plain_http_to_a_binding_without_the_scheme_is_refused() {
+    rt().block_on(async {
+        // API_TOKEN is bound to the plain server by an exact pattern, without `http://`.
+        let h = harness_with(&[], &["localhost:{plain}"], SwapIn::default()).await;
+        let url = format!("http://localhost:{}/v1?key={}", h.plain.port(), h.token);
+        let resp = plain_client(&h.proxy_url)
+            .get(&url)
+            .bearer_auth(&h.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403);
+        let text = resp.text().await.unwrap();
+        assert!(text.contains("API_TOKEN"), "{text}");
+        assert!(text.contains("would travel unencrypted"), "{text}");
+        let fix = format!("bind `http://localhost:{}`", h.plain.port());
+        assert!(text.contains(&fix), "{text}");
+        assert!(!text.contains(CANARY));
+        assert!(h.plain.seen().is_empty(), "nothing reached the server");
+        let audit = audit_text(&h);
+        assert!(audit.contains("secret would travel unencrypted"), "{audit}");
+        assert!(!audit.contains(CANARY));
+        // Token-free requests to the host are fine.
+        let resp = plain_client(&h.proxy_url)
+            .get(format!("http://localhost:{}/free", h.plain.port()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    });
+}
+
+#[test]
+fn an_http_binding_lets_the_value_travel_over_plain_http() {
+    rt().block_on(async {
+        let h = harness_with(&[], &["http://localhost:{plain}"], SwapIn::default()).await;
+        let url = format!("http://localhost:{}/v1?key={}", h.plain.port(), h.token);
+        let resp = plain_client(&h.proxy_url)
+            .get(&url)
+            .bearer_auth(&h.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let seen = h.plain.seen();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(
+            seen[0].header("authorization").unwrap(),
+            format!("Bearer {CANARY}").as_bytes()
+        );
+        assert_eq!(seen[0].target, format!("/v1?key={CANARY}"));
+        // The proxy's credential is for the proxy only.
+        assert!(seen[0].header("proxy-authorization").is_none(), "{seen:?}");
+    });
+}
+
+#[test]
+fn requests_and_connects_without_the_proxy_credential_get_407_and_are_audited() {
+    rt().block_on(async {
+        let h = harness_with(&[], &["http://localhost:{plain}"], SwapIn::default()).await;
+        let plain_url = format!("http://localhost:{}/v1?key={}", h.plain.port(), h.token);
+        let wrong = format!("http://kz:{}@{}", "0".repeat(48), h.proxy_addr);
+        let user = h.proxy_url.replacen("http://kz:", "http://other:", 1);
+        for proxy_url in [format!("http://{}", h.proxy_addr), wrong, user] {
+            let resp = plain_client(&proxy_url)
+                .get(&plain_url)
+                .bearer_auth(&h.token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 407, "{proxy_url}");
+            assert_eq!(
+                resp.headers().get("proxy-authenticate").unwrap(),
+                "Basic realm=\"kz\""
+            );
+            // CONNECT (HTTPS through the proxy): the tunnel is refused.
+            let c = reqwest::Client::builder()
+                .proxy(reqwest::Proxy::all(&proxy_url).unwrap())
+                .tls_certs_only([reqwest::Certificate::from_pem(h.ca_pem.as_bytes()).unwrap()])
+                .build()
+                .unwrap();
+            let err = c
+                .get(format!("https://localhost:{}/x", h.upstream.port()))
+                .bearer_auth(&h.token)
+                .send()
+                .await
+                .unwrap_err();
+            let e = format!("{err:?}");
+            assert!(e.contains("407") || e.contains("ProxyAuth"), "{e}");
+        }
+        assert!(h.plain.seen().is_empty());
+        assert!(h.upstream.seen().is_empty());
+        assert_eq!(h.proxy.summary().swapped_requests, 0);
+        let audit = audit_text(&h);
+        assert!(audit.contains("no proxy credential"), "{audit}");
+        assert!(audit.contains("wrong proxy credential"), "{audit}");
+        assert!(audit.contains("\"method\":\"CONNECT\""), "{audit}");
+        assert!(!audit.contains(CANARY));
+        // The right credential still works.
+        let resp = plain_client(&h.proxy_url)
+            .get(&plain_url)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    });
+}
+
+#[test]
+fn a_raw_client_without_the_credential_gets_nothing_swapped() {
+    rt().block_on(async {
+        let h = harness_with(&[], &["http://localhost:{plain}"], SwapIn::default()).await;
+        let port = h.plain.port();
+        let t = &h.token;
+        let pw = h.proxy_url.split_once('@').unwrap().0.rsplit(':').next().unwrap().to_string();
+        let heads = [
+            format!("GET http://localhost:{port}/?k={t} HTTP/1.1\r\nHost: localhost:{port}\r\nAuthorization: Bearer {t}\r\n\r\n"),
+            format!("CONNECT localhost:{} HTTP/1.1\r\nHost: localhost\r\n\r\n", h.upstream.port()),
+            // The password alone, or in another scheme, is not the credential.
+            format!("GET http://localhost:{port}/ HTTP/1.1\r\nHost: localhost\r\nProxy-Authorization: Bearer {pw}\r\nAuthorization: Bearer {t}\r\n\r\n"),
+            format!("GET http://localhost:{port}/ HTTP/1.1\r\nHost: localhost\r\nProxy-Authorization: {pw}\r\nAuthorization: Bearer {t}\r\n\r\n"),
+            // Twice: one must be the credential, the other is not.
+            format!("GET http://localhost:{port}/ HTTP/1.1\r\nHost: localhost\r\nProxy-Authorization: {a}\r\nProxy-Authorization: Basic eDp5\r\nAuthorization: Bearer {t}\r\n\r\n", a = h.proxy_auth),
+        ];
+        for head in heads {
+            let answer = raw_exchange(&h.proxy_addr, &head).await;
+            assert!(answer.starts_with("HTTP/1.1 407"), "{head}\n{answer}");
+            assert!(!answer.contains(CANARY));
+        }
+        assert!(h.plain.seen().is_empty());
+        assert!(h.upstream.seen().is_empty());
+        // With the credential, the same raw request goes through and is swapped.
+        let head = format!(
+            "GET http://localhost:{port}/?k={t} HTTP/1.1\r\nHost: localhost:{port}\r\nProxy-Authorization: {}\r\nAuthorization: Bearer {t}\r\n\r\n",
+            h.proxy_auth
+        );
+        let answer = raw_exchange(&h.proxy_addr, &head).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert_eq!(h.plain.seen()[0].target, format!("/?k={CANARY}"));
+    });
+}
+
+#[test]
+fn the_proxy_url_carries_a_fresh_random_credential() {
+    rt().block_on(async {
+        let a = harness(&[]).await;
+        let b = harness(&[]).await;
+        let pw = |h: &Harness| {
+            h.proxy_url
+                .strip_prefix("http://kz:")
+                .unwrap()
+                .split_once('@')
+                .unwrap()
+                .0
+                .to_string()
+        };
+        let (pa, pb) = (pw(&a), pw(&b));
+        assert_ne!(pa, pb);
+        for p in [&pa, &pb] {
+            // ≥ 128 bits: 48 hex digits are 192.
+            assert_eq!(p.len(), 48, "{p}");
+            assert!(p.bytes().all(|c| c.is_ascii_hexdigit()), "{p}");
+        }
+        assert!(!format!("{:?}", a.proxy).contains(&pa));
     });
 }

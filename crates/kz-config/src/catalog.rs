@@ -85,6 +85,7 @@ pub const ENTRY_KEYS: &[&str] = &[
     "allow_empty",
     "optional",
     "hosts",
+    "swap",
     "description",
 ];
 

@@ -1,13 +1,18 @@
-//! Host patterns (`api.openai.com`, `*.stripe.com`, `localhost:8443`) and durations.
+//! Host patterns (`api.openai.com`, `*.stripe.com`, `localhost:8443`, `http://localhost:8080`)
+//! and durations.
 
 use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
-/// A parsed host pattern: an exact host or a leading wildcard label, optionally with a port.
+/// A parsed host pattern: an exact host or a leading wildcard label, optionally with a port, and
+/// optionally the scheme `http://` (a value may then also travel over plain HTTP; without it,
+/// only inside TLS). `https://` may be written and means the same as no scheme.
 /// Hosts are stored lowercased and IDNA-normalised (ASCII), so comparison is exact.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostPattern {
+    /// Written as `http://…`: blind mode may send a value to this host over plain HTTP too.
+    pub cleartext: bool,
     /// `true` for `*.suffix`: one or more labels before `suffix`, never `suffix` itself.
     pub wildcard: bool,
     /// The host (for a wildcard, the part after `*.`), ASCII lowercase.
@@ -23,9 +28,30 @@ impl HostPattern {
         if s.is_empty() {
             return Err("a host pattern is empty".into());
         }
-        if s.contains("://") || s.contains('/') {
+        let (cleartext, s, url) = match s.split_once("://") {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => (true, rest, true),
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => (false, rest, true),
+            Some((scheme, _)) => {
+                return Err(format!(
+                    "`{input}`: the scheme `{scheme}://` is not supported (write `api.example.com` \
+                     for HTTPS, or `http://host` to let a value travel over plain HTTP)"
+                ));
+            }
+            None => (false, s, false),
+        };
+        // `http://host/` is accepted; any other path is not a host.
+        let s = if url {
+            s.strip_suffix('/').unwrap_or(s)
+        } else {
+            s
+        };
+        if s.is_empty() {
+            return Err(format!("`{input}`: the host is missing"));
+        }
+        if s.contains('/') || s.contains('@') || s.contains('?') || s.contains('#') {
             return Err(format!(
-                "`{input}` is a URL or path, not a host (write just the host, e.g. `api.example.com`)"
+                "`{input}` is a URL or path, not a host (write just the host, e.g. \
+                 `api.example.com`, or `http://host[:port]` for plain HTTP)"
             ));
         }
         let (hostpart, port) = split_port(s).map_err(|e| format!("`{input}`: {e}"))?;
@@ -46,6 +72,7 @@ impl HostPattern {
                 ));
             }
             return Ok(Self {
+                cleartext,
                 wildcard,
                 host: ip.to_string(),
                 port,
@@ -67,6 +94,7 @@ impl HostPattern {
             ));
         }
         Ok(Self {
+            cleartext,
             wildcard,
             host: ascii,
             port,
@@ -98,6 +126,9 @@ impl HostPattern {
 
 impl fmt::Display for HostPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.cleartext {
+            f.write_str("http://")?;
+        }
         if self.wildcard {
             f.write_str("*.")?;
         }
@@ -203,7 +234,17 @@ mod tests {
     fn rejects_bad_patterns() {
         for bad in [
             "",
-            "https://x.com",
+            "ftp://x.com",
+            "ws://x.com",
+            "http://",
+            "http:///",
+            "http://x.com/path",
+            "https://x.com/a",
+            "http://user:pw@x.com",
+            "http://x.com?q",
+            "http://x.com#f",
+            "http://http://x.com",
+            "x.com/",
             "x.com/path",
             "a.*.com",
             "*",
@@ -216,6 +257,41 @@ mod tests {
         ] {
             assert!(HostPattern::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_http_scheme_allows_cleartext_and_https_means_no_scheme() {
+        let p = HostPattern::parse("http://localhost:8080").unwrap();
+        assert!(p.cleartext && !p.wildcard);
+        assert_eq!((p.host.as_str(), p.port), ("localhost", Some(8080)));
+        assert!(p.matches("localhost", 8080) && !p.matches("localhost", 8081));
+        assert_eq!(p.to_string(), "http://localhost:8080");
+        assert!(p.is_exact_loopback());
+        for (raw, shown) in [
+            ("HTTP://Example.COM/", "http://example.com"),
+            ("http://[::1]:3000", "http://[::1]:3000"),
+            ("http://*.example.com", "http://*.example.com"),
+            ("http://127.0.0.1", "http://127.0.0.1"),
+        ] {
+            let p = HostPattern::parse(raw).unwrap();
+            assert!(p.cleartext, "{raw}");
+            assert_eq!(p.to_string(), shown, "{raw}");
+            // Displayed form parses back to the same pattern.
+            assert_eq!(HostPattern::parse(shown).unwrap(), p, "{raw}");
+        }
+        let tls = HostPattern::parse("https://api.example.com/").unwrap();
+        assert_eq!(tls, HostPattern::parse("api.example.com").unwrap());
+        assert!(!tls.cleartext);
+        assert_ne!(
+            HostPattern::parse("http://api.example.com").unwrap(),
+            tls,
+            "the scheme is part of the pattern"
+        );
+        let err = HostPattern::parse("ftp://x.com").unwrap_err();
+        assert!(
+            err.contains("`ftp://`") && err.contains("http://host"),
+            "{err}"
+        );
     }
 
     #[test]

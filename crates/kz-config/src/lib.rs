@@ -30,5 +30,5 @@ pub use hosts::{HostPattern, parse_duration};
 pub use load::{LoadRequest, Loaded, Source, load, load_sources};
 pub use model::{
     BlindConfig, CacheConfig, Config, ConnRule, Egress, EnvSource, Offline, ProviderInstance, Role,
-    SecretEntry,
+    SecretEntry, SwapIn,
 };

@@ -10,7 +10,7 @@ use crate::discover::{self, Discovered};
 use crate::hosts::{HostPattern, parse_duration};
 use crate::model::{
     BlindConfig, CacheConfig, Config, ConnRule, Egress, EnvSource, Offline, OptionValue,
-    ProviderInstance, Role, SecretEntry, resolve_path,
+    ProviderInstance, Role, SecretEntry, SwapIn, resolve_path,
 };
 use crate::reference;
 use crate::tree::{Entry, Node, Val, parse_toml};
@@ -798,6 +798,7 @@ fn secret_entry(ms: &MSecret, prefix: &str, ctx: &mut Ctx) -> Option<SecretEntry
                 allow_empty: false,
                 optional: false,
                 hosts: Vec::new(),
+                swap: SwapIn::default(),
                 description: None,
                 params: Vec::new(),
                 short_form: true,
@@ -973,6 +974,16 @@ fn long_form(ms: &MSecret, t: &[Entry], path: &str, ctx: &mut Ctx) -> Option<Sec
             parse_hosts(h, &format!("{path}.hosts"), Some(name), &mut ctx.diags).unwrap_or_default()
         }
     };
+    let swap = match get("swap") {
+        None => SwapIn::default(),
+        Some(x) => match parse_swap(x, &format!("{path}.swap"), name, &mut ctx.diags) {
+            Some(s) => s,
+            None => {
+                ok = false;
+                SwapIn::default()
+            }
+        },
+    };
     // The reference.
     let reference = match raw_ref {
         Some(r) => match reference::strip_own_scheme(ty.name, r) {
@@ -1050,6 +1061,7 @@ fn long_form(ms: &MSecret, t: &[Entry], path: &str, ctx: &mut Ctx) -> Option<Sec
         allow_empty,
         optional,
         hosts,
+        swap,
         description: get("description")
             .and_then(|x| x.node.as_str())
             .map(String::from),
@@ -1132,6 +1144,56 @@ fn instance_for_type(
     }
 }
 
+/// `swap = ["headers", "query", "path", "body"]`: a non-empty list of known locations.
+fn parse_swap(e: &Entry, path: &str, secret: &str, diags: &mut Vec<Diagnostic>) -> Option<SwapIn> {
+    let help = "swap lists where the token is swapped: any of \"headers\", \"query\", \"path\", \
+                \"body\" (the default is [\"headers\", \"query\"])";
+    let Val::Array(items) = &e.node.val else {
+        diags.push(
+            type_error(e, path, "a list of locations")
+                .secret(secret)
+                .help(help),
+        );
+        return None;
+    };
+    if items.is_empty() {
+        diags.push(
+            Diagnostic::error(
+                "config::swap",
+                format!("`{path}` is empty: the token of `{secret}` would never be swapped"),
+            )
+            .at(&e.node.pos)
+            .key(path)
+            .secret(secret)
+            .help(format!("{help}; remove `swap` to get the default")),
+        );
+        return None;
+    }
+    let mut out = SwapIn::NONE;
+    let mut ok = true;
+    for n in items {
+        let word = n.as_str();
+        if word.is_some_and(|w| out.add(w)) {
+            continue;
+        }
+        let shown = match word {
+            Some(w) => format!("`{w}` is not a location"),
+            None => format!("expected a string, found {}", n.val.type_name()),
+        };
+        let mut d = Diagnostic::error("config::swap", format!("`{path}`: {shown}"))
+            .at(&n.pos)
+            .key(path)
+            .secret(secret);
+        d = match word.and_then(|w| did_you_mean(w, SwapIn::LOCATIONS.iter().copied())) {
+            Some(s) => d.help(format!("did you mean \"{s}\"? ({help})")),
+            None => d.help(help),
+        };
+        diags.push(d);
+        ok = false;
+    }
+    ok.then_some(out)
+}
+
 fn parse_hosts(
     e: &Entry,
     path: &str,
@@ -1156,7 +1218,8 @@ fn parse_hosts(
                     .at(&n.pos)
                     .key(path)
                     .help(
-                        "a host pattern is `api.example.com`, `*.example.com` or `localhost:8443`",
+                        "a host pattern is `api.example.com`, `*.example.com`, `localhost:8443`, \
+                         or `http://localhost:8080` to allow plain HTTP",
                     );
                 if let Some(s) = secret {
                     d = d.secret(s);

@@ -193,6 +193,8 @@ pub struct SecretEntry {
     pub optional: bool,
     /// Blind mode: where this secret may be sent.
     pub hosts: Vec<HostPattern>,
+    /// Blind mode: where in a request its token is swapped (`swap`).
+    pub swap: SwapIn,
     /// Shown by `kz list` / `kz status`.
     pub description: Option<String>,
     /// Provider parameters.
@@ -232,6 +234,68 @@ impl SecretEntry {
             .collect()
         } else {
             vec![self.name.clone()]
+        }
+    }
+}
+
+/// Where in a request blind mode swaps a secret's token for its value (the entry's `swap`).
+/// A token anywhere else is left as it is (still refused toward a host the secret is not bound
+/// to).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SwapIn {
+    /// Header values, including inside `Authorization: Basic` credentials.
+    pub headers: bool,
+    /// The query string of the request target.
+    pub query: bool,
+    /// The path of the request target.
+    pub path: bool,
+    /// The request body.
+    pub body: bool,
+}
+
+impl SwapIn {
+    /// The words `swap` accepts, in order.
+    pub const LOCATIONS: [&'static str; 4] = ["headers", "query", "path", "body"];
+
+    /// Nowhere (the start of a `swap` list).
+    pub const NONE: Self = Self {
+        headers: false,
+        query: false,
+        path: false,
+        body: false,
+    };
+
+    /// Adds a location by its word; `false` for an unknown word.
+    pub fn add(&mut self, word: &str) -> bool {
+        match word {
+            "headers" => self.headers = true,
+            "query" => self.query = true,
+            "path" => self.path = true,
+            "body" => self.body = true,
+            _ => return false,
+        }
+        true
+    }
+
+    /// The locations, as `swap` words.
+    pub fn words(&self) -> Vec<&'static str> {
+        let on = [self.headers, self.query, self.path, self.body];
+        Self::LOCATIONS
+            .iter()
+            .zip(on)
+            .filter_map(|(w, on)| on.then_some(*w))
+            .collect()
+    }
+}
+
+/// Headers and query string: where credentials go.
+impl Default for SwapIn {
+    fn default() -> Self {
+        Self {
+            headers: true,
+            query: true,
+            path: false,
+            body: false,
         }
     }
 }

@@ -327,7 +327,7 @@ fn blind_and_cache_are_validated() {
     assert_eq!(c.blind.connections.len(), 2);
     assert_eq!(c.cache.max_age, Some(std::time::Duration::from_secs(600)));
     let e = Project::new(
-        "[blind]\nallow = [\"https://x.com\"]\negress = \"closed\"\nconnections = [{ allow = true }]\nscrub = true\n[cache]\nmax_age = \"soon\"\n",
+        "[blind]\nallow = [\"ftp://x.com\"]\negress = \"closed\"\nconnections = [{ allow = true }]\nscrub = true\n[cache]\nmax_age = \"soon\"\n",
     )
     .errors();
     let codes: Vec<_> = e.iter().map(|d| d.code).collect();
@@ -440,4 +440,85 @@ fn blind_hide_errors_name_the_item_and_line() {
     assert!(e[4].message.contains("HOME is not set"), "{e:#?}");
     let e = Project::new("[blind]\nhide = \"/x\"\n").errors();
     assert_eq!(e[0].code, "config::type", "{e:#?}");
+}
+
+#[test]
+fn swap_defaults_to_headers_and_query_and_lists_known_locations() {
+    let c = Project::new(
+        "[secrets]\n\
+         A = { provider = \"env\", ref = \"A\", hosts = [\"api.x.com\"] }\n\
+         B = { provider = \"env\", ref = \"B\", hosts = [\"http://localhost:8080\"], swap = [\"headers\", \"query\", \"body\"] }\n\
+         C = { provider = \"env\", ref = \"C\", hosts = [\"api.x.com\"], swap = [\"path\"] }\n\
+         D = \"env://D\"\n",
+    )
+    .ok();
+    let swap = |n: &str| c.secret(n).unwrap().swap;
+    assert_eq!(swap("A"), kz_config::SwapIn::default());
+    assert_eq!(swap("A").words(), ["headers", "query"]);
+    assert_eq!(swap("B").words(), ["headers", "query", "body"]);
+    assert_eq!(swap("C").words(), ["path"]);
+    assert_eq!(swap("D"), kz_config::SwapIn::default());
+    let b = &c.secret("B").unwrap().hosts[0];
+    assert!(b.cleartext);
+    assert_eq!(b.to_string(), "http://localhost:8080");
+}
+
+#[test]
+fn bad_swap_lists_are_errors_with_line_and_help() {
+    let e = Project::new(
+        "[secrets]\n\
+         A = { provider = \"env\", ref = \"A\", swap = [\"headers\", \"bdy\"] }\n\
+         B = { provider = \"env\", ref = \"B\", swap = \"body\" }\n\
+         C = { provider = \"env\", ref = \"C\", swap = [] }\n\
+         D = { provider = \"env\", ref = \"D\", swap = [\"cookies\", 3] }\n\
+         E = { provider = \"env\", ref = \"E\", hosts = [\"gopher://x.com\", \"http://x.com/p\"] }\n",
+    )
+    .errors();
+    let got: Vec<_> = e
+        .iter()
+        .map(|d| {
+            (
+                d.code,
+                d.secret.as_deref().unwrap_or_default(),
+                d.line.unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("config::swap", "A", 2),
+            ("config::type", "B", 3),
+            ("config::swap", "C", 4),
+            ("config::swap", "D", 5),
+            ("config::swap", "D", 5),
+            ("config::host_pattern", "E", 6),
+            ("config::host_pattern", "E", 6),
+        ],
+        "{e:#?}"
+    );
+    let a = &e[0];
+    assert!(a.message.contains("`bdy` is not a location"), "{a:#?}");
+    let help = a.help.as_deref().unwrap();
+    assert!(help.contains("did you mean \"body\"?"), "{help}");
+    assert!(
+        help.contains("\"headers\", \"query\", \"path\", \"body\""),
+        "{help}"
+    );
+    assert_eq!(a.key.as_deref(), Some("secrets.A.swap"));
+    assert!(
+        e[2].message.contains("would never be swapped"),
+        "{:#?}",
+        e[2]
+    );
+    assert!(e[4].message.contains("found an integer"), "{:#?}", e[4]);
+    assert!(e[5].message.contains("`gopher://`"), "{:#?}", e[5]);
+    assert!(
+        e[5].help
+            .as_deref()
+            .unwrap()
+            .contains("http://localhost:8080"),
+        "{:#?}",
+        e[5]
+    );
 }

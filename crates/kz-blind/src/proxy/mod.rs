@@ -129,6 +129,76 @@ struct Shared {
     swaps: Vec<AtomicU64>,
     buffer_budget: Arc<tokio::sync::Semaphore>,
     scrubs: Vec<AtomicU64>,
+    /// The proxy credential (`kz:<random>`), fresh per run; every request and `CONNECT` on the
+    /// proxy port must present it.
+    credential: ProxyCredential,
+    /// Checked DNS answers, shared by `CONNECT` and the upstream connectors.
+    resolver: Arc<policy::CheckedResolver>,
+}
+
+/// The proxy's own credential: user `kz`, a password of [`CREDENTIAL_BYTES`] random bytes (hex)
+/// from a CSPRNG. Not a secret of the run (the command holds it in its proxy URL), but it keeps
+/// other local users off the proxy: never logged, never forwarded.
+struct ProxyCredential {
+    password: zeroize::Zeroizing<String>,
+    /// `kz:<password>`, what `Basic` credentials must decode to.
+    expected: zeroize::Zeroizing<Vec<u8>>,
+}
+
+/// Random bytes in the proxy password (192 bits).
+const CREDENTIAL_BYTES: usize = 24;
+
+impl ProxyCredential {
+    fn new() -> Self {
+        use rand::RngCore as _;
+        use std::fmt::Write as _;
+        let mut bytes = zeroize::Zeroizing::new([0u8; CREDENTIAL_BYTES]);
+        // ThreadRng is a CSPRNG (ChaCha12) seeded and periodically reseeded from the OS.
+        rand::rng().fill_bytes(bytes.as_mut());
+        let mut password = zeroize::Zeroizing::new(String::with_capacity(2 * CREDENTIAL_BYTES));
+        for b in bytes.iter() {
+            let _ = write!(password, "{b:02x}");
+        }
+        let mut expected = zeroize::Zeroizing::new(Vec::with_capacity(3 + password.len()));
+        expected.extend_from_slice(b"kz:");
+        expected.extend_from_slice(password.as_bytes());
+        Self { password, expected }
+    }
+
+    /// Whether `headers` carry `Proxy-Authorization: Basic base64(kz:<password>)` (compared in
+    /// constant time).
+    fn check(&self, headers: &HeaderMap) -> bool {
+        use base64::Engine as _;
+        let mut values = headers.get_all(header::PROXY_AUTHORIZATION).iter();
+        let (Some(value), None) = (values.next(), values.next()) else {
+            return false;
+        };
+        let value = value.as_bytes().trim_ascii();
+        let Some((scheme, b64)) = value
+            .iter()
+            .position(|&b| b == b' ')
+            .map(|at| value.split_at(at))
+        else {
+            return false;
+        };
+        if !scheme.eq_ignore_ascii_case(b"basic") {
+            return false;
+        }
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(b64.trim_ascii()) else {
+            return false;
+        };
+        let decoded = zeroize::Zeroizing::new(decoded);
+        constant_time_eq(&decoded, &self.expected)
+    }
+}
+
+/// Equal, in time that depends only on the lengths.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
 }
 
 /// Where requests on one connection go.
@@ -144,8 +214,19 @@ impl Proxy {
     /// A proxy with `settings`. Must be called inside a Tokio runtime.
     pub fn new(settings: Settings) -> Self {
         let policy = Arc::new(settings.policy);
-        let client = upstream::client(Arc::clone(&policy), settings.upstream_tls.clone(), false);
-        let ws_client = upstream::client(Arc::clone(&policy), settings.upstream_tls, true);
+        let resolver = Arc::new(policy::CheckedResolver::default());
+        let client = upstream::client(
+            Arc::clone(&policy),
+            Arc::clone(&resolver),
+            settings.upstream_tls.clone(),
+            false,
+        );
+        let ws_client = upstream::client(
+            Arc::clone(&policy),
+            Arc::clone(&resolver),
+            settings.upstream_tls,
+            true,
+        );
         let swapper = Swapper::new(&settings.table);
         let scrubber = Some(Scrubber::new(&settings.table))
             .filter(|s| settings.scrub_responses && !s.is_empty());
@@ -155,6 +236,8 @@ impl Proxy {
                 swaps: (0..n).map(|_| AtomicU64::new(0)).collect(),
                 buffer_budget: Arc::new(tokio::sync::Semaphore::new(BUFFER_BUDGET_MIB as usize)),
                 scrubs: (0..n).map(|_| AtomicU64::new(0)).collect(),
+                credential: ProxyCredential::new(),
+                resolver,
                 table: settings.table,
                 policy,
                 ca: settings.ca,
@@ -167,6 +250,16 @@ impl Proxy {
                 failures: std::sync::Mutex::new(Vec::new()),
             }),
         }
+    }
+
+    /// The URL the command is given for the proxy listening on `addr` (`host:port`):
+    /// `http://kz:<credential>@addr`. Every request and `CONNECT` on the proxy port must carry
+    /// that credential (`Proxy-Authorization: Basic`); anything else gets `407`.
+    pub fn url_for(&self, addr: &str) -> String {
+        format!(
+            "http://kz:{}@{addr}",
+            self.shared.credential.password.as_str()
+        )
     }
 
     /// The counts so far.
@@ -228,7 +321,11 @@ impl Proxy {
             .requests
             .fetch_add(1, Ordering::Relaxed);
         match origin {
+            // Inside a tunnel whose `CONNECT` was authenticated.
             Origin::Tunnel(dest) => self.forward(req, dest).await,
+            Origin::Proxy if !self.shared.credential.check(req.headers()) => {
+                self.refuse_unauthenticated(req).await
+            }
             Origin::Proxy if req.method() == Method::CONNECT => self.connect(req).await,
             Origin::Proxy => match policy::destination_from_absolute(req.uri()) {
                 Ok(dest) if req.uri().scheme().is_some() => self.forward(req, dest).await,
@@ -240,6 +337,63 @@ impl Proxy {
                 ),
             },
         }
+    }
+
+    /// A request or `CONNECT` on the proxy port without the proxy credential: `407`, audited.
+    async fn refuse_unauthenticated(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        self.shared.counters.refused.fetch_add(1, Ordering::Relaxed);
+        let method = req.method().clone();
+        let dest = if method == Method::CONNECT {
+            req.uri()
+                .authority()
+                .and_then(|a| policy::destination_from_authority(a.as_str(), true, 0).ok())
+        } else {
+            policy::destination_from_absolute(req.uri()).ok()
+        };
+        let presented = req.headers().contains_key(header::PROXY_AUTHORIZATION);
+        let path = if method == Method::CONNECT {
+            String::new()
+        } else {
+            req.uri().path().to_string()
+        };
+        drain(req.into_body()).await;
+        let reason = if presented {
+            "wrong proxy credential"
+        } else {
+            "no proxy credential"
+        };
+        if let Some(writer) = &self.shared.audit {
+            let mut record = Record::new(Transport::Blind)
+                .mode("refuse")
+                .decision(Decision::Deny)
+                .reason(reason)
+                .method(method.as_str());
+            if let Some(d) = &dest {
+                record = record.host(policy::host_port(&d.host, d.port));
+            }
+            if !path.is_empty() {
+                record = record.path(path);
+            }
+            if writer.try_append(record).is_err() {
+                self.shared
+                    .counters
+                    .audit_failures
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let mut r = text(
+            StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            format!(
+                "kz blind: {reason}. This proxy serves only the command kz started: use the proxy \
+                 URL in its environment (HTTP_PROXY, HTTPS_PROXY or KZ_PROXY_URL), credential \
+                 included.\n"
+            ),
+        );
+        r.headers_mut().insert(
+            header::PROXY_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"kz\""),
+        );
+        r
     }
 
     /// `CONNECT host:port`: the destination is checked before the tunnel is answered.
@@ -261,7 +415,12 @@ impl Proxy {
         };
         // The address check too, before the tunnel is answered (each connection made later is
         // checked again, against the address it actually uses).
-        match policy::resolve_checked(&dest.host, dest.port, explicit).await {
+        match self
+            .shared
+            .resolver
+            .resolve(&dest.host, dest.port, explicit)
+            .await
+        {
             Ok(_) => {}
             Err(reason) if reason.starts_with("cannot resolve") => {
                 return self.bad_gateway(reason);
@@ -318,13 +477,10 @@ impl Proxy {
         let s = &self.shared;
         let method = req.method().clone();
         let path = req.uri().path().to_string();
-        let explicit = match s.policy.connection(&dest.host, dest.port) {
-            Verdict::Allow { explicit } => explicit,
-            Verdict::Deny(reason) => {
-                drain(req.into_body()).await;
-                return self.refuse_host(&method, &dest, &path, &reason);
-            }
-        };
+        if let Verdict::Deny(reason) = s.policy.connection(&dest.host, dest.port) {
+            drain(req.into_body()).await;
+            return self.refuse_host(&method, &dest, &path, &reason);
+        }
         if method == Method::CONNECT {
             return text(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -334,15 +490,13 @@ impl Proxy {
         let websocket = is_websocket(req.headers());
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        // A value travels in clear text only to a host a pattern names exactly (a local
-        // development server); everywhere else only inside TLS.
-        let cleartext_ok = dest.https || explicit;
+        // A value travels in clear text only to a host a pattern written `http://…` names;
+        // everywhere else only inside TLS.
         let allowed = |i: usize| {
-            cleartext_ok
-                && s.table
-                    .secrets
-                    .get(i)
-                    .is_some_and(|sec| sec.may_reach(&dest.host, dest.port))
+            s.table
+                .secrets
+                .get(i)
+                .is_some_and(|sec| sec.may_send(&dest.host, dest.port, dest.https))
         };
 
         // The head: target and headers.
@@ -761,12 +915,12 @@ impl Proxy {
                     StatusCode::FORBIDDEN,
                     Some(i),
                     format!(
-                        "kz blind: {} would travel unencrypted to http://{}:{}; blind mode sends \
-                         values only over HTTPS, or in clear text to a host a pattern names \
-                         exactly (such as localhost:8080). The request was not sent.\n",
+                        "kz blind: {} would travel unencrypted to http://{host}; blind mode sends \
+                         values over plain HTTP only to a binding that names the scheme. Use \
+                         https://, or bind `http://{host}` in the secret's `hosts` (or pass \
+                         --allow-host http://{host}) to allow it. The request was not sent.\n",
                         name(i),
-                        dest.host,
-                        dest.port
+                        host = policy::host_port(&dest.host, dest.port),
                     ),
                     "secret would travel unencrypted".to_string(),
                 )

@@ -14,7 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 use super::body::ProxyBody;
-use crate::policy::{self, Policy, Verdict};
+use crate::policy::{self, CheckedResolver, Policy, Verdict};
 
 /// How long one TCP connect may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,12 +34,13 @@ pub enum ConnectError {
 #[derive(Clone)]
 pub struct Connector {
     policy: Arc<Policy>,
+    resolver: Arc<CheckedResolver>,
 }
 
 impl Connector {
-    /// A connector applying `policy`.
-    pub fn new(policy: Arc<Policy>) -> Self {
-        Self { policy }
+    /// A connector applying `policy`, resolving through `resolver`.
+    pub fn new(policy: Arc<Policy>, resolver: Arc<CheckedResolver>) -> Self {
+        Self { policy, resolver }
     }
 }
 
@@ -62,13 +63,15 @@ impl tower_service::Service<Uri> for Connector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let policy = Arc::clone(&self.policy);
+        let resolver = Arc::clone(&self.resolver);
         Box::pin(async move {
             let dest = policy::destination_from_absolute(&uri).map_err(ConnectError::Refused)?;
             let explicit = match policy.connection(&dest.host, dest.port) {
                 Verdict::Allow { explicit } => explicit,
                 Verdict::Deny(reason) => return Err(ConnectError::Refused(reason)),
             };
-            let addrs = policy::resolve_checked(&dest.host, dest.port, explicit)
+            let addrs = resolver
+                .resolve(&dest.host, dest.port, explicit)
                 .await
                 .map_err(ConnectError::Refused)?;
             let mut last = String::from("no address to connect to");
@@ -92,18 +95,23 @@ pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<Connector>, ProxyB
 
 /// A client for ordinary requests (HTTP/1.1 or HTTP/2 by ALPN), or with `http1_only` for
 /// WebSocket handshakes.
-pub fn client(policy: Arc<Policy>, tls: rustls::ClientConfig, http1_only: bool) -> UpstreamClient {
+pub fn client(
+    policy: Arc<Policy>,
+    resolver: Arc<CheckedResolver>,
+    tls: rustls::ClientConfig,
+    http1_only: bool,
+) -> UpstreamClient {
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http();
     let https = if http1_only {
         builder
             .enable_http1()
-            .wrap_connector(Connector::new(policy))
+            .wrap_connector(Connector::new(policy, resolver))
     } else {
         builder
             .enable_all_versions()
-            .wrap_connector(Connector::new(policy))
+            .wrap_connector(Connector::new(policy, resolver))
     };
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))

@@ -5,6 +5,7 @@ use base64::Engine;
 use base64::engine::DecodePaddingMode;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use http::{HeaderMap, HeaderName, HeaderValue, header};
+use kz_config::SwapIn;
 use kz_redact::Redactor;
 use kz_secret::SecretValue;
 use zeroize::{Zeroize, Zeroizing};
@@ -19,12 +20,21 @@ const BASIC: GeneralPurpose = GeneralPurpose::new(
 );
 
 /// Swaps tokens for values; built once per run from the secret table. Pattern `i` of every
-/// redactor here is secret `i`.
+/// redactor here is secret `i`. Each secret is swapped only where its entry's `swap` says
+/// (headers and query by default); elsewhere its token is left as it is (the location's
+/// redactor replaces it with itself). Tokens are found, and checked against `allowed`,
+/// everywhere.
 pub struct Swapper {
-    /// token → value.
-    values: Redactor,
-    /// token → percent-encoded value (request targets).
-    encoded: Redactor,
+    /// token → token, for every secret: finds tokens (holds no value).
+    finder: Redactor,
+    /// Per location, token → value (or its percent-encoding in the target) for secrets swapped
+    /// there, token → token for the others.
+    headers: Redactor,
+    query: Redactor,
+    path: Redactor,
+    body: Redactor,
+    /// Where each secret is swapped.
+    swap: Vec<SwapIn>,
     /// Tokens and values again, to build per-request streams with forbidden tokens left alone.
     tokens: Vec<Vec<u8>>,
     raw: Vec<SecretValue>,
@@ -57,19 +67,23 @@ impl Swapper {
                 .map(|b| b.token.as_bytes().to_vec())
                 .unwrap_or_default()
         };
-        let values = Redactor::new(
-            s.iter()
-                .map(|b| (b.token.as_bytes().to_vec(), b.value.expose_bytes().to_vec())),
-        );
-        let encoded = Redactor::new(s.iter().map(|b| {
-            (
-                b.token.as_bytes().to_vec(),
-                percent_encode(b.value.expose_bytes()),
-            )
-        }));
+        let at = |on: fn(&SwapIn) -> bool, encode: bool| {
+            Redactor::new(s.iter().map(|b| {
+                let with = match (on(&b.swap), encode) {
+                    (false, _) => b.token.as_bytes().to_vec(),
+                    (true, false) => b.value.expose_bytes().to_vec(),
+                    (true, true) => percent_encode(b.value.expose_bytes()),
+                };
+                (b.token.as_bytes().to_vec(), with)
+            }))
+        };
         Self {
-            values,
-            encoded,
+            finder: at(|_| false, false),
+            headers: at(|w| w.headers, false),
+            query: at(|w| w.query, true),
+            path: at(|w| w.path, true),
+            body: at(|w| w.body, false),
+            swap: s.iter().map(|b| b.swap).collect(),
             tokens: (0..s.len()).map(token).collect(),
             raw: s.iter().map(|b| b.value.duplicate()).collect(),
             header_ok: s
@@ -79,14 +93,24 @@ impl Swapper {
         }
     }
 
-    /// Indices of the secrets whose token occurs in `bytes` (sorted, deduplicated).
-    pub fn tokens_in(&self, bytes: &[u8]) -> Vec<usize> {
-        self.values.hits_in(bytes)
+    /// Of `hits`, the secrets swapped at the location `on` picks.
+    fn swapped(&self, hits: &[usize], on: fn(&SwapIn) -> bool) -> Vec<usize> {
+        hits.iter()
+            .copied()
+            .filter(|&i| self.swap.get(i).is_some_and(on))
+            .collect()
     }
 
-    /// Swaps tokens in a request target (path and query); values are percent-encoded (all but
-    /// RFC 3986 unreserved bytes). `Ok(None)` when there is no token. A token whose secret is
-    /// not `allowed` gives [`SwapError::Forbidden`]. Returns the new target and the secrets used.
+    /// Indices of the secrets whose token occurs in `bytes` (sorted, deduplicated).
+    pub fn tokens_in(&self, bytes: &[u8]) -> Vec<usize> {
+        self.finder.hits_in(bytes)
+    }
+
+    /// Swaps tokens in a request target: in the query string for secrets swapped there, in
+    /// the path for secrets swapped there; values are percent-encoded (all but RFC 3986
+    /// unreserved bytes). Any token whose secret is not `allowed` gives
+    /// [`SwapError::Forbidden`], wherever it is. `Ok(None)` when nothing is swapped. Returns the
+    /// new target and the secrets swapped.
     pub fn swap_target(
         &self,
         path_and_query: &str,
@@ -97,21 +121,39 @@ impl Swapper {
             return Ok(None);
         }
         forbidden(&hits, allowed)?;
-        let out = self.encoded.replace_all(path_and_query.as_bytes());
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path_and_query, None),
+        };
+        let mut used = self.swapped(&self.tokens_in(path.as_bytes()), |w| w.path);
+        if let Some(q) = query {
+            used.extend(self.swapped(&self.tokens_in(q.as_bytes()), |w| w.query));
+        }
+        if used.is_empty() {
+            return Ok(None);
+        }
+        let mut out = self.path.replace_all(path.as_bytes());
+        if let Some(q) = query {
+            let swapped = Zeroizing::new(self.query.replace_all(q.as_bytes()));
+            out.reserve_exact(1 + swapped.len());
+            out.push(b'?');
+            out.extend_from_slice(&swapped);
+        }
         // ASCII replaced by ASCII in a `str`: always UTF-8.
         let target = String::from_utf8(out).map_err(|e| {
             e.into_bytes().zeroize();
             SwapError::Decode("the rewritten request target is not UTF-8".into())
         })?;
-        Ok(Some((target, hits)))
+        Ok(Some((target, sorted(used))))
     }
 
-    /// Swaps tokens in every header value, in place (swapped values are marked sensitive). In
-    /// `Authorization` / `Proxy-Authorization: Basic <base64>` the credentials are decoded,
-    /// swapped and re-encoded. A token whose secret is not `allowed` gives
-    /// [`SwapError::Forbidden`] (checked over all headers first); a value with CR, LF, NUL or
-    /// another control character bound for a header (not inside Basic) gives
-    /// [`SwapError::IllegalInHeader`]. On error `headers` is unchanged. Returns the secrets used.
+    /// Swaps tokens of secrets swapped in headers in every header value, in place (swapped
+    /// values are marked sensitive). In `Authorization` / `Proxy-Authorization: Basic <base64>`
+    /// the credentials are decoded, swapped and re-encoded. A token whose secret is not
+    /// `allowed` gives [`SwapError::Forbidden`] (checked over all headers first); a value with
+    /// CR, LF, NUL or another control character bound for a header (not inside Basic) gives
+    /// [`SwapError::IllegalInHeader`]. On error `headers` is unchanged. Returns the secrets
+    /// swapped.
     pub fn swap_headers(
         &self,
         headers: &mut HeaderMap,
@@ -120,12 +162,13 @@ impl Swapper {
         let mut plans = Vec::with_capacity(headers.len());
         let mut used = Vec::new();
         for (name, value) in headers.iter() {
-            let plan = self.plan_header(name, value);
-            if let Some(p) = &plan {
+            let mut plan = self.plan_header(name, value);
+            if let Some(p) = &mut plan {
                 forbidden(&p.hits, allowed)?;
+                p.hits = self.swapped(&p.hits, |w| w.headers);
                 used.extend_from_slice(&p.hits);
             }
-            plans.push(plan);
+            plans.push(plan.filter(|p| !p.hits.is_empty()));
         }
         if used.is_empty() {
             return Ok(used);
@@ -174,7 +217,7 @@ impl Swapper {
         let bytes = match plan.basic {
             Some((scheme, decoded)) => {
                 // Base64 can carry any byte: no header check on the values.
-                let swapped = Zeroizing::new(self.values.replace_all(&decoded));
+                let swapped = Zeroizing::new(self.headers.replace_all(&decoded));
                 basic_value(&scheme, &swapped)
                     .ok_or(SwapError::Decode("Basic credentials are too long".into()))?
             }
@@ -186,7 +229,7 @@ impl Swapper {
                 {
                     return Err(SwapError::IllegalInHeader(bad));
                 }
-                Zeroizing::new(self.values.replace_all(&plan.raw))
+                Zeroizing::new(self.headers.replace_all(&plan.raw))
             }
         };
         let mut v =
@@ -195,8 +238,8 @@ impl Swapper {
         Ok(v)
     }
 
-    /// Swaps tokens in a whole body. A token whose secret is not `allowed` gives
-    /// [`SwapError::Forbidden`]. Returns the new body and the secrets used.
+    /// Swaps tokens of secrets swapped in bodies in a whole body. A token whose secret is not
+    /// `allowed` gives [`SwapError::Forbidden`]. Returns the new body and the secrets swapped.
     pub fn swap_buffer(
         &self,
         body: &[u8],
@@ -207,17 +250,26 @@ impl Swapper {
             return Ok((body.to_vec(), hits));
         }
         forbidden(&hits, allowed)?;
-        Ok((self.values.replace_all(body), hits))
+        let used = self.swapped(&hits, |w| w.body);
+        if used.is_empty() {
+            return Ok((body.to_vec(), used));
+        }
+        Ok((self.body.replace_all(body), used))
     }
 
-    /// A streaming body swap: tokens of `allowed` secrets are replaced (also when split across
-    /// chunks); the token of any other secret makes [`BodySwap::feed`] fail as soon as it is
-    /// complete.
+    /// A streaming body swap: tokens of `allowed` secrets swapped in bodies are replaced (also
+    /// when split across chunks), those of other allowed secrets left as they are; the token of
+    /// any other secret makes [`BodySwap::feed`] fail as soon as it is complete.
     pub fn stream(&self, allowed: &dyn Fn(usize) -> bool) -> BodySwap {
         let allowed: Vec<bool> = (0..self.tokens.len()).map(allowed).collect();
-        let redactor = Redactor::new(self.tokens.iter().zip(&self.raw).zip(&allowed).map(
-            |((t, v), &ok)| {
-                let with = if ok {
+        let swapped: Vec<bool> = allowed
+            .iter()
+            .zip(&self.swap)
+            .map(|(&ok, w)| ok && w.body)
+            .collect();
+        let redactor = Redactor::new(self.tokens.iter().zip(&self.raw).zip(&swapped).map(
+            |((t, v), &on)| {
+                let with = if on {
                     v.expose_bytes().to_vec()
                 } else {
                     t.clone()
@@ -228,6 +280,7 @@ impl Swapper {
         BodySwap {
             redactor,
             allowed,
+            swapped,
             failed: None,
         }
     }
@@ -270,6 +323,8 @@ fn basic_value(scheme: &[u8], credentials: &[u8]) -> Option<Zeroizing<Vec<u8>>> 
 pub struct BodySwap {
     redactor: Redactor,
     allowed: Vec<bool>,
+    /// Allowed and swapped in bodies.
+    swapped: Vec<bool>,
     failed: Option<usize>,
 }
 
@@ -299,7 +354,7 @@ impl BodySwap {
         self.redactor
             .hits()
             .into_iter()
-            .filter(|&i| self.allowed.get(i).copied().unwrap_or(false))
+            .filter(|&i| self.swapped.get(i).copied().unwrap_or(false))
             .collect()
     }
 
@@ -338,16 +393,134 @@ mod tests {
 
     const CANARY: &str = "kz-canary-7f3a9c1e5b";
 
+    const EVERYWHERE: SwapIn = SwapIn {
+        headers: true,
+        query: true,
+        path: true,
+        body: true,
+    };
+
+    /// Secrets swapped everywhere (the tests of how swapping works).
     fn table(values: &[&[u8]]) -> SecretTable {
+        table_with(values, EVERYWHERE)
+    }
+
+    fn table_with(values: &[&[u8]], swap: SwapIn) -> SecretTable {
         SecretTable {
             secrets: values
                 .iter()
                 .enumerate()
                 .map(|(i, v)| {
                     BlindSecret::new(format!("S{i}"), SecretValue::from_bytes(v.to_vec()), vec![])
+                        .with_swap(swap)
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn by_default_only_headers_and_query_are_swapped() {
+        let t = table_with(&[CANARY.as_bytes()], SwapIn::default());
+        let s = Swapper::new(&t);
+        let tk = tok(&t, 0);
+        // Query: swapped; path: left as the token.
+        let (new, used) = s
+            .swap_target(&format!("/a/{tk}/b?key={tk}"), &all)
+            .unwrap()
+            .unwrap();
+        assert_eq!(new, format!("/a/{tk}/b?key={CANARY}"));
+        assert_eq!(used, vec![0]);
+        assert!(
+            s.swap_target(&format!("/a/{tk}?x=1"), &all)
+                .unwrap()
+                .is_none()
+        );
+        // Headers: swapped.
+        let mut h = HeaderMap::new();
+        h.insert("x-key", tk.parse().unwrap());
+        assert_eq!(s.swap_headers(&mut h, &all).unwrap(), vec![0]);
+        assert_eq!(h["x-key"], CANARY);
+        // Body: left as the token, whole or streamed, and reported as not used.
+        let body = format!("{{\"text\": \"{tk}\"}}");
+        let (out, used) = s.swap_buffer(body.as_bytes(), &all).unwrap();
+        assert_eq!(out, body.as_bytes());
+        assert!(used.is_empty());
+        let mut st = s.stream(&all);
+        let mut out = Vec::new();
+        for c in body.as_bytes().chunks(3) {
+            st.feed(c, &mut out).unwrap();
+        }
+        st.finish(&mut out).unwrap();
+        assert_eq!(out, body.as_bytes());
+        assert!(st.used().is_empty());
+        // A token not bound to the destination is refused wherever it is, swapped there or not.
+        let none = |_: usize| false;
+        for r in [
+            s.swap_buffer(body.as_bytes(), &none).map(|_| ()),
+            s.swap_target(&format!("/a/{tk}"), &none).map(|_| ()),
+        ] {
+            assert!(matches!(r, Err(SwapError::Forbidden(0))), "{r:?}");
+        }
+        let mut st = s.stream(&none);
+        let mut out = Vec::new();
+        assert!(st.feed(body.as_bytes(), &mut out).is_err());
+        assert!(!contains(&out, CANARY.as_bytes()));
+    }
+
+    #[test]
+    fn each_secret_is_swapped_where_its_entry_says() {
+        let mut t = table_with(&[b"value-zero-000", b"value-one-1111"], SwapIn::default());
+        t.secrets[1].swap = SwapIn {
+            headers: false,
+            query: false,
+            path: true,
+            body: true,
+        };
+        let s = Swapper::new(&t);
+        let (t0, t1) = (tok(&t, 0).to_string(), tok(&t, 1).to_string());
+        let (new, used) = s
+            .swap_target(&format!("/{t0}/{t1}?a={t0}&b={t1}"), &all)
+            .unwrap()
+            .unwrap();
+        assert_eq!(new, format!("/{t0}/value-one-1111?a=value-zero-000&b={t1}"));
+        assert_eq!(used, vec![0, 1]);
+        let mut h = HeaderMap::new();
+        h.insert("x-a", format!("{t0} {t1}").parse().unwrap());
+        let basic = STANDARD.encode(format!("{t1}:{t0}"));
+        h.insert(
+            header::AUTHORIZATION,
+            format!("Basic {basic}").parse().unwrap(),
+        );
+        assert_eq!(s.swap_headers(&mut h, &all).unwrap(), vec![0]);
+        assert_eq!(h["x-a"], format!("value-zero-000 {t1}").as_str());
+        let auth = h[header::AUTHORIZATION].to_str().unwrap();
+        let decoded = STANDARD
+            .decode(auth.strip_prefix("Basic ").unwrap())
+            .unwrap();
+        assert_eq!(decoded, format!("{t1}:value-zero-000").as_bytes());
+        let (out, used) = s
+            .swap_buffer(format!("{t0}|{t1}").as_bytes(), &all)
+            .unwrap();
+        assert_eq!(out, format!("{t0}|value-one-1111").as_bytes());
+        assert_eq!(used, vec![1]);
+    }
+
+    #[test]
+    fn a_kept_token_needs_no_header_check() {
+        // A value that cannot go into a header, swapped only in bodies: its token in a header is
+        // left alone rather than refused.
+        let t = table_with(
+            &[b"line1\nline2"],
+            SwapIn {
+                body: true,
+                ..SwapIn::NONE
+            },
+        );
+        let s = Swapper::new(&t);
+        let mut h = HeaderMap::new();
+        h.insert("x-a", tok(&t, 0).parse().unwrap());
+        assert!(s.swap_headers(&mut h, &all).unwrap().is_empty());
+        assert_eq!(h["x-a"], tok(&t, 0));
     }
 
     fn tok(t: &SecretTable, i: usize) -> &str {

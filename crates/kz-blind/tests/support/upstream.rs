@@ -81,7 +81,13 @@ impl Upstream {
                 rustls_pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
             )
             .unwrap();
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // `KZ_BENCH_UPSTREAM_H1=1`: HTTP/1.1 only (the benchmark's comparison of upstream
+        // protocols).
+        config.alpn_protocols = if std::env::var_os("KZ_BENCH_UPSTREAM_H1").is_some() {
+            vec![b"http/1.1".to_vec()]
+        } else {
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        };
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -112,6 +118,39 @@ impl Upstream {
         Self {
             addr,
             ca_pem: ca_cert.pem(),
+            seen,
+            task,
+        }
+    }
+
+    /// A plain-HTTP server (HTTP/1.1 and HTTP/2 prior knowledge) with the same routes, on
+    /// 127.0.0.1:0 inside the current Tokio runtime. `ca_pem` is empty.
+    pub async fn start_plain() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = Arc::clone(&seen);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let _ = tcp.set_nodelay(true);
+                let seen = Arc::clone(&seen2);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let seen = Arc::clone(&seen);
+                        async move { Ok::<_, Infallible>(answer(req, &seen).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            ca_pem: String::new(),
             seen,
             task,
         }

@@ -155,7 +155,8 @@ fn plan(
         cli_allow.push(HostPattern::parse(raw).map_err(|e| {
             Failure::usage(
                 format!("--allow-host: {e}"),
-                "write a host pattern: api.example.com, *.example.com or localhost:8443",
+                "write a host pattern: api.example.com, *.example.com, localhost:8443, or \
+                 http://localhost:8080 to allow plain HTTP",
             )
         })?);
     }
@@ -190,7 +191,8 @@ fn plan(
         if value.len() < MIN_SCRUB_LEN {
             short.push(name.clone());
         }
-        secrets.push(BlindSecret::new(name, value, hosts));
+        let swap = entry_of(&name).map(|e| e.swap).unwrap_or_default();
+        secrets.push(BlindSecret::new(name, value, hosts).with_swap(swap));
     }
     if !short.is_empty() && config.blind.scrub_responses {
         ctx.out.note(&format!(
@@ -249,7 +251,7 @@ fn run_with_dir(
         })
         .collect();
     let proxy = runtime.block_on(async { Proxy::new(settings) });
-    let proxy_url = if isolate.is_some() {
+    let proxy_addr = if isolate.is_some() {
         let listener = runtime
             .block_on(async { tokio::net::UnixListener::bind(dir.socket_path()) })
             .map_err(|e| {
@@ -261,7 +263,7 @@ fn run_with_dir(
             })?;
         let p = proxy.clone();
         runtime.spawn(async move { p.serve_unix(listener).await });
-        format!("http://127.0.0.1:{ISOLATED_PROXY_PORT}")
+        format!("127.0.0.1:{ISOLATED_PROXY_PORT}")
     } else {
         let listener = runtime
             .block_on(async { tokio::net::TcpListener::bind(("127.0.0.1", 0)).await })
@@ -281,9 +283,13 @@ fn run_with_dir(
         })?;
         let p = proxy.clone();
         runtime.spawn(async move { p.serve_tcp(listener).await });
-        format!("http://{addr}")
+        addr.to_string()
     };
-    ctx.out.verbose(&format!("blind: proxy on {proxy_url}"));
+    // The URL the command gets carries the proxy's credential; it is never printed.
+    ctx.out.verbose(&format!(
+        "blind: proxy on http://{proxy_addr} (it needs the credential in the command's proxy URL)"
+    ));
+    let proxy_url = proxy.url_for(&proxy_addr);
     for b in &bindings {
         ctx.out.verbose(&format!("blind: {b}"));
     }

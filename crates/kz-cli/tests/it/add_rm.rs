@@ -138,7 +138,7 @@ fn add_validates_before_writing() {
         .kz(&["add", "X", "--provider", "vualt", "--ref", "a/b"])
         .code(1);
     assert!(r.stderr.contains("did you mean `vault`?"), "{}", r.stderr);
-    let r = s.kz(&["add", "X", "--hosts", "https://x.com"]).code(1);
+    let r = s.kz(&["add", "X", "--hosts", "https://x.com/path"]).code(1);
     assert!(r.stderr.contains("not a host"), "{}", r.stderr);
     let r = s.kz(&["add", "A"]).code(1);
     assert!(

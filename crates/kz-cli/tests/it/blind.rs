@@ -101,7 +101,9 @@ fn assert_reached(client: Client, run: &ClientRun, server: &EchoServer, sent: &s
                     .find(|r| r.method == "POST" && r.target == "/post")
                     .unwrap_or_else(|| panic!("server saw no POST: {recorded:#?}\n{ctx}"));
                 let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-                assert_eq!(body["token"], sent, "the body the server got: {ctx}");
+                // Tokens are swapped in headers and the query string only: one in a body
+                // (API_TOKEN's entry has no `swap = [..., "body"]`) reaches the server as is.
+                assert_eq!(body["token"], shown, "the body the server got: {ctx}");
                 if let Some(len) = r.header("content-length") {
                     assert_eq!(len, r.body.len().to_string(), "Content-Length: {ctx}");
                 }
@@ -448,6 +450,11 @@ impl World {
     }
 
     fn with_value(value: &str) -> Self {
+        Self::build(value, "")
+    }
+
+    /// `api_extra` is appended inside API_TOKEN's entry (`, swap = [...]`).
+    fn build(value: &str, api_extra: &str) -> Self {
         let ca = TestCa::new();
         let allowed = EchoServer::start(&ca);
         let other = EchoServer::start(&ca);
@@ -457,7 +464,7 @@ impl World {
             ".keyzero.toml",
             &format!(
                 "[secrets]\n\
-                 API_TOKEN = {{ provider = \"env\", ref = \"KZ_TEST_CANARY_SOURCE\", hosts = [\"{}\"] }}\n\
+                 API_TOKEN = {{ provider = \"env\", ref = \"KZ_TEST_CANARY_SOURCE\", hosts = [\"{}\"]{api_extra} }}\n\
                  OTHER_TOKEN = {{ provider = \"env\", ref = \"KZ_TEST_OTHER_SOURCE\", hosts = [\"{}\"] }}\n\
                  [blind]\n\
                  upstream_ca = \"{}\"\n",
@@ -535,6 +542,21 @@ impl World {
         show(client, &c);
         (run, c)
     }
+}
+
+/// Whether `url` is the proxy URL kz hands out: `http://kz:<48 hex>@127.0.0.1:PORT`.
+fn proxy_with_credential(url: &str) -> bool {
+    let Some((user, addr)) = url
+        .strip_prefix("http://kz:")
+        .and_then(|r| r.split_once('@'))
+    else {
+        return false;
+    };
+    user.len() == 48
+        && user.bytes().all(|b| b.is_ascii_hexdigit())
+        && addr
+            .strip_prefix("127.0.0.1:")
+            .is_some_and(|p| p.parse::<u16>().is_ok())
 }
 
 /// Parses `env` output (`NAME=value` lines; multi-line values are not expected here).
@@ -836,7 +858,7 @@ mod red_team {
         assert_eq!(get("NODE_USE_ENV_PROXY"), Some("1"));
         assert_eq!(get("KZ_KEPT"), Some("kept"));
         let proxy = get("HTTPS_PROXY").unwrap_or_default();
-        assert!(proxy.starts_with("http://127.0.0.1:"), "{env_text}");
+        assert!(proxy_with_credential(proxy), "{env_text}");
         assert_ne!(
             proxy, "http://127.0.0.1:9",
             "a kept preset won over the proxy"
@@ -1006,7 +1028,7 @@ mod red_team {
         }
         assert!(
             env.get("KZ_PROXY_URL")
-                .is_some_and(|u| u.starts_with("http://127.0.0.1:")),
+                .is_some_and(|u| proxy_with_credential(u)),
             "{env_text}"
         );
         assert_ne!(
@@ -1079,5 +1101,139 @@ mod isolate {
         let (run, c) = w.client(Client::CurlH1, &w.allowed.url(), &["--isolate"]);
         run.no_canary();
         assert_reached(Client::CurlH1, &c, &w.allowed, CANARY, &c.out.token);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Where a token is swapped, cleartext, and the proxy's own credential.
+
+mod proxy_rules {
+    use super::*;
+
+    #[test]
+    fn a_token_in_a_body_is_swapped_only_for_an_entry_that_asks() {
+        support::clients::require_tool("curl");
+        for (extra, want_value) in [
+            ("", false),
+            (", swap = [\"headers\", \"query\", \"body\"]", true),
+        ] {
+            let w = World::build(CANARY, extra);
+            let script = format!(
+                "curl -sS -o /dev/null -H \"Authorization: Bearer $API_TOKEN\" \
+                 -H 'Content-Type: application/x-www-form-urlencoded' \
+                 --data \"client_secret=$API_TOKEN\" '{}/token?key='\"$API_TOKEN\"; \
+                 echo \"==kz== TOKEN $API_TOKEN\"",
+                w.allowed.url()
+            );
+            let r = w.blind_sh(&[], &script, &[]).ok().no_canary();
+            let token = ClientOutput::parse(&r.stdout).token;
+            assert!(is_token(&token), "{}", r.stdout);
+            let recorded = w.allowed.requests();
+            let q = recorded
+                .iter()
+                .find(|q| q.method == "POST")
+                .unwrap_or_else(|| panic!("no POST: {recorded:#?}\n{}", r.stderr));
+            let bearer = format!("Bearer {CANARY}");
+            assert_eq!(q.header("authorization"), Some(bearer.as_str()), "{extra}");
+            assert_eq!(q.target, format!("/token?key={CANARY}"), "{extra}");
+            let want = if want_value { CANARY } else { token.as_str() };
+            assert_eq!(
+                String::from_utf8_lossy(&q.body),
+                format!("client_secret={want}"),
+                "{extra}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_value_over_plain_http_needs_a_binding_that_names_the_scheme() {
+        support::clients::require_tool("curl");
+        let w = World::new();
+        // The allowed server, asked for over plain HTTP (through HTTP_PROXY): API_TOKEN's
+        // binding (`localhost:PORT`) names no scheme, so the proxy refuses before connecting.
+        let plain = w.allowed.url().replacen("https://", "http://", 1);
+        let script = format!(
+            "curl -sS -H \"Authorization: Bearer $API_TOKEN\" '{plain}/get'; echo; echo '==kz== END'"
+        );
+        let r = w.blind_sh(&[], &script, &[]).ok().no_canary();
+        assert!(
+            r.stdout.contains("would travel unencrypted"),
+            "{}",
+            r.stdout
+        );
+        assert!(r.stdout.contains("API_TOKEN"), "{}", r.stdout);
+        let fix = format!("bind `http://{}`", w.allowed.host());
+        assert!(r.stdout.contains(&fix), "{}", r.stdout);
+        assert_eq!(w.allowed.connections(), 0, "the proxy connected");
+        // `--allow-host http://HOST:PORT` allows it: the proxy now connects (the test server
+        // speaks only TLS, so the exchange itself fails; what matters is that it was tried).
+        let flag = format!("http://{}", w.allowed.host());
+        let r = w
+            .blind_sh(&["--allow-host", &flag], &script, &[])
+            .ok()
+            .no_canary();
+        assert!(
+            !r.stdout.contains("would travel unencrypted"),
+            "{}",
+            r.stdout
+        );
+        assert!(w.allowed.connections() > 0, "{}", r.stdout);
+        // A scheme other than http(s) is a usage error naming the pattern.
+        let r = w.blind_sh(&["--allow-host", "ftp://x.example.com"], "true", &[]);
+        assert_ne!(r.code, Some(0));
+        assert!(r.stderr.contains("ftp://"), "{}", r.stderr);
+    }
+
+    #[test]
+    fn the_proxy_refuses_requests_without_its_credential() {
+        support::clients::require_tool("curl");
+        let w = World::new();
+        let audit = w.s.root.path().join("audit.jsonl");
+        // The proxy's address without the credential (what another local user could find).
+        let script = format!(
+            "bare=\"http://${{HTTPS_PROXY#*@}}\"; \
+             printf '==kz== BARE '; curl -s -o /dev/null --max-time 20 -x \"$bare\" \
+               -H \"Authorization: Bearer $API_TOKEN\" -w '%{{http_connect}}\\n' '{u}/get'; \
+             printf '==kz== WRONG '; curl -s -o /dev/null --max-time 20 \
+               -x \"http://kz:{wrong}@${{HTTPS_PROXY#*@}}\" \
+               -H \"Authorization: Bearer $API_TOKEN\" -w '%{{http_connect}}\\n' '{u}/get'; \
+             printf '==kz== RIGHT '; curl -s -o /dev/null --max-time 20 \
+               -H \"Authorization: Bearer $API_TOKEN\" -w '%{{http_code}}\\n' '{u}/get'; \
+             echo '==kz== END'",
+            u = w.allowed.url(),
+            wrong = "0".repeat(48),
+        );
+        let r = w
+            .blind_sh(&["--audit", audit.to_str().unwrap()], &script, &[])
+            .ok()
+            .no_canary();
+        let out = ClientOutput::parse(&r.stdout);
+        assert!(out.ended, "{}", r.stdout);
+        assert_eq!(out.answer("BARE").status, Some(407), "{}", r.stdout);
+        assert_eq!(out.answer("WRONG").status, Some(407), "{}", r.stdout);
+        assert_eq!(out.answer("RIGHT").status, Some(200), "{}", r.stdout);
+        assert_eq!(w.allowed.requests().len(), 1, "{:#?}", w.allowed.requests());
+        let text = std::fs::read_to_string(&audit).unwrap();
+        assert!(text.contains("no proxy credential"), "{text}");
+        assert!(text.contains("wrong proxy credential"), "{text}");
+        assert!(!text.contains(CANARY));
+        // The credential is never printed by kz, even with -v.
+        let r = w
+            .blind_sh(&["-v"], "echo \"==kz== URL $HTTPS_PROXY\"", &[])
+            .ok();
+        let url = r
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("==kz== URL "))
+            .unwrap_or_default()
+            .to_string();
+        assert!(proxy_with_credential(&url), "{}", r.stdout);
+        let password = url.split_once('@').unwrap().0.rsplit(':').next().unwrap();
+        assert!(!r.stderr.contains(password), "{}", r.stderr);
+        assert!(
+            r.stderr.contains("blind: proxy on http://127.0.0.1:"),
+            "{}",
+            r.stderr
+        );
     }
 }

@@ -125,12 +125,13 @@ fn bad_allow_host_is_a_usage_error_naming_the_pattern() {
             "run",
             "--blind",
             "--allow-host",
-            "https://x.test/",
+            "https://x.test/path",
             "--",
             "true",
         ])
         .code(2);
     assert!(r.stderr.contains("--allow-host"), "{}", r.stderr);
+    assert!(r.stderr.contains("https://x.test/path"), "{}", r.stderr);
 }
 
 /// The command runs as the same user as kz: it must not be able to read kz's environment

@@ -267,7 +267,7 @@ fn mistyped_run_options_are_usage_errors_not_commands() {
 #[test]
 fn blind_502_says_why_under_verbose() {
     let mut s = Sandbox::with_config(
-        "[secrets]\nAPI_TOKEN = { provider = \"env\", ref = \"KZ_TEST_SRC\", hosts = [\"localhost:1\"] }\n",
+        "[secrets]\nAPI_TOKEN = { provider = \"env\", ref = \"KZ_TEST_SRC\", hosts = [\"http://localhost:1\"] }\n",
     );
     s.set("KZ_TEST_SRC", CANARY).set("KEYZERO_TRUST", "1");
     // Port 1 on loopback: allowed by the exact pattern, but nothing listens there.
