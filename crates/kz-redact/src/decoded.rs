@@ -40,9 +40,15 @@ use zeroize::Zeroizing;
 pub const FRAGMENT_LEN: usize = 16;
 
 /// Values (after the fold) shorter than this cannot be matched (the index works on 8-byte grams).
-pub const MIN_LEN: usize = GRAM;
+pub const MIN_LEN: usize = 8;
 
-const GRAM: usize = 8;
+/// Grams of this many bytes are indexed at every offset of every pattern, and looked up at every
+/// `STRIDE`-th byte of the input: any occurrence of at least `GRAM + STRIDE - 1` (<= `MIN_LEN`)
+/// bytes holds one looked-up gram, wherever it starts.
+const GRAM: usize = 4;
+const STRIDE: usize = 4;
+/// A match may begin in this many trailing bytes without any looked-up gram inside it yet.
+const TAIL: usize = GRAM + STRIDE - 2;
 /// At most this many places per distinct gram are indexed (a value that repeats one gram many
 /// times would otherwise make every look-up slow).
 const MAX_PER_GRAM: usize = 8;
@@ -86,7 +92,9 @@ struct Inner {
     patterns: Vec<Pattern>,
     /// Per owner: the replacement for a plain match and for a base64 match.
     replacements: Vec<Replacement>,
-    /// Two-bit filter over gram hashes.
+    /// The first two bytes of every indexed gram (a bit per 16-bit value, 8 KiB).
+    heads: Vec<u64>,
+    /// One-bit filter over gram hashes (16 bits per gram: about 6 % false hits at most).
     filter: Vec<u64>,
     filter_mask: u64,
     /// CSR table: `entries[starts[b]..starts[b + 1]]` are the (pattern, offset) of bucket `b`.
@@ -222,7 +230,9 @@ impl Matcher {
         Stream {
             matcher: self.clone(),
             carry: Zeroizing::new(Vec::new()),
+            buf: Zeroizing::new(Vec::new()),
             hits: Vec::new(),
+            scratch: Scratch::default(),
         }
     }
 
@@ -240,7 +250,7 @@ impl Matcher {
             return (out, st.take_hits());
         }
         let mut hits = Vec::new();
-        self.emit(input, &mut out, &mut hits, true);
+        self.emit(input, &mut out, &mut hits, true, &mut Scratch::default());
         (out, sorted(hits))
     }
 
@@ -252,7 +262,7 @@ impl Matcher {
         if input.len() > WHOLE_LIMIT {
             return self.replace_all(input).1;
         }
-        let spans = self.find(input, true).0;
+        let spans = self.find(input, true, &mut Scratch::default()).0;
         sorted(
             spans
                 .iter()
@@ -262,12 +272,19 @@ impl Matcher {
     }
 
     /// Emits the final prefix of `buf` into `out`; returns where the held tail starts.
-    fn emit(&self, buf: &[u8], out: &mut Vec<u8>, hits: &mut Vec<usize>, last: bool) -> usize {
+    fn emit(
+        &self,
+        buf: &[u8],
+        out: &mut Vec<u8>,
+        hits: &mut Vec<usize>,
+        last: bool,
+        scratch: &mut Scratch,
+    ) -> usize {
         if self.is_empty() {
             out.extend_from_slice(buf);
             return buf.len();
         }
-        let (spans, cut) = self.find(buf, last);
+        let (spans, cut) = self.find(buf, last, scratch);
         let mut pos = 0;
         for s in spans.iter().filter(|s| s.end <= cut) {
             out.extend_from_slice(buf.get(pos..s.start).unwrap_or_default());
@@ -282,7 +299,7 @@ impl Matcher {
     }
 
     /// Merged match spans (original coordinates) and the cut: everything before it is final.
-    fn find(&self, buf: &[u8], last: bool) -> (Vec<Span>, usize) {
+    fn find(&self, buf: &[u8], last: bool, scratch: &mut Scratch) -> (Vec<Span>, usize) {
         let inner = &*self.inner;
         let mut st = Scan {
             spans: Vec::new(),
@@ -291,19 +308,33 @@ impl Matcher {
             total: buf.len(),
         };
         let raw = Raw(buf);
-        inner.scan(&raw, buf.len(), &mut st);
-        let mut boundaries: Option<Decoded> = None;
-        let (l1, tentative) = decode(&raw, buf.len(), last);
-        st.lower(tentative.map(|t| raw.span(t).0));
-        if let Some(l1) = l1 {
-            inner.scan(&l1, l1.firm, &mut st);
-            let (l2, tentative) = decode(&l1, l1.firm, last);
-            st.lower(tentative.map(|t| l1.span(t).0));
-            if let Some(l2) = l2 {
-                inner.scan(&l2, l2.firm, &mut st);
-                boundaries = Some(l2);
+        inner.scan_raw(buf, &mut st);
+        let Scratch { l1, l2 } = scratch;
+        let mut boundaries: Option<&Decoded> = None;
+        let (has_l1, tentative) = decode(&raw, buf.len(), last, l1);
+        // Bytes from an escape sequence that may still change on: a match may also begin in the
+        // kept bytes just before it.
+        if let Some(t) = tentative {
+            st.lower(Some(raw.span(t).0));
+            inner.bound_tail(&raw, t, &mut st);
+        }
+        if has_l1 {
+            inner.scan_decoded(l1, &mut st);
+            // A second layer only when the first produced escape characters.
+            let (has_l2, tentative) = if l1.nested {
+                decode(&*l1, l1.firm, last, l2)
             } else {
-                boundaries = Some(l1);
+                (false, None)
+            };
+            if let Some(t) = tentative {
+                st.lower(Some(l1.span(t).0));
+                inner.bound_tail(&*l1, t, &mut st);
+            }
+            if has_l2 {
+                inner.scan_decoded(l2, &mut st);
+                boundaries = Some(&*l2);
+            } else {
+                boundaries = Some(&*l1);
             }
         }
         let mut spans = st.spans;
@@ -339,7 +370,7 @@ impl Matcher {
                     cut = s.start;
                 }
             }
-            if let Some(d) = &boundaries {
+            if let Some(d) = boundaries {
                 cut = d.boundary_at_or_before(cut);
             }
             if cut == before {
@@ -356,20 +387,17 @@ fn sorted(mut v: Vec<usize>) -> Vec<usize> {
     v
 }
 
-fn build_index(
-    fold: [u16; 256],
-    patterns: Vec<Pattern>,
-    replacements: Vec<Replacement>,
-) -> Inner {
+fn build_index(fold: [u16; 256], patterns: Vec<Pattern>, replacements: Vec<Replacement>) -> Inner {
     let grams: usize = patterns
         .iter()
         .map(|p| p.bytes.len().saturating_sub(GRAM - 1))
         .sum();
-    let filter_bits = (grams * 8).next_power_of_two().max(1 << 18);
+    let filter_bits = (grams * 16).next_power_of_two().max(1 << 18);
     let buckets = (grams / 2).next_power_of_two().max(64);
     let filter_mask = (filter_bits - 1) as u64;
     let bucket_mask = (buckets - 1) as u64;
     let mut filter = vec![0u64; filter_bits / 64];
+    let mut heads = vec![0u64; (1 << 16) / 64];
     let mut counts = vec![0u32; buckets + 1];
     let each = |f: &mut dyn FnMut(u64, u32, u32)| {
         for (pi, p) in patterns.iter().enumerate() {
@@ -377,7 +405,7 @@ fn build_index(
                 let mut g = [0u8; GRAM];
                 g.copy_from_slice(w);
                 f(
-                    u64::from_le_bytes(g),
+                    u64::from(u32::from_le_bytes(g)),
                     u32::try_from(pi).unwrap_or(u32::MAX),
                     u32::try_from(off).unwrap_or(u32::MAX),
                 );
@@ -385,8 +413,12 @@ fn build_index(
         }
     };
     each(&mut |g, _, _| {
+        let head = g & 0xffff;
+        if let Some(w) = heads.get_mut((head >> 6) as usize) {
+            *w |= 1 << (head & 63);
+        }
         let h = mix(g);
-        for bit in [h & filter_mask, (h >> 32) & filter_mask] {
+        for bit in [h & filter_mask] {
             if let Some(w) = filter.get_mut((bit >> 6) as usize) {
                 *w |= 1 << (bit & 63);
             }
@@ -420,7 +452,7 @@ fn build_index(
             .map_or(0, |w| {
                 let mut g = [0u8; GRAM];
                 g.copy_from_slice(w);
-                u64::from_le_bytes(g)
+                u64::from(u32::from_le_bytes(g))
             })
     };
     let mut starts = vec![0u32; buckets + 1];
@@ -462,6 +494,7 @@ fn build_index(
         fold,
         patterns,
         replacements,
+        heads,
         filter,
         filter_mask,
         starts,
@@ -496,10 +529,22 @@ impl View for Raw<'_> {
     }
 }
 
+/// Decoding buffers, reused across the chunks of a stream.
+#[derive(Default)]
+struct Scratch {
+    l1: Decoded,
+    l2: Decoded,
+}
+
 /// A decoded layer.
+#[derive(Default)]
 struct Decoded {
     bytes: Zeroizing<Vec<u8>>,
     spans: Vec<(usize, usize)>,
+    /// Decoded tokens: view index of their first byte, and how many bytes they produced.
+    tokens: Vec<(usize, usize)>,
+    /// Some decoded token produced an escape character (a nested encoding may follow).
+    nested: bool,
     /// Bytes from here on may still decode differently when more input arrives.
     firm: usize,
 }
@@ -521,6 +566,17 @@ impl View for Decoded {
 }
 
 impl Decoded {
+    fn clear(&mut self) {
+        // Zeroes what was used (decoded bytes may be a value; the rest of the allocation was
+        // zeroed before) and keeps the allocation for reuse.
+        zeroize::Zeroize::zeroize(self.bytes.as_mut_slice());
+        self.bytes.clear();
+        self.spans.clear();
+        self.tokens.clear();
+        self.nested = false;
+        self.firm = 0;
+    }
+
     /// The greatest original position at or before `pos` where a token of this layer (and so of
     /// every layer below) starts.
     fn boundary_at_or_before(&self, pos: usize) -> usize {
@@ -682,7 +738,8 @@ fn is_escape_start(b: u8) -> bool {
 /// One layer of decoding over `src` (of which bytes from `firm` on are themselves tentative):
 /// the layer (`None` when nothing in it decodes, so it would equal its input) and the first
 /// index of `src` whose decoding more input could still change (`None`: all final).
-fn decode(src: &impl View, firm: usize, last: bool) -> (Option<Decoded>, Option<usize>) {
+fn decode(src: &impl View, firm: usize, last: bool, out: &mut Decoded) -> (bool, Option<usize>) {
+    out.clear();
     let s = src.bytes();
     // Escape sequences that start near the end of what is firm may still change.
     let tentative_from = if last {
@@ -697,45 +754,60 @@ fn decode(src: &impl View, firm: usize, last: bool) -> (Option<Decoded>, Option<
     };
     let tentative = (tentative_from < s.len()).then_some(tentative_from);
     let Some(first) = memchr::memchr3(b'\\', b'%', b'&', s) else {
-        return (None, tentative);
+        return (false, tentative);
     };
-    let mut bytes = Zeroizing::new(Vec::with_capacity(s.len()));
-    let mut spans = Vec::with_capacity(s.len());
+    let Decoded {
+        bytes,
+        spans,
+        tokens,
+        nested,
+        firm: firm_slot,
+    } = out;
+    bytes.reserve(s.len());
+    spans.reserve(s.len());
     let mut firm_out = None;
-    let mut changed = false;
     let mut i = 0;
-    // Everything before the first escape is copied as is.
-    while i < first {
-        bytes.push(src.byte(i));
-        spans.push(src.span(i));
-        i += 1;
-    }
-    while i < s.len() {
+    let mut next_escape = Some(first);
+    loop {
+        // The literal run up to the next escape character.
+        let next = next_escape.unwrap_or(s.len());
+        if firm_out.is_none() && tentative_from < next {
+            firm_out = Some(bytes.len() + tentative_from.saturating_sub(i));
+        }
+        bytes.extend_from_slice(s.get(i..next).unwrap_or_default());
+        spans.extend((i..next).map(|k| src.span(k)));
+        i = next;
+        if i >= s.len() {
+            break;
+        }
         if firm_out.is_none() && i >= tentative_from {
             firm_out = Some(bytes.len());
         }
-        let b = src.byte(i);
-        if is_escape_start(b)
-            && let Some((out, n, len)) = decode_one(s, i)
-        {
-            let span = (src.span(i).0, src.span(i + len - 1).1);
-            for &o in out.get(..n).unwrap_or_default() {
-                bytes.push(o);
-                spans.push(span);
+        match decode_one(s, i) {
+            Some((out, n, len)) => {
+                let span = (src.span(i).0, src.span(i + len - 1).1);
+                let out = out.get(..n).unwrap_or_default();
+                tokens.push((bytes.len(), n));
+                *nested |= out.iter().any(|b| is_escape_start(*b));
+                for &o in out {
+                    bytes.push(o);
+                    spans.push(span);
+                }
+                i += len;
             }
-            changed = true;
-            i += len;
-            continue;
+            None => {
+                bytes.push(src.byte(i));
+                spans.push(src.span(i));
+                i += 1;
+            }
         }
-        bytes.push(b);
-        spans.push(src.span(i));
-        i += 1;
+        next_escape = s
+            .get(i..)
+            .and_then(|rest| memchr::memchr3(b'\\', b'%', b'&', rest))
+            .map(|p| i + p);
     }
-    if !changed {
-        return (None, tentative);
-    }
-    let firm = firm_out.unwrap_or(bytes.len());
-    (Some(Decoded { bytes, spans, firm }), tentative)
+    *firm_slot = firm_out.unwrap_or(bytes.len());
+    (!tokens.is_empty(), tentative)
 }
 
 /// A match, in original coordinates.
@@ -793,6 +865,14 @@ impl Inner {
         self.fold.get(usize::from(b)).copied().unwrap_or(SKIP)
     }
 
+    /// Whether some indexed gram starts with these two (folded) bytes.
+    #[inline]
+    fn starts_gram(&self, head: u64) -> bool {
+        self.heads
+            .get((head >> 6) as usize)
+            .is_some_and(|w| w & (1 << (head & 63)) != 0)
+    }
+
     #[inline]
     fn maybe(&self, g: u64) -> bool {
         let h = mix(g);
@@ -801,30 +881,187 @@ impl Inner {
                 .get((bit >> 6) as usize)
                 .is_some_and(|w| w & (1 << (bit & 63)) != 0)
         };
-        hit(h & self.filter_mask) && hit((h >> 32) & self.filter_mask)
+        hit(h & self.filter_mask)
     }
 
-    /// Scans one view: records accepted matches, and lowers `st.bound` to the start of anything
-    /// that more input could still turn into (or extend) a match.
-    fn scan<V: View>(&self, v: &V, firm: usize, st: &mut Scan) {
+    /// Scans the raw input: lines (between CR and LF, which the fold drops) with a gram read at
+    /// every `STRIDE`-th byte, then the bytes around each line break the way decoded views are
+    /// scanned; and bounds the tail.
+    fn scan_raw(&self, buf: &[u8], st: &mut Scan) {
+        let raw = Raw(buf);
+        let mut seg = 0;
+        let mut breaks = memchr::memchr2_iter(b'\r', b'\n', buf).peekable();
+        while let Some(at) = breaks.next() {
+            self.scan_line(&raw, seg, at, st);
+            let mut end = at + 1;
+            while breaks.peek() == Some(&end) {
+                breaks.next();
+                end += 1;
+            }
+            self.scan_break(&raw, at, end, st);
+            seg = end;
+        }
+        self.scan_line(&raw, seg, buf.len(), st);
+        self.bound_tail(&raw, buf.len(), st);
+    }
+
+    /// A match across a line break (bytes `at..end` dropped by the fold) with at least
+    /// `GRAM` kept bytes holds one of the grams made of 1 to 3 kept bytes before the break and
+    /// the rest after it.
+    fn scan_break(&self, raw: &Raw<'_>, at: usize, end: usize, st: &mut Scan) {
+        let mut before = [0usize; GRAM - 1];
+        let mut nb = 0;
+        let mut j = at;
+        while j > 0 && nb < GRAM - 1 {
+            j -= 1;
+            if self.fold(raw.byte(j)) != SKIP {
+                if let Some(slot) = before.get_mut(nb) {
+                    *slot = j;
+                }
+                nb += 1;
+            }
+        }
+        let mut after = [0usize; GRAM - 1];
+        let mut na = 0;
+        let mut j = end;
+        while j < raw.len() && na < GRAM - 1 {
+            if self.fold(raw.byte(j)) != SKIP {
+                if let Some(slot) = after.get_mut(na) {
+                    *slot = j;
+                }
+                na += 1;
+            }
+            j += 1;
+        }
+        for k in 1..GRAM {
+            // `k` bytes before the break, `GRAM - k` after.
+            if k > nb || GRAM - k > na {
+                continue;
+            }
+            let mut idx = [0usize; GRAM];
+            for (n, slot) in idx.iter_mut().enumerate() {
+                *slot = if n < k {
+                    before.get(k - 1 - n).copied().unwrap_or(0)
+                } else {
+                    after.get(n - k).copied().unwrap_or(0)
+                };
+            }
+            let g = idx.iter().enumerate().fold(0u64, |acc, (n, &i)| {
+                acc | (u64::from(self.fold(raw.byte(i)) as u8) << (8 * n))
+            });
+            if self.maybe(g) {
+                let (first, last) = (idx.first().copied(), idx.last().copied());
+                if let (Some(first), Some(last)) = (first, last) {
+                    self.candidates(raw, raw.0.len(), g, first, last, st);
+                }
+            }
+        }
+    }
+
+    /// Scans `from..to` of the raw input, which holds no byte the fold drops: a gram at every
+    /// `STRIDE`-th byte, read directly.
+    fn scan_line(&self, raw: &Raw<'_>, from: usize, to: usize, st: &mut Scan) {
+        let Some(line) = raw.0.get(from..to) else {
+            return;
+        };
+        let mut covered_to = 0usize;
+        for (k, w) in line.chunks_exact(GRAM).enumerate() {
+            let at = from + k * GRAM;
+            if at + GRAM + FRAGMENT_LEN < covered_to {
+                continue;
+            }
+            let f = |b: u8| u64::from(self.fold(b) as u8);
+            let (a, b, c, d) = match w {
+                [a, b, c, d] => (*a, *b, *c, *d),
+                _ => continue,
+            };
+            let head = f(a) | (f(b) << 8);
+            if !self.starts_gram(head) {
+                continue;
+            }
+            let g = head | (f(c) << 16) | (f(d) << 24);
+            if self.maybe(g)
+                && let Some(end) = self.candidates(raw, raw.0.len(), g, at, at + GRAM - 1, st)
+            {
+                covered_to = covered_to.max(end);
+            }
+        }
+    }
+
+    /// Scans a decoded view only around what decoding changed (elsewhere it equals its input,
+    /// which was scanned already: a match there is a match of the input, with a span at least
+    /// as large), and at its end.
+    fn scan_decoded(&self, v: &Decoded, st: &mut Scan) {
         let n = v.len();
+        let mut windows: Vec<(usize, usize)> = Vec::new();
+        let mut add = |from: usize, to: usize| match windows.last_mut() {
+            Some(w) if from <= w.1 => w.1 = w.1.max(to),
+            _ => windows.push((from, to)),
+        };
+        for &(at, len) in &v.tokens {
+            add(
+                self.back(v, at, GRAM + STRIDE),
+                self.forward(v, at + len, GRAM + STRIDE),
+            );
+        }
+        add(self.back(v, v.firm.min(n), GRAM + STRIDE), n);
+        for (from, to) in windows {
+            self.scan_range(v, v.firm, from, to, st);
+        }
+        self.bound_tail(v, v.firm, st);
+    }
+
+    /// The view index `kept` kept bytes before `at` (or 0).
+    fn back(&self, v: &impl View, at: usize, kept: usize) -> usize {
+        let mut j = at.min(v.len());
+        let mut k = 0;
+        while j > 0 && k < kept {
+            j -= 1;
+            if self.fold(v.byte(j)) != SKIP {
+                k += 1;
+            }
+        }
+        j
+    }
+
+    /// The view index `kept` kept bytes after `at` (or the end).
+    fn forward(&self, v: &impl View, at: usize, kept: usize) -> usize {
+        let n = v.len();
+        let mut j = at.min(n);
+        let mut k = 0;
+        while j < n && k < kept {
+            if self.fold(v.byte(j)) != SKIP {
+                k += 1;
+            }
+            j += 1;
+        }
+        j
+    }
+
+    /// Scans view bytes `from..to`: records accepted matches (extended over the whole view),
+    /// and lowers `st.bound` to the start of any candidate more input could extend.
+    fn scan_range<V: View>(&self, v: &V, firm: usize, from: usize, to: usize, st: &mut Scan) {
         let mut reg: u64 = 0;
         let mut ring = [0usize; GRAM];
         let mut count = 0usize;
         let mut covered_to = 0usize; // view index: grams ending before it are inside a match
-        let mut i = 0;
-        while i < n {
+        let mut i = from;
+        while i < to {
             let f = self.fold(v.byte(i));
             if f == SKIP {
                 i += 1;
                 continue;
             }
-            reg = (reg >> 8) | (u64::from(f) << 56);
+            reg = ((reg >> 8) | (u64::from(f) << 24)) & 0xffff_ffff;
             if let Some(r) = ring.get_mut(count % GRAM) {
                 *r = i;
             }
             count += 1;
-            if count >= GRAM && i >= covered_to && self.maybe(reg) {
+            if count.is_multiple_of(STRIDE)
+                && count >= GRAM
+                && i + FRAGMENT_LEN >= covered_to
+                && self.maybe(reg)
+            {
                 let start = ring.get(count % GRAM).copied().unwrap_or(i);
                 if let Some(end) = self.candidates(v, firm, reg, start, i, st) {
                     covered_to = covered_to.max(end);
@@ -832,14 +1069,18 @@ impl Inner {
             }
             i += 1;
         }
+    }
+
+    /// A match may still begin in the last [`TAIL`] kept bytes before the firm end.
+    fn bound_tail<V: View>(&self, v: &V, firm: usize, st: &mut Scan) {
         if st.last {
             return;
         }
-        // A match may still start at any of the last GRAM - 1 kept bytes before the firm end.
+        let n = v.len();
         let mut kept = 0;
         let mut j = firm.min(n);
         let mut earliest = j;
-        while j > 0 && kept < GRAM - 1 {
+        while j > 0 && kept < TAIL {
             j -= 1;
             if self.fold(v.byte(j)) != SKIP {
                 kept += 1;
@@ -877,7 +1118,7 @@ impl Inner {
             let same = pat.bytes.get(o..o + GRAM).is_some_and(|w| {
                 let mut a = [0u8; GRAM];
                 a.copy_from_slice(w);
-                u64::from_le_bytes(a) == g
+                u64::from(u32::from_le_bytes(a)) == g
             });
             if !same {
                 continue;
@@ -939,11 +1180,27 @@ impl Inner {
     }
 }
 
+/// Sets `buf` to `a` followed by `b`, reusing its allocation; a larger one replaces it only after
+/// the old one is zeroed (no reallocation leaves a copy behind).
+fn fill(buf: &mut Zeroizing<Vec<u8>>, a: &[u8], b: &[u8]) {
+    let need = a.len() + b.len();
+    if buf.capacity() < need {
+        *buf = Zeroizing::new(Vec::with_capacity(need.max(buf.capacity() * 2)));
+    } else {
+        buf.clear();
+    }
+    buf.extend_from_slice(a);
+    buf.extend_from_slice(b);
+}
+
 /// A streaming [`Matcher::replace_all`]: equal output under any chunking.
 pub struct Stream {
     matcher: Matcher,
     carry: Zeroizing<Vec<u8>>,
+    /// The held tail plus the new chunk (reused; zeroed on drop).
+    buf: Zeroizing<Vec<u8>>,
     hits: Vec<usize>,
+    scratch: Scratch,
 }
 
 impl std::fmt::Debug for Stream {
@@ -961,19 +1218,22 @@ impl Stream {
             out.extend_from_slice(chunk);
             return;
         }
-        let mut buf = Zeroizing::new(Vec::with_capacity(self.carry.len() + chunk.len()));
-        buf.extend_from_slice(&self.carry);
-        buf.extend_from_slice(chunk);
-        let cut = self.matcher.emit(&buf, out, &mut self.hits, false);
-        let mut carry = Zeroizing::new(Vec::with_capacity(buf.len().saturating_sub(cut)));
-        carry.extend_from_slice(buf.get(cut..).unwrap_or_default());
-        self.carry = carry;
+        fill(&mut self.buf, &self.carry, chunk);
+        let cut = self
+            .matcher
+            .emit(&self.buf, out, &mut self.hits, false, &mut self.scratch);
+        fill(
+            &mut self.carry,
+            self.buf.get(cut..).unwrap_or_default(),
+            &[],
+        );
     }
 
     /// Ends the stream: emits everything still held.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
         let buf = std::mem::take(&mut self.carry);
-        self.matcher.emit(&buf, out, &mut self.hits, true);
+        self.matcher
+            .emit(&buf, out, &mut self.hits, true, &mut self.scratch);
     }
 
     /// Owners replaced since the last call (sorted, no duplicates).
@@ -998,13 +1258,13 @@ impl Stream {
         if self.matcher.is_empty() {
             return Vec::new();
         }
-        let mut buf = Zeroizing::new(Vec::with_capacity(self.carry.len() + chunk.len()));
-        buf.extend_from_slice(&self.carry);
-        buf.extend_from_slice(chunk);
-        let (spans, cut) = self.matcher.find(&buf, last);
-        let mut carry = Zeroizing::new(Vec::with_capacity(buf.len().saturating_sub(cut)));
-        carry.extend_from_slice(buf.get(cut..).unwrap_or_default());
-        self.carry = carry;
+        fill(&mut self.buf, &self.carry, chunk);
+        let (spans, cut) = self.matcher.find(&self.buf, last, &mut self.scratch);
+        fill(
+            &mut self.carry,
+            self.buf.get(cut..).unwrap_or_default(),
+            &[],
+        );
         sorted(
             spans
                 .iter()
@@ -1237,7 +1497,7 @@ mod tests {
         let mut st = m.stream();
         let mut out = Vec::new();
         st.feed(b"hello world, nothing to see here at all\n", &mut out);
-        assert!(st.held() <= GRAM, "held {}", st.held());
+        assert!(st.held() <= TAIL + 1, "held {}", st.held());
         st.finish(&mut out);
         assert_eq!(out, b"hello world, nothing to see here at all\n");
     }
