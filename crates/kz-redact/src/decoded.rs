@@ -889,26 +889,35 @@ impl Inner {
     /// scanned; and bounds the tail.
     fn scan_raw(&self, buf: &[u8], st: &mut Scan) {
         let raw = Raw(buf);
-        let mut seg = 0;
-        let mut breaks = memchr::memchr2_iter(b'\r', b'\n', buf).peekable();
+        self.scan_segments(&raw, buf.len(), 0, buf.len(), st);
+        self.bound_tail(&raw, buf.len(), st);
+    }
+
+    /// Scans view bytes `from..to`: each stretch between line breaks with a gram read at every
+    /// `STRIDE`-th byte, and the grams across each break.
+    fn scan_segments<V: View>(&self, v: &V, firm: usize, from: usize, to: usize, st: &mut Scan) {
+        let window = v.bytes().get(from..to).unwrap_or_default();
+        let mut seg = from;
+        let mut breaks = memchr::memchr2_iter(b'\r', b'\n', window)
+            .map(|p| from + p)
+            .peekable();
         while let Some(at) = breaks.next() {
-            self.scan_line(&raw, seg, at, st);
+            self.scan_line(v, firm, seg, at, st);
             let mut end = at + 1;
             while breaks.peek() == Some(&end) {
                 breaks.next();
                 end += 1;
             }
-            self.scan_break(&raw, at, end, st);
+            self.scan_break(v, firm, at, end, st);
             seg = end;
         }
-        self.scan_line(&raw, seg, buf.len(), st);
-        self.bound_tail(&raw, buf.len(), st);
+        self.scan_line(v, firm, seg, to, st);
     }
 
     /// A match across a line break (bytes `at..end` dropped by the fold) with at least
     /// `GRAM` kept bytes holds one of the grams made of 1 to 3 kept bytes before the break and
     /// the rest after it.
-    fn scan_break(&self, raw: &Raw<'_>, at: usize, end: usize, st: &mut Scan) {
+    fn scan_break<V: View>(&self, raw: &V, firm: usize, at: usize, end: usize, st: &mut Scan) {
         let mut before = [0usize; GRAM - 1];
         let mut nb = 0;
         let mut j = at;
@@ -949,10 +958,10 @@ impl Inner {
             let g = idx.iter().enumerate().fold(0u64, |acc, (n, &i)| {
                 acc | (u64::from(self.fold(raw.byte(i)) as u8) << (8 * n))
             });
-            if self.maybe(g) {
+            if self.starts_gram(g & 0xffff) && self.maybe(g) {
                 let (first, last) = (idx.first().copied(), idx.last().copied());
                 if let (Some(first), Some(last)) = (first, last) {
-                    self.candidates(raw, raw.0.len(), g, first, last, st);
+                    self.candidates(raw, firm, g, first, last, st);
                 }
             }
         }
@@ -960,8 +969,8 @@ impl Inner {
 
     /// Scans `from..to` of the raw input, which holds no byte the fold drops: a gram at every
     /// `STRIDE`-th byte, read directly.
-    fn scan_line(&self, raw: &Raw<'_>, from: usize, to: usize, st: &mut Scan) {
-        let Some(line) = raw.0.get(from..to) else {
+    fn scan_line<V: View>(&self, raw: &V, firm: usize, from: usize, to: usize, st: &mut Scan) {
+        let Some(line) = raw.bytes().get(from..to) else {
             return;
         };
         let mut covered_to = 0usize;
@@ -981,7 +990,7 @@ impl Inner {
             }
             let g = head | (f(c) << 16) | (f(d) << 24);
             if self.maybe(g)
-                && let Some(end) = self.candidates(raw, raw.0.len(), g, at, at + GRAM - 1, st)
+                && let Some(end) = self.candidates(raw, firm, g, at, at + GRAM - 1, st)
             {
                 covered_to = covered_to.max(end);
             }
@@ -1006,7 +1015,7 @@ impl Inner {
         }
         add(self.back(v, v.firm.min(n), GRAM + STRIDE), n);
         for (from, to) in windows {
-            self.scan_range(v, v.firm, from, to, st);
+            self.scan_segments(v, v.firm, from, to, st);
         }
         self.bound_tail(v, v.firm, st);
     }
@@ -1036,39 +1045,6 @@ impl Inner {
             j += 1;
         }
         j
-    }
-
-    /// Scans view bytes `from..to`: records accepted matches (extended over the whole view),
-    /// and lowers `st.bound` to the start of any candidate more input could extend.
-    fn scan_range<V: View>(&self, v: &V, firm: usize, from: usize, to: usize, st: &mut Scan) {
-        let mut reg: u64 = 0;
-        let mut ring = [0usize; GRAM];
-        let mut count = 0usize;
-        let mut covered_to = 0usize; // view index: grams ending before it are inside a match
-        let mut i = from;
-        while i < to {
-            let f = self.fold(v.byte(i));
-            if f == SKIP {
-                i += 1;
-                continue;
-            }
-            reg = ((reg >> 8) | (u64::from(f) << 24)) & 0xffff_ffff;
-            if let Some(r) = ring.get_mut(count % GRAM) {
-                *r = i;
-            }
-            count += 1;
-            if count.is_multiple_of(STRIDE)
-                && count >= GRAM
-                && i + FRAGMENT_LEN >= covered_to
-                && self.maybe(reg)
-            {
-                let start = ring.get(count % GRAM).copied().unwrap_or(i);
-                if let Some(end) = self.candidates(v, firm, reg, start, i, st) {
-                    covered_to = covered_to.max(end);
-                }
-            }
-            i += 1;
-        }
     }
 
     /// A match may still begin in the last [`TAIL`] kept bytes before the firm end.
