@@ -90,22 +90,16 @@ impl Scrubber {
                 }
             }
         }
-        let mut dropped = false;
         for (_, value) in headers.iter_mut() {
             let (out, hits) = self.body.replace_all(value.as_bytes());
             if hits.is_empty() {
                 continue;
             }
             all.extend(hits);
-            match HeaderValue::from_bytes(&out) {
-                Ok(v) => *value = v,
-                Err(_) => {
-                    *value = HeaderValue::from_static("");
-                    dropped = true;
-                }
-            }
+            // Tokens are legal header bytes, so this cannot fail; if it did, the value is
+            // emptied rather than passed on.
+            *value = HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(""));
         }
-        let _ = dropped;
         super::sorted(all)
     }
 
@@ -436,6 +430,34 @@ mod tests {
             .collect();
         assert!(!all.contains(CANARY));
         assert!(s.scrub_headers(&mut h).is_empty(), "nothing left");
+    }
+
+    #[test]
+    fn header_names_are_scrubbed_ignoring_case_and_order_is_kept() {
+        let t = table(&[b"AbCd-Secret-Value-99"]);
+        let s = Scrubber::new(&t);
+        let mut h = HeaderMap::new();
+        h.append("x-first", "1".parse().unwrap());
+        h.append("x-abcd-secret-value-99", "2".parse().unwrap());
+        h.append("x-abcd-secret-value-99", "3".parse().unwrap());
+        h.append("x-last", "4".parse().unwrap());
+        assert_eq!(s.values_in_headers(&h), vec![0]);
+        assert_eq!(s.scrub_headers(&mut h), vec![0]);
+        let got: Vec<(String, String)> = h
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        let renamed = format!("x-{}", t.secrets[0].token);
+        assert_eq!(
+            got,
+            [
+                ("x-first".to_string(), "1".to_string()),
+                (renamed.clone(), "2".to_string()),
+                (renamed, "3".to_string()),
+                ("x-last".to_string(), "4".to_string()),
+            ]
+        );
+        assert!(s.values_in_headers(&h).is_empty());
     }
 
     #[test]
