@@ -718,7 +718,8 @@ fn table(lat: &Latency, tp: &Throughput, rw: &Rewrite) -> String {
     ));
     t.push_str(&format!(
         "| scrubbing responses (`Scrubber` stream) | {:.0} MB/s | — | — | 10 values as {} patterns \
-         (raw and encoded forms), {} occurrences planted; target ≥ 500 MB/s: {} |\n",
+         (each value and its base64 at 3 alignments, matched in the decoded view), {} occurrences \
+         planted; target ≥ 500 MB/s: {} |\n",
         rw.scrub_mbs,
         rw.patterns,
         rw.planted,

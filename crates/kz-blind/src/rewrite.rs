@@ -6,8 +6,10 @@
 //!   secret may not go to the destination is reported ([`SwapError::Forbidden`]) and never
 //!   swapped; a value that cannot legally sit in a header is refused
 //!   ([`SwapError::IllegalInHeader`]).
-//! - [`Scrubber`] (responses): real values (at least [`MIN_SCRUB_LEN`] bytes), and their
-//!   URL-encoded, JSON-escaped and base64 forms → the token (in the same encoding).
+//! - [`Scrubber`] (responses): real values (at least [`MIN_SCRUB_LEN`] bytes), found in a
+//!   decoded view (any mix of JSON, percent and HTML escapes, base64 at any alignment, fragments
+//!   of long values) → the token (its base64 for a base64 form). The same matcher finds values
+//!   in requests for the egress check ([`SwapError::Value`]).
 //! - [`decode_body`] / [`encode_body`]: `gzip` / `deflate` request bodies, with an output limit.
 //!
 //! Boundary: no I/O, no policy. Callers say which secrets may go where through an `allowed`
@@ -26,6 +28,11 @@ pub use swap::{BodySwap, Swapper};
 /// Values shorter than this are not scrubbed from responses (they would mangle unrelated text).
 pub const MIN_SCRUB_LEN: usize = 8;
 
+/// The largest value blind mode handles (1 MiB): scrubbing indexes every value, in memory linear
+/// in their size (about 100 bytes per value byte at the peak of building it, 0.25 s per MiB),
+/// and a larger value is refused at start.
+pub const MAX_VALUE_LEN: usize = 1 << 20;
+
 /// Why a request could not be rewritten. Messages name secrets by index (`secret #3`); the
 /// proxy maps the index to the secret's variable name. They never contain a value.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +43,14 @@ pub enum SwapError {
          add the host to that secret's `hosts` (or pass `--allow-host`) if it should go there"
     )]
     Forbidden(usize),
+    /// The request carries the real value of secret `idx` (in any form the decoded view finds,
+    /// not its token) toward a host that secret may not reach: a value reflected by a bound
+    /// service, on its way elsewhere.
+    #[error(
+        "the request carries the value of secret #{0} (not its token) toward a host that secret \
+         may not reach; a value that came back in a response must not be forwarded"
+    )]
+    Value(usize),
     /// The value of secret `idx` contains CR, LF, NUL (or another control character) and its
     /// token is in a header, where such a value cannot legally go.
     #[error(

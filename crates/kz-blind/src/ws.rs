@@ -8,11 +8,12 @@
 //!   handshake carries swapped credentials. A token that reaches upstream inside a message is
 //!   harmless (it is not a secret); a protocol that authenticates inside messages does not work
 //!   in blind mode.
-//! - **Upstream → client** frames are parsed (a small RFC 6455 codec written here). Text messages
-//!   (opcode 1 plus continuations, reassembled, at most [`MAX_TEXT_MESSAGE`] bytes) are scrubbed
-//!   with a [`TextScrub`] and re-sent as one unfragmented text frame. Binary data, continuations
-//!   of binary messages and control frames pass through byte for byte, streamed (never buffered
-//!   whole); control frames that interleave a fragmented text message are forwarded at once.
+//! - **Upstream → client** frames are parsed (a small RFC 6455 codec written here). Every frame
+//!   is scrubbed with a [`TextScrub`]: text and binary messages (opcode 1 or 2 plus
+//!   continuations, reassembled, at most [`MAX_TEXT_MESSAGE`] bytes) are re-sent as one
+//!   unfragmented frame of the same type; control frames (ping, pong, close) are scrubbed on
+//!   their own (a close frame's status code is kept, its reason scrubbed), cut to the 125 bytes
+//!   a control frame may carry, and forwarded at once, also between the fragments of a message.
 //! - Protocol violations by the server (masked frame, RSV bits, reserved opcode, bad control
 //!   frame, stray continuation) close both sides; the child gets a close frame `1002`, or `1009`
 //!   for an oversized text message. Errors carry a [`WsError`] inside the [`std::io::Error`].
@@ -27,14 +28,14 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use zeroize::Zeroize;
 
-/// Largest text message (after reassembly, before scrubbing) the relay accepts from upstream;
-/// a larger one closes the connection with status `1009` (message too big).
+/// Largest text or binary message (after reassembly, before scrubbing) the relay accepts from
+/// upstream; a larger one closes the connection with status `1009` (message too big).
 pub const MAX_TEXT_MESSAGE: usize = 16 << 20;
 
 /// How much to ask for per read from upstream.
 const READ_CHUNK: usize = 64 << 10;
 
-/// Scrubs one complete text message payload (UTF-8 bytes) and reports which secrets it hid.
+/// Scrubs one complete message or control payload and reports which secrets it hid.
 pub trait TextScrub: Send + Sync + 'static {
     /// Returns the scrubbed payload and the indices of the secrets whose values were replaced
     /// (empty when nothing was found).
@@ -286,10 +287,10 @@ fn close_frame(code: u16) -> Vec<u8> {
 enum State {
     /// Waiting for (the rest of) a frame header.
     Header,
-    /// Forwarding `remaining` payload bytes unchanged.
-    Pass { remaining: u64 },
-    /// Collecting `remaining` bytes of a text message fragment; `fin` ends the message.
+    /// Collecting `remaining` bytes of a message fragment; `fin` ends the message.
     Text { remaining: u64, fin: bool },
+    /// Collecting `remaining` bytes of a control frame with `opcode`.
+    Control { remaining: u64, opcode: u8 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -306,8 +307,12 @@ struct Decoder {
     state: State,
     /// The kind of fragmented message in progress.
     fragmented: Option<Fragmented>,
-    /// Reassembled text message so far.
+    /// Reassembled message so far.
     msg: Vec<u8>,
+    /// Its opcode (1 text, 2 binary).
+    msg_opcode: u8,
+    /// The control frame being collected.
+    ctrl: Vec<u8>,
     limit: usize,
     /// The server has sent a close frame (so the relay must not send one of its own).
     close_seen: bool,
@@ -320,6 +325,8 @@ impl Decoder {
             state: State::Header,
             fragmented: None,
             msg: Vec::new(),
+            msg_opcode: 1,
+            ctrl: Vec::new(),
             limit,
             close_seen: false,
         }
@@ -342,16 +349,24 @@ impl Decoder {
                     };
                     self.start_frame(header, out)?;
                 }
-                State::Pass { remaining: 0 } => self.state = State::Header,
-                State::Pass { remaining } => {
+                State::Control {
+                    remaining: 0,
+                    opcode,
+                } => {
+                    self.finish_control(opcode, out, scrub, on_scrub);
+                    self.state = State::Header;
+                }
+                State::Control { remaining, opcode } => {
                     let n = take_len(remaining, self.buf.len());
                     if n == 0 {
                         return Ok(());
                     }
-                    out.extend_from_slice(self.buf.get(..n).unwrap_or_default());
+                    self.ctrl
+                        .extend_from_slice(self.buf.get(..n).unwrap_or_default());
                     self.buf.advance(n);
-                    self.state = State::Pass {
+                    self.state = State::Control {
                         remaining: remaining - n as u64,
+                        opcode,
                     };
                 }
                 State::Text { remaining: 0, fin } => {
@@ -378,8 +393,8 @@ impl Decoder {
     }
 
     /// Validates a header at the front of `buf`, consumes it and sets the next state.
-    fn start_frame(&mut self, h: Header, out: &mut Vec<u8>) -> Result<(), WsError> {
-        let pass = match h.opcode {
+    fn start_frame(&mut self, h: Header, _out: &mut Vec<u8>) -> Result<(), WsError> {
+        match h.opcode {
             0x8..=0xa => {
                 if !h.fin || h.len > 125 {
                     return Err(WsError::BadControlFrame);
@@ -387,51 +402,42 @@ impl Decoder {
                 if h.opcode == 0x8 {
                     self.close_seen = true;
                 }
-                true
+                self.ctrl.clear();
+                self.state = State::Control {
+                    remaining: h.len,
+                    opcode: h.opcode,
+                };
+                self.buf.advance(h.header_len);
+                return Ok(());
             }
-            0x1 => {
+            0x1 | 0x2 => {
                 if self.fragmented.is_some() {
                     return Err(WsError::InterleavedMessage);
                 }
                 self.check_size(h.len)?;
                 self.msg.clear();
-                self.fragmented = (!h.fin).then_some(Fragmented::Text);
-                false
+                self.msg_opcode = h.opcode;
+                self.fragmented = (!h.fin).then_some(if h.opcode == 0x1 {
+                    Fragmented::Text
+                } else {
+                    Fragmented::Binary
+                });
             }
-            0x2 => {
-                if self.fragmented.is_some() {
-                    return Err(WsError::InterleavedMessage);
+            0x0 => {
+                if self.fragmented.is_none() {
+                    return Err(WsError::UnexpectedContinuation);
                 }
-                self.fragmented = (!h.fin).then_some(Fragmented::Binary);
-                true
+                self.check_size(h.len)?;
+                if h.fin {
+                    self.fragmented = None;
+                }
             }
-            0x0 => match self.fragmented {
-                None => return Err(WsError::UnexpectedContinuation),
-                Some(Fragmented::Binary) => {
-                    if h.fin {
-                        self.fragmented = None;
-                    }
-                    true
-                }
-                Some(Fragmented::Text) => {
-                    self.check_size(h.len)?;
-                    if h.fin {
-                        self.fragmented = None;
-                    }
-                    false
-                }
-            },
             other => return Err(WsError::ReservedOpcode(other)),
-        };
-        if pass {
-            out.extend_from_slice(self.buf.get(..h.header_len).unwrap_or_default());
-            self.state = State::Pass { remaining: h.len };
-        } else {
-            self.state = State::Text {
-                remaining: h.len,
-                fin: h.fin,
-            };
         }
+        self.state = State::Text {
+            remaining: h.len,
+            fin: h.fin,
+        };
         self.buf.advance(h.header_len);
         Ok(())
     }
@@ -447,7 +453,41 @@ impl Decoder {
         Ok(())
     }
 
-    /// Scrubs the complete text message and appends it as one unfragmented frame.
+    /// Scrubs a complete control frame and appends it (a close frame keeps its status code; the
+    /// payload is cut to the 125 bytes a control frame may hold, a close reason on a UTF-8
+    /// character boundary).
+    fn finish_control(
+        &mut self,
+        opcode: u8,
+        out: &mut Vec<u8>,
+        scrub: &dyn TextScrub,
+        on_scrub: &dyn Fn(Vec<usize>),
+    ) {
+        let code_len = if opcode == 0x8 && self.ctrl.len() >= 2 {
+            2
+        } else {
+            0
+        };
+        let code = self.ctrl.get(..code_len).unwrap_or_default().to_vec();
+        let (mut scrubbed, hits) = scrub.scrub(self.ctrl.get(code_len..).unwrap_or_default());
+        self.ctrl.zeroize();
+        let room = 125 - code_len;
+        if scrubbed.len() > room {
+            let mut cut = room;
+            while cut > 0 && scrubbed.get(cut).is_some_and(|b| (b & 0xc0) == 0x80) {
+                cut -= 1;
+            }
+            scrubbed.truncate(cut);
+        }
+        if !hits.is_empty() {
+            on_scrub(hits);
+        }
+        push_frame_header(out, 0x80 | opcode, code_len + scrubbed.len());
+        out.extend_from_slice(&code);
+        out.extend_from_slice(&scrubbed);
+    }
+
+    /// Scrubs the complete message and appends it as one unfragmented frame of its type.
     fn finish_text(
         &mut self,
         out: &mut Vec<u8>,
@@ -463,7 +503,7 @@ impl Decoder {
         if !hits.is_empty() {
             on_scrub(hits);
         }
-        push_frame_header(out, 0x81, scrubbed.len());
+        push_frame_header(out, 0x80 | self.msg_opcode, scrubbed.len());
         out.extend_from_slice(&scrubbed);
     }
 
@@ -471,6 +511,7 @@ impl Decoder {
     /// frame), truncated otherwise.
     fn at_eof(&mut self) -> Result<(), WsError> {
         self.msg.zeroize();
+        self.ctrl.zeroize();
         let clean = self.state == State::Header && self.buf.is_empty() && self.fragmented.is_none();
         if clean || self.close_seen {
             Ok(())
@@ -696,19 +737,33 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn binary_and_control_frames_pass_byte_identical() {
-        // Binary frames are not scrubbed (only text is); fragmented binary with a non-minimal
-        // 16-bit length for 5 bytes must come out exactly as sent, not re-encoded.
+    async fn binary_and_control_frames_are_scrubbed_too() {
+        // A binary frame, a fragmented binary message (non-minimal length) with a ping between
+        // its fragments, a pong and a close frame whose reason carries values.
         let mut input = frame(0x82, b"\x00\x01CANARY-5f1e\xff");
         input.extend([0x02, 126, 0x00, 0x05]);
-        input.extend(b"12345");
+        input.extend(b"12CAN");
         input.extend(frame(0x89, b""));
-        input.extend(frame(0x80, &vec![7u8; 300]));
-        input.extend(frame(0x88, &[0x03, 0xe8, b'b', b'y', b'e']));
+        input.extend(frame(0x80, b"ARY-5f1e"));
+        input.extend(frame(0x8a, b"pong SECOND-canary-77"));
+        let mut reason = vec![0x03, 0xe8];
+        reason.extend_from_slice(&[b'x'; 100]);
+        reason.extend_from_slice(CANARY);
+        input.extend(frame(0x88, &reason));
         let (got, result, hits) = server_sends(&input).await;
         result.unwrap();
-        assert_eq!(got, input);
-        assert!(hits.is_empty());
+        let mut want = frame(0x82, &[b"\x00\x01".as_slice(), TOKEN, b"\xff"].concat());
+        want.extend(frame(0x89, b""));
+        want.extend(frame(0x82, &[b"12".as_slice(), TOKEN].concat()));
+        want.extend(frame(0x8a, &[b"pong ".as_slice(), TOKEN2].concat()));
+        // The close reason grows past what a control frame holds and is cut to 123 bytes.
+        let mut close = vec![0x03, 0xe8];
+        close.extend_from_slice(&[b'x'; 100]);
+        close.extend_from_slice(&TOKEN[..23]);
+        want.extend(frame(0x88, &close));
+        assert_eq!(got, want);
+        assert!(!contains(&got, CANARY) && !contains(&got, CANARY2));
+        assert_eq!(hits, vec![vec![0], vec![0], vec![1], vec![0]]);
     }
 
     #[tokio::test]
@@ -879,7 +934,9 @@ mod tests {
         cut.truncate(5);
         let (got, result, _) = server_sends(&cut).await;
         assert_eq!(ws_error(&result.unwrap_err()), &WsError::Truncated);
-        assert_eq!(got, cut); // passthrough bytes already forwarded; no close frame added
+        // A binary message is held until complete (it is scrubbed whole): nothing of it went
+        // out, and no close frame is added.
+        assert_eq!(got, b"");
 
         let (_, result, _) = server_sends(&frame(0x01, b"half")).await;
         assert_eq!(ws_error(&result.unwrap_err()), &WsError::Truncated);

@@ -61,7 +61,26 @@ async fn harness_body(extra: &[&str]) -> Harness {
 
 /// `api_hosts`: more hosts for API_TOKEN, with `{plain}` standing for the plain server's port.
 async fn harness_with(extra: &[&str], api_hosts: &[&str], swap: SwapIn) -> Harness {
-    let upstream = Upstream::start().await;
+    harness_full(extra, api_hosts, swap, CANARY, true, false).await
+}
+
+/// API_TOKEN holds `value`; responses scrubbed or not.
+async fn harness_value(extra: &[&str], value: &str, scrub_responses: bool) -> Harness {
+    harness_full(extra, &[], SwapIn::default(), value, scrub_responses, false).await
+}
+
+/// A value with the characters servers escape differently (`/ + = & < ' >`, a space).
+const RICH: &str = "kz/canary+Zq8 vLx3=N0pW&q<'>tail";
+
+async fn harness_full(
+    extra: &[&str],
+    api_hosts: &[&str],
+    swap: SwapIn,
+    value: &str,
+    scrub_responses: bool,
+    http1_only: bool,
+) -> Harness {
+    let upstream = Upstream::start_with(http1_only).await;
     let other = Upstream::start().await;
     let plain = Upstream::start_plain().await;
     let dir = tempfile::tempdir().unwrap();
@@ -97,7 +116,7 @@ async fn harness_with(extra: &[&str], api_hosts: &[&str], swap: SwapIn) -> Harne
     .unwrap();
     let secret = BlindSecret::new(
         "API_TOKEN",
-        SecretValue::from_str_copy(CANARY),
+        SecretValue::from_str_copy(value),
         planned.hosts[0].clone(),
     )
     .with_swap(swap);
@@ -118,7 +137,7 @@ async fn harness_with(extra: &[&str], api_hosts: &[&str], swap: SwapIn) -> Harne
         policy: planned.policy,
         ca,
         upstream_tls: upstream_client_config(Some(&ca_file)).unwrap(),
-        scrub_responses: true,
+        scrub_responses,
         audit: Some(Arc::clone(&writer)),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -745,5 +764,282 @@ fn the_proxy_url_carries_a_fresh_random_credential() {
             assert!(p.bytes().all(|c| c.is_ascii_hexdigit()), "{p}");
         }
         assert!(!format!("{:?}", a.proxy).contains(&pa));
+    });
+}
+
+/// Whether `bytes` still carry `value` in any form the decoded view finds.
+fn carries(bytes: &[u8], value: &str) -> bool {
+    let m = kz_redact::decoded::Matcher::new(
+        [(value.as_bytes().to_vec(), b"x".to_vec())],
+        kz_redact::decoded::Options::default(),
+    );
+    !m.hits_in(bytes).is_empty()
+}
+
+#[test]
+fn values_reflected_the_way_real_stacks_escape_them_are_scrubbed() {
+    rt().block_on(async {
+        let h = harness_value(&[], RICH, true).await;
+        for form in [
+            "php",
+            "dotnet",
+            "pyquote",
+            "encodeuri",
+            "java",
+            "html",
+            "mime",
+        ] {
+            let url = format!(
+                "https://localhost:{}/reflect?form={form}",
+                h.upstream.port()
+            );
+            let resp = client(&h, false)
+                .get(&url)
+                .bearer_auth(&h.token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200, "{form}");
+            let body = resp.bytes().await.unwrap();
+            assert!(
+                !carries(&body, RICH),
+                "{form}: {}",
+                String::from_utf8_lossy(&body)
+            );
+            if form != "mime" {
+                let body = String::from_utf8_lossy(&body);
+                assert!(body.contains(&h.token), "{form}: {body}");
+            }
+        }
+        let seen = h.upstream.seen();
+        assert_eq!(
+            seen.len(),
+            7,
+            "the value did reach the bound upstream each time"
+        );
+        assert_eq!(
+            seen[0].header("authorization").unwrap(),
+            format!("Bearer {RICH}").as_bytes()
+        );
+        let audit = audit_text(&h);
+        assert!(audit.contains("\"mode\":\"scrub\""), "{audit}");
+        assert!(!carries(audit.as_bytes(), RICH));
+    });
+}
+
+/// A raw HTTP/1.1 GET through a `CONNECT` tunnel (to read the status line as sent).
+async fn raw_get(h: &Harness, port: u16, target: &str) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(&h.proxy_addr)
+        .await
+        .unwrap();
+    tcp.write_all(
+        format!(
+            "CONNECT localhost:{port} HTTP/1.1\r\nHost: localhost:{port}\r\nProxy-Authorization: {}\r\n\r\n",
+            h.proxy_auth
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tcp.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(h.ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    tls.write_all(
+        format!(
+            "GET {target} HTTP/1.1\r\nHost: localhost:{port}\r\nAuthorization: Bearer {}\r\n\
+             Connection: close\r\n\r\n",
+            h.token
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out).await;
+    out
+}
+
+#[test]
+fn the_status_reason_and_header_names_are_scrubbed() {
+    rt().block_on(async {
+        // HTTP/1.1 upstream: HTTP/2 has no reason phrase.
+        let h = harness_full(&[], &[], SwapIn::default(), CANARY, true, true).await;
+        let port = h.upstream.port();
+        let got = raw_get(&h, port, "/reflect?form=reason").await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.starts_with("HTTP/1.1 400 Bad key kz_masked_"),
+            "{text}"
+        );
+        assert!(!carries(&got, CANARY), "{text}");
+        let got = raw_get(&h, port, "/reflect?form=header-name").await;
+        let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+        assert!(
+            text.contains(&format!("\r\nx-{}: 1\r\n", h.token)),
+            "{text}"
+        );
+        assert!(!text.contains(&CANARY.to_ascii_lowercase()), "{text}");
+    });
+}
+
+#[test]
+fn a_followed_redirect_cannot_carry_a_value_to_another_host() {
+    rt().block_on(async {
+        // Scrubbing off: the redirect reaches the client with the real value in it, and the
+        // client follows it; the egress check stops the second request.
+        let h = harness_value(&[], CANARY, false).await;
+        let url = format!(
+            "https://localhost:{}/reflect?form=location&to={}",
+            h.upstream.port(),
+            h.other.port()
+        );
+        let c = reqwest::Client::builder()
+            .proxy(reqwest::Proxy::all(&h.proxy_url).unwrap())
+            .tls_certs_only([reqwest::Certificate::from_pem(h.ca_pem.as_bytes()).unwrap()])
+            .build()
+            .unwrap();
+        let resp = c.get(&url).bearer_auth(&h.token).send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        assert_eq!(status, 403, "{text}");
+        assert!(
+            text.contains("API_TOKEN") && !text.contains(CANARY),
+            "{text}"
+        );
+        assert!(h.other.seen().is_empty(), "nothing reached the other host");
+        let audit = audit_text(&h);
+        assert!(
+            audit.contains("secret value toward an unbound host") && audit.contains("API_TOKEN"),
+            "{audit}"
+        );
+        assert!(!audit.contains(CANARY));
+        // With scrubbing on, the redirect carries the token, which is refused as well.
+        let h = harness(&[]).await;
+        let url = format!(
+            "https://localhost:{}/reflect?form=location&to={}",
+            h.upstream.port(),
+            h.other.port()
+        );
+        let resp = c_for(&h)
+            .get(&url)
+            .bearer_auth(&h.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403);
+        assert!(h.other.seen().is_empty());
+    });
+}
+
+fn c_for(h: &Harness) -> reqwest::Client {
+    reqwest::Client::builder()
+        .proxy(reqwest::Proxy::all(&h.proxy_url).unwrap())
+        .tls_certs_only([reqwest::Certificate::from_pem(h.ca_pem.as_bytes()).unwrap()])
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_value_in_any_part_of_a_request_to_an_unbound_host_is_refused() {
+    rt().block_on(async {
+        let h = harness_value(&[], RICH, true).await;
+        let other = format!("https://localhost:{}", h.other.port());
+        let pct: String = RICH.bytes().map(|b| format!("%{b:02x}")).collect();
+        let json = RICH.replace('/', "\\/").replace('&', "\\u0026");
+        let c = client(&h, false);
+        let tries = [
+            c.get(format!("{other}/q?v={pct}")),
+            c.get(format!("{other}/h")).header("x-note", RICH),
+            c.post(format!("{other}/b"))
+                .body(format!("{{\"v\":\"{json}\"}}")),
+            c.post(format!("{other}/gz"))
+                .header("content-encoding", "gzip")
+                .body({
+                    use std::io::Write;
+                    let mut e =
+                        flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                    e.write_all(RICH.as_bytes()).unwrap();
+                    e.finish().unwrap()
+                }),
+        ];
+        for (i, req) in tries.into_iter().enumerate() {
+            let resp = req.send().await.unwrap();
+            let status = resp.status();
+            let text = resp.text().await.unwrap();
+            assert_eq!(status, 403, "{i}: {text}");
+            assert!(
+                text.contains("API_TOKEN") && text.contains("real value"),
+                "{i}: {text}"
+            );
+        }
+        assert!(h.other.seen().is_empty(), "nothing was sent");
+        // The same value toward the host it is bound to goes through (it would get there
+        // anyway), and a fragment-free body passes.
+        let resp = c
+            .post(format!("https://localhost:{}/b", h.upstream.port()))
+            .body(format!("v={pct}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let resp = c
+            .post(format!("{other}/b"))
+            .body("nothing secret here")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(h.other.seen().len(), 1);
+    });
+}
+
+#[test]
+fn a_streamed_body_carrying_a_value_toward_an_unbound_host_is_cut_off() {
+    rt().block_on(async {
+        let h = harness(&[]).await;
+        let url = format!("https://localhost:{}/upload", h.other.port());
+        let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![
+            Ok(vec![b'a'; 64 << 10]),
+            Ok(format!("x={CANARY};").into_bytes()),
+            Ok(vec![b'b'; 64 << 10]),
+        ];
+        let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+        let resp = client(&h, false).post(&url).body(body).send().await;
+        if let Ok(resp) = resp {
+            assert_eq!(resp.status(), 403);
+            let text = resp.text().await.unwrap();
+            assert!(text.contains("API_TOKEN"), "{text}");
+        }
+        for seen in h.other.seen() {
+            assert!(!carries(&seen.body, CANARY));
+        }
     });
 }

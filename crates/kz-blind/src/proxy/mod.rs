@@ -120,7 +120,10 @@ struct Shared {
     policy: Arc<Policy>,
     ca: RunCa,
     swapper: Swapper,
+    /// Response scrubbing (`None` when off or nothing is long enough to scrub).
     scrubber: Option<Scrubber>,
+    /// The same matcher, always: the egress check (no value toward an unbound host).
+    values: Scrubber,
     client: UpstreamClient,
     ws_client: UpstreamClient,
     audit: Option<Arc<Writer>>,
@@ -228,8 +231,8 @@ impl Proxy {
             true,
         );
         let swapper = Swapper::new(&settings.table);
-        let scrubber = Some(Scrubber::new(&settings.table))
-            .filter(|s| settings.scrub_responses && !s.is_empty());
+        let values = Scrubber::new(&settings.table);
+        let scrubber = Some(values.clone()).filter(|s| settings.scrub_responses && !s.is_empty());
         let n = settings.table.secrets.len();
         Self {
             shared: Arc::new(Shared {
@@ -243,6 +246,7 @@ impl Proxy {
                 ca: settings.ca,
                 swapper,
                 scrubber,
+                values,
                 client,
                 ws_client,
                 audit: settings.audit,
@@ -505,6 +509,16 @@ impl Proxy {
             .path_and_query()
             .map_or("/", |pq| pq.as_str())
             .to_string();
+        // No value toward a host its secret is not bound to (a value reflected by a bound
+        // service, carried on by a followed redirect or a second request): checked in the same
+        // decoded view as scrubbing, before anything is swapped or sent.
+        let unbound = |hits: Vec<usize>| hits.into_iter().find(|&i| !allowed(i));
+        let mut head_hits = s.values.values_in(target.as_bytes());
+        head_hits.extend(s.values.values_in_headers(&parts.headers));
+        if let Some(i) = unbound(head_hits) {
+            drain(body).await;
+            return self.swap_refusal(&method, &dest, &path, SwapError::Value(i));
+        }
         let mut used = Vec::new();
         let target = match s.swapper.swap_target(&target, &allowed) {
             Ok(Some((t, u))) => {
@@ -609,6 +623,18 @@ impl Proxy {
         let body: ProxyBody = match prefix {
             Prefix::Complete(bytes) if bytes.is_empty() => empty(),
             Prefix::Complete(bytes) => {
+                let found = match compressed {
+                    Some(enc) => rewrite::decode_body(enc, &bytes, DECODED_LIMIT)
+                        .map(|plain| s.values.values_in(&plain)),
+                    None => Ok(s.values.values_in(&bytes)),
+                };
+                match found.map(unbound) {
+                    Ok(None) => {}
+                    Ok(Some(i)) => {
+                        return self.swap_refusal(&method, &dest, &path, SwapError::Value(i));
+                    }
+                    Err(e) => return self.swap_refusal(&method, &dest, &path, e),
+                }
                 let swapped = match compressed {
                     Some(enc) => rewrite::decode_body(enc, &bytes, DECODED_LIMIT)
                         .and_then(|plain| s.swapper.swap_buffer(&plain, &allowed))
@@ -649,6 +675,8 @@ impl Proxy {
                     prefixed_body(head, rest),
                     SwapTransform {
                         inner: s.swapper.stream(&allowed),
+                        values: s.values.stream(),
+                        bound: (0..s.table.secrets.len()).map(&allowed).collect(),
                         forbidden: Arc::clone(&forbidden),
                         audited: Vec::new(),
                         on_use: Box::new(move |new: &[usize]| proxy.record_swap(&m, &d, &p, new)),
@@ -683,9 +711,9 @@ impl Proxy {
             Ok(r) => r,
             Err(e) => {
                 if let Ok(mut f) = forbidden.lock()
-                    && let Some(i) = f.take()
+                    && let Some(e) = f.take()
                 {
-                    return self.swap_refusal(&method, &dest, &path, SwapError::Forbidden(i));
+                    return self.swap_refusal(&method, &dest, &path, e);
                 }
                 return match upstream::classify_error(&e) {
                     ConnectError::Refused(reason) => {
@@ -699,10 +727,11 @@ impl Proxy {
             }
         };
         if let Ok(mut f) = forbidden.lock()
-            && let Some(i) = f.take()
+            && let Some(e) = f.take()
         {
-            // The upstream answered although the upload was cut off at a forbidden token.
-            return self.swap_refusal(&method, &dest, &path, SwapError::Forbidden(i));
+            // The upstream answered although the upload was cut off at a forbidden token or
+            // value.
+            return self.swap_refusal(&method, &dest, &path, e);
         }
         if let Some(client_upgrade) = client_upgrade
             && response.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -763,7 +792,8 @@ impl Proxy {
         let Some(scrubber) = &self.shared.scrubber else {
             return Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync());
         };
-        let hits = scrub_fields(scrubber, echo.as_ref(), &mut parts.headers);
+        let mut hits = scrub_fields(scrubber, echo.as_ref(), &mut parts.headers);
+        hits.extend(scrub_reason(scrubber, &mut parts.extensions));
         self.scrubbed(method, dest, path, &hits);
         let bodiless = method == Method::HEAD
             || parts.status.is_informational()
@@ -953,6 +983,20 @@ impl Proxy {
                     "secret not bound to this host".to_string(),
                 )
             }
+            SwapError::Value(i) => (
+                StatusCode::FORBIDDEN,
+                Some(i),
+                format!(
+                    "kz blind: the request carries the real value of {} (not its token), and \
+                     {}:{} is not a host that secret is bound to; a value that came back in a \
+                     response (for example in a redirect) is never forwarded elsewhere. The \
+                     request was not sent. Send the token to a bound host instead.\n",
+                    name(i),
+                    dest.host,
+                    dest.port
+                ),
+                "secret value toward an unbound host".to_string(),
+            ),
             SwapError::IllegalInHeader(i) => (
                 StatusCode::BAD_REQUEST,
                 Some(i),
@@ -1086,19 +1130,40 @@ type OnUse = Box<dyn FnMut(&[usize]) -> bool + Send>;
 /// holding its value leave; a refused audit record cuts the upload off.
 struct SwapTransform {
     inner: BodySwap,
-    forbidden: Arc<std::sync::Mutex<Option<usize>>>,
+    /// The egress check over the body as it streams.
+    values: ScrubStream,
+    /// Per secret: whether it may go to this destination.
+    bound: Vec<bool>,
+    /// Why the upload was cut off: `Forbidden` (a token) or `Value` (a value).
+    forbidden: Arc<std::sync::Mutex<Option<SwapError>>>,
     audited: Vec<usize>,
     on_use: OnUse,
 }
 
 impl SwapTransform {
     fn check(&self, r: Result<(), SwapError>) -> Result<(), BoxError> {
-        if let Err(SwapError::Forbidden(i)) = &r
+        if let Err(e @ (SwapError::Forbidden(_) | SwapError::Value(_))) = &r
             && let Ok(mut f) = self.forbidden.lock()
         {
-            *f = Some(*i);
+            *f = Some(match e {
+                SwapError::Value(i) => SwapError::Value(*i),
+                SwapError::Forbidden(i) => SwapError::Forbidden(*i),
+                _ => SwapError::Decode(String::new()),
+            });
         }
         r.map_err(|e| BoxError::from(e.to_string()))
+    }
+
+    /// The egress check of a streamed body: a value of a secret not bound to the destination
+    /// stops the upload before the chunk that completes it is passed on.
+    fn check_values(&self, hits: Vec<usize>) -> Result<(), SwapError> {
+        match hits
+            .into_iter()
+            .find(|&i| !self.bound.get(i).copied().unwrap_or(false))
+        {
+            Some(i) => Err(SwapError::Value(i)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -1124,12 +1189,18 @@ impl SwapTransform {
 
 impl Transform for SwapTransform {
     fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), BoxError> {
+        let hits = self.values.check(chunk);
+        let r = self.check_values(hits);
+        self.check(r)?;
         let r = self.inner.feed(chunk, out);
         self.check(r)?;
         self.audit_new(out)
     }
 
     fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), BoxError> {
+        let hits = self.values.check_finish();
+        let r = self.check_values(hits);
+        self.check(r)?;
         let r = self.inner.finish(out);
         self.check(r)?;
         self.audit_new(out)
@@ -1173,6 +1244,28 @@ fn scrub_fields(scrubber: &Scrubber, echo: Option<&Echo>, fields: &mut HeaderMap
         }
     }
     hits.extend(scrubber.scrub_headers(fields));
+    hits
+}
+
+/// Scrubs the status line's reason phrase (hyper keeps a non-standard one in the response's
+/// extensions and writes it back out); one that cannot be rebuilt is dropped (the standard
+/// phrase is sent). Returns the secrets hidden.
+fn scrub_reason(scrubber: &Scrubber, extensions: &mut http::Extensions) -> Vec<usize> {
+    use hyper::ext::ReasonPhrase;
+    let Some(reason) = extensions.get::<ReasonPhrase>() else {
+        return Vec::new();
+    };
+    let (out, hits) = scrubber.scrub_buffer(reason.as_bytes());
+    if !hits.is_empty() {
+        match ReasonPhrase::try_from(out) {
+            Ok(r) => {
+                extensions.insert(r);
+            }
+            Err(_) => {
+                extensions.remove::<ReasonPhrase>();
+            }
+        }
+    }
     hits
 }
 

@@ -1,243 +1,139 @@
-//! Responses: real values (and the encoded forms a server may echo them in) → the token the
-//! child knows, in headers and bodies, also when split across chunks.
+//! Responses: real values → the token the child knows, wherever a response carries bytes (status
+//! reason, header names and values, trailers, bodies, WebSocket frames), also when split across
+//! chunks; and the egress check: which values a request carries.
 //!
-//! Forms per secret of at least [`MIN_SCRUB_LEN`] bytes: the raw value; its percent-encoding
-//! (all but unreserved bytes); its JSON string escapings (minimal as `serde_json` / JavaScript
-//! write it, ASCII-only as Python's `json.dumps` does, HTML-safe as Go's `encoding/json` does);
-//! and the standard and URL-safe base64 of the whole value, padded and unpadded, which become the
-//! same encoding of the token. Identical patterns are kept once (first secret wins).
+//! Matching is [`kz_redact::decoded`]: values are looked for in decoded views of the bytes (JSON,
+//! percent, HTML escapes in any mix and case, one nested layer, base64 at any alignment with or
+//! without line breaks), as whole values and as fragments of at least
+//! [`FRAGMENT_LEN`](kz_redact::decoded::FRAGMENT_LEN) bytes. The covering span of original bytes
+//! becomes the token (its base64 for a base64 match). Only values of at least [`MIN_SCRUB_LEN`]
+//! bytes are matched. Header names are matched ignoring ASCII case (they arrive lower-cased).
 
-use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
-use http::{HeaderMap, HeaderValue};
-use kz_redact::Redactor;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use kz_redact::decoded::{Matcher, Options, Stream};
 
-use super::{MIN_SCRUB_LEN, percent_encode, sorted};
+use super::MIN_SCRUB_LEN;
 use crate::secrets::SecretTable;
 
-/// Replaces values by tokens in responses; built once per run.
+/// Replaces values by tokens in responses, and finds values in requests; built once per run
+/// (cheap to clone: the index is shared).
 #[derive(Clone)]
 pub struct Scrubber {
-    redactor: Redactor,
-    /// Secret index per pattern.
-    owner: Vec<usize>,
+    body: Matcher,
+    /// Case-insensitive, plain values only (header names).
+    names: Matcher,
 }
 
 impl std::fmt::Debug for Scrubber {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Scrubber")
-            .field("patterns", &self.owner.len())
+            .field("patterns", &self.body.pattern_count())
             .finish_non_exhaustive()
     }
-}
-
-/// JSON string escaping styles.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Json {
-    /// `"`, `\`, control characters (serde_json, JavaScript `JSON.stringify`).
-    Minimal,
-    /// Also every non-ASCII character as `\uXXXX` (UTF-16 units; Python `json.dumps`).
-    Ascii,
-    /// Also `<`, `>`, `&`, U+2028 and U+2029 as `\uXXXX` (Go `encoding/json`).
-    HtmlSafe,
-}
-
-const HEX_LOWER: [u8; 16] = *b"0123456789abcdef";
-
-fn push_u(out: &mut Vec<u8>, unit: u16) {
-    out.extend_from_slice(b"\\u");
-    for shift in [12, 8, 4, 0] {
-        out.extend(HEX_LOWER.get(usize::from((unit >> shift) & 0xf)));
-    }
-}
-
-/// The JSON string-body escaping of `s` (no quotes), sized up front (at most 6 bytes out per
-/// byte in) so no reallocation leaves a partial copy behind.
-fn json_escape(s: &str, style: Json) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len().saturating_mul(6));
-    let mut units = [0u16; 2];
-    for c in s.chars() {
-        match c {
-            '"' => out.extend_from_slice(b"\\\""),
-            '\\' => out.extend_from_slice(b"\\\\"),
-            '\n' => out.extend_from_slice(b"\\n"),
-            '\r' => out.extend_from_slice(b"\\r"),
-            '\t' => out.extend_from_slice(b"\\t"),
-            '\u{8}' => out.extend_from_slice(b"\\b"),
-            '\u{c}' => out.extend_from_slice(b"\\f"),
-            c if u32::from(c) < 0x20 => push_u(&mut out, u16::try_from(u32::from(c)).unwrap_or(0)),
-            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' if style == Json::HtmlSafe => {
-                for &u in c.encode_utf16(&mut units).iter() {
-                    push_u(&mut out, u);
-                }
-            }
-            c if !c.is_ascii() && style == Json::Ascii => {
-                for &u in c.encode_utf16(&mut units).iter() {
-                    push_u(&mut out, u);
-                }
-            }
-            c => {
-                let mut buf = [0u8; 4];
-                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-            }
-        }
-    }
-    out
-}
-
-/// `engine`'s encoding of `bytes`, sized up front.
-fn b64(engine: &impl Engine, padded: bool, bytes: &[u8]) -> Vec<u8> {
-    let Some(len) = base64::encoded_len(bytes.len(), padded) else {
-        return Vec::new();
-    };
-    let mut out = vec![0u8; len];
-    match engine.encode_slice(bytes, &mut out) {
-        Ok(n) if n == len => out,
-        _ => Vec::new(),
-    }
-}
-
-/// `%2F` -> `%2f` in a percent-encoded string.
-fn lower_hex_escapes(encoded: &[u8]) -> Vec<u8> {
-    let mut out = encoded.to_vec();
-    let mut i = 0;
-    while let Some(pos) = out
-        .get(i..)
-        .and_then(|rest| rest.iter().position(|b| *b == b'%'))
-    {
-        let at = i + pos;
-        for j in [at + 1, at + 2] {
-            if let Some(b) = out.get_mut(j) {
-                b.make_ascii_lowercase();
-            }
-        }
-        i = at + 3;
-    }
-    out
-}
-
-/// `%20` -> `+` (`application/x-www-form-urlencoded`).
-fn form_encoded(encoded: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(encoded.len());
-    let mut i = 0;
-    while let Some(b) = encoded.get(i) {
-        if encoded.get(i..i + 3) == Some(b"%20") {
-            out.push(b'+');
-            i += 3;
-        } else {
-            out.push(*b);
-            i += 1;
-        }
-    }
-    out
 }
 
 impl Scrubber {
     /// A scrubber for every secret of `table` whose value has at least [`MIN_SCRUB_LEN`] bytes.
     pub fn new(table: &SecretTable) -> Self {
-        let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        let mut owner = Vec::new();
-        let mut add = |pattern: Vec<u8>, with: Vec<u8>, idx: usize| {
-            if pattern.is_empty() || pairs.iter().any(|(p, _)| *p == pattern) {
-                drop(zeroize::Zeroizing::new(pattern));
-                return;
-            }
-            pairs.push((pattern, with));
-            owner.push(idx);
+        let pairs = || {
+            table.secrets.iter().map(|s| {
+                let value = s.value.expose_bytes();
+                let value = if value.len() < MIN_SCRUB_LEN {
+                    Vec::new()
+                } else {
+                    value.to_vec()
+                };
+                (value, s.token.as_bytes().to_vec())
+            })
         };
-        for (idx, s) in table.secrets.iter().enumerate() {
-            let value = s.value.expose_bytes();
-            if value.len() < MIN_SCRUB_LEN {
-                continue;
-            }
-            let token = s.token.as_bytes();
-            add(value.to_vec(), token.to_vec(), idx);
-            let encoded = percent_encode(value);
-            // Lower-case hex (`%2f`) and form encoding (`+` for a space) are as common.
-            add(lower_hex_escapes(&encoded), token.to_vec(), idx);
-            add(form_encoded(&encoded), token.to_vec(), idx);
-            add(encoded, token.to_vec(), idx);
-            if let Some(text) = s.value.expose_str() {
-                for style in [Json::Minimal, Json::Ascii, Json::HtmlSafe] {
-                    add(json_escape(text, style), token.to_vec(), idx);
-                }
-            }
-            add(
-                b64(&STANDARD, true, value),
-                b64(&STANDARD, true, token),
-                idx,
-            );
-            add(
-                b64(&STANDARD_NO_PAD, false, value),
-                b64(&STANDARD_NO_PAD, false, token),
-                idx,
-            );
-            add(
-                b64(&URL_SAFE, true, value),
-                b64(&URL_SAFE, true, token),
-                idx,
-            );
-            add(
-                b64(&URL_SAFE_NO_PAD, false, value),
-                b64(&URL_SAFE_NO_PAD, false, token),
-                idx,
-            );
-        }
         Self {
-            redactor: Redactor::new(pairs),
-            owner,
+            body: Matcher::new(pairs(), Options::default()),
+            names: Matcher::new(
+                pairs(),
+                Options {
+                    ignore_case: true,
+                    no_base64: true,
+                },
+            ),
         }
     }
 
     /// Whether there is nothing to scrub (no value long enough).
     pub fn is_empty(&self) -> bool {
-        self.redactor.is_empty()
+        self.body.is_empty()
     }
 
-    fn owners(&self, hits: Vec<usize>) -> Vec<usize> {
-        sorted(
-            hits.into_iter()
-                .filter_map(|h| self.owner.get(h).copied())
-                .collect(),
-        )
-    }
-
-    /// Scrubs every header value in place; returns the secrets scrubbed.
+    /// Scrubs every header name and value in place (order kept); returns the secrets scrubbed.
+    /// A field whose scrubbed name or value is not legal (it cannot be: tokens are) is dropped.
     pub fn scrub_headers(&self, headers: &mut HeaderMap) -> Vec<usize> {
         if self.is_empty() {
             return Vec::new();
         }
         let mut all = Vec::new();
+        let mut renamed = false;
+        for name in headers.keys() {
+            if !self.names.hits_in(name.as_str().as_bytes()).is_empty() {
+                renamed = true;
+            }
+        }
+        if renamed {
+            let old = std::mem::take(headers);
+            let mut current: Option<HeaderName> = None;
+            for (name, value) in old {
+                if let Some(n) = name {
+                    let (new, hits) = self.names.replace_all(n.as_str().as_bytes());
+                    all.extend(hits);
+                    current = HeaderName::from_bytes(&new).ok();
+                }
+                if let Some(n) = &current {
+                    headers.append(n.clone(), value);
+                }
+            }
+        }
         for (_, value) in headers.iter_mut() {
-            let (out, hits) = self.redactor.replace_all_hits(value.as_bytes());
+            let (out, hits) = self.body.replace_all(value.as_bytes());
             if hits.is_empty() {
                 continue;
             }
             all.extend(hits);
-            // Tokens and their base64 are legal header bytes, so this cannot fail; if it did,
-            // the value is dropped rather than passed on.
+            // Tokens are legal header bytes, so this cannot fail; if it did, the value is
+            // emptied rather than passed on.
             *value = HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(""));
         }
-        self.owners(all)
+        super::sorted(all)
     }
 
     /// Scrubs a whole buffer; returns it and the secrets scrubbed.
     pub fn scrub_buffer(&self, bytes: &[u8]) -> (Vec<u8>, Vec<usize>) {
-        let (out, hits) = self.redactor.replace_all_hits(bytes);
-        (out, self.owners(hits))
+        self.body.replace_all(bytes)
+    }
+
+    /// The secrets whose values (in any form the scrub finds) `bytes` carries.
+    pub fn values_in(&self, bytes: &[u8]) -> Vec<usize> {
+        self.body.hits_in(bytes)
+    }
+
+    /// The secrets whose values the header names and values carry (the egress check).
+    pub fn values_in_headers(&self, headers: &HeaderMap) -> Vec<usize> {
+        let mut all = Vec::new();
+        for (name, value) in headers {
+            all.extend(self.names.hits_in(name.as_str().as_bytes()));
+            all.extend(self.body.hits_in(value.as_bytes()));
+        }
+        super::sorted(all)
     }
 
     /// A streaming scrub (boundary-safe; equals [`Scrubber::scrub_buffer`] under any chunking).
     pub fn stream(&self) -> ScrubStream {
         ScrubStream {
-            inner: self.clone(),
+            inner: self.body.stream(),
         }
     }
 }
 
 /// A streaming scrub (see [`Scrubber::stream`]).
 pub struct ScrubStream {
-    inner: Scrubber,
+    inner: Stream,
 }
 
 impl std::fmt::Debug for ScrubStream {
@@ -249,24 +145,86 @@ impl std::fmt::Debug for ScrubStream {
 impl ScrubStream {
     /// Feeds a chunk; appends what can be passed on now to `out`.
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
-        self.inner.redactor.feed(chunk, out);
+        self.inner.feed(chunk, out);
     }
 
     /// Ends the stream, appending everything still held back.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
-        self.inner.redactor.finish(out);
+        self.inner.finish(out);
     }
 
     /// Secrets scrubbed since the last call (sorted).
     pub fn take_hits(&mut self) -> Vec<usize> {
-        let hits = self.inner.redactor.take_hits();
-        self.inner.owners(hits)
+        self.inner.take_hits()
+    }
+
+    /// The egress check over a stream: the secrets whose values were seen so far (also matches
+    /// not final yet), without producing output. See [`Stream::check`].
+    pub fn check(&mut self, chunk: &[u8]) -> Vec<usize> {
+        self.inner.check(chunk)
+    }
+
+    /// Ends a [`ScrubStream::check`]ed stream.
+    pub fn check_finish(&mut self) -> Vec<usize> {
+        self.inner.check_finish()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rewrite::percent_encode;
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+
+    /// JSON string escaping styles (reference encoders for the tests).
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Json {
+        Minimal,
+        Ascii,
+        HtmlSafe,
+    }
+
+    const HEX_LOWER: [u8; 16] = *b"0123456789abcdef";
+
+    fn push_u(out: &mut Vec<u8>, unit: u16) {
+        out.extend_from_slice(b"\\u");
+        for shift in [12, 8, 4, 0] {
+            out.extend(HEX_LOWER.get(usize::from((unit >> shift) & 0xf)));
+        }
+    }
+
+    fn json_escape(s: &str, style: Json) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut units = [0u16; 2];
+        for c in s.chars() {
+            match c {
+                '"' => out.extend_from_slice(b"\\\""),
+                '\\' => out.extend_from_slice(b"\\\\"),
+                '\n' => out.extend_from_slice(b"\\n"),
+                '\r' => out.extend_from_slice(b"\\r"),
+                '\t' => out.extend_from_slice(b"\\t"),
+                '\u{8}' => out.extend_from_slice(b"\\b"),
+                '\u{c}' => out.extend_from_slice(b"\\f"),
+                c if u32::from(c) < 0x20 => push_u(&mut out, u32::from(c) as u16),
+                '<' | '>' | '&' | '\u{2028}' | '\u{2029}' if style == Json::HtmlSafe => {
+                    for &u in c.encode_utf16(&mut units).iter() {
+                        push_u(&mut out, u);
+                    }
+                }
+                c if !c.is_ascii() && style == Json::Ascii => {
+                    for &u in c.encode_utf16(&mut units).iter() {
+                        push_u(&mut out, u);
+                    }
+                }
+                c => {
+                    let mut buf = [0u8; 4];
+                    out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                }
+            }
+        }
+        out
+    }
     use crate::secrets::BlindSecret;
     use kz_secret::SecretValue;
     use proptest::prelude::*;
@@ -472,6 +430,34 @@ mod tests {
             .collect();
         assert!(!all.contains(CANARY));
         assert!(s.scrub_headers(&mut h).is_empty(), "nothing left");
+    }
+
+    #[test]
+    fn header_names_are_scrubbed_ignoring_case_and_order_is_kept() {
+        let t = table(&[b"AbCd-Secret-Value-99"]);
+        let s = Scrubber::new(&t);
+        let mut h = HeaderMap::new();
+        h.append("x-first", "1".parse().unwrap());
+        h.append("x-abcd-secret-value-99", "2".parse().unwrap());
+        h.append("x-abcd-secret-value-99", "3".parse().unwrap());
+        h.append("x-last", "4".parse().unwrap());
+        assert_eq!(s.values_in_headers(&h), vec![0]);
+        assert_eq!(s.scrub_headers(&mut h), vec![0]);
+        let got: Vec<(String, String)> = h
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        let renamed = format!("x-{}", t.secrets[0].token);
+        assert_eq!(
+            got,
+            [
+                ("x-first".to_string(), "1".to_string()),
+                (renamed.clone(), "2".to_string()),
+                (renamed, "3".to_string()),
+                ("x-last".to_string(), "4".to_string()),
+            ]
+        );
+        assert!(s.values_in_headers(&h).is_empty());
     }
 
     #[test]

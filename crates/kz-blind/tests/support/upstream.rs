@@ -3,7 +3,8 @@
 //!
 //! Routes: `/echo-auth` answers with the `Authorization` header's value (after `Bearer `) in the
 //! body and in an `x-echo` header (for scrub tests), `?gzip` compresses that body; anything else
-//! answers `ok <method> <path>` with `content-length`.
+//! answers `ok <method> <path>` with `content-length`. `/reflect?form=...` answers with the
+//! bearer value the way a particular server stack escapes it (see [`reflect`]).
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
@@ -57,6 +58,12 @@ impl Drop for Upstream {
 impl Upstream {
     /// Starts on 127.0.0.1:0 inside the current Tokio runtime.
     pub async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    /// Like [`Upstream::start`]; `http1_only` offers only `http/1.1` by ALPN (HTTP/2 has no
+    /// reason phrase).
+    pub async fn start_with(http1_only: bool) -> Self {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params
@@ -81,9 +88,9 @@ impl Upstream {
                 rustls_pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
             )
             .unwrap();
-        // `KZ_BENCH_UPSTREAM_H1=1`: HTTP/1.1 only (the benchmark's comparison of upstream
-        // protocols).
-        config.alpn_protocols = if std::env::var_os("KZ_BENCH_UPSTREAM_H1").is_some() {
+        // HTTP/1.1 only when asked, or with `KZ_BENCH_UPSTREAM_H1=1` (the benchmark's
+        // comparison of upstream protocols).
+        config.alpn_protocols = if http1_only || std::env::var_os("KZ_BENCH_UPSTREAM_H1").is_some() {
             vec![b"http/1.1".to_vec()]
         } else {
             vec![b"h2".to_vec(), b"http/1.1".to_vec()]
@@ -204,6 +211,9 @@ async fn answer(req: Request<Incoming>, seen: &Mutex<Vec<Seen>>) -> Response<Ful
         .map(|v| v.strip_prefix(b"Bearer ").unwrap_or(v).to_vec())
         .unwrap_or_default();
     seen.lock().unwrap().push(record);
+    if parts.uri.path() == "/reflect" {
+        return reflect(&auth, parts.uri.query().unwrap_or_default());
+    }
     if parts.uri.path() == "/echo-auth" {
         let mut b = Response::builder().header("x-echo", auth.clone());
         let body = if parts.uri.query() == Some("gzip") {
@@ -222,4 +232,102 @@ async fn answer(req: Request<Incoming>, seen: &Mutex<Vec<Seen>>) -> Response<Ful
         parts.method,
         parts.uri.path()
     ))))
+}
+
+/// The bearer value reflected the way one server stack would write it:
+/// `php` (JSON with `\/`), `dotnet` (every non-alphanumeric as upper-case `\uXXXX`), `pyquote`
+/// (Python `quote`, keeps `/`), `encodeuri` (JS `encodeURI`), `java` (`URLEncoder`), `html`
+/// (numeric character references), `mime` (base64 wrapped at 76 columns, the value not at the
+/// start), `reason` (the status line's reason phrase), `header-name` (a header called
+/// `x-<value>`), `location&to=PORT` (a redirect to `https://localhost:PORT/landing?v=<value>`).
+pub fn reflect(v: &[u8], query: &str) -> Response<Full<Bytes>> {
+    use base64::Engine as _;
+    let form = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("form="))
+        .unwrap_or("raw");
+    let to = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("to="))
+        .unwrap_or("0");
+    let text = String::from_utf8_lossy(v).into_owned();
+    let pct = |keep: &dyn Fn(u8) -> bool, space_plus: bool| -> String {
+        v.iter()
+            .map(|&b| {
+                if space_plus && b == b' ' {
+                    "+".to_string()
+                } else if b.is_ascii_alphanumeric() || keep(b) {
+                    char::from(b).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect()
+    };
+    let ok = |body: String| Response::new(Full::new(Bytes::from(body)));
+    match form {
+        "php" => ok(format!("{{\"v\":\"{}\"}}", text.replace('/', "\\/"))),
+        "dotnet" => ok(format!(
+            "{{\"v\":\"{}\"}}",
+            v.iter()
+                .map(|&b| if b.is_ascii_alphanumeric() {
+                    char::from(b).to_string()
+                } else {
+                    format!("\\u{:04X}", b)
+                })
+                .collect::<String>()
+        )),
+        "pyquote" => ok(format!("v={}", pct(&|b| b"_.-~/".contains(&b), false))),
+        "encodeuri" => ok(format!(
+            "v={}",
+            pct(&|b| b";,/?:@&=+$-_.!~*'()#".contains(&b), false)
+        )),
+        "java" => ok(format!("v={}", pct(&|b| b".-*_".contains(&b), true))),
+        "html" => ok(format!(
+            "<p>{}</p>",
+            v.iter()
+                .map(|&b| if b.is_ascii_alphanumeric() {
+                    char::from(b).to_string()
+                } else {
+                    format!("&#{b};")
+                })
+                .collect::<String>()
+        )),
+        "mime" => {
+            let mut data = vec![0x5au8; 70];
+            data.extend_from_slice(v);
+            data.extend_from_slice(&[0xa5; 40]);
+            let enc = base64::engine::general_purpose::STANDARD.encode(&data);
+            let lines: Vec<&str> = enc
+                .as_bytes()
+                .chunks(76)
+                .map(|c| std::str::from_utf8(c).unwrap())
+                .collect();
+            ok(lines.join("\r\n"))
+        }
+        "reason" => {
+            let mut r = ok("see the status line".into());
+            *r.status_mut() = hyper::StatusCode::BAD_REQUEST;
+            r.extensions_mut().insert(
+                hyper::ext::ReasonPhrase::try_from(format!("Bad key {text}").into_bytes()).unwrap(),
+            );
+            r
+        }
+        "header-name" => Response::builder()
+            .header(format!("x-{text}").as_str(), "1")
+            .body(Full::new(Bytes::from("see the headers")))
+            .unwrap(),
+        "location" => Response::builder()
+            .status(302)
+            .header(
+                "location",
+                format!(
+                    "https://localhost:{to}/landing?v={}",
+                    pct(&|_| false, false)
+                ),
+            )
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+        _ => ok(text),
+    }
 }

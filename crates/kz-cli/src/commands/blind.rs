@@ -19,7 +19,7 @@ use std::sync::mpsc;
 use kz_blind::ca::{CaDir, RunCa, upstream_client_config};
 use kz_blind::policy::{Policy, SecretHosts};
 use kz_blind::proxy::{Proxy, Settings, Summary};
-use kz_blind::rewrite::MIN_SCRUB_LEN;
+use kz_blind::rewrite::{MAX_VALUE_LEN, MIN_SCRUB_LEN};
 use kz_blind::secrets::{BlindSecret, SecretTable};
 use kz_config::{Config, Diagnostic, HostPattern, SecretEntry};
 use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
@@ -185,6 +185,31 @@ fn plan(
         ctx.out.note(w);
     }
     drop(inputs);
+    // Scrubbing indexes every value (memory linear in their size): one bound per value.
+    let too_large: Vec<Diagnostic> = vars
+        .iter()
+        .filter(|(_, value)| value.len() > MAX_VALUE_LEN)
+        .map(|(name, value)| {
+            Diagnostic::error(
+                "blind::value_too_large",
+                format!(
+                    "the value of {name} is {} bytes; blind mode handles values up to {} bytes \
+                     ({} MiB)",
+                    value.len(),
+                    MAX_VALUE_LEN,
+                    MAX_VALUE_LEN >> 20
+                ),
+            )
+            .at_opt(entry_of(name).map(|e| &e.pos))
+            .help(
+                "store a smaller credential (a key or token rather than a file or bundle), or run \
+                 this command without --blind",
+            )
+        })
+        .collect();
+    if !too_large.is_empty() {
+        return Err(Failure::many(too_large));
+    }
     let mut secrets = Vec::with_capacity(vars.len());
     let mut short = Vec::new();
     for ((name, value), hosts) in vars.into_iter().zip(planned.hosts) {

@@ -261,3 +261,29 @@ fn an_unwritable_audit_log_stops_the_run_before_the_command() {
         "the command must not start"
     );
 }
+
+#[test]
+fn a_value_over_the_blind_mode_limit_stops_the_run_naming_the_secret_and_the_limit() {
+    let s = Sandbox::with_config(
+        "[providers.dotenv]\npath = \"big.env\"\n\
+         [secrets]\nBIG_KEY = { provider = \"dotenv\", ref = \"BIG_KEY\", hosts = [\"api.example.com\"] }\n",
+    );
+    s.write(
+        "big.env",
+        &format!("BIG_KEY={}\n", "k".repeat((1 << 20) + 1)),
+    );
+    let r = s.kz(&["run", "--blind", "--", "touch", "started"]).code(1);
+    assert!(
+        r.stderr.contains("BIG_KEY") && r.stderr.contains("1048576 bytes"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !s.project.join("started").exists(),
+        "the command must not start"
+    );
+    // At the limit it starts.
+    s.write("big.env", &format!("BIG_KEY={}\n", "k".repeat(1 << 20)));
+    s.kz(&["run", "--blind", "--", "touch", "started"]).code(0);
+    assert!(s.project.join("started").exists());
+}
