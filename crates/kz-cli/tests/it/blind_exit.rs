@@ -264,10 +264,11 @@ fn an_unwritable_audit_log_stops_the_run_before_the_command() {
 
 #[test]
 fn a_value_over_the_blind_mode_limit_stops_the_run_naming_the_secret_and_the_limit() {
-    let s = Sandbox::with_config(
+    let mut s = Sandbox::with_config(
         "[providers.dotenv]\npath = \"big.env\"\n\
          [secrets]\nBIG_KEY = { provider = \"dotenv\", ref = \"BIG_KEY\", hosts = [\"api.example.com\"] }\n",
     );
+    s.set("KEYZERO_TRUST", "1");
     s.write(
         "big.env",
         &format!("BIG_KEY={}\n", "k".repeat((1 << 20) + 1)),
