@@ -173,7 +173,7 @@ impl Ctx {
                     Diagnostic::error(
                         "trust::untrusted_option",
                         format!(
-                            "the option `{opt}` of provider `{}` runs a program or names a server, and this {file} is not trusted",
+                            "the option `{opt}` of provider `{}` runs a program, names a server or chooses which credential, key, recipient or CA is used, and this {file} is not trusted",
                             inst.name
                         ),
                     )
@@ -183,6 +183,26 @@ impl Ctx {
                 );
             }
         }
+        // An instance used on its own (`kz import`, `kz put`): its type alone decides.
+        for inst in instances {
+            if crate::trust::needs_trust_type(inst.ty.name)
+                && !secrets.iter().any(|s| s.provider == inst.name)
+            {
+                let mut d = Diagnostic::error(
+                    "trust::ambient_credentials",
+                    format!(
+                        "provider `{}` ({}) uses your own credentials and stores, and this configuration is not trusted",
+                        inst.name, inst.ty.name
+                    ),
+                )
+                .help("review the files, then run `kz allow` to trust them (or pass --trust / KEYZERO_TRUST=1 for one invocation)");
+                if let Some(pos) = &inst.pos {
+                    d = d.at(pos);
+                }
+                diags.push(d);
+            }
+        }
+        diags.extend(crate::trust::config_files_outside(&config.discovered));
         diags.extend(crate::trust::untrusted_reach(
             config,
             secrets,

@@ -82,11 +82,39 @@ pub fn untrusted_reach(
                     .secret(&s.name)
                     .help(format!("rename the secret if that is not its purpose; otherwise {how}")),
                 );
+            } else if kz_config::trust::changes_credential_route(&var) {
+                out.push(
+                    Diagnostic::error(
+                        "trust::credential_route_variable",
+                        format!(
+                            "`{var}` changes where programs send credentials, which credentials they use or which TLS certificates they trust, and this configuration is not trusted"
+                        ),
+                    )
+                    .at(&s.pos)
+                    .secret(&s.name)
+                    .help(format!("rename the secret if that is not its purpose; otherwise {how}")),
+                );
             }
         }
         let Some(inst) = config.provider(&s.provider) else {
             continue;
         };
+        if needs_trust_type(inst.ty.name) {
+            out.push(
+                Diagnostic::error(
+                    "trust::ambient_credentials",
+                    format!(
+                        "`{}` is read through provider `{}` ({}), which uses your own credentials and stores, and this configuration is not trusted: a repository could name any of your secrets",
+                        s.reference, inst.name, inst.ty.name
+                    ),
+                )
+                .at(&s.pos)
+                .secret(&s.name)
+                .reference(&s.reference)
+                .help(format!("untrusted projects reach only `local` refs of their own namespace, `dotenv`/`env` values and age files inside the tree; {how}")),
+            );
+            continue;
+        }
         match inst.ty.name {
             "local" => {
                 let own = format!("{project}/");
@@ -150,6 +178,36 @@ pub fn untrusted_reach(
         }
     }
     unique
+}
+
+/// Provider types that spend the user's ambient credentials or read the user's own stores
+/// (everything but the project's own `local` namespace, `dotenv`, `env` and `age` files in the
+/// tree): an untrusted project may use none of them.
+pub fn needs_trust_type(ty: &str) -> bool {
+    !matches!(ty, "local" | "dotenv" | "env" | "age")
+}
+
+/// Errors for project configuration files that are symlinks leaving the project tree (a
+/// committed `.keyzero.local.toml -> ../other/.keyzero.local.toml` would pull in another
+/// project's settings).
+pub fn config_files_outside(d: &Discovered) -> Vec<Diagnostic> {
+    [&d.project, &d.local]
+        .into_iter()
+        .flatten()
+        .filter(|p| !is_inside(&d.dir, p))
+        .map(|p| {
+            Diagnostic::error(
+                "trust::outside_project",
+                format!(
+                    "the configuration file `{}` leads outside the project directory `{}` (it is a symlink), and this configuration is not trusted",
+                    p.display(),
+                    d.dir.display()
+                ),
+            )
+            .in_file(p)
+            .help("replace the link with a regular file; if it is yours, review it, then run `kz allow` (or pass --trust / KEYZERO_TRUST=1 for one invocation)")
+        })
+        .collect()
 }
 
 /// An error when `path` (after resolving `..` and symlinks) is not inside `root`.

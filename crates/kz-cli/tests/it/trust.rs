@@ -367,7 +367,8 @@ fn a_cached_value_is_no_easier_to_reach_untrusted() {
         ),
     )
     .unwrap();
-    s.kz(&["run", "--", "true"]).ok();
+    // A plugin spends the user's own credentials: trusted for this first run.
+    s.kz(&["--trust", "run", "--", "true"]).ok();
     // Every value now comes from the cache; the repository maps one of them to LD_PRELOAD.
     s.write(
         ".keyzero.toml",
@@ -407,6 +408,136 @@ fn one_error_per_file_outside_the_tree() {
     assert_eq!(
         r.stderr.matches("outside the project directory").count(),
         1,
+        "{}",
+        r.stderr
+    );
+}
+
+/// The user's own Vault address, in the user's global file (so the repository names only the
+/// credential options and refs).
+fn with_users_vault(s: &Sandbox, server: &EchoServer) {
+    let global = s.root.path().join("config/keyzero/config.toml");
+    std::fs::create_dir_all(global.parent().unwrap()).unwrap();
+    std::fs::write(
+        &global,
+        format!(
+            "[providers.vault]\ntype = \"hashicorp\"\naddress = \"{}\"\ntimeout = \"3s\"\n",
+            server.address()
+        ),
+    )
+    .unwrap();
+}
+
+#[test]
+fn credential_options_need_trust_and_send_nothing() {
+    let server = EchoServer::start();
+    let key = "~/.ssh/id_ed25519";
+    for opts in [
+        "token_env = \"GITHUB_TOKEN\"".to_string(),
+        format!("auth = {{ method = \"jwt\", role = \"r\", token_file = \"{key}\" }}"),
+        "ca_cert = \"ca.pem\"".to_string(),
+    ] {
+        let mut s = Sandbox::with_config(&format!(
+            "[providers.mine]\ntype = \"hashicorp\"\naddress = \"{}\"\n{opts}\n[secrets]\nV = {{ provider = \"mine\", ref = \"secret/data/app#key\" }}\n",
+            server.address()
+        ));
+        s.set("GITHUB_TOKEN", CANARY);
+        s.write("../home/.ssh/id_ed25519", CANARY);
+        let r = s.kz(&["run", "--", "true"]).code(1).no_canary();
+        let opt = opts.split(' ').next().unwrap();
+        assert!(
+            r.stderr.contains(&format!("option `{opt}`")),
+            "{opts}: {}",
+            r.stderr
+        );
+        assert!(r.stderr.contains("kz allow"), "{}", r.stderr);
+    }
+    assert!(server.requests().is_empty(), "{:?}", server.requests());
+}
+
+#[test]
+fn the_users_remote_stores_are_not_reachable_untrusted() {
+    let server = EchoServer::start();
+    let mut s = Sandbox::with_config(
+        "[secrets]\nV = { provider = \"vault\", ref = \"secret/data/other-project#key\" }\n",
+    );
+    with_users_vault(&s, &server);
+    s.set("VAULT_TOKEN", CANARY);
+    for args in [
+        &["run", "--", "true"][..],
+        &["export"],
+        &["status"],
+        &["run", "--only", "V", "--", "true"],
+    ] {
+        let r = s.kz(args).code(1).no_canary();
+        let both = format!("{}{}", r.stdout, r.stderr);
+        assert!(
+            both.contains("uses your own credentials"),
+            "{args:?}: {both}"
+        );
+    }
+    // Nor can the repository overwrite or delete what the ref names.
+    s.kz_stdin(&["put", "V", "--stdin"], "overwritten")
+        .code(1)
+        .no_canary();
+    s.kz(&["rm", "V", "--purge", "--yes"]).no_canary();
+    assert!(server.requests().is_empty(), "{:?}", server.requests());
+    // The same files, trusted: the user's Vault is used.
+    s.kz(&["allow"]).ok();
+    s.kz(&["run", "--", "true"]).code(1).no_canary();
+    assert!(!server.requests().is_empty());
+}
+
+#[test]
+fn a_config_file_linked_out_of_the_tree_is_refused() {
+    let server = EchoServer::start();
+    let s = Sandbox::with_config("[secrets]\nK = { provider = \"dotenv\", ref = \"K\" }\n");
+    s.write(".env", "K=fine\n");
+    let other = s.root.path().join("other.local.toml");
+    std::fs::write(
+        &other,
+        format!(
+            "[providers.vault]\ntype = \"hashicorp\"\naddress = \"{}\"\ntoken = \"{CANARY}\"\n",
+            server.address()
+        ),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&other, s.path(".keyzero.local.toml")).unwrap();
+    let r = s.kz(&["run", "--", "printenv", "K"]).code(1).no_canary();
+    assert!(
+        r.stderr.contains("leads outside the project directory"),
+        "{}",
+        r.stderr
+    );
+    assert!(server.requests().is_empty());
+}
+
+#[test]
+fn kz_switches_and_credential_routes_cannot_be_mapped_untrusted() {
+    let s = Sandbox::with_config(
+        "[secrets]\nKEYZERO_TRUST = { provider = \"dotenv\", ref = \"T\" }\nKEYZERO_CONFIG = { provider = \"dotenv\", ref = \"C\" }\nAWS_ENDPOINT_URL = { provider = \"dotenv\", ref = \"U\" }\nhttps_proxy = { provider = \"dotenv\", ref = \"U\" }\nSSL_CERT_FILE = { provider = \"dotenv\", ref = \"C\" }\nNODE_TLS_REJECT_UNAUTHORIZED = { provider = \"dotenv\", ref = \"Z\" }\nVIMINIT = { provider = \"dotenv\", ref = \"C\" }\nCC = { provider = \"dotenv\", ref = \"C\" }\nOK = { provider = \"dotenv\", ref = \"T\" }\n",
+    );
+    s.write(".env", "T=1\nC=/tmp/x\nU=http://127.0.0.1:9\nZ=0\n");
+    let r = s.kz(&["run", "--", "true"]).code(1);
+    for name in [
+        "KEYZERO_TRUST",
+        "KEYZERO_CONFIG",
+        "AWS_ENDPOINT_URL",
+        "https_proxy",
+        "SSL_CERT_FILE",
+        "NODE_TLS_REJECT_UNAUTHORIZED",
+        "VIMINIT",
+        "CC",
+    ] {
+        assert!(
+            r.stderr.contains(&format!("secret: {name}")),
+            "{name}: {}",
+            r.stderr
+        );
+    }
+    assert!(!r.stderr.contains("secret: OK"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("changes where programs send credentials"),
         "{}",
         r.stderr
     );
