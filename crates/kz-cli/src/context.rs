@@ -162,6 +162,24 @@ impl Ctx {
         secrets: &[&SecretEntry],
         instances: &[&ProviderInstance],
     ) -> Result<(), Failure> {
+        if self.trusted(config) {
+            return Ok(());
+        }
+        let diags = self.trust_problems(config, secrets, instances);
+        if diags.is_empty() {
+            return Ok(());
+        }
+        Err(Failure::many(diags))
+    }
+
+    /// What [`Ctx::check_trust`] would refuse if the configuration were not trusted (also used
+    /// by `kz doctor`).
+    pub fn trust_problems(
+        &self,
+        config: &Config,
+        secrets: &[&SecretEntry],
+        instances: &[&ProviderInstance],
+    ) -> Vec<Diagnostic> {
         let mut diags = Vec::new();
         for inst in instances {
             for (opt, pos) in inst.untrusted_options() {
@@ -208,10 +226,7 @@ impl Ctx {
             secrets,
             self.paths.home.as_deref(),
         ));
-        if diags.is_empty() || self.trusted(config) {
-            return Ok(());
-        }
-        Err(Failure::many(diags))
+        diags
     }
 
     /// Blind mode starts only on a trusted configuration: its `hosts` decide where values may

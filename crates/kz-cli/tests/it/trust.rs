@@ -542,3 +542,27 @@ fn kz_switches_and_credential_routes_cannot_be_mapped_untrusted() {
         r.stderr
     );
 }
+
+#[test]
+fn doctor_runs_the_reach_checks_and_contacts_nothing_untrusted() {
+    let server = EchoServer::start();
+    let mut s = Sandbox::with_config(
+        "[secrets]\nS = \"local://payments/STRIPE_KEY\"\nK = { provider = \"dotenv\", ref = \"K\" }\nV = { provider = \"vault\", ref = \"secret/data/x#k\" }\n",
+    );
+    with_users_vault(&s, &server);
+    s.set("VAULT_TOKEN", CANARY);
+    let outside = s.root.path().join("outside.env");
+    std::fs::write(&outside, format!("K={CANARY}\n")).unwrap();
+    std::os::unix::fs::symlink(&outside, s.path(".env")).unwrap();
+    let r = s.kz(&["doctor"]).no_canary();
+    assert!(!r.stdout.contains("only the shell hook"), "{}", r.stdout);
+    for what in [
+        "outside this project's namespace",
+        "outside the project directory",
+        "uses your own credentials",
+        ".keyzero.toml:2",
+    ] {
+        assert!(r.stdout.contains(what), "{what}: {}", r.stdout);
+    }
+    assert!(server.requests().is_empty(), "{:?}", server.requests());
+}
