@@ -566,3 +566,42 @@ fn doctor_runs_the_reach_checks_and_contacts_nothing_untrusted() {
     }
     assert!(server.requests().is_empty(), "{:?}", server.requests());
 }
+
+#[test]
+fn blind_keep_env_drops_every_credential_variable_of_every_type() {
+    let mut s = Sandbox::with_config(
+        "[providers.mine]\ntype = \"hashicorp\"\naddress = \"http://127.0.0.1:9\"\ntoken_env = \"MY_VAULT_TOK\"\nauth = { method = \"approle\", role_id = \"r\", secret_id_env = \"MY_SECRET_ID\" }\n[secrets]\nAPI = { provider = \"env\", ref = \"KZ_SRC\", hosts = [\"localhost:1\"] }\n",
+    );
+    s.kz(&["allow"]).ok();
+    s.set("KZ_SRC", "not-the-canary-value-1234");
+    let vars = [
+        "MY_VAULT_TOK",
+        "MY_SECRET_ID",
+        "VAULT_TOKEN",
+        "AWS_SECRET_ACCESS_KEY",
+        "GOOGLE_OAUTH_ACCESS_TOKEN",
+        "OP_SERVICE_ACCOUNT_TOKEN",
+    ];
+    for v in vars {
+        s.set(v, CANARY);
+    }
+    s.set("KEEP_ME", "kept");
+    let keep = format!("{},KEEP_ME", vars.join(","));
+    let r = s
+        .kz(&[
+            "run",
+            "--blind",
+            "--only",
+            "API",
+            "--keep-env",
+            &keep,
+            "--",
+            "env",
+        ])
+        .ok()
+        .no_canary();
+    assert!(r.stdout.contains("KEEP_ME=kept"), "{}", r.stdout);
+    for v in vars {
+        assert!(!r.stdout.contains(&format!("{v}=")), "{v}: {}", r.stdout);
+    }
+}
