@@ -605,3 +605,62 @@ fn blind_keep_env_drops_every_credential_variable_of_every_type() {
         assert!(!r.stdout.contains(&format!("{v}=")), "{v}: {}", r.stdout);
     }
 }
+
+/// Someone else's public key (the example from age's documentation).
+const ATTACKER: &str = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+
+#[test]
+fn the_local_store_never_encrypts_to_a_recipient_the_repository_chose() {
+    let s = Sandbox::with_config("[secrets]\nMINE = \"local://proj/MINE\"\n");
+    // The user's identity exists (created by an ordinary put in the default store).
+    s.put("MINE", "mine");
+    let identity = s.root.path().join("config/keyzero/identity.txt");
+    assert!(identity.exists());
+    // The repository's in-tree store, with a planted record: the user's identity, the
+    // attacker's recipient.
+    s.write(
+        ".keyzero.toml",
+        "[providers.local]\npath = \"vault/store.age\"\n[secrets]\nK = \"local://proj/K\"\n",
+    );
+    s.write(
+        "vault/store.age.meta",
+        &format!(
+            "{{\"v\":1,\"identity\":\"{}\",\"recipient\":\"{ATTACKER}\"}}",
+            identity.display()
+        ),
+    );
+    let r = s
+        .kz_stdin(&["put", "K", "--stdin"], CANARY)
+        .code(1)
+        .no_canary();
+    assert!(
+        r.stderr.contains("not the public key of its identity"),
+        "{}",
+        r.stderr
+    );
+    assert!(!s.path("vault/store.age").exists());
+    // Nor the age provider: `recipients` from the repository needs trust.
+    s.write(
+        ".keyzero.toml",
+        &format!("[providers.age]\nrecipients = [\"{ATTACKER}\"]\n[secrets]\nA = {{ provider = \"age\", ref = \"a.age\" }}\n"),
+    );
+    let r = s
+        .kz_stdin(&["put", "A", "--stdin"], CANARY)
+        .code(1)
+        .no_canary();
+    assert!(r.stderr.contains("option `recipients`"), "{}", r.stderr);
+    assert!(!s.path("a.age").exists());
+}
+
+#[test]
+fn put_never_follows_a_committed_lock_symlink() {
+    let s = Sandbox::with_config(
+        "[providers.local]\npath = \"vault/store.age\"\n[secrets]\nK = \"local://proj/K\"\n",
+    );
+    let outside = s.root.path().join("outside.lock");
+    std::fs::create_dir_all(s.path("vault")).unwrap();
+    std::os::unix::fs::symlink(&outside, s.path("vault/store.age.lock")).unwrap();
+    let r = s.kz_stdin(&["put", "K", "--stdin"], "v").code(1);
+    assert!(r.stderr.contains("lock file"), "{}", r.stderr);
+    assert!(!outside.exists(), "a file was created through the link");
+}
