@@ -221,6 +221,11 @@ impl Ctx {
             }
         }
         diags.extend(crate::trust::config_files_outside(&config.discovered));
+        diags.extend(
+            secrets
+                .iter()
+                .filter_map(|s| crate::trust::foreign_namespace_owner(&self.paths, config, s)),
+        );
         diags.extend(crate::trust::untrusted_reach(
             config,
             secrets,

@@ -664,3 +664,45 @@ fn put_never_follows_a_committed_lock_symlink() {
     assert!(r.stderr.contains("lock file"), "{}", r.stderr);
     assert!(!outside.exists(), "a file was created through the link");
 }
+
+#[test]
+fn a_subdirectory_named_like_another_project_does_not_get_its_namespace() {
+    let s = Sandbox::with_config("[secrets]\nMINE = \"local://proj/MINE\"\n");
+    s.kz_stdin(&["put", "MINE", "--stdin"], CANARY).ok();
+    // A cloned repository with a directory of the same name.
+    let twin = s.root.path().join("clone/services/proj");
+    std::fs::create_dir_all(&twin).unwrap();
+    std::fs::write(
+        twin.join(".keyzero.toml"),
+        "[secrets]\nMINE = \"local://proj/MINE\"\n",
+    )
+    .unwrap();
+    let dir = twin.to_str().unwrap();
+    let r = s
+        .kz(&["--dir", dir, "run", "--", "printenv", "MINE"])
+        .code(1)
+        .no_canary();
+    assert!(r.stderr.contains("belongs to the project"), "{}", r.stderr);
+    s.kz_stdin(&["--dir", dir, "put", "MINE", "--stdin"], "overwritten")
+        .code(1);
+    s.kz(&["--dir", dir, "export"]).code(1).no_canary();
+    std::fs::write(twin.join("x.env"), "NEW=x\n").unwrap();
+    let env_file = twin.join("x.env");
+    let r = s
+        .kz(&["--dir", dir, "import", env_file.to_str().unwrap()])
+        .code(1);
+    assert!(r.stderr.contains("belongs to the project"), "{}", r.stderr);
+    // The owner still reads it; trusting the twin after review lifts the rule.
+    assert_eq!(
+        s.kz(&["run", "--", "printenv", "MINE"]).ok().stdout.trim(),
+        CANARY
+    );
+    s.kz(&["--dir", dir, "allow"]).ok();
+    assert_eq!(
+        s.kz(&["--dir", dir, "run", "--", "printenv", "MINE"])
+            .ok()
+            .stdout
+            .trim(),
+        CANARY
+    );
+}
