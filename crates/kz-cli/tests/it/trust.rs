@@ -663,6 +663,14 @@ fn put_never_follows_a_committed_lock_symlink() {
     let r = s.kz_stdin(&["put", "K", "--stdin"], "v").code(1);
     assert!(r.stderr.contains("lock file"), "{}", r.stderr);
     assert!(!outside.exists(), "a file was created through the link");
+    // Nor is an identity created where the repository says.
+    s.write(
+        ".keyzero.toml",
+        "[providers.local]\npath = \"st/store.age\"\nidentity = \"../outside-id.txt\"\n[secrets]\nK = \"local://proj/K\"\n",
+    );
+    let r = s.kz_stdin(&["put", "K", "--stdin"], "v").code(1);
+    assert!(r.stderr.contains("option `identity`"), "{}", r.stderr);
+    assert!(!s.root.path().join("outside-id.txt").exists());
 }
 
 #[test]
