@@ -162,6 +162,24 @@ impl Ctx {
         secrets: &[&SecretEntry],
         instances: &[&ProviderInstance],
     ) -> Result<(), Failure> {
+        if self.trusted(config) {
+            return Ok(());
+        }
+        let diags = self.trust_problems(config, secrets, instances);
+        if diags.is_empty() {
+            return Ok(());
+        }
+        Err(Failure::many(diags))
+    }
+
+    /// What [`Ctx::check_trust`] would refuse if the configuration were not trusted (also used
+    /// by `kz doctor`).
+    pub fn trust_problems(
+        &self,
+        config: &Config,
+        secrets: &[&SecretEntry],
+        instances: &[&ProviderInstance],
+    ) -> Vec<Diagnostic> {
         let mut diags = Vec::new();
         for inst in instances {
             for (opt, pos) in inst.untrusted_options() {
@@ -173,7 +191,7 @@ impl Ctx {
                     Diagnostic::error(
                         "trust::untrusted_option",
                         format!(
-                            "the option `{opt}` of provider `{}` runs a program or names a server, and this {file} is not trusted",
+                            "the option `{opt}` of provider `{}` runs a program, names a server or chooses which credential, key, recipient or CA is used, and this {file} is not trusted",
                             inst.name
                         ),
                     )
@@ -183,15 +201,37 @@ impl Ctx {
                 );
             }
         }
+        // An instance used on its own (`kz import`, `kz put`): its type alone decides.
+        for inst in instances {
+            if crate::trust::needs_trust_type(inst.ty.name)
+                && !secrets.iter().any(|s| s.provider == inst.name)
+            {
+                let mut d = Diagnostic::error(
+                    "trust::ambient_credentials",
+                    format!(
+                        "provider `{}` ({}) uses your own credentials and stores, and this configuration is not trusted",
+                        inst.name, inst.ty.name
+                    ),
+                )
+                .help("review the files, then run `kz allow` to trust them (or pass --trust / KEYZERO_TRUST=1 for one invocation)");
+                if let Some(pos) = &inst.pos {
+                    d = d.at(pos);
+                }
+                diags.push(d);
+            }
+        }
+        diags.extend(crate::trust::config_files_outside(&config.discovered));
+        diags.extend(
+            secrets
+                .iter()
+                .filter_map(|s| crate::trust::foreign_namespace_owner(&self.paths, config, s)),
+        );
         diags.extend(crate::trust::untrusted_reach(
             config,
             secrets,
             self.paths.home.as_deref(),
         ));
-        if diags.is_empty() || self.trusted(config) {
-            return Ok(());
-        }
-        Err(Failure::many(diags))
+        diags
     }
 
     /// Blind mode starts only on a trusted configuration: its `hosts` decide where values may

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use kz_config::discover::hex;
-use kz_config::{Config, Diagnostic, Discovered, Pos, SecretEntry};
+use kz_config::{Config, Diagnostic, Discovered, Pos, ProviderInstance, SecretEntry};
 use sha2::{Digest, Sha256};
 
 use crate::context::Paths;
@@ -82,11 +82,39 @@ pub fn untrusted_reach(
                     .secret(&s.name)
                     .help(format!("rename the secret if that is not its purpose; otherwise {how}")),
                 );
+            } else if kz_config::trust::changes_credential_route(&var) {
+                out.push(
+                    Diagnostic::error(
+                        "trust::credential_route_variable",
+                        format!(
+                            "`{var}` changes where programs send credentials, which credentials they use or which TLS certificates they trust, and this configuration is not trusted"
+                        ),
+                    )
+                    .at(&s.pos)
+                    .secret(&s.name)
+                    .help(format!("rename the secret if that is not its purpose; otherwise {how}")),
+                );
             }
         }
         let Some(inst) = config.provider(&s.provider) else {
             continue;
         };
+        if needs_trust_type(inst.ty.name) {
+            out.push(
+                Diagnostic::error(
+                    "trust::ambient_credentials",
+                    format!(
+                        "`{}` is read through provider `{}` ({}), which uses your own credentials and stores, and this configuration is not trusted: a repository could name any of your secrets",
+                        s.reference, inst.name, inst.ty.name
+                    ),
+                )
+                .at(&s.pos)
+                .secret(&s.name)
+                .reference(&s.reference)
+                .help(format!("untrusted projects reach only `local` refs of their own namespace, `dotenv`/`env` values and age files inside the tree; {how}")),
+            );
+            continue;
+        }
         match inst.ty.name {
             "local" => {
                 let own = format!("{project}/");
@@ -150,6 +178,121 @@ pub fn untrusted_reach(
         }
     }
     unique
+}
+
+/// The record of which project directory owns the namespace `ns` of a `local` store (its first
+/// writer): `$XDG_DATA_HOME/keyzero/namespaces/<sha256(store NUL ns)>`, holding the directory.
+fn namespace_record(paths: &Paths, store: &Path, ns: &str) -> PathBuf {
+    let store = std::fs::canonicalize(store).unwrap_or_else(|_| store.to_path_buf());
+    let mut key = store.as_os_str().as_encoded_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(ns.as_bytes());
+    paths
+        .state_dir()
+        .join("namespaces")
+        .join(hex(&Sha256::digest(&key)))
+}
+
+fn local_store(paths: &Paths, inst: &ProviderInstance) -> PathBuf {
+    inst.opt_path("path", paths.home.as_deref())
+        .unwrap_or_else(|| paths.data_home.join("keyzero").join("store.age"))
+}
+
+fn canonical_dir(config: &Config) -> String {
+    std::fs::canonicalize(&config.discovered.dir)
+        .unwrap_or_else(|_| config.discovered.dir.clone())
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// After a write of `entry` into a `local` store under the project's own namespace: records
+/// this project directory as the namespace's owner when no project has claimed it yet (or,
+/// `trusted`, moves the claim here). Best effort: a failure to record is said, not fatal.
+pub fn claim_namespace(paths: &Paths, config: &Config, entry: &SecretEntry, trusted: bool) {
+    let Some(inst) = config.provider(&entry.provider) else {
+        return;
+    };
+    let ns = config.project_name();
+    if inst.ty.name != "local" || !entry.reference.starts_with(&format!("{ns}/")) {
+        return;
+    }
+    let rec = namespace_record(paths, &local_store(paths, inst), &ns);
+    if !trusted && std::fs::symlink_metadata(&rec).is_ok() {
+        return;
+    }
+    if let Some(dir) = rec.parent() {
+        let _ = std::fs::create_dir_all(dir);
+        set_private(dir);
+    }
+    let text = format!(
+        "{}
+",
+        canonical_dir(config)
+    );
+    let _ = kz_providers::fsio::write_atomic(&rec, text.as_bytes(), 0o600);
+}
+
+/// An error when `entry` reads the project's namespace of a `local` store that another
+/// project directory owns (a repository's `services/api/` is not your project `api`).
+pub fn foreign_namespace_owner(
+    paths: &Paths,
+    config: &Config,
+    entry: &SecretEntry,
+) -> Option<Diagnostic> {
+    let inst = config.provider(&entry.provider)?;
+    let ns = config.project_name();
+    if inst.ty.name != "local" || !entry.reference.starts_with(&format!("{ns}/")) {
+        return None;
+    }
+    let text =
+        std::fs::read_to_string(namespace_record(paths, &local_store(paths, inst), &ns)).ok()?;
+    let owner = text.lines().next()?;
+    let here = canonical_dir(config);
+    if owner == here {
+        return None;
+    }
+    Some(
+        Diagnostic::error(
+            "trust::namespace_owner",
+            format!(
+                "the namespace `{ns}/` of the local store belongs to the project `{owner}`, not to `{here}` (same directory name), and this configuration is not trusted"
+            ),
+        )
+        .at(&entry.pos)
+        .secret(&entry.name)
+        .reference(&entry.reference)
+        .help("if this directory really is that project (moved or renamed), review its files and run `kz allow` (or pass --trust); a trusted `kz put` here moves the namespace to it"),
+    )
+}
+
+/// Provider types that spend the user's ambient credentials or read the user's own stores
+/// (everything but the project's own `local` namespace, `dotenv`, `env` and `age` files in the
+/// tree): an untrusted project may use none of them.
+pub fn needs_trust_type(ty: &str) -> bool {
+    !matches!(ty, "local" | "dotenv" | "env" | "age")
+}
+
+/// Errors for project configuration files that are symlinks leaving the project tree (a
+/// committed `.keyzero.local.toml -> ../other/.keyzero.local.toml` would pull in another
+/// project's settings).
+pub fn config_files_outside(d: &Discovered) -> Vec<Diagnostic> {
+    [&d.project, &d.local]
+        .into_iter()
+        .flatten()
+        .filter(|p| !is_inside(&d.dir, p))
+        .map(|p| {
+            Diagnostic::error(
+                "trust::outside_project",
+                format!(
+                    "the configuration file `{}` leads outside the project directory `{}` (it is a symlink), and this configuration is not trusted",
+                    p.display(),
+                    d.dir.display()
+                ),
+            )
+            .in_file(p)
+            .help("replace the link with a regular file; if it is yours, review it, then run `kz allow` (or pass --trust / KEYZERO_TRUST=1 for one invocation)")
+        })
+        .collect()
 }
 
 /// An error when `path` (after resolving `..` and symlinks) is not inside `root`.

@@ -35,8 +35,10 @@ pub struct OptSpec {
     pub kind: Kind,
     /// Holds a credential: refused in the committed project file.
     pub credential: bool,
-    /// Runs a program or sends kz's ambient credentials somewhere: honoured from the project
-    /// file only once that file is trusted (`kz allow`).
+    /// Runs a program, sends kz's ambient credentials somewhere, or names which credential,
+    /// key, recipient, CA or server is used (every `*_env`, `*_file`, `auth`, `credentials`,
+    /// `ca_cert`, `service`, `recipients`, `identity` option): honoured from the project files
+    /// only once they are trusted (`kz allow`).
     pub needs_trust: bool,
 }
 
@@ -160,7 +162,7 @@ pub static TYPES: &[ProviderType] = &[
         name: "local",
         aliases: &[],
         summary: "kz's own age-encrypted store on this machine (no account, no daemon)",
-        options: &[opt("path", Kind::Str), opt("identity", Kind::Str)],
+        options: &[opt("path", Kind::Str), trusted("identity", Kind::Str)],
         params: &[],
         any_params: false,
         writable: Writable::Yes,
@@ -200,8 +202,8 @@ pub static TYPES: &[ProviderType] = &[
         aliases: &[],
         summary: "age-encrypted files",
         options: &[
-            opt("identity", Kind::StrOrList),
-            opt("recipients", Kind::StrList),
+            trusted("identity", Kind::StrOrList),
+            trusted("recipients", Kind::StrList),
         ],
         params: &[],
         any_params: false,
@@ -215,7 +217,7 @@ pub static TYPES: &[ProviderType] = &[
         name: "keychain",
         aliases: &[],
         summary: "macOS Keychain / Linux Secret Service",
-        options: &[opt("service", Kind::Str)],
+        options: &[trusted("service", Kind::Str)],
         params: &[],
         any_params: false,
         writable: Writable::Yes,
@@ -294,11 +296,11 @@ pub static TYPES: &[ProviderType] = &[
         options: &[
             trusted("address", Kind::Str),
             opt("namespace", Kind::Str),
-            opt("ca_cert", Kind::Str),
-            opt("auth", Kind::StrOrTable),
+            trusted("ca_cert", Kind::Str),
+            trusted("auth", Kind::StrOrTable),
             cred("token"),
-            opt("token_env", Kind::Str),
-            opt("token_file", Kind::Str),
+            trusted("token_env", Kind::Str),
+            trusted("token_file", Kind::Str),
         ],
         params: &["version"],
         any_params: false,
@@ -315,7 +317,7 @@ pub static TYPES: &[ProviderType] = &[
         options: &[
             opt("project", Kind::Str),
             trusted("endpoint_url", Kind::Str),
-            opt("credentials", Kind::Str),
+            trusted("credentials", Kind::Str),
         ],
         params: &["version"],
         any_params: false,
@@ -332,10 +334,10 @@ pub static TYPES: &[ProviderType] = &[
         options: &[
             trusted("endpoint", Kind::Str),
             opt("audience", Kind::Str),
-            opt("ca_cert", Kind::Str),
-            opt("token_source", Kind::Str),
+            trusted("ca_cert", Kind::Str),
+            trusted("token_source", Kind::Str),
             cred("token"),
-            opt("token_env", Kind::Str),
+            trusted("token_env", Kind::Str),
         ],
         params: &[],
         any_params: false,
@@ -414,5 +416,35 @@ mod tests {
         assert!(vault.option("address").unwrap().needs_trust);
         assert!(find("exec").unwrap().option("command").unwrap().needs_trust);
         assert!(find("local").unwrap().option("timeout").is_some());
+    }
+
+    /// Every option that names which credential, key, recipient, CA or server is used needs
+    /// trust, in every type (a repository must not point kz at the user's other secrets).
+    #[test]
+    fn options_that_choose_credentials_need_trust() {
+        for ty in TYPES {
+            for o in ty.options {
+                let chooses = o.name.ends_with("_env")
+                    || o.name.ends_with("_file")
+                    || o.name.ends_with("_path")
+                    || o.name.ends_with("_source")
+                    || [
+                        "auth",
+                        "credentials",
+                        "ca_cert",
+                        "service",
+                        "recipients",
+                        "identity",
+                        "address",
+                        "endpoint",
+                        "endpoint_url",
+                        "command",
+                    ]
+                    .contains(&o.name);
+                if chooses {
+                    assert!(o.needs_trust, "{}.{}", ty.name, o.name);
+                }
+            }
+        }
     }
 }

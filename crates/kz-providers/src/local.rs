@@ -5,9 +5,10 @@
 //! for values that are not UTF-8). The X25519 identity is chosen once, when the store is
 //! created, and recorded beside it in `store.age.meta` (`{"v":1,"identity":"<path>",
 //! "recipient":"age1…"}`); it is never silently replaced later. By default the identity is
-//! `$XDG_CONFIG_HOME/keyzero/identity.txt`, created with mode 0600.
+//! `$XDG_CONFIG_HOME/keyzero/identity.txt`, created with mode 0600. Writes encrypt only to the
+//! recorded identity's own public key (a `.meta` naming another recipient is refused).
 //!
-//! Writes take an exclusive lock on `store.age.lock` across read, modify and write; the new
+//! Writes take an exclusive lock on `store.age.lock` (never through a symlink) across read, modify and write; the new
 //! store goes to a temporary file in the same directory, is fsynced and renamed over the old
 //! one, and the directory is fsynced. Reads take no lock (a rename is atomic).
 
@@ -317,13 +318,20 @@ impl LocalProvider {
     ) -> Result<(), ProviderError> {
         make_private_dir(self.store.parent())?;
         let lock_path = self.lock_path();
+        // Never through a symlink: a committed `store.age.lock -> /elsewhere` would make kz
+        // create a file outside the tree.
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .mode(0o600)
+            .custom_flags(no_follow())
             .open(&lock_path)
-            .map_err(|e| io_err(&lock_path, "open the lock file", &e))?;
+            .map_err(|e| {
+                io_err(&lock_path, "open the lock file", &e).help(
+                    "the lock file must be a regular file (kz never follows a symlink there): remove it and retry",
+                )
+            })?;
         lock.lock()
             .map_err(|e| io_err(&lock_path, "lock the store", &e))?;
         let result = (|| {
@@ -332,17 +340,22 @@ impl LocalProvider {
             } else {
                 self.create_identity()?
             };
-            let mut entries = self.read_entries()?;
-            f(&mut entries)?;
-            let recipient = age::x25519::Recipient::from_str(&meta.recipient).map_err(|_| {
-                ProviderError::new(
+            // Encrypt only to the identity's own key: a planted `.meta` naming another
+            // recipient would hand every value written here to whoever holds that key.
+            let recipient = Self::load_identity(&meta.identity)?.to_public();
+            if recipient.to_string() != meta.recipient {
+                return Err(ProviderError::new(
                     ErrorKind::Config,
                     format!(
-                        "the identity record `{}` is malformed",
-                        self.meta_path().display()
+                        "the identity record `{}` names a recipient that is not the public key of its identity `{}`: kz does not encrypt to it",
+                        self.meta_path().display(),
+                        meta.identity.display()
                     ),
                 )
-            })?;
+                .help("the record was altered (or planted): restore it from a backup, or point `path` at a new store"));
+            }
+            let mut entries = self.read_entries()?;
+            f(&mut entries)?;
             let plain = serialize(&entries)?;
             let mut out = Vec::with_capacity(plain.len() + 256);
             let enc =
@@ -430,6 +443,12 @@ fn serialize(entries: &Entries) -> Result<Zeroizing<Vec<u8>>, ProviderError> {
         )
     })?;
     Ok(buf)
+}
+
+/// `O_NOFOLLOW`, for `OpenOptions::custom_flags` (the conversion cannot fail; if it did, every
+/// flag set makes the open fail: closed, never following).
+fn no_follow() -> i32 {
+    i32::try_from(rustix::fs::OFlags::NOFOLLOW.bits()).unwrap_or(i32::MAX)
 }
 
 fn sidecar(store: &Path, ext: &str) -> PathBuf {

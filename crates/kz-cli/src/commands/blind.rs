@@ -134,7 +134,8 @@ pub fn run(
         scrub_responses: config.blind.scrub_responses,
         audit: None,
     };
-    let result = run_with_dir(ctx, args, selected, settings, &dir, hide.as_deref());
+    let withheld = withheld_variables(config);
+    let result = run_with_dir(ctx, args, &withheld, settings, &dir, hide.as_deref());
     if let Err(e) = dir.remove() {
         ctx.out
             .note(&format!("could not remove the run's CA directory: {e}"));
@@ -233,7 +234,7 @@ fn plan(
 fn run_with_dir(
     ctx: &Ctx,
     args: RunArgs,
-    selected: &[&SecretEntry],
+    withheld: &BTreeSet<String>,
     mut settings: Settings,
     dir: &CaDir,
     isolate: Option<&[PathBuf]>,
@@ -318,7 +319,7 @@ fn run_with_dir(
     for b in &bindings {
         ctx.out.verbose(&format!("blind: {b}"));
     }
-    let env = child_env(ctx, &args, selected, &tokens, &proxy_url, &no_proxy, dir);
+    let env = child_env(ctx, &args, withheld, &tokens, &proxy_url, &no_proxy, dir);
     let code = run_child(ctx, &args, env, dir, isolate);
     summarize(ctx, &proxy.summary());
     drop(proxy);
@@ -337,30 +338,60 @@ fn run_with_dir(
     code
 }
 
+/// The variables a blind command never gets, even with `--keep-env`: the exact names every
+/// configured instance's `*_env` options name (at any depth, `auth.secret_id_env` included) and
+/// the variables `env` secrets are read from. The catalog's credential variables of every type
+/// are matched by pattern in [`child_env`].
+fn withheld_variables(config: &Config) -> BTreeSet<String> {
+    fn walk(key: &str, node: &kz_config::tree::Node, out: &mut BTreeSet<String>) {
+        use kz_config::tree::Val;
+        match &node.val {
+            Val::Str(s) if key.ends_with("_env") => {
+                out.insert(s.clone());
+            }
+            Val::Table(entries) => {
+                for e in entries {
+                    walk(&e.key, &e.node, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = BTreeSet::new();
+    for inst in &config.providers {
+        for (name, v) in &inst.options {
+            walk(name, &v.node, &mut out);
+        }
+    }
+    out.extend(
+        config
+            .secrets
+            .iter()
+            .filter(|e| e.ty.name == "env")
+            .map(|e| e.reference.clone()),
+    );
+    out
+}
+
 /// The child's environment: clean, plus `--keep-env`, the tokens and the proxy/CA variables.
 #[allow(clippy::too_many_arguments)]
 fn child_env(
     ctx: &Ctx,
     args: &RunArgs,
-    selected: &[&SecretEntry],
+    withheld: &BTreeSet<String>,
     tokens: &[(String, String)],
     proxy_url: &str,
     no_proxy: &str,
     dir: &CaDir,
 ) -> Vec<(OsString, OsString)> {
-    // Credential variables of every provider type this run used.
-    let credential: BTreeSet<&'static str> = selected
+    // Credential variables of every provider type (not only the types this run used: a
+    // `--keep-env VAULT_TOKEN` in a run of `env` secrets hands over the user's Vault token).
+    let credential: BTreeSet<&'static str> = kz_config::catalog::TYPES
         .iter()
-        .flat_map(|e| e.ty.credential_env.iter().copied())
-        .collect();
-    // The variables `env` secrets are read from hold the real values.
-    let sources: BTreeSet<&str> = selected
-        .iter()
-        .filter(|e| e.ty.name == "env")
-        .map(|e| e.reference.as_str())
+        .flat_map(|t| t.credential_env.iter().copied())
         .collect();
     let is_credential = |name: &str| {
-        sources.contains(name)
+        withheld.contains(name)
             || credential.iter().any(|pat| match pat.strip_suffix('*') {
                 Some(prefix) => name.starts_with(prefix),
                 None => name == *pat,

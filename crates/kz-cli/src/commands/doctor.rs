@@ -79,13 +79,25 @@ pub fn run(ctx: &Ctx) -> CmdResult {
 }
 
 fn trust(ctx: &Ctx, config: &Config, r: &mut Report) {
-    let needs: Vec<String> = config
-        .providers
+    // The same reach checks the commands run, over every secret and provider.
+    let secrets: Vec<&kz_config::SecretEntry> = config.secrets.iter().collect();
+    let instances: Vec<&kz_config::ProviderInstance> = config.providers.iter().collect();
+    let needs: Vec<String> = ctx
+        .trust_problems(config, &secrets, &instances)
         .iter()
-        .flat_map(|p| {
-            p.untrusted_options()
-                .into_iter()
-                .map(move |(o, _)| format!("{}.{o}", p.name))
+        .map(|d| {
+            let at = match (&d.file, d.line) {
+                (Some(f), Some(l)) => format!(
+                    "{}:{l}: ",
+                    f.file_name()
+                        .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+                ),
+                _ => String::new(),
+            };
+            match &d.secret {
+                Some(s) => format!("{at}{s}: {}", d.message),
+                None => format!("{at}{}", d.message),
+            }
         })
         .collect();
     if crate::trust::is_trusted(&ctx.paths, &config.discovered) {
@@ -97,17 +109,20 @@ fn trust(ctx: &Ctx, config: &Config, r: &mut Report) {
     } else if needs.is_empty() {
         r.add(
             Level::Ok,
-            "trust: not trusted (only the shell hook needs it here)",
+            "trust: not trusted (nothing here reaches beyond the project; the shell hook still needs `kz allow`)",
             Some("run `kz allow` to load secrets with the shell hook".into()),
         );
     } else {
         r.add(
             Level::Warn,
             format!(
-                "trust: not trusted, and these options need it: {}",
-                needs.join(", ")
+                "trust: not trusted, and this needs it: {}",
+                needs.join("; ")
             ),
-            Some("review .keyzero.toml, then run `kz allow`".into()),
+            Some(
+                "review .keyzero.toml and .keyzero.local.toml, then run `kz allow` (or pass --trust)"
+                    .into(),
+            ),
         );
     }
 }
@@ -128,14 +143,14 @@ fn providers(ctx: &Ctx, config: &Config, r: &mut Report) {
             );
             continue;
         }
-        if !inst.untrusted_options().is_empty()
-            && !ctx.trust_override()
-            && !crate::trust::is_trusted(&ctx.paths, &config.discovered)
+        // Checking a provider spends the user's credentials: not for an untrusted project.
+        if (!inst.untrusted_options().is_empty() || crate::trust::needs_trust_type(inst.ty.name))
+            && !ctx.trusted(config)
         {
             r.add(
                 Level::Warn,
                 format!(
-                    "provider `{}` ({}): not checked (untrusted options)",
+                    "provider `{}` ({}): not checked (the project is not trusted)",
                     inst.name, inst.ty.name
                 ),
                 None,

@@ -148,6 +148,20 @@ pub fn run(ctx: &Ctx, mut args: ImportArgs) -> CmdResult {
         }
     };
     let provider_impl = ctx.instance(&config, &provider)?;
+    // The refs are the ones the user chose (`--prefix`), but a directory named like another
+    // project must not overwrite that project's namespace.
+    let trusted = ctx.trusted(&config);
+    if !trusted {
+        let owned: Vec<Diagnostic> = pairs
+            .iter()
+            .filter_map(|(key, _)| config.secret(key).filter(|_| names.contains(&key.as_str())))
+            .filter_map(|e| crate::trust::foreign_namespace_owner(&ctx.paths, &config, e))
+            .collect();
+        if !owned.is_empty() {
+            edit::restore(&file, before.as_deref());
+            return Err(Failure::many(owned));
+        }
+    }
     let identity_before = super::put::identity(provider_impl.as_ref());
     let mut stored = Vec::new();
     let mut failures = Vec::new();
@@ -157,7 +171,10 @@ pub fn run(ctx: &Ctx, mut args: ImportArgs) -> CmdResult {
         };
         let item = kz_resolve::item_for(entry);
         match block_on_with_spinner(&ctx.out, "storing", provider_impl.write(&item, value))? {
-            Ok(()) => stored.push(key.as_str()),
+            Ok(()) => {
+                crate::trust::claim_namespace(&ctx.paths, &config, entry, trusted);
+                stored.push(key.as_str());
+            }
             Err(e) => failures.push(provider_diag(entry, &e)),
         }
     }

@@ -141,6 +141,7 @@ fn store(
     let identity_before = identity(provider.as_ref());
     block_on_with_spinner(&ctx.out, "storing", provider.write(&item, value))?
         .map_err(|e| Failure::one(provider_diag(entry, &e)))?;
+    crate::trust::claim_namespace(&ctx.paths, config, entry, ctx.trusted(config));
     ctx.out.note(&format!(
         "stored {} in `{}` ({}) as {}",
         entry.name, entry.provider, entry.ty.name, entry.reference

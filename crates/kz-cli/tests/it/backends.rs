@@ -1157,6 +1157,8 @@ fn keychain_put_run_and_status_against_gnome_keyring() {
          GONE = { provider = \"kc\", ref = \"nobody\" }\n",
     );
     attach(&keyring, &mut s);
+    // A keychain spends the user's own store: the project is trusted here.
+    s.set("KEYZERO_TRUST", "1");
 
     s.kz_stdin(&["put", "TOKEN", "--stdin"], "tok-kc\n")
         .ok()
@@ -1199,6 +1201,8 @@ fn keychain_without_a_reachable_bus_suggests_the_local_provider() {
     let mut s = Sandbox::with_config(
         "[providers.kc]\ntype = \"keychain\"\n\n[secrets]\nTOKEN = { provider = \"kc\", ref = \"kz-token\" }\n",
     );
+    // A keychain spends the user's own store: the project is trusted here.
+    s.set("KEYZERO_TRUST", "1");
     let nowhere = s.root.path().join("no-bus");
     s.set(
         "DBUS_SESSION_BUS_ADDRESS",

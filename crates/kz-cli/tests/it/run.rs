@@ -213,7 +213,7 @@ fn exec_plugin_end_to_end_needs_trust() {
 fn unimplemented_provider_types_say_so() {
     // The team-server client (`keyzero`) comes with team mode.
     let s = Sandbox::with_config("[secrets]\nX = \"kz://prod/x\"\n");
-    let r = s.kz(&["run", "--", "true"]).code(1);
+    let r = s.kz(&["--trust", "run", "--", "true"]).code(1);
     assert!(
         r.stderr
             .contains("the `keyzero` provider is not available in this build"),

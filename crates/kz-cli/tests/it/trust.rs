@@ -367,7 +367,8 @@ fn a_cached_value_is_no_easier_to_reach_untrusted() {
         ),
     )
     .unwrap();
-    s.kz(&["run", "--", "true"]).ok();
+    // A plugin spends the user's own credentials: trusted for this first run.
+    s.kz(&["--trust", "run", "--", "true"]).ok();
     // Every value now comes from the cache; the repository maps one of them to LD_PRELOAD.
     s.write(
         ".keyzero.toml",
@@ -409,5 +410,307 @@ fn one_error_per_file_outside_the_tree() {
         1,
         "{}",
         r.stderr
+    );
+}
+
+/// The user's own Vault address, in the user's global file (so the repository names only the
+/// credential options and refs).
+fn with_users_vault(s: &Sandbox, server: &EchoServer) {
+    let global = s.root.path().join("config/keyzero/config.toml");
+    std::fs::create_dir_all(global.parent().unwrap()).unwrap();
+    std::fs::write(
+        &global,
+        format!(
+            "[providers.vault]\ntype = \"hashicorp\"\naddress = \"{}\"\ntimeout = \"3s\"\n",
+            server.address()
+        ),
+    )
+    .unwrap();
+}
+
+#[test]
+fn credential_options_need_trust_and_send_nothing() {
+    let server = EchoServer::start();
+    let key = "~/.ssh/id_ed25519";
+    for opts in [
+        "token_env = \"GITHUB_TOKEN\"".to_string(),
+        format!("auth = {{ method = \"jwt\", role = \"r\", token_file = \"{key}\" }}"),
+        "ca_cert = \"ca.pem\"".to_string(),
+    ] {
+        let mut s = Sandbox::with_config(&format!(
+            "[providers.mine]\ntype = \"hashicorp\"\naddress = \"{}\"\n{opts}\n[secrets]\nV = {{ provider = \"mine\", ref = \"secret/data/app#key\" }}\n",
+            server.address()
+        ));
+        s.set("GITHUB_TOKEN", CANARY);
+        s.write("../home/.ssh/id_ed25519", CANARY);
+        let r = s.kz(&["run", "--", "true"]).code(1).no_canary();
+        let opt = opts.split(' ').next().unwrap();
+        assert!(
+            r.stderr.contains(&format!("option `{opt}`")),
+            "{opts}: {}",
+            r.stderr
+        );
+        assert!(r.stderr.contains("kz allow"), "{}", r.stderr);
+    }
+    assert!(server.requests().is_empty(), "{:?}", server.requests());
+}
+
+#[test]
+fn the_users_remote_stores_are_not_reachable_untrusted() {
+    let server = EchoServer::start();
+    let mut s = Sandbox::with_config(
+        "[secrets]\nV = { provider = \"vault\", ref = \"secret/data/other-project#key\" }\n",
+    );
+    with_users_vault(&s, &server);
+    s.set("VAULT_TOKEN", CANARY);
+    for args in [
+        &["run", "--", "true"][..],
+        &["export"],
+        &["status"],
+        &["run", "--only", "V", "--", "true"],
+    ] {
+        let r = s.kz(args).code(1).no_canary();
+        let both = format!("{}{}", r.stdout, r.stderr);
+        assert!(
+            both.contains("uses your own credentials"),
+            "{args:?}: {both}"
+        );
+    }
+    // Nor can the repository overwrite or delete what the ref names.
+    s.kz_stdin(&["put", "V", "--stdin"], "overwritten")
+        .code(1)
+        .no_canary();
+    s.kz(&["rm", "V", "--purge", "--yes"]).no_canary();
+    assert!(server.requests().is_empty(), "{:?}", server.requests());
+    // The same files, trusted: the user's Vault is used.
+    s.kz(&["allow"]).ok();
+    s.kz(&["run", "--", "true"]).code(1).no_canary();
+    assert!(!server.requests().is_empty());
+}
+
+#[test]
+fn a_config_file_linked_out_of_the_tree_is_refused() {
+    let server = EchoServer::start();
+    let s = Sandbox::with_config("[secrets]\nK = { provider = \"dotenv\", ref = \"K\" }\n");
+    s.write(".env", "K=fine\n");
+    let other = s.root.path().join("other.local.toml");
+    std::fs::write(
+        &other,
+        format!(
+            "[providers.vault]\ntype = \"hashicorp\"\naddress = \"{}\"\ntoken = \"{CANARY}\"\n",
+            server.address()
+        ),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&other, s.path(".keyzero.local.toml")).unwrap();
+    let r = s.kz(&["run", "--", "printenv", "K"]).code(1).no_canary();
+    assert!(
+        r.stderr.contains("leads outside the project directory"),
+        "{}",
+        r.stderr
+    );
+    assert!(server.requests().is_empty());
+}
+
+#[test]
+fn kz_switches_and_credential_routes_cannot_be_mapped_untrusted() {
+    let s = Sandbox::with_config(
+        "[secrets]\nKEYZERO_TRUST = { provider = \"dotenv\", ref = \"T\" }\nKEYZERO_CONFIG = { provider = \"dotenv\", ref = \"C\" }\nAWS_ENDPOINT_URL = { provider = \"dotenv\", ref = \"U\" }\nhttps_proxy = { provider = \"dotenv\", ref = \"U\" }\nSSL_CERT_FILE = { provider = \"dotenv\", ref = \"C\" }\nNODE_TLS_REJECT_UNAUTHORIZED = { provider = \"dotenv\", ref = \"Z\" }\nVIMINIT = { provider = \"dotenv\", ref = \"C\" }\nCC = { provider = \"dotenv\", ref = \"C\" }\nOK = { provider = \"dotenv\", ref = \"T\" }\n",
+    );
+    s.write(".env", "T=1\nC=/tmp/x\nU=http://127.0.0.1:9\nZ=0\n");
+    let r = s.kz(&["run", "--", "true"]).code(1);
+    for name in [
+        "KEYZERO_TRUST",
+        "KEYZERO_CONFIG",
+        "AWS_ENDPOINT_URL",
+        "https_proxy",
+        "SSL_CERT_FILE",
+        "NODE_TLS_REJECT_UNAUTHORIZED",
+        "VIMINIT",
+        "CC",
+    ] {
+        assert!(
+            r.stderr.contains(&format!("secret: {name}")),
+            "{name}: {}",
+            r.stderr
+        );
+    }
+    assert!(!r.stderr.contains("secret: OK"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("changes where programs send credentials"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn doctor_runs_the_reach_checks_and_contacts_nothing_untrusted() {
+    let server = EchoServer::start();
+    let mut s = Sandbox::with_config(
+        "[secrets]\nS = \"local://payments/STRIPE_KEY\"\nK = { provider = \"dotenv\", ref = \"K\" }\nV = { provider = \"vault\", ref = \"secret/data/x#k\" }\n",
+    );
+    with_users_vault(&s, &server);
+    s.set("VAULT_TOKEN", CANARY);
+    let outside = s.root.path().join("outside.env");
+    std::fs::write(&outside, format!("K={CANARY}\n")).unwrap();
+    std::os::unix::fs::symlink(&outside, s.path(".env")).unwrap();
+    let r = s.kz(&["doctor"]).no_canary();
+    assert!(!r.stdout.contains("only the shell hook"), "{}", r.stdout);
+    for what in [
+        "outside this project's namespace",
+        "outside the project directory",
+        "uses your own credentials",
+        ".keyzero.toml:2",
+    ] {
+        assert!(r.stdout.contains(what), "{what}: {}", r.stdout);
+    }
+    assert!(server.requests().is_empty(), "{:?}", server.requests());
+}
+
+#[test]
+fn blind_keep_env_drops_every_credential_variable_of_every_type() {
+    let mut s = Sandbox::with_config(
+        "[providers.mine]\ntype = \"hashicorp\"\naddress = \"http://127.0.0.1:9\"\ntoken_env = \"MY_VAULT_TOK\"\nauth = { method = \"approle\", role_id = \"r\", secret_id_env = \"MY_SECRET_ID\" }\n[secrets]\nAPI = { provider = \"env\", ref = \"KZ_SRC\", hosts = [\"localhost:1\"] }\n",
+    );
+    s.kz(&["allow"]).ok();
+    s.set("KZ_SRC", "not-the-canary-value-1234");
+    let vars = [
+        "MY_VAULT_TOK",
+        "MY_SECRET_ID",
+        "VAULT_TOKEN",
+        "AWS_SECRET_ACCESS_KEY",
+        "GOOGLE_OAUTH_ACCESS_TOKEN",
+        "OP_SERVICE_ACCOUNT_TOKEN",
+    ];
+    for v in vars {
+        s.set(v, CANARY);
+    }
+    s.set("KEEP_ME", "kept");
+    let keep = format!("{},KEEP_ME", vars.join(","));
+    let r = s
+        .kz(&[
+            "run",
+            "--blind",
+            "--only",
+            "API",
+            "--keep-env",
+            &keep,
+            "--",
+            "env",
+        ])
+        .ok()
+        .no_canary();
+    assert!(r.stdout.contains("KEEP_ME=kept"), "{}", r.stdout);
+    for v in vars {
+        assert!(!r.stdout.contains(&format!("{v}=")), "{v}: {}", r.stdout);
+    }
+}
+
+/// Someone else's public key (the example from age's documentation).
+const ATTACKER: &str = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+
+#[test]
+fn the_local_store_never_encrypts_to_a_recipient_the_repository_chose() {
+    let s = Sandbox::with_config("[secrets]\nMINE = \"local://proj/MINE\"\n");
+    // The user's identity exists (created by an ordinary put in the default store).
+    s.put("MINE", "mine");
+    let identity = s.root.path().join("config/keyzero/identity.txt");
+    assert!(identity.exists());
+    // The repository's in-tree store, with a planted record: the user's identity, the
+    // attacker's recipient.
+    s.write(
+        ".keyzero.toml",
+        "[providers.local]\npath = \"vault/store.age\"\n[secrets]\nK = \"local://proj/K\"\n",
+    );
+    s.write(
+        "vault/store.age.meta",
+        &format!(
+            "{{\"v\":1,\"identity\":\"{}\",\"recipient\":\"{ATTACKER}\"}}",
+            identity.display()
+        ),
+    );
+    let r = s
+        .kz_stdin(&["put", "K", "--stdin"], CANARY)
+        .code(1)
+        .no_canary();
+    assert!(
+        r.stderr.contains("not the public key of its identity"),
+        "{}",
+        r.stderr
+    );
+    assert!(!s.path("vault/store.age").exists());
+    // Nor the age provider: `recipients` from the repository needs trust.
+    s.write(
+        ".keyzero.toml",
+        &format!("[providers.age]\nrecipients = [\"{ATTACKER}\"]\n[secrets]\nA = {{ provider = \"age\", ref = \"a.age\" }}\n"),
+    );
+    let r = s
+        .kz_stdin(&["put", "A", "--stdin"], CANARY)
+        .code(1)
+        .no_canary();
+    assert!(r.stderr.contains("option `recipients`"), "{}", r.stderr);
+    assert!(!s.path("a.age").exists());
+}
+
+#[test]
+fn put_never_follows_a_committed_lock_symlink() {
+    let s = Sandbox::with_config(
+        "[providers.local]\npath = \"vault/store.age\"\n[secrets]\nK = \"local://proj/K\"\n",
+    );
+    let outside = s.root.path().join("outside.lock");
+    std::fs::create_dir_all(s.path("vault")).unwrap();
+    std::os::unix::fs::symlink(&outside, s.path("vault/store.age.lock")).unwrap();
+    let r = s.kz_stdin(&["put", "K", "--stdin"], "v").code(1);
+    assert!(r.stderr.contains("lock file"), "{}", r.stderr);
+    assert!(!outside.exists(), "a file was created through the link");
+    // Nor is an identity created where the repository says.
+    s.write(
+        ".keyzero.toml",
+        "[providers.local]\npath = \"st/store.age\"\nidentity = \"../outside-id.txt\"\n[secrets]\nK = \"local://proj/K\"\n",
+    );
+    let r = s.kz_stdin(&["put", "K", "--stdin"], "v").code(1);
+    assert!(r.stderr.contains("option `identity`"), "{}", r.stderr);
+    assert!(!s.root.path().join("outside-id.txt").exists());
+}
+
+#[test]
+fn a_subdirectory_named_like_another_project_does_not_get_its_namespace() {
+    let s = Sandbox::with_config("[secrets]\nMINE = \"local://proj/MINE\"\n");
+    s.kz_stdin(&["put", "MINE", "--stdin"], CANARY).ok();
+    // A cloned repository with a directory of the same name.
+    let twin = s.root.path().join("clone/services/proj");
+    std::fs::create_dir_all(&twin).unwrap();
+    std::fs::write(
+        twin.join(".keyzero.toml"),
+        "[secrets]\nMINE = \"local://proj/MINE\"\n",
+    )
+    .unwrap();
+    let dir = twin.to_str().unwrap();
+    let r = s
+        .kz(&["--dir", dir, "run", "--", "printenv", "MINE"])
+        .code(1)
+        .no_canary();
+    assert!(r.stderr.contains("belongs to the project"), "{}", r.stderr);
+    s.kz_stdin(&["--dir", dir, "put", "MINE", "--stdin"], "overwritten")
+        .code(1);
+    s.kz(&["--dir", dir, "export"]).code(1).no_canary();
+    std::fs::write(twin.join("x.env"), "NEW=x\n").unwrap();
+    let env_file = twin.join("x.env");
+    let r = s
+        .kz(&["--dir", dir, "import", env_file.to_str().unwrap()])
+        .code(1);
+    assert!(r.stderr.contains("belongs to the project"), "{}", r.stderr);
+    // The owner still reads it; trusting the twin after review lifts the rule.
+    assert_eq!(
+        s.kz(&["run", "--", "printenv", "MINE"]).ok().stdout.trim(),
+        CANARY
+    );
+    s.kz(&["--dir", dir, "allow"]).ok();
+    assert_eq!(
+        s.kz(&["--dir", dir, "run", "--", "printenv", "MINE"])
+            .ok()
+            .stdout
+            .trim(),
+        CANARY
     );
 }
