@@ -38,7 +38,7 @@ pub struct Global {
     /// The active environment (else KEYZERO_ENV, NODE_ENV, RAILS_ENV, APP_ENV, RACK_ENV, development)
     #[arg(long = "env", global = true, value_name = "NAME")]
     pub env: Option<String>,
-    /// Trust the project file's program and server options for this invocation (also KEYZERO_TRUST=1)
+    /// Trust the project files (.keyzero.toml, .keyzero.local.toml) for this invocation (also KEYZERO_TRUST=1)
     #[arg(long, global = true)]
     pub trust: bool,
     /// Print only errors
@@ -148,7 +148,7 @@ pub enum Command {
         after_help = "Examples:\n  eval \"$(kz hook --shell zsh)\"      in ~/.zshrc\n  eval \"$(kz hook --shell bash)\"     in ~/.bashrc\n  kz hook --shell fish | source       in ~/.config/fish/config.fish"
     )]
     Hook(HookArgs),
-    /// Trust this project's configuration (shell hook, program and server options)
+    /// Trust this project's configuration after review (shell hook, blind mode, backends, programs, servers)
     Allow,
     /// Revoke trust in this project's configuration
     Deny,
