@@ -92,7 +92,8 @@ fn wait(c: &mut Child) -> Option<i32> {
     panic!("kz did not exit");
 }
 
-const LOOP: &str = "echo \"start:$V\"; trap 'echo got-usr1' USR1; while :; do sleep 0.1; done";
+// The trap is set before the start line, so a signal sent on seeing the line finds it.
+const LOOP: &str = "trap 'echo got-usr1' USR1; echo \"start:$V\"; while :; do sleep 0.1; done";
 
 #[test]
 fn watch_restarts_on_change_and_forwards_signals() {
