@@ -831,9 +831,7 @@ fn values_reflected_the_way_real_stacks_escape_them_are_scrubbed() {
 async fn raw_get(h: &Harness, port: u16, target: &str) -> Vec<u8> {
     use rustls_pki_types::pem::PemObject;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(&h.proxy_addr)
-        .await
-        .unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(&h.proxy_addr).await.unwrap();
     tcp.write_all(
         format!(
             "CONNECT localhost:{port} HTTP/1.1\r\nHost: localhost:{port}\r\nProxy-Authorization: {}\r\n\r\n",
