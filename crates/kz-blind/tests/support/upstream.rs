@@ -90,7 +90,8 @@ impl Upstream {
             .unwrap();
         // HTTP/1.1 only when asked, or with `KZ_BENCH_UPSTREAM_H1=1` (the benchmark's
         // comparison of upstream protocols).
-        config.alpn_protocols = if http1_only || std::env::var_os("KZ_BENCH_UPSTREAM_H1").is_some() {
+        config.alpn_protocols = if http1_only || std::env::var_os("KZ_BENCH_UPSTREAM_H1").is_some()
+        {
             vec![b"http/1.1".to_vec()]
         } else {
             vec![b"h2".to_vec(), b"http/1.1".to_vec()]
