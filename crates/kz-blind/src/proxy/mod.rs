@@ -873,11 +873,15 @@ impl Proxy {
                 let (Ok(c), Ok(u)) = tokio::join!(client_upgrade, upstream_upgrade) else {
                     return;
                 };
-                let scrub: Option<Arc<dyn crate::ws::TextScrub>> = proxy
-                    .shared
-                    .scrubber
-                    .is_some()
-                    .then(|| Arc::new(WsScrub(proxy.clone())) as Arc<dyn crate::ws::TextScrub>);
+                let scrub: Option<Arc<dyn crate::ws::TextScrub>> =
+                    proxy.shared.scrubber.is_some().then(|| {
+                        Arc::new(WsScrub(
+                            proxy.clone(),
+                            ws_method.clone(),
+                            dest.clone(),
+                            path.clone(),
+                        )) as Arc<dyn crate::ws::TextScrub>
+                    });
                 let p = proxy.clone();
                 let _ = crate::ws::relay(TokioIo::new(c), TokioIo::new(u), scrub, move |hits| {
                     p.scrubbed(&ws_method, &dest, &path, &hits);
@@ -1240,7 +1244,9 @@ fn service(
     })
 }
 
-struct WsScrub(Proxy);
+/// The WebSocket scrub, and the check of the command's frames, for one connection (the
+/// handshake's method, destination and path, for the audit).
+struct WsScrub(Proxy, Method, Destination, String);
 
 impl crate::ws::TextScrub for WsScrub {
     fn scrub(&self, payload: &[u8]) -> (Vec<u8>, Vec<usize>) {
@@ -1248,6 +1254,28 @@ impl crate::ws::TextScrub for WsScrub {
             Some(s) => s.scrub_buffer(payload),
             None => (payload.to_vec(), Vec::new()),
         }
+    }
+
+    /// The check for values from the command, over its frames: a hit closes the latch; a latch
+    /// closed by any request stops the frames too.
+    fn client_check(&self) -> Option<crate::ws::ClientCheck> {
+        let proxy = self.0.clone();
+        let (method, dest, path) = (self.1.clone(), self.2.clone(), self.3.clone());
+        let mut stream = proxy.shared.values.stream();
+        Some(Box::new(move |payload: &[u8]| {
+            if let Some(i) = stream.check(payload).into_iter().next() {
+                proxy.latch(i);
+                let _ = proxy.stopped_response(
+                    &method,
+                    Some(&dest),
+                    &path,
+                    "the command sent a secret value in a WebSocket frame; blind mode stopped",
+                    &[i],
+                );
+                return false;
+            }
+            !proxy.is_stopped()
+        }))
     }
 }
 
