@@ -5,7 +5,9 @@
 //! headers and body must belong to a secret bound to that destination, or the request is
 //! refused (`403`; nothing is sent, except that a body over 16 MiB streams and is cut off at the
 //! forbidden token, before any value); tokens are then swapped for values; the response has values
-//! (and their encodings) scrubbed back into tokens. Swaps, refusals and scrubs are audited
+//! (and their encodings) scrubbed back into tokens. Before all that, a real value (or fragment)
+//! in anything the command sends, to any host, refuses the request and closes a latch: from then
+//! on every request gets the same `403` ([`STOPPED`]) and nothing is swapped. Swaps, refusals and scrubs are audited
 //! (names only) and counted for the `-v` summary.
 //!
 //! Boundary: this module does network I/O; policy, rewriting and certificates live in their own
