@@ -9,7 +9,7 @@
 //! - [`Scrubber`] (responses): real values (at least [`MIN_SCRUB_LEN`] bytes), found in a
 //!   decoded view (any mix of JSON, percent and HTML escapes, base64 at any alignment, fragments
 //!   of long values) → the token (its base64 for a base64 form). The same matcher finds values
-//!   in requests for the egress check ([`SwapError::Value`]).
+//!   in requests: the check for values from the command ([`SwapError::Value`]).
 //! - [`decode_body`] / [`encode_body`]: `gzip` / `deflate` request bodies, with an output limit.
 //!
 //! Boundary: no I/O, no policy. Callers say which secrets may go where through an `allowed`
@@ -43,13 +43,9 @@ pub enum SwapError {
          add the host to that secret's `hosts` (or pass `--allow-host`) if it should go there"
     )]
     Forbidden(usize),
-    /// The request carries the real value of secret `idx` (in any form the decoded view finds,
-    /// not its token) toward a host that secret may not reach: a value reflected by a bound
-    /// service, on its way elsewhere.
-    #[error(
-        "the request carries the value of secret #{0} (not its token) toward a host that secret \
-         may not reach; a value that came back in a response must not be forwarded"
-    )]
+    /// The command sent the real value of secret `idx`, or a fragment of it (in any form the
+    /// decoded view finds, not its token), to any host: a leak or a guess; blind mode stops.
+    #[error("the request carries a secret value (not its token); blind mode stopped")]
     Value(usize),
     /// The value of secret `idx` contains CR, LF, NUL (or another control character) and its
     /// token is in a header, where such a value cannot legally go.

@@ -5,7 +5,9 @@
 //! Boundary:
 //! - **Client → upstream** bytes are copied through unchanged. Client frames are masked by the
 //!   client (RFC 6455 §5.3), so tokens inside WebSocket messages are **not** swapped: only the
-//!   handshake carries swapped credentials. A token that reaches upstream inside a message is
+//!   handshake carries swapped credentials. When the scrub offers a
+//!   [`TextScrub::client_check`], the unmasked payloads are fed to it before their bytes go on,
+//!   and a refusal ends that direction (blind mode's check for values from the command). A token that reaches upstream inside a message is
 //!   harmless (it is not a secret); a protocol that authenticates inside messages does not work
 //!   in blind mode.
 //! - **Upstream → client** frames are parsed (a small RFC 6455 codec written here). Every frame
@@ -40,6 +42,86 @@ pub trait TextScrub: Send + Sync + 'static {
     /// Returns the scrubbed payload and the indices of the secrets whose values were replaced
     /// (empty when nothing was found).
     fn scrub(&self, payload: &[u8]) -> (Vec<u8>, Vec<usize>);
+
+    /// A check of the client's frames: fed the unmasked payload bytes as they arrive (all
+    /// frames, one stream), it returns `false` to stop the client → upstream direction before
+    /// those bytes are passed on. `None`: client frames are not checked.
+    fn client_check(&self) -> Option<ClientCheck> {
+        None
+    }
+}
+
+/// See [`TextScrub::client_check`].
+pub type ClientCheck = Box<dyn FnMut(&[u8]) -> bool + Send>;
+
+/// The payload bytes of client frames (unmasked), from the raw byte stream.
+#[derive(Default)]
+struct ClientFrames {
+    header: Vec<u8>,
+    remaining: u64,
+    mask: [u8; 4],
+    pos: usize,
+}
+
+impl ClientFrames {
+    /// Appends the unmasked payload bytes in `chunk` to `out`.
+    fn payload(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        let mut rest = chunk;
+        while !rest.is_empty() {
+            if self.remaining == 0 {
+                let Some((&b, tail)) = rest.split_first() else {
+                    break;
+                };
+                rest = tail;
+                self.header.push(b);
+                self.try_header();
+                continue;
+            }
+            let take = usize::try_from(self.remaining)
+                .unwrap_or(usize::MAX)
+                .min(rest.len());
+            let (now, tail) = rest.split_at(take);
+            for &b in now {
+                out.push(b ^ self.mask.get(self.pos % 4).copied().unwrap_or(0));
+                self.pos = self.pos.wrapping_add(1);
+            }
+            self.remaining -= take as u64;
+            rest = tail;
+        }
+    }
+
+    /// Completes a frame header when `header` holds one.
+    fn try_header(&mut self) {
+        let h = &self.header;
+        let (Some(&b1), n) = (h.get(1), h.len()) else {
+            return;
+        };
+        let masked = b1 & 0x80 != 0;
+        let (ext, code) = match b1 & 0x7f {
+            126 => (2, None),
+            127 => (8, None),
+            c => (0, Some(u64::from(c))),
+        };
+        let need = 2 + ext + if masked { 4 } else { 0 };
+        if n < need {
+            return;
+        }
+        let len = code.unwrap_or_else(|| {
+            h.get(2..2 + ext)
+                .unwrap_or_default()
+                .iter()
+                .fold(0u64, |acc, &b| (acc << 8) | u64::from(b))
+        });
+        self.mask = [0; 4];
+        if masked && let Some(m) = h.get(2 + ext..need) {
+            for (d, s) in self.mask.iter_mut().zip(m) {
+                *d = *s;
+            }
+        }
+        self.remaining = len;
+        self.pos = 0;
+        self.header.clear();
+    }
 }
 
 /// Why the relay stopped talking to an upstream WebSocket server. Carried inside the
@@ -148,7 +230,7 @@ where
     let (client_read, client_write) = tokio::io::split(client);
     let (upstream_read, upstream_write) = tokio::io::split(upstream);
     tokio::try_join!(
-        client_to_upstream(client_read, upstream_write),
+        client_to_upstream(client_read, upstream_write, scrub.client_check()),
         upstream_to_client(
             upstream_read,
             client_write,
@@ -160,13 +242,42 @@ where
     Ok(())
 }
 
-async fn client_to_upstream<R, W>(mut from: R, mut to: W) -> io::Result<()>
+async fn client_to_upstream<R, W>(
+    mut from: R,
+    mut to: W,
+    check: Option<ClientCheck>,
+) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    tokio::io::copy(&mut from, &mut to).await?;
-    to.shutdown().await
+    let Some(mut check) = check else {
+        tokio::io::copy(&mut from, &mut to).await?;
+        return to.shutdown().await;
+    };
+    let mut frames = ClientFrames::default();
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut payload = Vec::new();
+    loop {
+        let n = from.read(&mut buf).await?;
+        let Some(chunk) = buf.get(..n).filter(|c| !c.is_empty()) else {
+            return to.shutdown().await;
+        };
+        payload.clear();
+        frames.payload(chunk, &mut payload);
+        let pass = check(&payload);
+        payload.zeroize();
+        if !pass {
+            // Nothing of this chunk is passed on; both directions end.
+            let _ = to.shutdown().await;
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "a client frame carried a secret value",
+            ));
+        }
+        to.write_all(chunk).await?;
+        to.flush().await?;
+    }
 }
 
 async fn upstream_to_client<R, W, F>(
@@ -764,6 +875,66 @@ mod tests {
         assert_eq!(got, want);
         assert!(!contains(&got, CANARY) && !contains(&got, CANARY2));
         assert_eq!(hits, vec![vec![0], vec![0], vec![1], vec![0]]);
+    }
+
+    fn masked(b0: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+        let mut v = frame(b0, payload);
+        let at = v.len() - payload.len();
+        v[1] |= 0x80;
+        let body: Vec<u8> = payload
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ mask[i % 4])
+            .collect();
+        v.truncate(at);
+        v.extend(mask);
+        v.extend(body);
+        v
+    }
+
+    #[test]
+    fn client_frames_yield_the_unmasked_payload_under_any_split() {
+        let long = vec![b'q'; 300];
+        let mut wire = masked(0x01, b"hello ", [9, 8, 7, 6]);
+        wire.extend(masked(0x80, CANARY, [1, 2, 3, 4]));
+        wire.extend(masked(0x82, &long, [5, 0, 5, 0]));
+        wire.extend(frame(0x89, b"ping"));
+        let mut want = b"hello ".to_vec();
+        want.extend(CANARY);
+        want.extend(&long);
+        want.extend(b"ping");
+        for split in [1, 2, 3, 5, 7, 64, wire.len()] {
+            let mut f = ClientFrames::default();
+            let mut out = Vec::new();
+            for c in wire.chunks(split) {
+                f.payload(c, &mut out);
+            }
+            assert_eq!(out, want, "split {split}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_frame_the_check_refuses_is_not_passed_on() {
+        let (mut child, relay_client) = tokio::io::duplex(1 << 16);
+        let (relay_upstream, mut server) = tokio::io::duplex(1 << 16);
+        let check: ClientCheck = Box::new(|p: &[u8]| !contains(p, CANARY));
+        let task = tokio::spawn(async move {
+            client_to_upstream(relay_client, relay_upstream, Some(check)).await
+        });
+        let first = masked(0x81, b"fine", [1, 2, 3, 4]);
+        child.write_all(&first).await.unwrap();
+        child.flush().await.unwrap();
+        let mut got = vec![0u8; first.len()];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, first);
+        child
+            .write_all(&masked(0x81, CANARY, [4, 3, 2, 1]))
+            .await
+            .unwrap();
+        let err = within(task).await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+        let rest = read_all(&mut server).await;
+        assert!(rest.is_empty(), "nothing of the refused frame went on");
     }
 
     #[tokio::test]

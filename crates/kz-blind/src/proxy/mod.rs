@@ -5,7 +5,9 @@
 //! headers and body must belong to a secret bound to that destination, or the request is
 //! refused (`403`; nothing is sent, except that a body over 16 MiB streams and is cut off at the
 //! forbidden token, before any value); tokens are then swapped for values; the response has values
-//! (and their encodings) scrubbed back into tokens. Swaps, refusals and scrubs are audited
+//! (and their encodings) scrubbed back into tokens. Before all that, a real value (or fragment)
+//! in anything the command sends, to any host, refuses the request and closes a latch: from then
+//! on every request gets the same `403` ([`STOPPED`]) and nothing is swapped. Swaps, refusals and scrubs are audited
 //! (names only) and counted for the `-v` summary.
 //!
 //! Boundary: this module does network I/O; policy, rewriting and certificates live in their own
@@ -89,6 +91,8 @@ pub struct Summary {
     pub failed: u64,
     /// Why, distinct reasons in order, at most [`FAILURE_REASONS`].
     pub failures: Vec<String>,
+    /// The secret whose value the command sent, when blind mode stopped (its name only).
+    pub stopped_by: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -122,8 +126,14 @@ struct Shared {
     swapper: Swapper,
     /// Response scrubbing (`None` when off or nothing is long enough to scrub).
     scrubber: Option<Scrubber>,
-    /// The same matcher, always: the egress check (no value toward an unbound host).
+    /// The same matcher, always: the ingress check (no value, nor a fragment of one, in anything
+    /// the command sends, to any host).
     values: Scrubber,
+    /// The latch: set (to the secret seen) the first time the command sends a value. From then
+    /// on every request is refused and nothing is swapped.
+    stopped: std::sync::OnceLock<usize>,
+    /// Called once, with the secret's name, when the latch closes (kz's stderr warning).
+    on_stop: std::sync::OnceLock<StopHook>,
     client: UpstreamClient,
     ws_client: UpstreamClient,
     audit: Option<Arc<Writer>>,
@@ -138,6 +148,14 @@ struct Shared {
     /// Checked DNS answers, shared by `CONNECT` and the upstream connectors.
     resolver: Arc<policy::CheckedResolver>,
 }
+
+/// What [`Proxy::on_stop`] registers.
+type StopHook = Box<dyn Fn(&str) + Send + Sync>;
+
+/// The body of every `403` after the command sent a secret value: the same whatever matched
+/// (which secret, which fragment, which host), so a guess learns one bit per run at most.
+pub const STOPPED: &str = "kz blind: blind mode stopped: the command sent a secret value (see the audit log). \
+     Nothing more is sent in this run.\n";
 
 /// The proxy's own credential: user `kz`, a password of [`CREDENTIAL_BYTES`] random bytes (hex)
 /// from a CSPRNG. Not a secret of the run (the command holds it in its proxy URL), but it keeps
@@ -247,6 +265,8 @@ impl Proxy {
                 swapper,
                 scrubber,
                 values,
+                stopped: std::sync::OnceLock::new(),
+                on_stop: std::sync::OnceLock::new(),
                 client,
                 ws_client,
                 audit: settings.audit,
@@ -278,6 +298,7 @@ impl Proxy {
             audit_failures: get(&s.counters.audit_failures),
             failed: get(&s.counters.failed),
             failures: s.failures.lock().map(|f| f.clone()).unwrap_or_default(),
+            stopped_by: s.stopped.get().map(|&i| self.secret_name(i)),
             per_secret: s
                 .table
                 .secrets
@@ -286,6 +307,82 @@ impl Proxy {
                 .map(|(sec, (w, c))| (sec.name.clone(), get(w), get(c)))
                 .collect(),
         }
+    }
+
+    /// Registers what to call (once, with the secret's name, never its value) when the command
+    /// sends a secret value and blind mode stops.
+    pub fn on_stop(&self, hook: impl Fn(&str) + Send + Sync + 'static) {
+        let _ = self.shared.on_stop.set(Box::new(hook));
+    }
+
+    /// Whether blind mode has stopped (the command sent a secret value).
+    pub fn is_stopped(&self) -> bool {
+        self.shared.stopped.get().is_some()
+    }
+
+    fn secret_name(&self, i: usize) -> String {
+        self.shared
+            .table
+            .secrets
+            .get(i)
+            .map_or_else(|| "?".to_string(), |s| s.name.clone())
+    }
+
+    /// Closes the latch on secret `i` (the first call wins) and tells kz once.
+    fn latch(&self, i: usize) {
+        let s = &self.shared;
+        if s.stopped.set(i).is_ok()
+            && let Some(hook) = s.on_stop.get()
+        {
+            hook(&self.secret_name(i));
+        }
+    }
+
+    /// Any request once the latch is closed: `403` [`STOPPED`], audited, nothing sent.
+    async fn refuse_stopped(
+        &self,
+        req: Request<Incoming>,
+        dest: Option<Destination>,
+    ) -> Response<ProxyBody> {
+        let method = req.method().clone();
+        let path = if method == Method::CONNECT {
+            String::new()
+        } else {
+            req.uri().path().to_string()
+        };
+        drain(req.into_body()).await;
+        self.stopped_response(&method, dest.as_ref(), &path, "blind mode stopped", &[])
+    }
+
+    fn stopped_response(
+        &self,
+        method: &Method,
+        dest: Option<&Destination>,
+        path: &str,
+        reason: &str,
+        secrets: &[usize],
+    ) -> Response<ProxyBody> {
+        self.shared.counters.refused.fetch_add(1, Ordering::Relaxed);
+        let record = Record::new(Transport::Blind)
+            .mode("refuse")
+            .decision(Decision::Deny)
+            .reason(reason.to_string());
+        match dest {
+            Some(d) => {
+                self.audit(record, method, d, path, secrets);
+            }
+            None => {
+                if let Some(writer) = &self.shared.audit
+                    && writer.try_append(record.method(method.as_str())).is_err()
+                {
+                    self.shared
+                        .counters
+                        .audit_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        text(StatusCode::FORBIDDEN, STOPPED.to_string())
     }
 
     /// Serves proxy connections accepted on `listener` until the task is dropped.
@@ -325,11 +422,23 @@ impl Proxy {
             .requests
             .fetch_add(1, Ordering::Relaxed);
         match origin {
-            // Inside a tunnel whose `CONNECT` was authenticated.
-            Origin::Tunnel(dest) => self.forward(req, dest).await,
             Origin::Proxy if !self.shared.credential.check(req.headers()) => {
                 self.refuse_unauthenticated(req).await
             }
+            // The latch is closed: nothing more goes out, whatever the request.
+            Origin::Tunnel(dest) if self.is_stopped() => self.refuse_stopped(req, Some(dest)).await,
+            Origin::Proxy if self.is_stopped() => {
+                let dest = if req.method() == Method::CONNECT {
+                    req.uri()
+                        .authority()
+                        .and_then(|a| policy::destination_from_authority(a.as_str(), true, 0).ok())
+                } else {
+                    policy::destination_from_absolute(req.uri()).ok()
+                };
+                self.refuse_stopped(req, dest).await
+            }
+            // Inside a tunnel whose `CONNECT` was authenticated.
+            Origin::Tunnel(dest) => self.forward(req, dest).await,
             Origin::Proxy if req.method() == Method::CONNECT => self.connect(req).await,
             Origin::Proxy => match policy::destination_from_absolute(req.uri()) {
                 Ok(dest) if req.uri().scheme().is_some() => self.forward(req, dest).await,
@@ -403,6 +512,22 @@ impl Proxy {
     /// `CONNECT host:port`: the destination is checked before the tunnel is answered.
     async fn connect(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
         let authority = req.uri().authority().map(|a| a.as_str().to_string());
+        // The ingress check on the `CONNECT` target and headers too (see `forward`).
+        let mut hits = self
+            .shared
+            .values
+            .values_in(req.uri().to_string().as_bytes());
+        hits.extend(self.shared.values.values_in_headers(req.headers()));
+        if let Some(i) = hits.into_iter().next() {
+            self.latch(i);
+            return self.stopped_response(
+                &Method::CONNECT,
+                None,
+                "",
+                "the command sent a secret value; blind mode stopped",
+                &[i],
+            );
+        }
         let dest = match authority
             .as_deref()
             .ok_or_else(|| "CONNECT needs host:port".to_string())
@@ -481,6 +606,19 @@ impl Proxy {
         let s = &self.shared;
         let method = req.method().clone();
         let path = req.uri().path().to_string();
+        // No value from the command: it only ever holds tokens, so a value or a fragment of one
+        // (in the same decoded view as scrubbing) in anything it sends, to any host, bound or
+        // not, means a leak or a guess. Checked on the bytes as sent, before any other check and
+        // before anything is swapped; the first one closes the latch (see `latch`). The whole
+        // target (an absolute-form request's host too), header names and values here, the body
+        // below.
+        let any = |hits: Vec<usize>| hits.into_iter().next();
+        let mut head_hits = s.values.values_in(req.uri().to_string().as_bytes());
+        head_hits.extend(s.values.values_in_headers(req.headers()));
+        if let Some(i) = any(head_hits) {
+            drain(req.into_body()).await;
+            return self.swap_refusal(&method, &dest, &path, SwapError::Value(i));
+        }
         if let Verdict::Deny(reason) = s.policy.connection(&dest.host, dest.port) {
             drain(req.into_body()).await;
             return self.refuse_host(&method, &dest, &path, &reason);
@@ -509,16 +647,6 @@ impl Proxy {
             .path_and_query()
             .map_or("/", |pq| pq.as_str())
             .to_string();
-        // No value toward a host its secret is not bound to (a value reflected by a bound
-        // service, carried on by a followed redirect or a second request): checked in the same
-        // decoded view as scrubbing, before anything is swapped or sent.
-        let unbound = |hits: Vec<usize>| hits.into_iter().find(|&i| !allowed(i));
-        let mut head_hits = s.values.values_in(target.as_bytes());
-        head_hits.extend(s.values.values_in_headers(&parts.headers));
-        if let Some(i) = unbound(head_hits) {
-            drain(body).await;
-            return self.swap_refusal(&method, &dest, &path, SwapError::Value(i));
-        }
         let mut used = Vec::new();
         let target = match s.swapper.swap_target(&target, &allowed) {
             Ok(Some((t, u))) => {
@@ -628,7 +756,7 @@ impl Proxy {
                         .map(|plain| s.values.values_in(&plain)),
                     None => Ok(s.values.values_in(&bytes)),
                 };
-                match found.map(unbound) {
+                match found.map(any) {
                     Ok(None) => {}
                     Ok(Some(i)) => {
                         return self.swap_refusal(&method, &dest, &path, SwapError::Value(i));
@@ -676,7 +804,7 @@ impl Proxy {
                     SwapTransform {
                         inner: s.swapper.stream(&allowed),
                         values: s.values.stream(),
-                        bound: (0..s.table.secrets.len()).map(&allowed).collect(),
+                        proxy: self.clone(),
                         forbidden: Arc::clone(&forbidden),
                         audited: Vec::new(),
                         on_use: Box::new(move |new: &[usize]| proxy.record_swap(&m, &d, &p, new)),
@@ -695,6 +823,10 @@ impl Proxy {
             );
         }
 
+        // The latch may have closed while this request was checked (another request).
+        if self.is_stopped() {
+            return self.stopped_response(&method, Some(&dest), &path, "blind mode stopped", &[]);
+        }
         let uri = match upstream_uri(&dest, &target) {
             Ok(u) => u,
             Err(e) => return text(StatusCode::BAD_REQUEST, format!("kz blind: {e}\n")),
@@ -743,11 +875,15 @@ impl Proxy {
                 let (Ok(c), Ok(u)) = tokio::join!(client_upgrade, upstream_upgrade) else {
                     return;
                 };
-                let scrub: Option<Arc<dyn crate::ws::TextScrub>> = proxy
-                    .shared
-                    .scrubber
-                    .is_some()
-                    .then(|| Arc::new(WsScrub(proxy.clone())) as Arc<dyn crate::ws::TextScrub>);
+                let scrub: Option<Arc<dyn crate::ws::TextScrub>> =
+                    proxy.shared.scrubber.is_some().then(|| {
+                        Arc::new(WsScrub(
+                            proxy.clone(),
+                            ws_method.clone(),
+                            dest.clone(),
+                            path.clone(),
+                        )) as Arc<dyn crate::ws::TextScrub>
+                    });
                 let p = proxy.clone();
                 let _ = crate::ws::relay(TokioIo::new(c), TokioIo::new(u), scrub, move |hits| {
                     p.scrubbed(&ws_method, &dest, &path, &hits);
@@ -983,20 +1119,18 @@ impl Proxy {
                     "secret not bound to this host".to_string(),
                 )
             }
-            SwapError::Value(i) => (
-                StatusCode::FORBIDDEN,
-                Some(i),
-                format!(
-                    "kz blind: the request carries the real value of {} (not its token), and \
-                     {}:{} is not a host that secret is bound to; a value that came back in a \
-                     response (for example in a redirect) is never forwarded elsewhere. The \
-                     request was not sent. Send the token to a bound host instead.\n",
-                    name(i),
-                    dest.host,
-                    dest.port
-                ),
-                "secret value toward an unbound host".to_string(),
-            ),
+            SwapError::Value(i) => {
+                // The command sent a value: close the latch. The answer is the same whatever
+                // matched; the audit record names the secret.
+                self.latch(i);
+                return self.stopped_response(
+                    method,
+                    Some(dest),
+                    path,
+                    "the command sent a secret value; blind mode stopped",
+                    &[i],
+                );
+            }
             SwapError::IllegalInHeader(i) => (
                 StatusCode::BAD_REQUEST,
                 Some(i),
@@ -1112,7 +1246,9 @@ fn service(
     })
 }
 
-struct WsScrub(Proxy);
+/// The WebSocket scrub, and the check of the command's frames, for one connection (the
+/// handshake's method, destination and path, for the audit).
+struct WsScrub(Proxy, Method, Destination, String);
 
 impl crate::ws::TextScrub for WsScrub {
     fn scrub(&self, payload: &[u8]) -> (Vec<u8>, Vec<usize>) {
@@ -1120,6 +1256,28 @@ impl crate::ws::TextScrub for WsScrub {
             Some(s) => s.scrub_buffer(payload),
             None => (payload.to_vec(), Vec::new()),
         }
+    }
+
+    /// The check for values from the command, over its frames: a hit closes the latch; a latch
+    /// closed by any request stops the frames too.
+    fn client_check(&self) -> Option<crate::ws::ClientCheck> {
+        let proxy = self.0.clone();
+        let (method, dest, path) = (self.1.clone(), self.2.clone(), self.3.clone());
+        let mut stream = proxy.shared.values.stream();
+        Some(Box::new(move |payload: &[u8]| {
+            if let Some(i) = stream.check(payload).into_iter().next() {
+                proxy.latch(i);
+                let _ = proxy.stopped_response(
+                    &method,
+                    Some(&dest),
+                    &path,
+                    "the command sent a secret value in a WebSocket frame; blind mode stopped",
+                    &[i],
+                );
+                return false;
+            }
+            !proxy.is_stopped()
+        }))
     }
 }
 
@@ -1130,10 +1288,10 @@ type OnUse = Box<dyn FnMut(&[usize]) -> bool + Send>;
 /// holding its value leave; a refused audit record cuts the upload off.
 struct SwapTransform {
     inner: BodySwap,
-    /// The egress check over the body as it streams.
+    /// The ingress check over the body as it streams.
     values: ScrubStream,
-    /// Per secret: whether it may go to this destination.
-    bound: Vec<bool>,
+    /// For the latch.
+    proxy: Proxy,
     /// Why the upload was cut off: `Forbidden` (a token) or `Value` (a value).
     forbidden: Arc<std::sync::Mutex<Option<SwapError>>>,
     audited: Vec<usize>,
@@ -1154,14 +1312,16 @@ impl SwapTransform {
         r.map_err(|e| BoxError::from(e.to_string()))
     }
 
-    /// The egress check of a streamed body: a value of a secret not bound to the destination
-    /// stops the upload before the chunk that completes it is passed on.
+    /// The ingress check of a streamed body: a value (or fragment) of any secret closes the
+    /// latch and stops the upload before the chunk that completes it is passed on; a latch
+    /// closed by another request stops it too.
     fn check_values(&self, hits: Vec<usize>) -> Result<(), SwapError> {
-        match hits
-            .into_iter()
-            .find(|&i| !self.bound.get(i).copied().unwrap_or(false))
-        {
-            Some(i) => Err(SwapError::Value(i)),
+        if let Some(i) = hits.into_iter().next() {
+            self.proxy.latch(i);
+            return Err(SwapError::Value(i));
+        }
+        match self.proxy.shared.stopped.get() {
+            Some(&i) => Err(SwapError::Value(i)),
             None => Ok(()),
         }
     }

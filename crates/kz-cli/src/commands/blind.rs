@@ -277,6 +277,13 @@ fn run_with_dir(
         })
         .collect();
     let proxy = runtime.block_on(async { Proxy::new(settings) });
+    let out = ctx.out;
+    proxy.on_stop(move |name| {
+        out.note(&format!(
+            "warning: the command sent the real value of {name} (or part of it); blind mode \
+             stopped: every request from now on is refused (see the audit log)"
+        ));
+    });
     let proxy_addr = if isolate.is_some() {
         let listener = runtime
             .block_on(async { tokio::net::UnixListener::bind(dir.socket_path()) })
@@ -558,6 +565,12 @@ fn summarize(ctx: &Ctx, s: &Summary) {
                 "blind: {name}: swapped {swaps}x, scrubbed {scrubs}x"
             ));
         }
+    }
+    if let Some(name) = &s.stopped_by {
+        ctx.out.note(&format!(
+            "warning: blind mode stopped: the command sent the real value of {name} (or part of \
+             it); the requests after it were refused"
+        ));
     }
     if s.audit_failures > 0 {
         ctx.out.note(&format!(

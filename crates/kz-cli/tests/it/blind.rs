@@ -1146,6 +1146,40 @@ mod proxy_rules {
     }
 
     #[test]
+    fn a_value_fragment_from_the_command_stops_blind_mode_with_a_warning() {
+        support::clients::require_tool("curl");
+        let w = World::new();
+        // A guess holding 16 bytes of the value, toward the host the secret is bound to, then a
+        // normal request with the token: both refused, nothing reaches the server.
+        let fragment = CANARY.get(..16).unwrap_or(CANARY);
+        let script = format!(
+            "curl -sS -H 'X-Guess: {fragment}' '{u}/get'; echo; \
+             curl -sS -H \"Authorization: Bearer $API_TOKEN\" '{u}/get'; echo; echo '==kz== END'",
+            u = w.allowed.url()
+        );
+        let r = w.blind_sh(&[], &script, &[]).no_canary();
+        // The guess gets the 403; the next request's CONNECT gets it too (curl reports it).
+        assert_eq!(
+            r.stdout.matches("blind mode stopped").count(),
+            1,
+            "{}\n{}",
+            r.stdout,
+            r.stderr
+        );
+        assert!(r.stderr.contains("response 403"), "{}", r.stderr);
+        assert!(!r.stdout.contains("API_TOKEN"), "{}", r.stdout);
+        assert_eq!(w.allowed.requests().len(), 0, "{}", r.stderr);
+        // One warning when it happens, one in the summary at exit, naming the secret only.
+        let warnings: Vec<&str> = r
+            .stderr
+            .lines()
+            .filter(|l| l.contains("blind mode") && l.contains("API_TOKEN"))
+            .collect();
+        assert_eq!(warnings.len(), 2, "{}", r.stderr);
+        assert!(!r.stderr.contains(fragment), "{}", r.stderr);
+    }
+
+    #[test]
     fn a_value_over_plain_http_needs_a_binding_that_names_the_scheme() {
         support::clients::require_tool("curl");
         let w = World::new();
