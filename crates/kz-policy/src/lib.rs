@@ -310,6 +310,20 @@ impl PolicySet {
         self.run(req, false, None)
     }
 
+    /// Records `skipped`, rules the index left out, with the guard each is filed under.
+    fn trace_indexed_out(&self, trace: &mut Vec<Step>, skipped: Option<&[Rule]>) {
+        for rule in skipped.unwrap_or_default() {
+            trace.push(Step::SkippedByGuard {
+                policy: rule.name.clone(),
+                guard: rule
+                    .guards
+                    .first()
+                    .map(guard::Guard::describe)
+                    .unwrap_or_default(),
+            });
+        }
+    }
+
     fn run(&self, req: &Request<'_>, indexed: bool, mut trace: Option<&mut Vec<Step>>) -> Decision {
         let vars = eval::Vars::new(req);
         let evaluator = eval::Evaluator::new(&self.env, &vars, &self.globs, &self.regexes);
@@ -321,16 +335,7 @@ impl PolicySet {
         let mut next = 0usize;
         for i in candidates {
             if let Some(trace) = trace.as_deref_mut() {
-                for skipped in self.rules.get(next..i).unwrap_or_default() {
-                    trace.push(Step::SkippedByGuard {
-                        policy: skipped.name.clone(),
-                        guard: skipped
-                            .guards
-                            .first()
-                            .map(guard::Guard::describe)
-                            .unwrap_or_default(),
-                    });
-                }
+                self.trace_indexed_out(trace, self.rules.get(next..i));
             }
             next = i.saturating_add(1);
             let Some(rule) = self.rules.get(i) else {
@@ -377,16 +382,7 @@ impl PolicySet {
             }
         }
         if let Some(trace) = trace {
-            for skipped in self.rules.get(next..).unwrap_or_default() {
-                trace.push(Step::SkippedByGuard {
-                    policy: skipped.name.clone(),
-                    guard: skipped
-                        .guards
-                        .first()
-                        .map(guard::Guard::describe)
-                        .unwrap_or_default(),
-                });
-            }
+            self.trace_indexed_out(trace, self.rules.get(next..));
         }
         Decision {
             effect: Effect::Deny,
