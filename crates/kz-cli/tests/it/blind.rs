@@ -531,7 +531,21 @@ impl World {
 
     /// `client` against `base` as the child of `kz run --blind FLAGS`.
     fn client(&self, client: Client, base: &str, flags: &[&str]) -> (Run, ClientRun) {
-        let (argv, env) = client.command(base);
+        let (mut argv, env) = client.command(base);
+        if flags.contains(&"--isolate") {
+            // `--isolate` gives the command a private /tmp, so a checkout under /tmp (as CI's
+            // may be) is hidden from it: client scripts run from a copy in the project
+            // directory, which stays visible.
+            let dir = support::clients::clients_dir();
+            for a in &mut argv {
+                let path = std::path::PathBuf::from(a.as_str());
+                if let (true, Some(name)) = (path.starts_with(&dir), path.file_name()) {
+                    let copy = self.s.project.join(name);
+                    std::fs::copy(&path, &copy).unwrap();
+                    *a = copy.display().to_string();
+                }
+            }
+        }
         let run = self.blind(flags, &argv, &env);
         let c = ClientRun {
             code: run.code,
