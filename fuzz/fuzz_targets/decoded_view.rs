@@ -4,7 +4,8 @@
 //!
 //! Input layout: a length byte and that many value bytes, a chunk-size byte, an encoding byte
 //! (how each character of the planted value is escaped: raw, `\uXXXX`, `%XX`, `&#NN;`, chosen
-//! per character from its bits), then the body; `0xF0` in the body stands for the planted value.
+//! per character from its bits; `\\`, `%` and `&` are never left raw), then the body; `0xF0` in
+//! the body stands for the planted value.
 #![no_main]
 
 use kz_redact::decoded::{Matcher, Options};
@@ -13,7 +14,12 @@ use libfuzzer_sys::fuzz_target;
 fn escape(v: &[u8], how: u8) -> Vec<u8> {
     let mut out = Vec::new();
     for (i, &b) in v.iter().enumerate() {
-        let e = match (how >> ((i % 4) * 2)) & 3 {
+        let mode = (how >> ((i % 4) * 2)) & 3;
+        // An escape introducer is never left raw next to escapes (no encoder does that: JSON
+        // writes `\\`, percent-encoding `%25`, HTML `&amp;`), so the planted form stays one
+        // that a real server could send.
+        let mode = if mode == 0 && matches!(b, b'\\' | b'%' | b'&') { 1 } else { mode };
+        let e = match mode {
             0 => vec![b],
             1 => format!("\\u{b:04X}").into_bytes(),
             2 => format!("%{b:02x}").into_bytes(),

@@ -485,10 +485,8 @@ mod tests {
         assert_eq!(hits, vec![0]);
         let mut st = s.stream();
         let mut out = Vec::new();
-        st.feed(
-            format!("{CANARY} and enough text after it to be final").as_bytes(),
-            &mut out,
-        );
+        st.feed(format!("{CANARY} and text after it").as_bytes(), &mut out);
+        st.finish(&mut out);
         assert_eq!(st.take_hits(), vec![0]);
         assert!(st.take_hits().is_empty());
         let shown = format!("{s:?} {st:?}");
