@@ -25,8 +25,8 @@
 //!
 //! The covering span of original bytes is replaced by the owner's replacement (the base64 of the
 //! replacement for a base64 match). [`Stream`] gives exactly what [`Matcher::replace_all`] gives
-//! under any chunking: it holds back only a tail that could still be part of a match or of an
-//! escape sequence.
+//! under any chunking: it holds back a tail that could still be part of a match or of an escape
+//! sequence, and never less than the longest value written with every byte escaped in two layers.
 //!
 //! Boundary: no I/O. Patterns, replacements and held-back bytes are zeroed on drop; `Debug`
 //! shows counts only.
