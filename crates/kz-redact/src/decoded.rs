@@ -8,7 +8,10 @@
 //!   joined into UTF-8; `\/ \\ \" \' \n \t \r \b \f`; `\xHH`; `%HH` in either case; HTML/XML
 //!   character references `&#NN;`, `&#xHH;` and the named ones for ASCII punctuation), each
 //!   decoded byte remembering the span of original bytes it came from;
-//! - the same decoding applied a second time (a percent-encoded value inside a JSON string).
+//! - the same decoding applied a second time (a percent-encoded value inside a JSON string);
+//! - for each escape sequence of a decoded layer, the other segmentation: its first byte read
+//!   literally and what follows decoded again until both readings meet (text next to a value
+//!   can otherwise swallow the value's edge into an escape, see [`Resegmented`]).
 //!
 //! Every view is compared after a fold that drops CR and LF (line-wrapped base64, values split
 //! over lines) and maps space, `-` and `_` to `+` and `/` (form encoding's `+` for a space, and
@@ -325,6 +328,7 @@ impl Matcher {
         }
         if has_l1 {
             inner.scan_decoded(l1, &mut st);
+            inner.scan_resegmented(&raw, l1, &mut st);
             // A second layer only when the first produced escape characters.
             let (has_l2, tentative) = if l1.nested {
                 decode(&*l1, l1.firm, last, l2)
@@ -337,6 +341,7 @@ impl Matcher {
             }
             if has_l2 {
                 inner.scan_decoded(l2, &mut st);
+                inner.scan_resegmented(&*l1, l2, &mut st);
                 boundaries = Some(&*l2);
             } else {
                 boundaries = Some(&*l1);
@@ -522,6 +527,10 @@ trait View {
     fn len(&self) -> usize;
     fn byte(&self, i: usize) -> u8;
     fn span(&self, i: usize) -> (usize, usize);
+}
+
+/// A view held as one slice (everything but [`Undone`]).
+trait Contiguous: View {
     fn bytes(&self) -> &[u8];
 }
 
@@ -538,6 +547,9 @@ impl View for Raw<'_> {
     fn span(&self, i: usize) -> (usize, usize) {
         (i, i + 1)
     }
+}
+
+impl Contiguous for Raw<'_> {
     fn bytes(&self) -> &[u8] {
         self.0
     }
@@ -550,17 +562,88 @@ struct Scratch {
     l2: Decoded,
 }
 
+/// One escape sequence a layer decoded.
+#[derive(Clone, Copy)]
+struct Token {
+    /// View index of the first byte it produced.
+    at: usize,
+    /// How many bytes it produced.
+    n: usize,
+    /// Index of its first byte in the layer below, and its length there.
+    src: usize,
+    src_len: usize,
+}
+
+/// A decoded layer read with another segmentation from one of its escape sequences on: the
+/// sequence's first byte taken literally and the bytes after it decoded again, until the two
+/// readings meet at a token boundary. A greedy decoder commits to an escape at its introducer,
+/// so text next to a value can swallow the value's first or last bytes into an escape that is
+/// not part of it (`%` before a value starting with two hex digits, `\u00` before one starting
+/// with `41`, a `\` before the value's own `\u0026`); this view gives them back.
+struct Resegmented<'a> {
+    layer: &'a Decoded,
+    /// Layer bytes before this index are kept.
+    at: usize,
+    /// Then these bytes (with their original spans) ...
+    mid: &'a [u8],
+    mid_spans: &'a [(usize, usize)],
+    /// ... then the layer from this index on.
+    resume: usize,
+}
+
+impl Resegmented<'_> {
+    fn index_of(&self, i: usize) -> usize {
+        if i <= self.at {
+            i
+        } else {
+            (i + self.at + self.mid.len()).saturating_sub(self.resume)
+        }
+    }
+}
+
+impl View for Resegmented<'_> {
+    fn len(&self) -> usize {
+        self.index_of(self.layer.len())
+            .max(self.at + self.mid.len())
+    }
+    #[inline]
+    fn byte(&self, i: usize) -> u8 {
+        if i < self.at {
+            self.layer.byte(i)
+        } else if let Some(b) = self.mid.get(i - self.at) {
+            *b
+        } else {
+            self.layer.byte(i - self.at - self.mid.len() + self.resume)
+        }
+    }
+    fn span(&self, i: usize) -> (usize, usize) {
+        if i < self.at {
+            self.layer.span(i)
+        } else if let Some(s) = self.mid_spans.get(i - self.at) {
+            *s
+        } else {
+            self.layer.span(i - self.at - self.mid.len() + self.resume)
+        }
+    }
+}
+
+/// The longest stretch decoded again after an undone escape before the two readings are joined
+/// anyway (a long run of backslashes never meets; values inside one are matched in pieces).
+const RESEGMENT_LIMIT: usize = 64;
+
 /// A decoded layer.
 #[derive(Default)]
 struct Decoded {
     bytes: Zeroizing<Vec<u8>>,
     spans: Vec<(usize, usize)>,
-    /// Decoded tokens: view index of their first byte, and how many bytes they produced.
-    tokens: Vec<(usize, usize)>,
+    /// The escape sequences this layer decoded.
+    tokens: Vec<Token>,
     /// Some decoded token produced an escape character (a nested encoding may follow).
     nested: bool,
     /// Bytes from here on may still decode differently when more input arrives.
     firm: usize,
+    /// Index of the layer below from which its decoding may still change.
+    src_tentative: usize,
 }
 
 impl View for Decoded {
@@ -574,6 +657,9 @@ impl View for Decoded {
     fn span(&self, i: usize) -> (usize, usize) {
         self.spans.get(i).copied().unwrap_or((0, 0))
     }
+}
+
+impl Contiguous for Decoded {
     fn bytes(&self) -> &[u8] {
         &self.bytes
     }
@@ -589,6 +675,19 @@ impl Decoded {
         self.tokens.clear();
         self.nested = false;
         self.firm = 0;
+        self.src_tentative = 0;
+    }
+
+    /// The layer index where the byte of the layer below at `i` starts a token or a literal,
+    /// or `None` when `i` is inside an escape sequence this layer decoded.
+    fn index_of_source(&self, i: usize) -> Option<usize> {
+        let idx = self.tokens.partition_point(|t| t.src <= i);
+        match idx.checked_sub(1).and_then(|k| self.tokens.get(k)) {
+            None => Some(i),
+            Some(t) if i == t.src => Some(t.at),
+            Some(t) if i < t.src + t.src_len => None,
+            Some(t) => Some(t.at + t.n + (i - t.src - t.src_len)),
+        }
     }
 
     /// The greatest original position at or before `pos` where a token of this layer (and so of
@@ -752,7 +851,12 @@ fn is_escape_start(b: u8) -> bool {
 /// One layer of decoding over `src` (of which bytes from `firm` on are themselves tentative):
 /// the layer (`None` when nothing in it decodes, so it would equal its input) and the first
 /// index of `src` whose decoding more input could still change (`None`: all final).
-fn decode(src: &impl View, firm: usize, last: bool, out: &mut Decoded) -> (bool, Option<usize>) {
+fn decode(
+    src: &impl Contiguous,
+    firm: usize,
+    last: bool,
+    out: &mut Decoded,
+) -> (bool, Option<usize>) {
     out.clear();
     let s = src.bytes();
     // Escape sequences that start near the end of what is firm may still change.
@@ -767,6 +871,7 @@ fn decode(src: &impl View, firm: usize, last: bool, out: &mut Decoded) -> (bool,
             .map_or(firm, |p| (from + p).min(firm))
     };
     let tentative = (tentative_from < s.len()).then_some(tentative_from);
+    out.src_tentative = tentative_from;
     let Some(first) = memchr::memchr3(b'\\', b'%', b'&', s) else {
         return (false, tentative);
     };
@@ -776,6 +881,7 @@ fn decode(src: &impl View, firm: usize, last: bool, out: &mut Decoded) -> (bool,
         tokens,
         nested,
         firm: firm_slot,
+        ..
     } = out;
     bytes.reserve(s.len());
     spans.reserve(s.len());
@@ -801,7 +907,12 @@ fn decode(src: &impl View, firm: usize, last: bool, out: &mut Decoded) -> (bool,
             Some((out, n, len)) => {
                 let span = (src.span(i).0, src.span(i + len - 1).1);
                 let out = out.get(..n).unwrap_or_default();
-                tokens.push((bytes.len(), n));
+                tokens.push(Token {
+                    at: bytes.len(),
+                    n,
+                    src: i,
+                    src_len: len,
+                });
                 *nested |= out.iter().any(|b| is_escape_start(*b));
                 for &o in out {
                     bytes.push(o);
@@ -909,7 +1020,14 @@ impl Inner {
 
     /// Scans view bytes `from..to`: each stretch between line breaks with a gram read at every
     /// `STRIDE`-th byte, and the grams across each break.
-    fn scan_segments<V: View>(&self, v: &V, firm: usize, from: usize, to: usize, st: &mut Scan) {
+    fn scan_segments<V: Contiguous>(
+        &self,
+        v: &V,
+        firm: usize,
+        from: usize,
+        to: usize,
+        st: &mut Scan,
+    ) {
         let window = v.bytes().get(from..to).unwrap_or_default();
         let mut seg = from;
         let mut breaks = memchr::memchr2_iter(b'\r', b'\n', window)
@@ -983,7 +1101,14 @@ impl Inner {
 
     /// Scans `from..to` of the raw input, which holds no byte the fold drops: a gram at every
     /// `STRIDE`-th byte, read directly.
-    fn scan_line<V: View>(&self, raw: &V, firm: usize, from: usize, to: usize, st: &mut Scan) {
+    fn scan_line<V: Contiguous>(
+        &self,
+        raw: &V,
+        firm: usize,
+        from: usize,
+        to: usize,
+        st: &mut Scan,
+    ) {
         let Some(line) = raw.bytes().get(from..to) else {
             return;
         };
@@ -1021,10 +1146,10 @@ impl Inner {
             Some(w) if from <= w.1 => w.1 = w.1.max(to),
             _ => windows.push((from, to)),
         };
-        for &(at, len) in &v.tokens {
+        for t in &v.tokens {
             add(
-                self.back(v, at, GRAM + STRIDE),
-                self.forward(v, at + len, GRAM + STRIDE),
+                self.back(v, t.at, GRAM + STRIDE),
+                self.forward(v, t.at + t.n, GRAM + STRIDE),
             );
         }
         add(self.back(v, v.firm.min(n), GRAM + STRIDE), n);
@@ -1032,6 +1157,90 @@ impl Inner {
             self.scan_segments(v, v.firm, from, to, st);
         }
         self.bound_tail(v, v.firm, st);
+    }
+
+    /// Matches that need the bytes from one escape sequence of `layer` (decoded from `below`)
+    /// segmented differently: every gram of kept bytes that overlaps the re-read stretch, in the
+    /// view where only that stretch is read again (see [`Resegmented`]).
+    fn scan_resegmented<S: Contiguous>(&self, below: &S, layer: &Decoded, st: &mut Scan) {
+        let src = below.bytes();
+        let mut mid: Zeroizing<Vec<u8>> = Zeroizing::new(Vec::new());
+        let mut mid_spans = Vec::new();
+        for token in &layer.tokens {
+            mid.clear();
+            mid_spans.clear();
+            mid.push(below.byte(token.src));
+            mid_spans.push(below.span(token.src));
+            let mut i = token.src + 1;
+            // Decode again until `i` is a boundary of the layer's own segmentation past the
+            // token (then both readings go on alike).
+            let resume = loop {
+                if i >= src.len() {
+                    break None;
+                }
+                if let Some(r) = layer.index_of_source(i) {
+                    break Some(r);
+                }
+                if i - token.src > RESEGMENT_LIMIT {
+                    // The readings never met (a long run of backslashes): literal bytes up to
+                    // the end of the layer's escape that holds `i`.
+                    mid.push(below.byte(i));
+                    mid_spans.push(below.span(i));
+                    i += 1;
+                    continue;
+                }
+                match decode_one(src, i) {
+                    Some((out, n, len)) => {
+                        let span = (below.span(i).0, below.span(i + len - 1).1);
+                        for &o in out.get(..n).unwrap_or_default() {
+                            mid.push(o);
+                            mid_spans.push(span);
+                        }
+                        i += len;
+                    }
+                    None => {
+                        mid.push(below.byte(i));
+                        mid_spans.push(below.span(i));
+                        i += 1;
+                    }
+                }
+            };
+            let resume = resume.unwrap_or(layer.len());
+            let v = Resegmented {
+                layer,
+                at: token.at,
+                mid: &mid,
+                mid_spans: &mid_spans,
+                resume,
+            };
+            // Everything from the token on is tentative when the stretch read again reached
+            // bytes of the layer below that may still change.
+            let firm = if i > layer.src_tentative || layer.firm <= resume {
+                layer.firm.min(token.at)
+            } else {
+                v.index_of(layer.firm)
+            };
+            let stretch_end = token.at + mid.len();
+            let from = self.back(&v, token.at, GRAM - 1);
+            let to = self.forward(&v, stretch_end, GRAM - 1);
+            let kept: Vec<usize> = (from..to)
+                .filter(|&j| self.fold(v.byte(j)) != SKIP)
+                .collect();
+            for w in kept.windows(GRAM) {
+                let (Some(&first), Some(&last)) = (w.first(), w.last()) else {
+                    continue;
+                };
+                if last < token.at || first >= stretch_end {
+                    continue;
+                }
+                let g = w.iter().enumerate().fold(0u64, |acc, (n, &i)| {
+                    acc | (u64::from(self.fold(v.byte(i)) as u8) << (8 * n))
+                });
+                if self.starts_gram(g & 0xffff) && self.maybe(g) {
+                    self.candidates(&v, firm, g, first, last, st);
+                }
+            }
+        }
     }
 
     /// The view index `kept` kept bytes before `at` (or 0).
@@ -1326,6 +1535,43 @@ mod tests {
             .enumerate()
             .map(|(i, b)| enc(b, hows.get(i % hows.len().max(1)).copied().unwrap_or(0)))
             .collect()
+    }
+
+    /// Text around a value can form an escape sequence with the value's first or last bytes
+    /// (`%` then `AC…`, `\u00` then `41…`, `…%` then `41`, a stray `\` before the value's own
+    /// `\u0026`); the value is still found, in each
+    /// mix of escapes, and its whole reflection is replaced.
+    #[test]
+    fn an_escape_straddling_the_edge_of_a_value_does_not_hide_it() {
+        let cases: [(&[u8], &str, &str, &str, bool); 5] = [
+            (b"AC\\x0e-L?A", "%", "AC&#92;x0e-L&#63;A", "", true),
+            (b"&secretMG", "\\\\\\", "\\u0026secretMG", "", false),
+            (b"41secret/value", "\\u00", "41secret\\/value", "", true),
+            (b"key\"with%", "", "key\\\"with%", "41", true),
+            (
+                b"de00abcdef;xyz",
+                "\\ud83d\\u",
+                "de00abcdef&#59;xyz",
+                "",
+                true,
+            ),
+        ];
+        for (value, before, form, after, exact) in cases {
+            let m = Matcher::new([(value.to_vec(), b"<T>".to_vec())], Options::default());
+            let body = format!("x{before}{form}{after}y");
+            let (out, hits) = m.replace_all(body.as_bytes());
+            assert_eq!(hits, vec![0], "{body}");
+            // The replaced span starts inside `before` at the latest (a stray `\` before the
+            // value's `\u0026` also reads as a double-escaped `\u0026`: the earlier reading wins).
+            let out = String::from_utf8_lossy(&out).into_owned();
+            let kept = out
+                .strip_prefix('x')
+                .and_then(|o| o.strip_suffix(&format!("<T>{after}y")))
+                .unwrap_or_else(|| panic!("{body} gave {out}"));
+            assert!(before.starts_with(kept), "{body} gave {out}");
+            assert!(!exact || kept == before, "{body} gave {out}");
+            assert_eq!(m.hits_in(body.as_bytes()), vec![0]);
+        }
     }
 
     #[test]
