@@ -11,7 +11,7 @@
 //! - the same decoding applied a second time (a percent-encoded value inside a JSON string);
 //! - for each escape sequence of a decoded layer, the other segmentation: its first byte read
 //!   literally and what follows decoded again until both readings meet (text next to a value
-//!   can otherwise swallow the value's edge into an escape, see [`Resegmented`]).
+//!   can otherwise swallow the value's edge into an escape).
 //!
 //! Every view is compared after a fold that drops CR and LF (line-wrapped base64, values split
 //! over lines) and maps space, `-` and `_` to `+` and `/` (form encoding's `+` for a space, and
