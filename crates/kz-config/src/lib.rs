@@ -20,6 +20,7 @@ pub mod hosts;
 pub mod load;
 pub mod model;
 pub mod reference;
+pub mod schema;
 pub mod tree;
 pub mod trust;
 pub mod yaml;

@@ -9,10 +9,11 @@ use crate::diag::{Diagnostic, Pos, did_you_mean};
 use crate::discover::{self, Discovered};
 use crate::hosts::{HostPattern, parse_duration};
 use crate::model::{
-    BlindConfig, CacheConfig, Config, ConnRule, Egress, EnvSource, Offline, OptionValue,
-    ProviderInstance, Role, SecretEntry, SwapIn, resolve_path,
+    BlindConfig, CacheConfig, Config, ConnRule, Egress, EnvSource, Offline, ProviderInstance, Role,
+    SecretEntry, SwapIn, resolve_path,
 };
 use crate::reference;
+use crate::schema::{bad_value, check_kind, check_provider, type_error, unknown_key};
 use crate::tree::{Entry, Node, Val, parse_toml};
 
 /// Top-level tables that are not environment sections.
@@ -226,17 +227,6 @@ pub fn load_sources(
     }
 }
 
-fn unknown_key(e: &Entry, path: &str, known: &[&str]) -> Diagnostic {
-    let mut d = Diagnostic::error("config::unknown_key", format!("unknown key `{path}`"))
-        .at(&e.key_pos)
-        .key(path);
-    d = match did_you_mean(&e.key, known.iter().copied()) {
-        Some(s) => d.help(format!("did you mean `{s}`?")),
-        None => d.help(format!("the keys allowed here are: {}", known.join(", "))),
-    };
-    d
-}
-
 fn expect_table<'a>(e: &'a Entry, path: &str, diags: &mut Vec<Diagnostic>) -> Option<&'a [Entry]> {
     let t = e.node.as_table();
     if t.is_none() {
@@ -383,218 +373,11 @@ fn merge_section(m: &mut Merged, env: Option<String>, pos: &Pos, t: &[Entry], ro
     }
 }
 
-fn type_error(e: &Entry, path: &str, want: &str) -> Diagnostic {
-    Diagnostic::error(
-        "config::type",
-        format!("`{path}` must be {want}, found {}", e.node.val.type_name()),
-    )
-    .at(&e.node.pos)
-    .key(path)
-    .help(format!("write `{}` as {want}", e.key))
-}
-
-fn check_kind(e: &Entry, path: &str, kind: Kind) -> Result<(), Diagnostic> {
-    let ok = match (kind, &e.node.val) {
-        (Kind::Str, Val::Str(_))
-        | (Kind::Bool, Val::Bool(_))
-        | (Kind::StrOrTable, Val::Str(_) | Val::Table(_)) => true,
-        (Kind::Int, Val::Int(i)) => *i > 0,
-        (Kind::Duration, Val::Str(s)) => {
-            return parse_duration(s)
-                .map(drop)
-                .map_err(|m| bad_value(e, path, &m));
-        }
-        (Kind::Duration, Val::Int(i)) => *i >= 0,
-        (Kind::Duration, Val::Float(f)) => *f >= 0.0 && f.is_finite(),
-        (Kind::StrList, Val::Array(a)) => a.iter().all(|n| n.as_str().is_some()),
-        (Kind::StrOrList, Val::Str(_)) => true,
-        (Kind::StrOrList, Val::Array(a)) => a.iter().all(|n| n.as_str().is_some()),
-        (Kind::Scalar, Val::Str(_) | Val::Int(_) | Val::Float(_) | Val::Bool(_)) => true,
-        _ => false,
-    };
-    if ok {
-        return Ok(());
-    }
-    let want = match kind {
-        Kind::Str => "a string",
-        Kind::Bool => "a boolean (true or false)",
-        Kind::Int => "a positive integer",
-        Kind::Duration => "a duration such as \"10s\" or a number of seconds",
-        Kind::StrList => "a list of strings",
-        Kind::StrOrList => "a string or a list of strings",
-        Kind::StrOrTable => "a string or a table",
-        Kind::Scalar => "a string, number or boolean",
-    };
-    Err(type_error(e, path, want))
-}
-
-fn bad_value(e: &Entry, path: &str, msg: &str) -> Diagnostic {
-    Diagnostic::error("config::value", format!("`{path}`: {msg}"))
-        .at(&e.node.pos)
-        .key(path)
-}
-
 fn build_providers(m: &Merged, diags: &mut Vec<Diagnostic>) -> Vec<ProviderInstance> {
-    let mut out = Vec::new();
-    for p in &m.providers {
-        let type_entry = p.options.iter().find(|(e, _)| e.key == "type");
-        let type_name = type_entry
-            .and_then(|(e, _)| e.node.as_str())
-            .unwrap_or(&p.name);
-        let Some(ty) = catalog::find(type_name) else {
-            let (pos, path) = match type_entry {
-                Some((e, _)) => (&e.node.pos, format!("providers.{}.type", p.name)),
-                None => (&p.pos, format!("providers.{}", p.name)),
-            };
-            let mut d = Diagnostic::error(
-                "config::unknown_provider_type",
-                format!("unknown provider type `{type_name}`"),
-            )
-            .at(pos)
-            .key(path);
-            d = match did_you_mean(type_name, catalog::all_names()) {
-                Some(s) => d.help(format!("did you mean `{s}`?")),
-                None if type_entry.is_none() => d.help(format!(
-                    "set `type = \"…\"` in [providers.{}]; known types: {}",
-                    p.name,
-                    catalog::TYPES
-                        .iter()
-                        .map(|t| t.name)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )),
-                None => d.help(format!(
-                    "known types: {}",
-                    catalog::TYPES
-                        .iter()
-                        .map(|t| t.name)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )),
-            };
-            diags.push(d);
-            continue;
-        };
-        let mut options = Vec::new();
-        for (e, role) in &p.options {
-            let path = format!("providers.{}.{}", p.name, e.key);
-            let Some(spec) = ty.option(&e.key) else {
-                let mut d = unknown_key(e, &path, &[]);
-                d.code = "config::unknown_option";
-                d.message = format!("unknown option `{}` for a `{}` provider", e.key, ty.name);
-                d = match did_you_mean(&e.key, ty.option_names()) {
-                    Some(s) => d.help(format!("did you mean `{s}`?")),
-                    None => d.help(format!(
-                        "options of `{}`: {}",
-                        ty.name,
-                        ty.option_names().collect::<Vec<_>>().join(", ")
-                    )),
-                };
-                diags.push(d);
-                continue;
-            };
-            if let Err(d) = check_kind(e, &path, spec.kind) {
-                diags.push(d);
-                continue;
-            }
-            if spec.credential && *role == Role::Project {
-                diags.push(credential_refused(e, &path));
-                continue;
-            }
-            if e.key == "offline" && !matches!(e.node.as_str(), Some("fallback" | "never")) {
-                diags.push(
-                    bad_value(e, &path, "must be \"fallback\" or \"never\"")
-                        .help("write offline = \"fallback\" or offline = \"never\""),
-                );
-                continue;
-            }
-            if e.key == "auth" {
-                check_vault_auth(e, &path, *role, diags);
-            }
-            if e.key != "type" {
-                options.push((
-                    e.key.clone(),
-                    OptionValue {
-                        node: e.node.clone(),
-                        role: *role,
-                    },
-                ));
-            }
-        }
-        out.push(ProviderInstance {
-            name: p.name.clone(),
-            ty,
-            options,
-            declared: true,
-            pos: Some(p.pos.clone()),
-        });
-    }
-    out
-}
-
-fn credential_refused(e: &Entry, path: &str) -> Diagnostic {
-    Diagnostic::error(
-        "config::credential_in_project_file",
-        format!("`{path}` holds a credential, which is refused in the committed .keyzero.toml"),
-    )
-    .at(&e.key_pos)
-    .key(path)
-    .help(format!(
-        "move it to .keyzero.local.toml or the global file, or use `{k}_env = \"VARIABLE\"` or `{k}_file = \"PATH\"`",
-        k = e.key
-    ))
-}
-
-fn check_vault_auth(e: &Entry, path: &str, role: Role, diags: &mut Vec<Diagnostic>) {
-    const METHODS: &[&str] = &["token", "approle", "kubernetes", "jwt"];
-    let method = match &e.node.val {
-        Val::Str(s) => {
-            if !METHODS.contains(&s.as_str()) {
-                diags.push(
-                    bad_value(e, path, &format!("unknown auth method `{s}`"))
-                        .help(format!("use one of: {}", METHODS.join(", "))),
-                );
-            }
-            return;
-        }
-        Val::Table(t) => t
-            .iter()
-            .find(|x| x.key == "method")
-            .and_then(|x| x.node.as_str()),
-        _ => return,
-    };
-    let Some(method) = method.filter(|m| METHODS.contains(m)) else {
-        diags.push(
-            Diagnostic::error("config::value", format!("`{path}` needs `method`, one of {}", METHODS.join(", ")))
-                .at(&e.node.pos)
-                .key(path)
-                .help("e.g. auth = { method = \"approle\", role_id = \"…\", secret_id_env = \"VAULT_SECRET_ID\" }"),
-        );
-        return;
-    };
-    let allowed: &[&str] = match method {
-        "approle" => &[
-            "method",
-            "mount",
-            "role_id",
-            "secret_id",
-            "secret_id_env",
-            "secret_id_file",
-        ],
-        "kubernetes" => &["method", "mount", "role", "token_file"],
-        "jwt" => &["method", "mount", "role", "token_env", "token_file"],
-        _ => &["method", "token", "token_env", "token_file"],
-    };
-    for x in e.node.as_table().unwrap_or_default() {
-        let p = format!("{path}.{}", x.key);
-        if !allowed.contains(&x.key.as_str()) {
-            diags.push(unknown_key(x, &p, allowed));
-        } else if x.node.as_str().is_none() {
-            diags.push(type_error(x, &p, "a string"));
-        } else if (x.key == "secret_id" || x.key == "token") && role == Role::Project {
-            diags.push(credential_refused(x, &p));
-        }
-    }
+    m.providers
+        .iter()
+        .filter_map(|p| check_provider(&p.name, &p.pos, &p.options, "providers", diags))
+        .collect()
 }
 
 struct ActiveEnv {

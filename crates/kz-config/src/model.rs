@@ -21,6 +21,9 @@ pub enum Role {
     Local,
     /// Not written anywhere: a default.
     Default,
+    /// A team server's bundle (usually kept in a policy repository): trusted, since the operator
+    /// chose it, but literal credentials are refused as in `.keyzero.toml`.
+    Bundle,
 }
 
 impl Role {
@@ -28,6 +31,11 @@ impl Role {
     /// controls the repository can write, and which only `kz allow` trusts.
     pub fn is_project_level(self) -> bool {
         matches!(self, Role::Project | Role::Local)
+    }
+
+    /// Files that are committed: a credential written literally in them is refused.
+    pub fn refuses_credentials(self) -> bool {
+        matches!(self, Role::Project | Role::Bundle)
     }
 }
 
