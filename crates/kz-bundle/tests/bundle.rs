@@ -1,0 +1,461 @@
+//! The bundle schema: the spec's example loads; every mistake is reported at once with its line;
+//! resolver matching and ref validation; no credential in a bundle, and never in an error.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::path::Path;
+
+use kz_bundle::{
+    CredentialLocation, KeyMaterial, KeySource, Mode, Profile, RefError, check, validate_ref,
+};
+
+const CANARY: &str = "kz-canary-7f3a9c1e5b2d4f60";
+
+const SPEC_EXAMPLE: &str = r#"
+version: "1"
+issuers:
+  - name: gha
+    type: github-actions
+    issuer_url: https://token.actions.githubusercontent.com
+    audience: keyzero
+    map: { groups: "claims.teams", service: "repository" }
+  - name: local
+    type: custom
+    issuer_url: http://127.0.0.1:8200/v1/identity/oidc
+    allow_any_audience: true
+    single_use: true
+    static_keys:
+      - kid: k1
+        alg: ES256
+        pem: |
+          -----BEGIN PUBLIC KEY-----
+          MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE
+          -----END PUBLIC KEY-----
+      - alg: HS256
+        secret_env: KZ_TEST_HMAC
+backends:
+  vault: { type: hashicorp_vault, address: "http://127.0.0.1:8200", auth: { method: approle, role_id: r, secret_id_env: VAULT_SECRET_ID } }
+  aws:   { type: aws_secrets_manager, region: us-east-1 }
+  sts:   { type: aws_sts, region: us-east-1 }
+resolvers:
+  - name: api-key
+    backend: aws
+    mode: direct
+    secret_id: prod/api-key
+    field: api_key
+    cache_ttl: 60s
+    hosts: [api.openai.com]
+    credential_location: "header:Authorization:Bearer"
+  - name: "prod/**"
+    backend: vault
+    path: "secret/data/${ref}"
+  - name: "prod/db/*"
+    backend: vault
+  - name: deploy
+    backend: sts
+    mode: short_lived
+    ttl: 300
+    role_arn: arn:aws:iam::123456789012:role/deploy
+    hosts: ["*.amazonaws.com"]
+    credential_location: "query:X-Amz-Security-Token"
+policies:
+  - name: deny-forks
+    rule: 'claims.repository_owner != org'
+    effect: deny
+  - name: ci-main
+    rule: 'org == "acme" && branch == "main" && ref.glob("prod/**")'
+    effect: allow
+audit:
+  path: /var/log/keyzero/audit.jsonl
+  claims: [sub, repository, run_id]
+"#;
+
+fn errors(text: &str) -> Vec<(String, usize, String)> {
+    match check(Path::new("bundle.yaml"), text) {
+        Ok(_) => panic!("the bundle should not load"),
+        Err(d) => d
+            .iter()
+            .map(|d| {
+                (
+                    d.code.to_string(),
+                    d.line.unwrap_or(0),
+                    format!("{d} {}", d.help.as_deref().unwrap_or_default()),
+                )
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn the_spec_example_loads() {
+    let b = check(Path::new("bundle.yaml"), SPEC_EXAMPLE).unwrap();
+    assert_eq!(b.version, "1");
+    assert_eq!(b.issuers.len(), 2);
+    let gha = b
+        .issuer_for("https://token.actions.githubusercontent.com")
+        .unwrap();
+    assert_eq!(gha.name, "gha");
+    assert_eq!(gha.profile, Profile::GithubActions);
+    assert_eq!(gha.audience.as_deref(), Some("keyzero"));
+    assert_eq!(gha.keys, KeySource::Discovery);
+    assert_eq!(gha.map.len(), 2);
+    let local = b.issuer("local").unwrap();
+    assert!(local.single_use && local.allow_any_audience);
+    match &local.keys {
+        KeySource::Static(keys) => {
+            assert_eq!(keys.len(), 2);
+            assert!(matches!(keys[0].material, KeyMaterial::Pem(_)));
+            assert_eq!(
+                keys[1].material,
+                KeyMaterial::SecretEnv("KZ_TEST_HMAC".into())
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(b.backends.len(), 3);
+    assert_eq!(b.backend("vault").unwrap().ty.name, "hashicorp");
+    assert_eq!(b.backend("aws").unwrap().ty.name, "aws");
+    assert_eq!(b.resolvers.len(), 4);
+    assert_eq!(b.policies.len(), 2);
+    assert_eq!(b.audit.claims, ["sub", "repository", "run_id"]);
+    let api = b.resolver_for("api-key").unwrap();
+    assert_eq!(api.reference("api-key"), "prod/api-key");
+    assert_eq!(
+        api.credential_location,
+        Some(CredentialLocation::Header {
+            name: "Authorization".into(),
+            prefix: "Bearer".into()
+        })
+    );
+    let deploy = b.resolver_for("deploy").unwrap();
+    assert_eq!(deploy.mode, Mode::ShortLived);
+    assert_eq!(deploy.ttl.map(|d| d.as_secs()), Some(300));
+    let notes = b.per_replica_settings();
+    assert!(
+        notes.iter().any(|n| n.contains("issuers.local.single_use")),
+        "{notes:?}"
+    );
+    assert!(
+        notes.iter().any(|n| n.contains("api-key.cache_ttl")),
+        "{notes:?}"
+    );
+}
+
+#[test]
+fn resolver_matching_is_exact_then_longest_prefix_then_fewest_wildcards_then_first() {
+    let b = check(Path::new("bundle.yaml"), SPEC_EXAMPLE).unwrap();
+    // `prod/db/*` has the longer literal prefix than `prod/**`.
+    assert_eq!(b.resolver_for("prod/db/main").unwrap().name, "prod/db/*");
+    // `*` stays within a segment: `prod/db/a/b` only matches `prod/**`.
+    assert_eq!(b.resolver_for("prod/db/a/b").unwrap().name, "prod/**");
+    assert_eq!(b.resolver_for("prod/x").unwrap().name, "prod/**");
+    assert!(b.resolver_for("dev/x").is_none());
+    // `${ref}` expands to the requested name; no parameter: the name is the reference.
+    let r = b.resolver_for("prod/x").unwrap();
+    assert_eq!(r.reference("prod/x"), "secret/data/prod/x");
+    assert_eq!(
+        b.resolver_for("prod/db/main")
+            .unwrap()
+            .reference("prod/db/main"),
+        "prod/db/main"
+    );
+
+    let text = r#"
+version: 1
+backends: { v: { type: vault, address: "http://127.0.0.1:8200" } }
+resolvers:
+  - { name: "a/*", backend: v }
+  - { name: "a/?", backend: v }
+  - { name: "a/[xy]", backend: v }
+  - { name: "a/x", backend: v }
+  - { name: "*", backend: v }
+  - { name: "a/**", backend: v }
+"#;
+    let b = check(Path::new("b.yaml"), text).unwrap();
+    assert_eq!(b.resolver_for("a/x").unwrap().name, "a/x", "exact wins");
+    // Same prefix `a/`, one wildcard each: the first defined wins.
+    assert_eq!(b.resolver_for("a/y").unwrap().name, "a/*");
+    assert_eq!(b.resolver_for("top").unwrap().name, "*");
+    assert_eq!(b.resolver_for("a/b/c").unwrap().name, "a/**");
+}
+
+#[test]
+fn the_older_form_loads() {
+    let text = r#"
+version: "1"
+issuers:
+  - { name: k8s, type: kubernetes, issuer_url: "https://kubernetes.default.svc", audience: kz }
+backends:
+  aws: { type: aws_secrets_manager, region: eu-west-1 }
+resources:
+  - ref: "team/*"
+    resolver: aws
+    secret_id: "team/${ref}"
+policies:
+  - { name: all, rule: "true", effect: allow }
+"#;
+    let b = check(Path::new("old.yaml"), text).unwrap();
+    let r = b.resolver_for("team/x").unwrap();
+    assert_eq!(r.backend, "aws");
+    assert_eq!(r.reference("team/x"), "team/team/x");
+}
+
+#[test]
+fn every_problem_is_reported_at_once_with_its_line() {
+    let text = r#"version: "2"
+issuerz: []
+issuers:
+  - name: gha
+    type: github-action
+    issuer_url: ftp://example.com
+  - name: gha
+    type: gitlab
+    issuer_url: https://gitlab.com
+    audience: kz
+    jwks_url: https://gitlab.com/oauth/discovery/keys
+    static_keys: []
+backends:
+  vault: { type: hashicorp_vault, adress: "http://127.0.0.1:8200" }
+  bad: { type: no-such-backend }
+resolvers:
+  - name: "prod/[x"
+    backend: vault
+  - name: api
+    backend: vaul
+    secret_id: "${env}"
+    mode: fast
+  - name: api2
+    backend: vault
+    ttl: 60
+    colour: blue
+policies:
+  - name: p1
+    rule: 'org == '
+    effect: allow
+  - name: p2
+    rule: '"a string"'
+    effect: allow
+  - name: p3
+    rule: 'true'
+    effect: permit
+  - name: p1
+    rule: 'true'
+    effect: deny
+audit:
+  path: 5
+"#;
+    let got = errors(text);
+    let has = |code: &str, line: usize| got.iter().any(|(c, l, _)| c == code && *l == line);
+    let show = || {
+        got.iter()
+            .map(|(c, l, m)| format!("{l}: {c}: {m}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    for (code, line) in [
+        ("bundle::version", 1),
+        ("config::unknown_key", 2),
+        ("bundle::unknown_profile", 5),
+        ("bundle::bad_url", 6),
+        ("bundle::missing", 4),         // gha has no audience
+        ("bundle::conflict", 11),       // jwks_url and static_keys
+        ("config::unknown_option", 14), // adress
+        ("config::unknown_provider_type", 15),
+        ("bundle::bad_glob", 17),
+        ("bundle::dangling", 20),
+        ("bundle::placeholder", 21),
+        ("config::value", 22),       // mode: fast
+        ("bundle::conflict", 25),    // ttl without short_lived
+        ("config::unknown_key", 26), // colour
+        ("bundle::policy", 29),      // `org == ` does not parse
+        ("bundle::policy", 32),      // a string is not a decision
+        ("config::value", 36),       // effect: permit
+        ("bundle::duplicate", 37),   // p1 twice
+        ("config::type", 41),        // audit.path
+    ] {
+        assert!(
+            has(code, line),
+            "missing {code} at line {line}; got:\n{}",
+            show()
+        );
+    }
+    // Did-you-mean for the misspelt profile and option.
+    assert!(
+        got.iter().any(|(_, _, m)| m.contains("github-actions")),
+        "{}",
+        show()
+    );
+    assert!(
+        got.iter().any(|(_, _, m)| m.contains("address")),
+        "{}",
+        show()
+    );
+    assert!(
+        got.iter()
+            .any(|(_, _, m)| m.contains("did you mean `vault`")),
+        "{}",
+        show()
+    );
+}
+
+#[test]
+fn policy_compile_errors_carry_the_rule_line() {
+    let text = r#"version: "1"
+policies:
+  - name: broken
+    rule: 'org == '
+    effect: allow
+  - name: not-boolean
+    rule: '"a string"'
+    effect: allow
+  - name: non-literal-regex
+    rule: 'ref.matches(context.pattern)'
+    effect: allow
+  - name: everyone
+    rule: 'true'
+    effect: allow
+  - name: unreachable
+    rule: 'org == "acme"'
+    effect: deny
+"#;
+    let got = errors(text);
+    for (name, line) in [
+        ("broken", 4),
+        ("not-boolean", 7),
+        ("non-literal-regex", 10),
+        ("unreachable", 16),
+    ] {
+        assert!(
+            got.iter()
+                .any(|(c, l, m)| c == "bundle::policy" && *l == line && m.contains(name)),
+            "{name} at line {line}: {got:?}"
+        );
+    }
+}
+
+#[test]
+fn credentials_are_refused_and_never_printed() {
+    let text = format!(
+        r#"version: "1"
+issuers:
+  - name: local
+    type: custom
+    issuer_url: https://issuer.example
+    audience: kz
+    static_keys:
+      - {{ alg: HS256, secret: "{CANARY}" }}
+      - {{ alg: HS256, pem: "{CANARY}" }}
+      - alg: RS256
+        pem: |
+          -----BEGIN PRIVATE KEY-----
+          {CANARY}
+          -----END PRIVATE KEY-----
+      - {{ alg: none, pem: "x" }}
+backends:
+  vault: {{ type: vault, address: "http://127.0.0.1:8200", token: "{CANARY}" }}
+  v2: {{ type: vault, address: "http://127.0.0.1:8200", auth: {{ method: approle, role_id: r, secret_id: "{CANARY}" }} }}
+"#
+    );
+    let got = errors(&text);
+    let all = format!("{got:?}");
+    assert!(!all.contains(CANARY), "a credential was printed: {all}");
+    let creds = got
+        .iter()
+        .filter(|(c, _, _)| c == "config::credential_in_project_file")
+        .count();
+    // secret, the private key, the backend token, the approle secret_id.
+    assert_eq!(creds, 4, "{all}");
+    assert!(
+        got.iter()
+            .any(|(c, l, _)| c == "bundle::key_material" && *l == 9),
+        "{all}"
+    );
+    assert!(
+        got.iter()
+            .any(|(c, _, m)| c == "bundle::bad_alg" && m.contains("none")),
+        "{all}"
+    );
+}
+
+#[test]
+fn refs_are_validated() {
+    assert_eq!(validate_ref("prod/api-key"), Ok(()));
+    assert_eq!(validate_ref(""), Err(RefError::Empty));
+    assert_eq!(validate_ref(&"a".repeat(513)), Err(RefError::TooLong));
+    assert_eq!(validate_ref(&"a".repeat(512)), Ok(()));
+    assert_eq!(validate_ref("a\0b"), Err(RefError::Nul));
+    assert_eq!(validate_ref("prod%2fx"), Err(RefError::Percent));
+    assert_eq!(validate_ref("prod/../x"), Err(RefError::DotDot));
+    assert_eq!(validate_ref(".."), Err(RefError::DotDot));
+    assert_eq!(validate_ref("a\nb"), Err(RefError::Control));
+    assert_eq!(validate_ref("prod/..x"), Ok(()));
+}
+
+#[test]
+fn size_nesting_and_count_limits_hold() {
+    // Nesting deeper than the YAML limit.
+    let deep = format!(
+        "version: \"1\"\naudit: {}1{}\n",
+        "[".repeat(100),
+        "]".repeat(100)
+    );
+    let got = errors(&deep);
+    assert!(
+        got.iter().any(|(c, _, _)| c == "config::too_deep"),
+        "{got:?}"
+    );
+    // More policies than accepted.
+    let mut text = String::from("version: \"1\"\npolicies:\n");
+    for i in 0..=kz_bundle::MAX_POLICIES {
+        text.push_str(&format!(
+            "  - {{ name: p{i}, rule: 'org == \"o{i}\"', effect: allow }}\n"
+        ));
+    }
+    let got = errors(&text);
+    assert!(
+        got.iter()
+            .any(|(c, l, _)| c == "bundle::too_many" && *l == 2),
+        "{:?}",
+        got.first()
+    );
+    // An alias bomb is refused by the parser, not expanded.
+    let bomb = "version: \"1\"\na: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]\ng: [*f, *f, *f, *f, *f, *f, *f, *f, *f]\n";
+    let got = errors(bomb);
+    assert!(
+        got.iter().any(|(c, _, _)| c != "config::unknown_key"),
+        "the aliases were expanded: {:?}",
+        got.iter().map(|(c, l, _)| (c, l)).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_loaded_bundle_decides() {
+    use kz_policy::{Identity, Request, Transport};
+    let b = check(Path::new("bundle.yaml"), SPEC_EXAMPLE).unwrap();
+    let mut claims = serde_json::Map::new();
+    claims.insert("repository_owner".into(), "acme".into());
+    let id = Identity {
+        issuer: "gha".into(),
+        org: "acme".into(),
+        branch: "main".into(),
+        claims,
+        ..Identity::default()
+    };
+    let ctx = serde_json::Value::Null;
+    let req = |r: &'static str| Request {
+        identity: &id,
+        reference: r,
+        resolver: "",
+        mode: "direct",
+        context: &ctx,
+        time: chrono::Utc::now(),
+        ip: "",
+        transport: Transport::Http,
+    };
+    assert!(b.policies.decide(&req("prod/x")).allowed());
+    assert!(!b.policies.decide(&req("dev/x")).allowed());
+}
