@@ -1,7 +1,12 @@
 //! Bundle load and compile (`docs/benchmarks.md`, team mode): the whole of `kz_bundle::check`
 //! (YAML parse, schema, backends, resolvers, every policy compiled and indexed) on bundles of
 //! 1,000 policies, median and slowest of repeated runs. `cargo bench -p kz-bundle --bench load`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_precision_loss)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_precision_loss,
+    clippy::indexing_slicing
+)]
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -50,8 +50,15 @@ const RESOLVER_KEYS: &[&str] = &[
 const POLICY_KEYS: &[&str] = &["name", "rule", "effect", "description"];
 const AUDIT_KEYS: &[&str] = &["path", "claims"];
 /// Identity fields a `map` may set.
-const IDENTITY_FIELDS: &[&str] = &[
-    "sub", "org", "service", "env", "action", "branch", "actor", "groups",
+const IDENTITY_FIELDS: &[&str] = &kz_identity::MAP_FIELDS;
+/// Every profile, as written in a bundle.
+const PROFILES: &[&str] = &[
+    "github-actions",
+    "gitlab",
+    "kubernetes",
+    "spiffe",
+    "gcp",
+    "custom",
 ];
 /// Algorithms a static key may be bound to.
 const ALGORITHMS: &[&str] = &[
@@ -71,7 +78,7 @@ const COMMON_PARAMS: &[&str] = &[
     "duration_seconds",
 ];
 /// Longest `leeway` accepted.
-const MAX_LEEWAY: Duration = Duration::from_secs(300);
+const MAX_LEEWAY: Duration = kz_identity::MAX_LEEWAY;
 
 /// Checks bundle text (read from `file`): a [`Bundle`], or every problem found.
 pub fn check(file: &Path, text: &str) -> Result<Bundle, Vec<Diagnostic>> {
@@ -88,6 +95,7 @@ pub fn check(file: &Path, text: &str) -> Result<Bundle, Vec<Diagnostic>> {
     }
     let version = c.version(root.get("version"));
     let issuers = c.issuers(root.get("issuers"));
+    c.diags.extend(crate::identity::check_issuers(&issuers));
     let backends = c.backends(root.get("backends"));
     let resolvers = match (root.get("resolvers"), root.get("resources")) {
         (Some(a), Some(b)) => {
@@ -424,7 +432,7 @@ impl Checker {
         let path = path.as_str();
         let profile = self.required(t, "type", path, at).and_then(|e| {
             let s = self.string(e, &format!("{path}.type"))?;
-            let p = Profile::from_name(&s);
+            let p = Profile::parse(&s);
             if p.is_none() {
                 let mut d = err(
                     "bundle::unknown_profile",
@@ -432,9 +440,9 @@ impl Checker {
                     &e.node.pos,
                     &format!("{path}.type"),
                 );
-                d = match kz_config::diag::did_you_mean(&s, Profile::NAMES.iter().copied()) {
+                d = match kz_config::diag::did_you_mean(&s, PROFILES.iter().copied()) {
                     Some(m) => d.help(format!("did you mean `{m}`?")),
-                    None => d.help(format!("use one of: {}", Profile::NAMES.join(", "))),
+                    None => d.help(format!("use one of: {}", PROFILES.join(", "))),
                 };
                 self.diags.push(d);
             }
@@ -491,11 +499,13 @@ impl Checker {
                     self.diags.push(
                         err(
                             "config::value",
-                            format!("`{path}.leeway` is over 300 s"),
+                            format!("`{path}.leeway` is over {} s", MAX_LEEWAY.as_secs()),
                             &e.node.pos,
                             &format!("{path}.leeway"),
                         )
-                        .help("clock skew beyond a few minutes is a broken clock; use at most \"300s\""),
+                        .help(
+                            "a leeway of minutes hides a broken clock; use \"60s\" (the default)",
+                        ),
                     );
                 }
                 d.unwrap_or(Duration::from_secs(60))
@@ -573,21 +583,20 @@ impl Checker {
                     );
                     return None;
                 }
-                let mut out = Vec::new();
-                let mut ok = true;
-                for (i, n) in items.iter().enumerate() {
-                    match self.static_key(n, &format!("{p}[{i}]")) {
-                        Some(s) => out.push(s),
-                        None => ok = false,
-                    }
-                }
-                ok.then_some(KeySource::Static(out))
+                // The keys that are well-formed go on to the identity checks even when another
+                // is not (its error is recorded), so every key problem is reported at once.
+                let out = items
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, n)| self.static_key(n, i, &format!("{p}[{i}]")))
+                    .collect();
+                Some(KeySource::Static(out))
             }
             (None, None) => Some(KeySource::Discovery),
         }
     }
 
-    fn static_key(&mut self, n: &Node, path: &str) -> Option<StaticKey> {
+    fn static_key(&mut self, n: &Node, index: usize, path: &str) -> Option<StaticKey> {
         let Some(t) = n.as_table() else {
             self.diags.push(
                 err(
@@ -613,6 +622,9 @@ impl Checker {
         }
         let known: Vec<&str> = STATIC_KEY_KEYS.iter().copied().chain(["secret"]).collect();
         self.unknown(t, path, &known);
+        if t.iter().any(|e| e.key == "secret") {
+            return None;
+        }
         let get = |k: &str| t.iter().find(|e| e.key == k);
         let kid = get("kid").and_then(|e| self.string(e, &format!("{path}.kid")));
         let alg = self.required(t, "alg", path, &n.pos).and_then(|e| {
@@ -697,6 +709,7 @@ impl Checker {
             }
         };
         Some(StaticKey {
+            index,
             kid,
             alg: alg?,
             material,

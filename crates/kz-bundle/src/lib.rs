@@ -12,13 +12,18 @@
 //! literal prefix, then fewest wildcards, then first defined); requested names are validated
 //! ([`validate_ref`]) and `${ref}` expands in backend parameters ([`Resolver::reference`]).
 //!
-//! Boundary: no network, no secrets. The only I/O is reading the bundle file ([`load`]). A
-//! bundle never holds a credential: literal credentials in backends and HMAC secrets in issuers
-//! are refused (they are named through `*_env`/`*_file` options instead).
+//! Issuers are also checked by `kz-identity` at load (keys parse and fit their algorithm), and
+//! [`Bundle::issuer_configs`] turns them into its configuration.
+//!
+//! Boundary: no network. The I/O is reading the bundle file ([`load`]) and, only in
+//! [`Bundle::issuer_configs`] and [`Bundle::unavailable_secrets`], the HMAC secrets the bundle
+//! names. A bundle never holds a credential: literal credentials in backends and HMAC secrets in
+//! issuers are refused (they are named through `*_env`/`*_file` options instead).
 
 #![forbid(unsafe_code)]
 
 mod check;
+mod identity;
 mod matching;
 
 use std::path::{Path, PathBuf};
@@ -28,6 +33,7 @@ use kz_config::{Diagnostic, HostPattern, Pos, ProviderInstance};
 use kz_policy::{Glob, PolicySet};
 
 pub use check::check;
+pub use kz_identity::Profile;
 pub use matching::{RefError, validate_ref};
 
 /// Most issuers a bundle may declare.
@@ -36,54 +42,6 @@ pub const MAX_ISSUERS: usize = 1_000;
 pub const MAX_RESOLVERS: usize = 10_000;
 /// Most policies a bundle may declare.
 pub const MAX_POLICIES: usize = 20_000;
-
-/// An issuer's claim profile (`type:`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Profile {
-    GithubActions,
-    Gitlab,
-    Kubernetes,
-    Spiffe,
-    Gcp,
-    Custom,
-}
-
-impl Profile {
-    /// Every profile, as written in a bundle.
-    pub const NAMES: &'static [&'static str] = &[
-        "github-actions",
-        "gitlab",
-        "kubernetes",
-        "spiffe",
-        "gcp",
-        "custom",
-    ];
-
-    /// The profile written `name`.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Some(match name {
-            "github-actions" => Profile::GithubActions,
-            "gitlab" => Profile::Gitlab,
-            "kubernetes" => Profile::Kubernetes,
-            "spiffe" => Profile::Spiffe,
-            "gcp" => Profile::Gcp,
-            "custom" => Profile::Custom,
-            _ => return None,
-        })
-    }
-
-    /// The name as written in a bundle.
-    pub fn name(self) -> &'static str {
-        match self {
-            Profile::GithubActions => "github-actions",
-            Profile::Gitlab => "gitlab",
-            Profile::Kubernetes => "kubernetes",
-            Profile::Spiffe => "spiffe",
-            Profile::Gcp => "gcp",
-            Profile::Custom => "custom",
-        }
-    }
-}
 
 /// Where a static key's material comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,6 +57,8 @@ pub enum KeyMaterial {
 /// One `static_keys` entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StaticKey {
+    /// Its index in the issuer's `static_keys` list.
+    pub index: usize,
     pub kid: Option<String>,
     /// The algorithm the key verifies (`RS256`, `ES256`, `EdDSA`, `HS256`, …): required, so a
     /// key is bound to one algorithm family.

@@ -15,6 +15,7 @@ use kz_bundle::{
 
 const CANARY: &str = "kz-canary-7f3a9c1e5b2d4f60";
 
+/// The spec's example; the ES256 key is the public key of RFC 7515, appendix A.3.
 const SPEC_EXAMPLE: &str = r#"
 version: "1"
 issuers:
@@ -33,7 +34,8 @@ issuers:
         alg: ES256
         pem: |
           -----BEGIN PUBLIC KEY-----
-          MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE
+          MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEf83OJ3D2xF1Bg8vub9tLe1gHMzV7
+          6e8Tus9uPHvRVEXH8UTNG72bfocs3+257rn0s2ldbqkLJK2KRiMohYjlrQ==
           -----END PUBLIC KEY-----
       - alg: HS256
         secret_env: KZ_TEST_HMAC

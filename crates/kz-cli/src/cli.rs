@@ -160,6 +160,15 @@ pub enum Command {
     /// Work with tamper-evident audit logs
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Team mode: check a bundle (the server itself comes with `kz server start`)
+    #[command(subcommand)]
+    Server(ServerCommand),
+    /// Team mode: see why a request is allowed or denied, and test policies
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Team mode: testing aids for workload identity tokens
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Print a completion script
     #[command(
         after_help = "Examples:\n  kz completions bash > ~/.local/share/bash-completion/completions/kz\n  kz completions zsh > \"${fpath[1]}/_kz\"\n  kz completions fish > ~/.config/fish/completions/kz.fish"
@@ -187,6 +196,124 @@ pub struct AuditVerifyArgs {
     /// The log files, oldest first (a rotated chain continues across files)
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServerCommand {
+    /// Validate a bundle completely without serving: every problem with its YAML line
+    #[command(
+        after_help = "Checks the YAML and schema (unknown keys are errors), issuers and their keys, backends\nagainst the provider catalog, resolvers (globs, backends, parameters, hosts), duplicate\nnames, and compiles every policy (CEL, literal glob/regex arguments, unreachable rules).\nNo backend and no issuer is contacted. Exit 1 when the bundle has a problem.\n\nExamples:\n  kz server check --bundle bundle.yaml\n  kz server check -b bundle.yaml --format json"
+    )]
+    Check(ServerCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServerCheckArgs {
+    /// The bundle (YAML)
+    #[arg(long, short = 'b', value_name = "PATH")]
+    pub bundle: PathBuf,
+    /// Output format
+    #[arg(long, value_enum, default_value_t)]
+    pub format: ReportFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Show the decision for one request, the deciding policy and the evaluation trace
+    #[command(
+        after_help = "Nothing is fetched: no backend is contacted. With --token the token is verified exactly as\nthe server would (its issuer's keys may be fetched); with --claims the claims are taken as\nverified and mapped through the issuer's profile (--issuer, needed when the bundle has more\nthan one issuer and the claims have no matching `iss`).\n\nExamples:\n  kz policy eval -b bundle.yaml --claims ci-claims.json --ref prod/db\n  kz policy eval -b bundle.yaml --token \"$ACTIONS_ID_TOKEN\" --ref prod/db --context '{\"ticket\":\"INC-1\"}'\n  kz policy eval -b bundle.yaml --claims c.json --ref prod/db --format json"
+    )]
+    Eval(PolicyEvalArgs),
+    /// Run table-driven policy tests (claims or identity, ref, context -> expected decision)
+    #[command(
+        after_help = "TESTS.yaml:\n  tests:\n    - name: main may read prod\n      issuer: gha                 # the bundle's issuer whose profile maps the claims\n      claims: { repository_owner: acme, ref: refs/heads/main }\n      ref: prod/db\n      context: { ticket: INC-1 }  # optional\n      expect: allow               # allow | deny\n      policy: ci-main             # optional: the deciding policy\n    - name: a set identity\n      identity: { issuer: gha, org: acme, branch: main }\n      ref: prod/db\n      expect: deny\n\nA failing case shows its trace. Exit 1 on any failure.\n\nExamples:\n  kz policy test -b bundle.yaml policy-tests.yaml\n  kz policy test -b bundle.yaml policy-tests.yaml --format json"
+    )]
+    Test(PolicyTestArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyEvalArgs {
+    /// The bundle (YAML)
+    #[arg(long, short = 'b', value_name = "PATH")]
+    pub bundle: PathBuf,
+    /// A workload identity token (JWT), verified as the server would
+    #[arg(
+        long,
+        value_name = "JWT",
+        conflicts_with = "claims",
+        required_unless_present = "claims"
+    )]
+    pub token: Option<String>,
+    /// A JSON file of claims, taken as verified (`-` for standard input)
+    #[arg(long, value_name = "FILE")]
+    pub claims: Option<PathBuf>,
+    /// The issuer (by name) whose profile maps --claims
+    #[arg(long, value_name = "NAME", requires = "claims")]
+    pub issuer: Option<String>,
+    /// The requested name
+    #[arg(long = "ref", value_name = "REF")]
+    pub reference: String,
+    /// The caller's context (a JSON object; untrusted)
+    #[arg(long, value_name = "JSON")]
+    pub context: Option<String>,
+    /// request.transport
+    #[arg(long, value_enum, default_value_t = TransportArg::Http)]
+    pub transport: TransportArg,
+    /// Output format
+    #[arg(long, value_enum, default_value_t)]
+    pub format: ReportFormat,
+}
+
+/// How a request reaches the server (`request.transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TransportArg {
+    /// The HTTP API
+    Http,
+    /// MCP
+    Mcp,
+    /// The credential proxy
+    Proxy,
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyTestArgs {
+    /// The bundle (YAML)
+    #[arg(long, short = 'b', value_name = "PATH")]
+    pub bundle: PathBuf,
+    /// The test table (YAML)
+    #[arg(value_name = "TESTS.yaml")]
+    pub tests: PathBuf,
+    /// Output format
+    #[arg(long, value_enum, default_value_t)]
+    pub format: ReportFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Mint a JWT for local testing against a `static_keys` issuer
+    #[command(
+        after_help = "A testing aid: the token is signed with the private key in --key (PEM: RSA, EC P-256/P-384,\nEd25519) or, for HS256/384/512, with the secret in that file. `iat` and `exp` (one hour)\nare added when the claims lack them; --issuer sets `iss`. The token goes to standard output.\n\nExamples:\n  kz token sign --key es256.pem --issuer https://ci.example --claims '{\"sub\":\"ci\",\"aud\":\"keyzero\"}'\n  kz token sign --key hmac.key --alg HS256 --kid k1 --issuer https://ci.example --claims @claims.json"
+    )]
+    Sign(TokenSignArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenSignArgs {
+    /// The signing key (a PEM private key, or an HMAC secret file)
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// The `iss` claim
+    #[arg(long, value_name = "URL")]
+    pub issuer: String,
+    /// The claims: a JSON object, or @FILE
+    #[arg(long, value_name = "JSON")]
+    pub claims: String,
+    /// The algorithm (default: from the key: RS256, ES256, ES384 or EdDSA)
+    #[arg(long, value_name = "ALG")]
+    pub alg: Option<String>,
+    /// The `kid` header
+    #[arg(long, value_name = "KID")]
+    pub kid: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -222,6 +222,11 @@ impl Reporter {
 /// `{"code","message","file","line","column","key","secret","ref","help"}` (absent omitted), plus
 /// `"severity"` for warnings.
 pub fn json_line(d: &Diagnostic) -> String {
+    json_value(d).to_string()
+}
+
+/// The object [`json_line`] prints.
+pub fn json_value(d: &Diagnostic) -> serde_json::Value {
     let mut m = serde_json::Map::new();
     m.insert("code".into(), d.code.into());
     m.insert("message".into(), d.message.clone().into());
@@ -247,7 +252,7 @@ pub fn json_line(d: &Diagnostic) -> String {
     if d.severity == Severity::Warning {
         m.insert("severity".into(), "warning".into());
     }
-    serde_json::Value::Object(m).to_string()
+    serde_json::Value::Object(m)
 }
 
 #[cfg(test)]

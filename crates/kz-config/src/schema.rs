@@ -190,10 +190,17 @@ fn credential_refused(e: &Entry, path: &str, role: Role) -> Diagnostic {
     )
     .at(&e.key_pos)
     .key(path)
-    .help(format!(
-        "move it to .keyzero.local.toml or the global file, or use `{k}_env = \"VARIABLE\"` or `{k}_file = \"PATH\"`",
-        k = e.key
-    ))
+    .help(if role == Role::Bundle {
+        format!(
+            "name it instead: `{k}_env: VARIABLE` or `{k}_file: PATH`, read by the server when it starts",
+            k = e.key
+        )
+    } else {
+        format!(
+            "move it to .keyzero.local.toml or the global file, or use `{k}_env = \"VARIABLE\"` or `{k}_file = \"PATH\"`",
+            k = e.key
+        )
+    })
 }
 
 fn check_vault_auth(e: &Entry, path: &str, role: Role, diags: &mut Vec<Diagnostic>) {

@@ -738,3 +738,10 @@ fn build_issuer(cfg: IssuerConfig) -> Result<Issuer, Vec<ConfigError>> {
         name: cfg.name,
     })
 }
+
+/// Checks one issuer's configuration (keys parse and fit their algorithm, URLs, `map`, leeway)
+/// without building a verifier: every problem, no network, no HTTP client. The bundle loader
+/// runs it for every issuer so `kz server check` reports key problems with the rest.
+pub fn check_issuer(cfg: IssuerConfig) -> Vec<ConfigError> {
+    build_issuer(cfg).err().unwrap_or_default()
+}

@@ -14,6 +14,8 @@ pub mod rm;
 pub mod run;
 pub mod status;
 pub mod supervise;
+pub mod team;
+pub mod team_identity;
 pub mod trust;
 pub mod validate;
 

@@ -27,4 +27,5 @@ mod put;
 mod run;
 mod status;
 mod supervise;
+mod team;
 mod trust;
