@@ -679,14 +679,19 @@ impl Decoded {
     }
 
     /// The layer index where the byte of the layer below at `i` starts a token or a literal,
-    /// or `None` when `i` is inside an escape sequence this layer decoded.
-    fn index_of_source(&self, i: usize) -> Option<usize> {
-        let idx = self.tokens.partition_point(|t| t.src <= i);
-        match idx.checked_sub(1).and_then(|k| self.tokens.get(k)) {
-            None => Some(i),
+    /// or `None` when `i` is inside an escape sequence this layer decoded. `k` is a cursor into
+    /// the tokens (no token before it ends after `i`); calls with growing `i` move it forward.
+    fn boundary_from(&self, k: &mut usize, i: usize) -> Option<usize> {
+        while self.tokens.get(*k).is_some_and(|t| t.src + t.src_len <= i) {
+            *k += 1;
+        }
+        match self.tokens.get(*k) {
             Some(t) if i == t.src => Some(t.at),
-            Some(t) if i < t.src + t.src_len => None,
-            Some(t) => Some(t.at + t.n + (i - t.src - t.src_len)),
+            Some(t) if i > t.src => None,
+            _ => match k.checked_sub(1).and_then(|p| self.tokens.get(p)) {
+                Some(p) => Some(p.at + p.n + (i - p.src - p.src_len)),
+                None => Some(i),
+            },
         }
     }
 
@@ -1166,7 +1171,10 @@ impl Inner {
         let src = below.bytes();
         let mut mid: Zeroizing<Vec<u8>> = Zeroizing::new(Vec::new());
         let mut mid_spans = Vec::new();
-        for token in &layer.tokens {
+        let mut kept: Vec<usize> = Vec::new();
+        for (ti, token) in layer.tokens.iter().enumerate() {
+            // The first token that ends after the position being read (tokens are in order).
+            let mut k = ti;
             mid.clear();
             mid_spans.clear();
             mid.push(below.byte(token.src));
@@ -1178,7 +1186,7 @@ impl Inner {
                 if i >= src.len() {
                     break None;
                 }
-                if let Some(r) = layer.index_of_source(i) {
+                if let Some(r) = layer.boundary_from(&mut k, i) {
                     break Some(r);
                 }
                 if i - token.src > RESEGMENT_LIMIT {
@@ -1223,9 +1231,8 @@ impl Inner {
             let stretch_end = token.at + mid.len();
             let from = self.back(&v, token.at, GRAM - 1);
             let to = self.forward(&v, stretch_end, GRAM - 1);
-            let kept: Vec<usize> = (from..to)
-                .filter(|&j| self.fold(v.byte(j)) != SKIP)
-                .collect();
+            kept.clear();
+            kept.extend((from..to).filter(|&j| self.fold(v.byte(j)) != SKIP));
             for w in kept.windows(GRAM) {
                 let (Some(&first), Some(&last)) = (w.first(), w.last()) else {
                     continue;
