@@ -24,6 +24,8 @@
 //!   missing record by file, line and id.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+// Only the CLI prints (`kz-cli`); libraries return values, errors and notes.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 mod error;
 mod jcs;

@@ -17,6 +17,8 @@
 //! are only ever copied into outgoing request bytes.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+// Only the CLI prints (`kz-cli`); libraries return values, errors and notes.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 #[cfg(feature = "proxy")]
 pub mod ca;

@@ -21,6 +21,8 @@
 //! issuers are refused (they are named through `*_env`/`*_file` options instead).
 
 #![forbid(unsafe_code)]
+// Only the CLI prints (`kz-cli`); libraries return values, errors and notes.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 mod check;
 mod identity;

@@ -45,6 +45,12 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    // Libraries never print: their notes (a plugin's stderr with -v, already masked and
+    // labelled) come here.
+    kz_resolve::notes::set_sink(|line| {
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), "{line}");
+    });
     let out = Reporter::new(
         cli.global.error_format,
         cli.global.no_color,

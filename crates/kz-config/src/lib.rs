@@ -12,6 +12,8 @@
 //! provider catalog here is data; implementations live in `kz-providers`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+// Only the CLI prints (`kz-cli`); libraries return values, errors and notes.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod catalog;
 pub mod diag;

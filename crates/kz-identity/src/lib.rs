@@ -19,6 +19,8 @@
 //! the token, a signature or key material.
 
 #![forbid(unsafe_code)]
+// Only the CLI prints (`kz-cli`); libraries return values, errors and notes.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 mod cache;
 mod claims;

@@ -20,6 +20,8 @@
 //! receives a normalised [`Identity`] (plain data) and the request's fields.
 
 #![forbid(unsafe_code)]
+// Only the CLI prints (`kz-cli`); libraries return values, errors and notes.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 mod analyze;
 mod eval;

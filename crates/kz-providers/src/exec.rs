@@ -161,7 +161,7 @@ impl ExecProvider {
             return;
         }
         for line in stderr_lines(&self.instance, stderr, secrets) {
-            eprintln!("{line}");
+            kz_resolve::notes::note(&line);
         }
     }
 

@@ -21,6 +21,8 @@
 //! `gcp`, `hashicorp`, `keychain`, `onepassword`), all on by default.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+// Only the CLI prints (`kz-cli`); libraries return values, errors and notes.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 use std::path::PathBuf;
 use std::sync::Arc;

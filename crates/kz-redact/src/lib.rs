@@ -14,6 +14,8 @@
 //! replacement is the secret value) and the held-back tail are zeroed when the redactor drops.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+// Only the CLI prints (`kz-cli`); libraries return values, errors and notes.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod decoded;
 

@@ -10,8 +10,11 @@
 //! Boundary: no provider code, no printing. Values stay in [`kz_secret::SecretValue`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+// Only the CLI prints (`kz-cli`); libraries return values, errors and notes.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod engine;
+pub mod notes;
 pub mod provider;
 
 pub use engine::{Instance, Outcome, item_for, resolve_all};

@@ -15,6 +15,8 @@
 //! This crate is a leaf: no I/O, no async, one dependency (`zeroize`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+// Only the CLI prints (`kz-cli`); libraries return values, errors and notes.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 use std::fmt;
 
