@@ -156,21 +156,33 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/'))
 }
 
-/// `https://…`, or `http://` to a loopback host (a test or a sidecar issuer).
+/// `https://HOST…`, or `http://` to a loopback host (a test or a sidecar issuer); never with
+/// userinfo (`user@`), which would both hold a credential and hide the real host.
 fn valid_url(url: &str) -> bool {
-    if let Some(rest) = url.strip_prefix("https://") {
-        return !rest.is_empty() && !rest.starts_with('/');
-    }
-    let Some(rest) = url.strip_prefix("http://") else {
+    let (https, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+        (Some(r), _) => (true, r),
+        (None, Some(r)) => (false, r),
+        _ => return false,
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.is_empty()
+        || authority.contains('@')
+        || authority.chars().any(|c| c.is_whitespace())
+    {
         return false;
+    }
+    if https {
+        return true;
+    }
+    let host = match authority.rsplit_once(':') {
+        Some((h, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
     };
-    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host = match host.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(']') => h,
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => host,
-    };
-    matches!(host, "localhost" | "[::1]") || host.starts_with("127.")
+    host == "localhost"
+        || host == "[::1]"
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 impl Checker {
@@ -308,6 +320,38 @@ impl Checker {
             return None;
         }
         Some(n)
+    }
+
+    /// Refuses a credential written literally anywhere in a value (nested tables and lists
+    /// included). `false` when one was found.
+    fn no_literal_credential(&mut self, n: &Node, path: &str) -> bool {
+        match &n.val {
+            Val::Str(v) => match literal_credential(v) {
+                Some(why) => {
+                    self.diags.push(
+                        err(
+                            "config::credential_in_project_file",
+                            format!("`{path}` {why}, which is refused in a bundle"),
+                            &n.pos,
+                            path,
+                        )
+                        .help("a bundle never holds a credential: name a variable or file that holds it (`*_env`, `*_file`)"),
+                    );
+                    false
+                }
+                None => true,
+            },
+            Val::Array(a) => a
+                .iter()
+                .enumerate()
+                .map(|(i, x)| self.no_literal_credential(x, &format!("{path}[{i}]")))
+                .fold(true, |acc, ok| acc && ok),
+            Val::Table(t) => t
+                .iter()
+                .map(|e| self.no_literal_credential(&e.node, &format!("{path}.{}", e.key)))
+                .fold(true, |acc, ok| acc && ok),
+            _ => true,
+        }
     }
 
     fn duplicate(&mut self, what: &str, name: &str, pos: &Pos, first: &Pos, path: &str) {
@@ -776,6 +820,9 @@ impl Checker {
             let Some(opts) = self.table(b, &path) else {
                 continue;
             };
+            for o in opts {
+                self.no_literal_credential(&o.node, &format!("{path}.{}", o.key));
+            }
             let opts: Vec<(Entry, Role)> = opts.iter().map(|o| (o.clone(), Role::Bundle)).collect();
             if let Some(p) = check_provider(&b.key, &b.key_pos, &opts, "backends", &mut self.diags)
             {
@@ -1022,8 +1069,26 @@ impl Checker {
             if RESOLVER_KEYS.contains(&key) || key == name_key {
                 continue;
             }
-            let known = COMMON_PARAMS.contains(&key)
-                || backend_type.is_some_and(|ty| ty.any_params || ty.params.contains(&key));
+            let declared = COMMON_PARAMS.contains(&key)
+                || backend_type.is_some_and(|ty| ty.params.contains(&key));
+            let known = declared || backend_type.is_some_and(|ty| ty.any_params);
+            // A plugin (`exec`) takes any parameter: one named like a credential would be a
+            // credential written in the bundle.
+            if known && !declared && credential_name(key) {
+                self.diags.push(
+                    err(
+                        "config::credential_in_project_file",
+                        format!("`{path}.{key}` looks like a credential, which is refused in a bundle"),
+                        &x.key_pos,
+                        &format!("{path}.{key}"),
+                    )
+                    .help(format!("give the plugin the name of a variable or file that holds it (`{key}_env`, `{key}_file`)")),
+                );
+                continue;
+            }
+            if !self.no_literal_credential(&x.node, &format!("{path}.{key}")) {
+                continue;
+            }
             if !known {
                 let mut allowed: Vec<&str> = RESOLVER_KEYS.to_vec();
                 allowed.extend(COMMON_PARAMS);
@@ -1210,6 +1275,48 @@ impl Checker {
             .collect();
         Audit { path, claims }
     }
+}
+
+/// A parameter or query name that holds a credential when written with a value.
+fn credential_name(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    let named_elsewhere = n.ends_with("_env") || n.ends_with("_file") || n.ends_with("_id");
+    !named_elsewhere
+        && [
+            "token",
+            "password",
+            "passwd",
+            "secret",
+            "apikey",
+            "api_key",
+            "api-key",
+            "private_key",
+            "credential",
+            "auth",
+            "signature",
+        ]
+        .iter()
+        .any(|w| n == *w || n.contains(w))
+}
+
+/// Why a literal string is a credential: a URL with userinfo or a credential-named query
+/// parameter, or a secret key in a known format.
+fn literal_credential(value: &str) -> Option<&'static str> {
+    if value.contains("PRIVATE KEY-----") || value.contains("AGE-SECRET-KEY-") {
+        return Some("holds a private key");
+    }
+    if let Some((_, rest)) = value.split_once("://") {
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        if authority.contains('@') {
+            return Some("is a URL with a user name or password (`user:pass@`)");
+        }
+    }
+    let query = value.split_once('?').map(|(_, q)| q)?;
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').map(|(k, _)| k))
+        .any(credential_name)
+        .then_some("has a credential in its query string")
 }
 
 /// `header:NAME:PREFIX` or `query:NAME`.

@@ -11,6 +11,9 @@ use zeroize::Zeroizing;
 
 use crate::{Bundle, Issuer, KeyMaterial, KeySource};
 
+/// Longest HMAC secret file read.
+const MAX_SECRET_BYTES: usize = 64 * 1024;
+
 /// How HMAC secrets are obtained while building configurations.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Secrets {
@@ -45,8 +48,15 @@ fn read_secret(issuer: &Issuer, m: &KeyMaterial) -> Result<Option<SecretValue>, 
                 "set it in the server's environment (a bundle never holds the secret)",
             )),
         },
-        KeyMaterial::SecretFile(path) => match std::fs::read(path) {
-            Ok(bytes) => {
+        KeyMaterial::SecretFile(path) => match crate::read_limited(path, MAX_SECRET_BYTES) {
+            Ok(None) => Err(at(
+                format!(
+                    "the HMAC secret file {} is over {MAX_SECRET_BYTES} bytes",
+                    path.display()
+                ),
+                "give the file that holds only the shared secret",
+            )),
+            Ok(Some(bytes)) => {
                 let bytes = Zeroizing::new(bytes);
                 match std::str::from_utf8(&bytes) {
                     Ok(text) => Ok(Some(SecretValue::from_str_copy(

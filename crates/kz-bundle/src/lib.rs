@@ -269,44 +269,46 @@ pub fn load(path: &Path) -> Result<Bundle, Vec<Diagnostic>> {
     check(path, &text)
 }
 
+/// Reads at most `limit` bytes of `path`: `Ok(None)` when the file is longer (a special file
+/// such as `/dev/zero` included, whose size the metadata does not give).
+pub fn read_limited(path: &Path, limit: usize) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read as _;
+    let mut out = Vec::new();
+    std::fs::File::open(path)?
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)?;
+    Ok((out.len() <= limit).then_some(out))
+}
+
 fn read(path: &Path) -> Result<String, Vec<Diagnostic>> {
     let start = Pos {
         file: path.to_path_buf(),
         line: 1,
         column: 1,
     };
-    let meta = std::fs::metadata(path).map_err(|e| {
-        vec![
-            Diagnostic::error(
-                "bundle::unreadable",
-                format!("cannot read the bundle {}: {e}", path.display()),
-            )
-            .help("check the path given to --bundle"),
-        ]
-    })?;
-    let limit = kz_config::yaml::MAX_YAML_BYTES as u64;
-    if meta.len() > limit {
-        return Err(vec![
-            Diagnostic::error(
-                "config::too_large",
-                format!(
-                    "the bundle is {} bytes; at most {limit} are read",
-                    meta.len()
-                ),
-            )
-            .at(&start)
-            .help("split the bundle, or remove what it does not need"),
-        ]);
-    }
-    let bytes = std::fs::read(path).map_err(|e| {
-        vec![
-            Diagnostic::error(
-                "bundle::unreadable",
-                format!("cannot read the bundle {}: {e}", path.display()),
-            )
-            .help("check the path given to --bundle"),
-        ]
-    })?;
+    let limit = kz_config::yaml::MAX_YAML_BYTES;
+    let bytes = match read_limited(path, limit) {
+        Ok(Some(b)) => b,
+        Ok(None) => {
+            return Err(vec![
+                Diagnostic::error(
+                    "config::too_large",
+                    format!("the bundle is over {limit} bytes"),
+                )
+                .at(&start)
+                .help("split the bundle, or remove what it does not need"),
+            ]);
+        }
+        Err(e) => {
+            return Err(vec![
+                Diagnostic::error(
+                    "bundle::unreadable",
+                    format!("cannot read the bundle {}: {e}", path.display()),
+                )
+                .help("check the path given to --bundle"),
+            ]);
+        }
+    };
     String::from_utf8(bytes).map_err(|e| {
         vec![
             Diagnostic::error(

@@ -12,28 +12,58 @@ pub enum RefError {
     TooLong,
     Nul,
     Percent,
+    /// A `.` or `..` segment.
     DotDot,
-    /// A control character (other than NUL): names are printed in logs and audit records.
-    Control,
+    /// An empty segment: a leading or trailing `/`, or `//`.
+    EmptySegment,
+    /// Any other character outside the ref alphabet (`#`, `?`, a space, a control or
+    /// non-ASCII character).
+    Character(char),
 }
 
 impl std::fmt::Display for RefError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            RefError::Empty => "the ref is empty",
-            RefError::TooLong => "the ref is longer than 512 bytes",
-            RefError::Nul => "the ref contains a NUL byte",
-            RefError::Percent => "the ref contains `%` (names are never percent-encoded)",
-            RefError::DotDot => "the ref has a `..` segment",
-            RefError::Control => "the ref contains a control character",
-        })
+        match self {
+            RefError::Empty => f.write_str("the ref is empty"),
+            RefError::TooLong => f.write_str("the ref is longer than 512 bytes"),
+            RefError::Nul => f.write_str("the ref contains a NUL byte"),
+            RefError::Percent => {
+                f.write_str("the ref contains `%` (names are never percent-encoded)")
+            }
+            RefError::DotDot => f.write_str("the ref has a `.` or `..` segment"),
+            RefError::EmptySegment => {
+                f.write_str("the ref has an empty segment (a leading or trailing `/`, or `//`)")
+            }
+            RefError::Character(c) => write!(
+                f,
+                "the ref contains {}, outside the ref alphabet (ASCII letters, digits and `-_.~+=,@:` in `/`-separated segments)",
+                describe(*c)
+            ),
+        }
+    }
+}
+
+fn describe(c: char) -> String {
+    if c.is_ascii_graphic() {
+        format!("`{c}`")
+    } else {
+        format!("U+{:04X}", u32::from(c))
     }
 }
 
 impl std::error::Error for RefError {}
 
-/// Checks a requested name before anything else looks at it: non-empty, at most 512 bytes, no
-/// NUL, no `%`, no `..` segment, no control character.
+/// Whether `c` may appear in a ref segment.
+fn ref_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~' | '+' | '=' | ',' | '@' | ':')
+}
+
+/// Checks a requested name before anything else looks at it. A ref has one canonical form, so
+/// a policy about a name is a policy about the secret it reaches: `/`-separated, non-empty
+/// segments of ASCII letters, digits and `-_.~+=,@:`, none of them `.` or `..`, at most 512
+/// bytes. Backends read other characters specially (`#` selects a field in a Vault ref, `//`
+/// and `.` segments collapse in a path, Unicode has several spellings of one name), which
+/// would let two names the policy sees as different reach one secret.
 pub fn validate_ref(requested: &str) -> Result<(), RefError> {
     if requested.is_empty() {
         return Err(RefError::Empty);
@@ -41,17 +71,19 @@ pub fn validate_ref(requested: &str) -> Result<(), RefError> {
     if requested.len() > MAX_REF_BYTES {
         return Err(RefError::TooLong);
     }
-    if requested.contains('\0') {
-        return Err(RefError::Nul);
+    if let Some(c) = requested.chars().find(|c| *c != '/' && !ref_char(*c)) {
+        return Err(match c {
+            '\0' => RefError::Nul,
+            '%' => RefError::Percent,
+            c => RefError::Character(c),
+        });
     }
-    if requested.contains('%') {
-        return Err(RefError::Percent);
-    }
-    if requested.chars().any(char::is_control) {
-        return Err(RefError::Control);
-    }
-    if requested.split('/').any(|s| s == "..") {
-        return Err(RefError::DotDot);
+    for segment in requested.split('/') {
+        match segment {
+            "" => return Err(RefError::EmptySegment),
+            "." | ".." => return Err(RefError::DotDot),
+            _ => {}
+        }
     }
     Ok(())
 }

@@ -384,8 +384,62 @@ backends:
 }
 
 #[test]
-fn refs_are_validated() {
+fn credentials_hidden_in_params_urls_and_key_formats_are_refused() {
+    let text = format!(
+        r#"version: "1"
+backends:
+  vault: {{ type: vault, address: "https://admin:{CANARY}@vault.example:8200" }}
+  plugin: {{ type: exec, command: ["kz-plugin"] }}
+  age: {{ type: age, identity: "AGE-SECRET-KEY-1{CANARY}" }}
+resolvers:
+  - {{ name: a, backend: plugin, api_token: "{CANARY}", region: eu }}
+  - {{ name: b, backend: vault, path: "secret/data/x?token={CANARY}" }}
+  - {{ name: c, backend: plugin, password_env: PW, team_id: t1 }}
+"#
+    );
+    let got = errors(&text);
+    let all = format!("{got:?}");
+    assert!(!all.contains(CANARY), "a credential was printed: {all}");
+    let creds: Vec<usize> = got
+        .iter()
+        .filter(|(c, _, _)| c == "config::credential_in_project_file")
+        .map(|(_, l, _)| *l)
+        .collect();
+    assert_eq!(creds, vec![3, 5, 7, 8], "{all}");
+}
+
+#[test]
+fn urls_are_https_or_loopback_http_without_userinfo() {
+    for (url, ok) in [
+        ("https://issuer.example", true),
+        ("http://127.0.0.1:8200/v1/identity/oidc", true),
+        ("http://localhost:9400", true),
+        ("http://[::1]:9400", true),
+        ("http://issuer.example", false),
+        ("http://127.0.0.1@evil.example", false),
+        ("http://127.evil", false),
+        ("https://user:pw@issuer.example", false),
+        ("ftp://issuer.example", false),
+        ("https://", false),
+    ] {
+        let text = format!(
+            "version: \"1\"\nissuers:\n  - {{ name: i, type: custom, issuer_url: \"{url}\", audience: kz, jwks_url: \"https://keys.example/jwks\" }}\n"
+        );
+        let r = check(Path::new("b.yaml"), &text);
+        assert_eq!(r.is_ok(), ok, "{url}: {:?}", r.err());
+    }
+}
+
+#[test]
+fn a_special_file_is_not_read_without_bound() {
+    let err = kz_bundle::load(Path::new("/dev/zero")).unwrap_err();
+    assert_eq!(err[0].code, "config::too_large", "{err:?}");
+}
+
+#[test]
+fn refs_have_one_canonical_form() {
     assert_eq!(validate_ref("prod/api-key"), Ok(()));
+    assert_eq!(validate_ref("team_1/db.main/user@host:5432,x=y+z~"), Ok(()));
     assert_eq!(validate_ref(""), Err(RefError::Empty));
     assert_eq!(validate_ref(&"a".repeat(513)), Err(RefError::TooLong));
     assert_eq!(validate_ref(&"a".repeat(512)), Ok(()));
@@ -393,8 +447,28 @@ fn refs_are_validated() {
     assert_eq!(validate_ref("prod%2fx"), Err(RefError::Percent));
     assert_eq!(validate_ref("prod/../x"), Err(RefError::DotDot));
     assert_eq!(validate_ref(".."), Err(RefError::DotDot));
-    assert_eq!(validate_ref("a\nb"), Err(RefError::Control));
+    assert_eq!(validate_ref("prod/./admin"), Err(RefError::DotDot));
+    assert_eq!(validate_ref("prod//admin"), Err(RefError::EmptySegment));
+    assert_eq!(validate_ref("/prod/admin"), Err(RefError::EmptySegment));
+    assert_eq!(validate_ref("prod/admin/"), Err(RefError::EmptySegment));
+    // `#` selects a field in a Vault ref: `prod/admin#token` would reach `prod/admin`.
+    assert_eq!(
+        validate_ref("prod/admin#token"),
+        Err(RefError::Character('#'))
+    );
+    assert_eq!(validate_ref("a?b"), Err(RefError::Character('?')));
+    assert_eq!(validate_ref("a b"), Err(RefError::Character(' ')));
+    assert_eq!(validate_ref("a\nb"), Err(RefError::Character('\n')));
+    assert_eq!(
+        validate_ref("prod/\u{202e}nimda"),
+        Err(RefError::Character('\u{202e}'))
+    );
+    assert_eq!(
+        validate_ref("caf\u{e9}"),
+        Err(RefError::Character('\u{e9}'))
+    );
     assert_eq!(validate_ref("prod/..x"), Ok(()));
+    assert!(RefError::Character('#').to_string().contains("`#`"));
 }
 
 #[test]

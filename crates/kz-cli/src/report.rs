@@ -8,10 +8,12 @@ use kz_config::{Diagnostic, Severity};
 
 use crate::cli::ErrorFormat;
 
-/// Escapes every control character (C0 including newline and tab, DEL, and the C1 range) as
-/// `\n`, `\t`, `\r`, `\e` or `\u{..}`, so text that comes from files, directories, backends or
-/// the user cannot drive the terminal (escape sequences, carriage returns that overwrite a
-/// line) or forge lines of kz's output. A backslash itself is left alone. Used for every field
+/// Escapes every control character (C0 including newline and tab, DEL, and the C1 range) and
+/// every invisible formatting character (bidirectional overrides and isolates, zero-width
+/// characters, the soft hyphen, the BOM) as `\n`, `\t`, `\r`, `\e` or `\u{..}`, so text that
+/// comes from files, directories, backends, tokens or the user cannot drive the terminal
+/// (escape sequences, carriage returns that overwrite a line), forge lines of kz's output, or
+/// show a name other than the one it is (`\u{202e}` reversing the rest of a line). A backslash itself is left alone. Used for every field
 /// of a rendered diagnostic and wherever kz prints names, keys, refs or paths.
 pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
     escape_keeping(s, false)
@@ -22,8 +24,28 @@ pub fn escape_text(s: &str) -> std::borrow::Cow<'_, str> {
     escape_keeping(s, true)
 }
 
+/// Unicode format characters (category Cf) that change how text displays without showing.
+fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{ad}'
+            | '\u{61c}'
+            | '\u{180e}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206f}'
+            | '\u{feff}'
+            | '\u{fff9}'..='\u{fffb}'
+            | '\u{e0001}'
+            | '\u{e0020}'..='\u{e007f}'
+    )
+}
+
 fn escape_keeping(s: &str, keep_lines: bool) -> std::borrow::Cow<'_, str> {
-    let is_control = |c: char| c.is_control() && !(keep_lines && (c == '\n' || c == '\t'));
+    let is_control = |c: char| {
+        (c.is_control() || is_invisible_format(c)) && !(keep_lines && (c == '\n' || c == '\t'))
+    };
     if !s.chars().any(is_control) {
         return std::borrow::Cow::Borrowed(s);
     }
@@ -258,6 +280,13 @@ pub fn json_value(d: &Diagnostic) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escape_shows_invisible_formatting() {
+        assert_eq!(escape("prod/\u{202e}nimda"), "prod/\\u{202e}nimda");
+        assert_eq!(escape("a\u{200b}b\u{feff}"), "a\\u{200b}b\\u{feff}");
+        assert_eq!(escape("caf\u{e9} \u{1f600}"), "caf\u{e9} \u{1f600}");
+    }
 
     #[test]
     fn escape_neutralises_terminal_controls() {

@@ -420,6 +420,11 @@ fn parse_tests(bundle: &Bundle, file: &Path) -> Result<Vec<TestCase>, Failure> {
             ));
             continue;
         };
+        if let Err(why) = kz_bundle::validate_ref(&reference) {
+            let at = get("ref").unwrap_or(n);
+            diags.push(test_error(file, at, &format!("{path}.ref"), format!("`{path}.ref`: {why}"), "the server refuses such a ref before any policy: test the names callers can request"));
+            continue;
+        }
         let expect_allow = match str_of("expect").as_deref() {
             Some("allow") => true,
             Some("deny") => false,

@@ -135,7 +135,17 @@ pub fn sign(args: &TokenSignArgs) -> Result<String, Failure> {
         ));
     };
     obj.insert("iss".into(), Value::String(args.issuer.clone()));
-    kz_identity::sign(&key, args.alg.as_deref(), args.kid.as_deref(), &claims).map_err(|e| {
+    // An HMAC secret file is read as the bundle's `secret_file` is: without its final newline.
+    let hmac = args
+        .alg
+        .as_deref()
+        .is_some_and(|a| a.to_ascii_uppercase().starts_with("HS"));
+    let key: &str = if hmac {
+        key.trim_end_matches(['\n', '\r'])
+    } else {
+        &key
+    };
+    kz_identity::sign(key, args.alg.as_deref(), args.kid.as_deref(), &claims).map_err(|e| {
         Failure::one(
             Diagnostic::error("token::sign", format!("cannot sign: {e}"))
                 .help("give a PEM private key (RSA, EC P-256/P-384, Ed25519), or --alg HS256 with a secret file"),

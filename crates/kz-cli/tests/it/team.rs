@@ -369,7 +369,7 @@ fn policy_eval_verifies_tokens_as_the_server_would() {
     assert!(!r.stderr.contains(forged.trim()), "the token was printed");
 
     // HS256 through the custom issuer's `secret_env`, mapped with `map`.
-    let secret = s.write("hmac.key", &"k".repeat(32));
+    let secret = s.write("hmac.key", &format!("{}\n", "k".repeat(32)));
     let token = s
         .kz(&[
             "token",
@@ -549,6 +549,19 @@ fn policy_test_runs_a_table_and_fails_with_the_trace() {
         .stdout_json();
     assert_eq!(j["failed"], 1);
     assert_eq!(j["tests"][0]["line"], 2);
+    // A ref the server would refuse is a mistake in the test file, not a decision.
+    s.write(
+        "badref.yaml",
+        "tests:\n  - name: hash\n    identity: { org: acme }\n    ref: \"prod/admin#token\"\n    expect: deny\n",
+    );
+    let r = s
+        .kz(&["policy", "test", "-b", "bundle.yaml", "badref.yaml"])
+        .code(1);
+    assert!(
+        r.stderr.contains("`#`") && r.stderr.contains(":4:"),
+        "{}",
+        r.stderr
+    );
     // A malformed test file: every problem with its line.
     s.write(
         "broken.yaml",
