@@ -13,6 +13,10 @@
 //!   literally and what follows decoded again until both readings meet (text next to a value
 //!   can otherwise swallow the value's edge into an escape).
 //!
+//! A value that itself holds escape-like text (`%41`, `\n`, `&amp;`) also gets its decoded forms
+//! (one and two layers) as patterns: the views read that text as the decoder does, whatever
+//! else of the value a server escaped.
+//!
 //! Every view is compared after a fold that drops CR and LF (line-wrapped base64, values split
 //! over lines) and maps space, `-` and `_` to `+` and `/` (form encoding's `+` for a space, and
 //! URL-safe base64 onto the standard alphabet); patterns are folded the same way. Patterns per
@@ -201,6 +205,20 @@ impl Matcher {
                 continue;
             }
             add(plain, Form::Plain);
+            // A value that holds escape-like text (`%41`, `\n`, `&amp;`) is read by the decoded
+            // views as the decoder reads it, whatever else of it was escaped: so its decoded
+            // forms (one and two layers) are patterns too.
+            if value.iter().any(|b| is_escape_start(*b)) {
+                let mut l1 = Decoded::default();
+                let mut l2 = Decoded::default();
+                let raw = Raw(&value);
+                if decode(&raw, value.len(), true, &mut l1).0 {
+                    add(folded(&l1.bytes), Form::Plain);
+                    if l1.nested && decode(&l1, l1.bytes.len(), true, &mut l2).0 {
+                        add(folded(&l2.bytes), Form::Plain);
+                    }
+                }
+            }
             if options.no_base64 {
                 continue;
             }
@@ -1542,6 +1560,30 @@ mod tests {
             .enumerate()
             .map(|(i, b)| enc(b, hows.get(i % hows.len().max(1)).copied().unwrap_or(0)))
             .collect()
+    }
+
+    /// A value that holds escape-like text, reflected with other characters escaped (Go's
+    /// encoding/json writes `&` as `\u0026`): the decoded view reads the value's own `%41` as
+    /// `A`, and still finds it.
+    #[test]
+    fn a_value_holding_escape_like_text_is_found_in_any_reflection() {
+        let value = b"pw%41bc&cd%42de\\n-x";
+        let m = Matcher::new([(value.to_vec(), b"<T>".to_vec())], Options::default());
+        for form in [
+            "pw%41bc\\u0026cd%42de\\\\n-x",
+            "pw%41bc&amp;cd%42de\\n-x",
+            "pw%2541bc&cd%2542de%5Cn-x",
+            "pw%41bc&cd%42de\\n-x",
+        ] {
+            let body = format!("{{\"echo\":\"{form}\"}}");
+            let (out, hits) = m.replace_all(body.as_bytes());
+            assert_eq!(hits, vec![0], "{form}");
+            let out = String::from_utf8_lossy(&out);
+            assert!(
+                !out.contains("bc") && out.contains("<T>"),
+                "{form} gave {out}"
+            );
+        }
     }
 
     /// Text around a value can form an escape sequence with the value's first or last bytes
