@@ -651,3 +651,13 @@ async fn canary_secret_never_in_errors() {
     let dbg = format!("{:?}", hmac_key(&secret, "HS256"));
     assert!(!dbg.contains(CANARY), "{dbg}");
 }
+
+#[test]
+fn the_verifier_can_be_shared_across_tasks() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    fn send<T: Send>(_: T) {}
+    let v = verifier(vec![pem_key(es256(), None)]);
+    send_sync(&v);
+    send(v.verify("x", std::time::SystemTime::now()));
+    send(v.verify_shared("x", std::time::SystemTime::now()));
+}
