@@ -661,3 +661,25 @@ fn the_verifier_can_be_shared_across_tasks() {
     send(v.verify("x", std::time::SystemTime::now()));
     send(v.verify_shared("x", std::time::SystemTime::now()));
 }
+
+#[tokio::test]
+async fn only_the_named_issuers_keys_verify() {
+    // Two issuers, each with its own key: a token naming A signed with B's key is refused.
+    let a = issuer(vec![pem_key(es256(), None)]);
+    let mut b = IssuerConfig::new("b", Profile::Custom, "https://b.example");
+    b.audience = Some("keyzero".into());
+    b.keys = KeySource::Static(vec![pem_key(es256b(), None)]);
+    let v = Verifier::new(vec![a, b]).unwrap();
+    let now = std::time::SystemTime::now();
+    let for_a_by_b = es256b().sign(None, &claims());
+    assert_eq!(code(&v, &for_a_by_b).await, ErrorCode::BadSignature);
+    let for_b = es256b().sign(None, &with(claims(), json!({"iss": "https://b.example"})));
+    assert_eq!(v.verify(&for_b, now).await.unwrap().issuer, "b");
+    assert_eq!(
+        v.verify(&es256().sign(None, &claims()), now)
+            .await
+            .unwrap()
+            .issuer,
+        "test"
+    );
+}
