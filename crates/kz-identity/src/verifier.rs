@@ -322,6 +322,9 @@ impl Verifier {
         };
         let generation = self.check_signature(issuer, &parsed, now_s).await?;
         let exp = claims::check(&parsed.claims, &issuer.rules(), now_s)?;
+        // Normalised before the jti is recorded: a token refused here does not use it up.
+        let mut id = normalise(issuer.profile, &issuer.map, &parsed.claims)?;
+        id.issuer = issuer.name.clone();
         if issuer.single_use {
             let jti = claims::string_claim(&parsed.claims, "jti")?.ok_or_else(|| {
                 IdentityError::new(
@@ -361,8 +364,6 @@ impl Verifier {
                 }
             }
         }
-        let mut id = normalise(issuer.profile, &issuer.map, &parsed.claims)?;
-        id.issuer = issuer.name.clone();
         let id = Arc::new(id);
         if !issuer.single_use {
             self.cache
