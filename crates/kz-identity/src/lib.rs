@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use kz_secret::SecretValue;
 
-pub use cache::{REPLAY_CACHE_CAPACITY, TOKEN_CACHE_CAPACITY};
+pub use cache::{REPLAY_CACHE_CAPACITY, TOKEN_CACHE_BYTES, TOKEN_CACHE_CAPACITY};
 pub use error::{ConfigError, ErrorCode, IdentityError};
 pub use fetch::{DEFAULT_KEYS_TTL, MAX_DOCUMENT_BYTES, MAX_KEYS_TTL, MIN_KEYS_TTL};
 pub use keys::MAX_JWKS_KEYS;

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use kz_policy::Identity;
 use sha2::{Digest, Sha256};
 
-use crate::cache::{Replay, ReplayCache, TOKEN_CACHE_CAPACITY, TokenCache};
+use crate::cache::{Replay, ReplayCache, TOKEN_CACHE_BYTES, TOKEN_CACHE_CAPACITY, TokenCache};
 use crate::claims::{self, Rules};
 use crate::error::{ConfigError, ErrorCode, IdentityError, show};
 use crate::fetch::{self, MIN_KEYS_TTL, Remote};
@@ -252,7 +252,7 @@ impl Verifier {
                 issuers,
                 by_url,
                 client,
-                cache: Mutex::new(TokenCache::new(TOKEN_CACHE_CAPACITY)),
+                cache: Mutex::new(TokenCache::new(TOKEN_CACHE_CAPACITY, TOKEN_CACHE_BYTES)),
             }),
             _ => Err(errors),
         }
@@ -369,7 +369,15 @@ impl Verifier {
             self.cache
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .insert(digest, Arc::clone(&id), exp, index, generation, now_s);
+                .insert(
+                    digest,
+                    token.len(),
+                    Arc::clone(&id),
+                    exp,
+                    index,
+                    generation,
+                    now_s,
+                );
         }
         Ok(id)
     }
