@@ -683,3 +683,17 @@ async fn only_the_named_issuers_keys_verify() {
         "test"
     );
 }
+
+const RSA_1024_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nMIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQCkadBIHlZ/4CmKCESRfKcT1+f3\n4WU1xGidJ4ZdOlEwHO5uDculLipPysKewiYECZz70eloX1k7kNOjCgJv33fvg6ML\nfQl1YcDMKOTJPvxF82Nhm+6nQb/WLLocPx8an4EODWfXtzl4ZEFo1FXJXeYEmgw6\nND7zLtK/deiDYq87kwIDAQAB\n-----END PUBLIC KEY-----\n";
+
+#[test]
+fn short_rsa_keys_are_refused_at_load() {
+    let s = StaticKey {
+        kid: None,
+        alg: None,
+        pem_or_secret: KeyMaterial::Pem(RSA_1024_PUBLIC.into()),
+    };
+    let e = Verifier::new(vec![issuer(vec![s])]).unwrap_err();
+    assert!(e.message.contains("1024-bit"), "{e}");
+    assert_eq!(e.field, "static_keys[0]");
+}
