@@ -697,3 +697,37 @@ fn short_rsa_keys_are_refused_at_load() {
     assert!(e.message.contains("1024-bit"), "{e}");
     assert_eq!(e.field, "static_keys[0]");
 }
+
+#[tokio::test]
+async fn sign_infers_the_algorithm_and_fills_times() {
+    for (k, want) in [
+        (rsa(), "RS256"),
+        (es256(), "ES256"),
+        (es384(), "ES384"),
+        (ed25519(), "EdDSA"),
+    ] {
+        let c = json!({"iss": ISS, "aud": "keyzero", "sub": "s"});
+        let t = kz_identity::sign(&k.private_pem, None, Some("kid-1"), &c).unwrap();
+        let header: Value = serde_json::from_slice(
+            &base64::Engine::decode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                t.split('.').next().unwrap(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(header["alg"], want);
+        assert_eq!(header["kid"], "kid-1");
+        let v = verifier(vec![pem_key(k, Some("kid-1"))]);
+        let id = v.verify(&t, std::time::SystemTime::now()).await.unwrap();
+        let exp = id.claims["exp"].as_i64().unwrap();
+        let iat = id.claims["iat"].as_i64().unwrap();
+        assert_eq!(exp - iat, 3600);
+    }
+    // Errors never echo the key.
+    let e = kz_identity::sign(CANARY, None, None, &json!({})).unwrap_err();
+    assert!(!e.to_string().contains(CANARY));
+    assert_eq!(e.code(), "sign_failed");
+    assert!(kz_identity::sign(&es256().private_pem, Some("RS256"), None, &json!({})).is_err());
+    assert!(kz_identity::sign(&es256().private_pem, None, None, &json!([1])).is_err());
+}
