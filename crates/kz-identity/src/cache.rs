@@ -4,9 +4,13 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use kz_policy::Identity;
+use sha2::{Digest, Sha256};
 
 /// Most verified tokens kept.
 pub const TOKEN_CACHE_CAPACITY: usize = 10_000;
+/// Most bytes of tokens (their sizes added up) the verified-token cache stands for, so that
+/// 10,000 tokens near the 16 KiB limit cannot pin 160 MiB of claims.
+pub const TOKEN_CACHE_BYTES: usize = 16 * 1024 * 1024;
 /// Most `jti`s a `single_use` issuer remembers at once.
 pub const REPLAY_CACHE_CAPACITY: usize = 100_000;
 
@@ -18,6 +22,7 @@ struct Entry {
     issuer: usize,
     generation: u64,
     seq: u64,
+    size: usize,
 }
 
 /// Verified tokens by the SHA-256 of the token. Bounded: when full, expired entries go first,
@@ -28,15 +33,25 @@ pub(crate) struct TokenCache {
     order: VecDeque<([u8; 32], u64)>,
     seq: u64,
     capacity: usize,
+    max_bytes: usize,
+    bytes: usize,
 }
 
 impl TokenCache {
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(capacity: usize, max_bytes: usize) -> Self {
         Self {
             map: HashMap::new(),
             order: VecDeque::new(),
             seq: 0,
             capacity: capacity.max(1),
+            max_bytes,
+            bytes: 0,
+        }
+    }
+
+    fn remove(&mut self, digest: &[u8; 32]) {
+        if let Some(e) = self.map.remove(digest) {
+            self.bytes = self.bytes.saturating_sub(e.size);
         }
     }
 
@@ -52,30 +67,36 @@ impl TokenCache {
         if now < e.exp && current(e.issuer) == Some(e.generation) {
             return Some(Arc::clone(&e.identity));
         }
-        self.map.remove(digest);
+        self.remove(digest);
         None
     }
 
+    /// Caches `identity` for the token with this digest and `size` bytes.
+    #[allow(clippy::too_many_arguments)]
     pub fn insert(
         &mut self,
         digest: [u8; 32],
+        size: usize,
         identity: Arc<Identity>,
         exp: i64,
         issuer: usize,
         generation: u64,
         now: i64,
     ) {
-        if now >= exp {
+        if now >= exp || size > self.max_bytes {
             return;
         }
-        if self.map.len() >= self.capacity && !self.map.contains_key(&digest) {
+        self.remove(&digest);
+        let full = |c: &Self| c.map.len() >= c.capacity || c.bytes + size > c.max_bytes;
+        if full(self) {
             self.map.retain(|_, e| e.exp > now);
-            while self.map.len() >= self.capacity {
+            self.bytes = self.map.values().map(|e| e.size).sum();
+            while full(self) {
                 let Some((key, seq)) = self.order.pop_front() else {
                     break;
                 };
                 if self.map.get(&key).is_some_and(|e| e.seq == seq) {
-                    self.map.remove(&key);
+                    self.remove(&key);
                 }
             }
         }
@@ -90,8 +111,10 @@ impl TokenCache {
                 issuer,
                 generation,
                 seq,
+                size,
             },
         );
+        self.bytes += size;
         if self.order.len() > 2 * self.capacity {
             let map = &self.map;
             self.order
@@ -107,7 +130,8 @@ impl TokenCache {
 /// `jti`s seen, each until its token's `exp` plus leeway.
 #[derive(Debug, Default)]
 pub(crate) struct ReplayCache {
-    seen: HashMap<String, i64>,
+    /// SHA-256 of each `jti` (a token may carry a `jti` of kilobytes).
+    seen: HashMap<[u8; 32], i64>,
 }
 
 pub(crate) enum Replay {
@@ -119,18 +143,19 @@ pub(crate) enum Replay {
 impl ReplayCache {
     /// Records `jti` until `until`; whether it was fresh.
     pub fn check_and_insert(&mut self, jti: &str, until: i64, now: i64) -> Replay {
-        if let Some(&t) = self.seen.get(jti)
+        let key: [u8; 32] = Sha256::digest(jti.as_bytes()).into();
+        if let Some(&t) = self.seen.get(&key)
             && now < t
         {
             return Replay::Replayed;
         }
-        if self.seen.len() >= REPLAY_CACHE_CAPACITY && !self.seen.contains_key(jti) {
+        if self.seen.len() >= REPLAY_CACHE_CAPACITY && !self.seen.contains_key(&key) {
             self.seen.retain(|_, t| now < *t);
             if self.seen.len() >= REPLAY_CACHE_CAPACITY {
                 return Replay::Full;
             }
         }
-        self.seen.insert(jti.to_string(), until);
+        self.seen.insert(key, until);
         Replay::Fresh
     }
 }
@@ -148,9 +173,9 @@ mod tests {
 
     #[test]
     fn bounded_and_expiring() {
-        let mut c = TokenCache::new(3);
+        let mut c = TokenCache::new(3, 1 << 20);
         for i in 0..10u8 {
-            c.insert([i; 32], id("x"), 100 + i64::from(i), 0, 1, 50);
+            c.insert([i; 32], 10, id("x"), 100 + i64::from(i), 0, 1, 50);
             assert!(c.len() <= 3);
         }
         assert!(c.order.len() <= 6);
@@ -161,18 +186,36 @@ mod tests {
         // A change of the issuer's keys drops it.
         assert!(c.get(&[8; 32], 50, |_| Some(2)).is_none());
         // Never stored when already expired.
-        c.insert([42; 32], id("y"), 10, 0, 1, 50);
+        c.insert([42; 32], 10, id("y"), 10, 0, 1, 50);
         assert!(c.get(&[42; 32], 5, |_| Some(1)).is_none());
     }
 
     #[test]
     fn expired_entries_make_room_first() {
-        let mut c = TokenCache::new(2);
-        c.insert([1; 32], id("a"), 100, 0, 1, 0);
-        c.insert([2; 32], id("b"), 1000, 0, 1, 0);
-        c.insert([3; 32], id("c"), 1000, 0, 1, 200);
+        let mut c = TokenCache::new(2, 1 << 20);
+        c.insert([1; 32], 10, id("a"), 100, 0, 1, 0);
+        c.insert([2; 32], 10, id("b"), 1000, 0, 1, 0);
+        c.insert([3; 32], 10, id("c"), 1000, 0, 1, 200);
         assert!(c.get(&[2; 32], 200, |_| Some(1)).is_some());
         assert!(c.get(&[3; 32], 200, |_| Some(1)).is_some());
+    }
+
+    #[test]
+    fn bounded_in_bytes() {
+        let mut c = TokenCache::new(100, 1000);
+        for i in 0..10u8 {
+            c.insert([i; 32], 300, id("x"), 100, 0, 1, 0);
+            assert!(c.bytes <= 1000);
+            assert_eq!(c.bytes, c.map.values().map(|e| e.size).sum::<usize>());
+        }
+        assert_eq!(c.len(), 3);
+        assert!(c.get(&[9; 32], 0, |_| Some(1)).is_some());
+        // Re-inserting the same token does not count it twice.
+        c.insert([9; 32], 300, id("x"), 100, 0, 1, 0);
+        assert_eq!(c.bytes, 900);
+        // A token over the whole budget is not cached.
+        c.insert([77; 32], 1001, id("x"), 100, 0, 1, 0);
+        assert!(c.get(&[77; 32], 0, |_| Some(1)).is_none());
     }
 
     #[test]

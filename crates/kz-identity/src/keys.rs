@@ -184,6 +184,18 @@ impl Key {
     }
 }
 
+/// Smallest RSA modulus accepted (aws-lc-rs verifies nothing shorter).
+pub const MIN_RSA_BITS: usize = 2048;
+
+fn rsa_bits(n: &[u8]) -> usize {
+    let n = match n.iter().position(|&b| b != 0) {
+        Some(i) => n.get(i..).unwrap_or_default(),
+        None => return 0,
+    };
+    let lead = n.first().map_or(0, |b| 8 - b.leading_zeros() as usize);
+    (n.len().saturating_sub(1)) * 8 + lead
+}
+
 /// Whether `bytes` look like public key material (PEM, a JWK, or DER starting with an ASN.1
 /// SEQUENCE), leading whitespace included: such bytes are never accepted as an HMAC secret.
 pub(crate) fn looks_like_public_key(bytes: &[u8]) -> bool {
@@ -211,6 +223,19 @@ pub(crate) fn from_pem(pem: &str, kid: Option<String>, alg: Option<Alg>) -> Resu
         );
     }
     let (key_type, decoding) = if let Ok(k) = DecodingKey::from_rsa_pem(bytes) {
+        let der = k
+            .try_get_as_bytes()
+            .map_err(|_| "is not a usable RSA key".to_string())?;
+        let (n, _) = (DEFAULT_PROVIDER
+            .key_utils
+            .rsa_pub_components_from_public_key)(der)
+        .map_err(|_| "is not a usable RSA key".to_string())?;
+        let bits = rsa_bits(&n);
+        if bits < MIN_RSA_BITS {
+            return Err(format!(
+                "is a {bits}-bit RSA key; at least {MIN_RSA_BITS} bits are required"
+            ));
+        }
         (KeyType::Rsa, k)
     } else if let Ok(k) = DecodingKey::from_ec_pem(bytes) {
         let t = match k.try_get_as_bytes().map(<[u8]>::len) {
@@ -336,6 +361,9 @@ fn parse_jwk(jwk: &Value) -> Option<Key> {
         "RSA" => {
             let n = b64_member(jwk, "n")?;
             let e = b64_member(jwk, "e")?;
+            if rsa_bits(&n) < MIN_RSA_BITS {
+                return None;
+            }
             let mut fp = n.clone();
             fp.extend_from_slice(&e);
             (
@@ -389,6 +417,22 @@ fn parse_jwk(jwk: &Value) -> Option<Key> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rsa_sizes() {
+        assert_eq!(rsa_bits(&[0, 0x80, 0]), 16);
+        assert_eq!(rsa_bits(&[0x01, 0]), 9);
+        assert_eq!(rsa_bits(&[0; 4]), 0);
+        let mut n = vec![0xffu8; 256];
+        assert_eq!(rsa_bits(&n), 2048);
+        n[0] = 0x7f;
+        assert_eq!(rsa_bits(&n), 2047);
+        let short = format!(
+            r#"{{"keys":[{{"kty":"RSA","n":"{}","e":"AQAB"}}]}}"#,
+            B64.encode(&n)
+        );
+        assert!(parse_jwks(short.as_bytes()).is_err());
+    }
 
     #[test]
     fn alg_names_are_exact() {

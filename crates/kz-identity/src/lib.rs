@@ -4,7 +4,7 @@
 //! - [`Verifier::new`] checks the issuers ([`IssuerConfig`], plain data the caller builds from
 //!   the bundle) and their static keys; remote key sets are fetched lazily.
 //! - [`Verifier::verify`]: the size limit (16 KiB) before anything else; the verified-token cache
-//!   (SHA-256 of the token); strict parsing ([`token`]: three canonical base64url parts, JSON
+//!   (SHA-256 of the token); strict parsing (module `token`: three canonical base64url parts, JSON
 //!   objects without duplicate keys, only `alg`/`kid`/`crit` read from the header); the token's
 //!   `iss` picks the issuer; only that issuer's keys whose type fits `alg` are tried; then
 //!   registered claims (types first, `exp` required, `nbf`/`iat` with leeway, lifetime,
@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use kz_secret::SecretValue;
 
-pub use cache::{REPLAY_CACHE_CAPACITY, TOKEN_CACHE_CAPACITY};
+pub use cache::{REPLAY_CACHE_CAPACITY, TOKEN_CACHE_BYTES, TOKEN_CACHE_CAPACITY};
 pub use error::{ConfigError, ErrorCode, IdentityError};
 pub use fetch::{DEFAULT_KEYS_TTL, MAX_DOCUMENT_BYTES, MAX_KEYS_TTL, MIN_KEYS_TTL};
 pub use keys::MAX_JWKS_KEYS;

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use kz_policy::Identity;
 use sha2::{Digest, Sha256};
 
-use crate::cache::{Replay, ReplayCache, TOKEN_CACHE_CAPACITY, TokenCache};
+use crate::cache::{Replay, ReplayCache, TOKEN_CACHE_BYTES, TOKEN_CACHE_CAPACITY, TokenCache};
 use crate::claims::{self, Rules};
 use crate::error::{ConfigError, ErrorCode, IdentityError, show};
 use crate::fetch::{self, MIN_KEYS_TTL, Remote};
@@ -252,7 +252,7 @@ impl Verifier {
                 issuers,
                 by_url,
                 client,
-                cache: Mutex::new(TokenCache::new(TOKEN_CACHE_CAPACITY)),
+                cache: Mutex::new(TokenCache::new(TOKEN_CACHE_CAPACITY, TOKEN_CACHE_BYTES)),
             }),
             _ => Err(errors),
         }
@@ -275,9 +275,14 @@ impl Verifier {
         now: SystemTime,
     ) -> Result<Arc<Identity>, IdentityError> {
         if token.len() > MAX_TOKEN_BYTES {
-            return Err(token::parse(token).err().unwrap_or_else(|| {
-                IdentityError::new(ErrorCode::TooLarge, "token over the size limit")
-            }));
+            // Before hashing or parsing anything.
+            return Err(IdentityError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "token is {} bytes, over the limit of {MAX_TOKEN_BYTES}",
+                    token.len()
+                ),
+            ));
         }
         let now_s = unix(now);
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
@@ -307,19 +312,19 @@ impl Verifier {
         else {
             return Err(IdentityError::new(
                 ErrorCode::UnknownIssuer,
+                // The configured issuers are not listed: the caller may be anyone.
                 format!(
-                    "token issuer `{}` is not configured (issuers: {})",
+                    "token issuer `{}` is not one of the {} configured issuer URLs",
                     show(iss),
-                    self.issuers
-                        .iter()
-                        .map(|i| format!("`{}` = {}", i.name, i.issuer_url))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    self.issuers.len()
                 ),
             ));
         };
         let generation = self.check_signature(issuer, &parsed, now_s).await?;
         let exp = claims::check(&parsed.claims, &issuer.rules(), now_s)?;
+        // Normalised before the jti is recorded: a token refused here does not use it up.
+        let mut id = normalise(issuer.profile, &issuer.map, &parsed.claims)?;
+        id.issuer = issuer.name.clone();
         if issuer.single_use {
             let jti = claims::string_claim(&parsed.claims, "jti")?.ok_or_else(|| {
                 IdentityError::new(
@@ -359,14 +364,20 @@ impl Verifier {
                 }
             }
         }
-        let mut id = normalise(issuer.profile, &issuer.map, &parsed.claims)?;
-        id.issuer = issuer.name.clone();
         let id = Arc::new(id);
         if !issuer.single_use {
             self.cache
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .insert(digest, Arc::clone(&id), exp, index, generation, now_s);
+                .insert(
+                    digest,
+                    token.len(),
+                    Arc::clone(&id),
+                    exp,
+                    index,
+                    generation,
+                    now_s,
+                );
         }
         Ok(id)
     }

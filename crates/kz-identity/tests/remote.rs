@@ -52,7 +52,7 @@ async fn jwks_url_and_discovery_verify() {
     assert_eq!(server.jwks_hits(), 2);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_kids_refetch_at_most_once_per_window() {
     let server = Server::start().await;
     server.set_jwks(vec![es256().jwk("a")]);
@@ -286,4 +286,19 @@ async fn jwks_symmetric_keys_are_never_used() {
         v.verify(&t, at(now)).await.unwrap_err().code,
         ErrorCode::UnsupportedAlg
     );
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed() {
+    let server = Server::start().await;
+    server.set_jwks(vec![es256().jwk("a")]);
+    let mut cfg = jwks_issuer(&server);
+    cfg.keys = KeySource::JwksUrl(format!("{}/redirect", server.url));
+    let v = Verifier::new(vec![cfg]).unwrap();
+    let now = unix_now();
+    let t = es256().sign(Some("a"), &claims(&server.url, now));
+    let e = v.verify(&t, at(now)).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::KeysUnavailable);
+    assert!(e.message.contains("HTTP 302"), "{e}");
+    assert_eq!(server.jwks_hits(), 0);
 }

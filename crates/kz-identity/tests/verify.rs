@@ -651,3 +651,83 @@ async fn canary_secret_never_in_errors() {
     let dbg = format!("{:?}", hmac_key(&secret, "HS256"));
     assert!(!dbg.contains(CANARY), "{dbg}");
 }
+
+#[test]
+fn the_verifier_can_be_shared_across_tasks() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    fn send<T: Send>(_: T) {}
+    let v = verifier(vec![pem_key(es256(), None)]);
+    send_sync(&v);
+    send(v.verify("x", std::time::SystemTime::now()));
+    send(v.verify_shared("x", std::time::SystemTime::now()));
+}
+
+#[tokio::test]
+async fn only_the_named_issuers_keys_verify() {
+    // Two issuers, each with its own key: a token naming A signed with B's key is refused.
+    let a = issuer(vec![pem_key(es256(), None)]);
+    let mut b = IssuerConfig::new("b", Profile::Custom, "https://b.example");
+    b.audience = Some("keyzero".into());
+    b.keys = KeySource::Static(vec![pem_key(es256b(), None)]);
+    let v = Verifier::new(vec![a, b]).unwrap();
+    let now = std::time::SystemTime::now();
+    let for_a_by_b = es256b().sign(None, &claims());
+    assert_eq!(code(&v, &for_a_by_b).await, ErrorCode::BadSignature);
+    let for_b = es256b().sign(None, &with(claims(), json!({"iss": "https://b.example"})));
+    assert_eq!(v.verify(&for_b, now).await.unwrap().issuer, "b");
+    assert_eq!(
+        v.verify(&es256().sign(None, &claims()), now)
+            .await
+            .unwrap()
+            .issuer,
+        "test"
+    );
+}
+
+const RSA_1024_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nMIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQCkadBIHlZ/4CmKCESRfKcT1+f3\n4WU1xGidJ4ZdOlEwHO5uDculLipPysKewiYECZz70eloX1k7kNOjCgJv33fvg6ML\nfQl1YcDMKOTJPvxF82Nhm+6nQb/WLLocPx8an4EODWfXtzl4ZEFo1FXJXeYEmgw6\nND7zLtK/deiDYq87kwIDAQAB\n-----END PUBLIC KEY-----\n";
+
+#[test]
+fn short_rsa_keys_are_refused_at_load() {
+    let s = StaticKey {
+        kid: None,
+        alg: None,
+        pem_or_secret: KeyMaterial::Pem(RSA_1024_PUBLIC.into()),
+    };
+    let e = Verifier::new(vec![issuer(vec![s])]).unwrap_err();
+    assert!(e.message.contains("1024-bit"), "{e}");
+    assert_eq!(e.field, "static_keys[0]");
+}
+
+#[tokio::test]
+async fn sign_infers_the_algorithm_and_fills_times() {
+    for (k, want) in [
+        (rsa(), "RS256"),
+        (es256(), "ES256"),
+        (es384(), "ES384"),
+        (ed25519(), "EdDSA"),
+    ] {
+        let c = json!({"iss": ISS, "aud": "keyzero", "sub": "s"});
+        let t = kz_identity::sign(&k.private_pem, None, Some("kid-1"), &c).unwrap();
+        let header: Value = serde_json::from_slice(
+            &base64::Engine::decode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                t.split('.').next().unwrap(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(header["alg"], want);
+        assert_eq!(header["kid"], "kid-1");
+        let v = verifier(vec![pem_key(k, Some("kid-1"))]);
+        let id = v.verify(&t, std::time::SystemTime::now()).await.unwrap();
+        let exp = id.claims["exp"].as_i64().unwrap();
+        let iat = id.claims["iat"].as_i64().unwrap();
+        assert_eq!(exp - iat, 3600);
+    }
+    // Errors never echo the key.
+    let e = kz_identity::sign(CANARY, None, None, &json!({})).unwrap_err();
+    assert!(!e.to_string().contains(CANARY));
+    assert_eq!(e.code(), "sign_failed");
+    assert!(kz_identity::sign(&es256().private_pem, Some("RS256"), None, &json!({})).is_err());
+    assert!(kz_identity::sign(&es256().private_pem, None, None, &json!([1])).is_err());
+}

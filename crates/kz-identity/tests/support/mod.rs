@@ -189,6 +189,7 @@ impl Server {
         let app = Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
             .route("/jwks", get(jwks))
+            .route("/redirect", get(redirect))
             .fallback(other)
             .with_state(Arc::clone(&state));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -289,4 +290,9 @@ async fn other(State(state): State<Arc<ServerState>>) -> Response {
     state.other_hits.fetch_add(1, Ordering::SeqCst);
     let body = state.jwks.lock().unwrap().to_string();
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn redirect(State(state): State<Arc<ServerState>>) -> Response {
+    state.other_hits.fetch_add(1, Ordering::SeqCst);
+    (StatusCode::FOUND, [(header::LOCATION, "/jwks")]).into_response()
 }
