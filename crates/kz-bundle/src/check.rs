@@ -561,6 +561,17 @@ impl Checker {
         let single_use = get("single_use")
             .and_then(|e| self.boolean(e, &format!("{path}.single_use")))
             .unwrap_or(false);
+        if single_use && max_token_lifetime.is_none() {
+            self.diags.push(
+                err(
+                    "bundle::conflict",
+                    format!("`{path}.single_use` needs `max_token_lifetime`"),
+                    at,
+                    path,
+                )
+                .help("the replay cache keeps each `jti` until its token expires: bound how long tokens live (e.g. `max_token_lifetime: 1h`)"),
+            );
+        }
         let allow_private_jwks = get("allow_private_jwks")
             .and_then(|e| self.boolean(e, &format!("{path}.allow_private_jwks")))
             .unwrap_or(false);

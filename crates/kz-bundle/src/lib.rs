@@ -230,6 +230,40 @@ impl Bundle {
         matching::best(&self.resolvers, requested)
     }
 
+    /// Advice that does not stop the bundle from loading: with several issuers, a rule that
+    /// compares identity fields but never names `issuer` (`org == "acme"` is as true for a
+    /// GitLab group or a SPIFFE trust domain called `acme` as for the GitHub organisation).
+    pub fn warnings(&self) -> Vec<Diagnostic> {
+        if self.issuers.len() < 2 {
+            return Vec::new();
+        }
+        self.policy_entries
+            .iter()
+            .filter(|p| {
+                let names = identifiers(&p.source.rule);
+                !names.contains(&"issuer")
+                    && names.iter().any(|n| {
+                        matches!(
+                            *n,
+                            "sub" | "org" | "service" | "env" | "action" | "branch" | "actor" | "groups"
+                        )
+                    })
+            })
+            .map(|p| {
+                Diagnostic::warning(
+                    "bundle::issuer_unbound",
+                    format!(
+                        "policy `{}` compares identity fields without naming the issuer",
+                        p.source.name
+                    ),
+                )
+                .at(&p.pos)
+                .key(format!("policies.{}.rule", p.source.name))
+                .help("with several issuers, start the rule with `issuer == \"NAME\" && …`: another issuer can fill the same field")
+            })
+            .collect()
+    }
+
     /// Settings that each server replica keeps on its own (said by `kz server check`): a
     /// deployment of several replicas behind a load balancer does not share them.
     pub fn per_replica_settings(&self) -> Vec<String> {
@@ -261,6 +295,47 @@ impl Bundle {
         }
         out
     }
+}
+
+/// The top-level identifiers of a CEL rule: names outside string literals and not after a `.`
+/// (so `context.org` and `claims.org` are not `org`).
+fn identifiers(rule: &str) -> Vec<&str> {
+    let bytes = rule.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'"' || b == b'\'' {
+            // Skip the literal (escapes included); raw and triple-quoted forms end the same way.
+            i += 1;
+            while let Some(&c) = bytes.get(i) {
+                i += 1;
+                if c == b'\\' {
+                    i += 1;
+                } else if c == b {
+                    break;
+                }
+            }
+            continue;
+        }
+        if b.is_ascii_alphabetic() || b == b'_' {
+            let start = i;
+            while bytes
+                .get(i)
+                .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_')
+            {
+                i += 1;
+            }
+            let after_dot = rule
+                .get(..start)
+                .is_some_and(|s| s.trim_end().ends_with('.'));
+            if !after_dot && let Some(name) = rule.get(start..i) {
+                out.push(name);
+            }
+            continue;
+        }
+        i += 1;
+    }
+    out
 }
 
 /// Reads and checks the bundle at `path`.

@@ -71,6 +71,30 @@ pub(crate) fn check_url(raw: &str) -> Result<Url, String> {
     Ok(url)
 }
 
+/// Whether a discovered `jwks_uri` may be used for an issuer at `origin`: on the issuer's own
+/// origin, or (with `allow_other_host`) another host, but never a weaker scheme, and never
+/// loopback for an issuer that is not itself on loopback.
+fn jwks_uri_allowed(url: &Url, origin: &Url, allow_other_host: bool) -> Result<(), String> {
+    if origin.scheme() == "https" && url.scheme() != "https" {
+        return Err(format!(
+            "jwks_uri `{url}` is plain http for an https issuer"
+        ));
+    }
+    if url.host_str().is_some_and(is_loopback_host)
+        && !origin.host_str().is_some_and(is_loopback_host)
+    {
+        return Err(format!(
+            "jwks_uri `{url}` is on loopback for an issuer that is not"
+        ));
+    }
+    if !allow_other_host && !same_origin(url, origin) {
+        return Err(format!(
+            "jwks_uri `{url}` is not on the issuer's own origin; set `allow_private_jwks: true` on the issuer if that host is trusted"
+        ));
+    }
+    Ok(())
+}
+
 fn same_origin(a: &Url, b: &Url) -> bool {
     a.scheme() == b.scheme()
         && a.host_str().map(str::to_ascii_lowercase) == b.host_str().map(str::to_ascii_lowercase)
@@ -207,17 +231,41 @@ async fn discover(
         .and_then(Value::as_str)
         .ok_or_else(|| format!("{config_url}: the document has no `jwks_uri`"))?;
     let url = check_url(raw).map_err(|e| format!("{config_url}: jwks_uri {e}"))?;
-    if !allow_other_host && !same_origin(&url, origin) {
-        return Err(format!(
-            "{config_url}: jwks_uri `{url}` is not on the issuer's own origin; set `allow_private_jwks: true` on the issuer if that host is trusted"
-        ));
-    }
+    jwks_uri_allowed(&url, origin, allow_other_host).map_err(|e| format!("{config_url}: {e}"))?;
     Ok(url)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_jwks_uri_never_weakens_the_scheme_or_reaches_loopback() {
+        let u = |s: &str| Url::parse(s).unwrap();
+        let issuer = u("https://issuer.example");
+        assert!(jwks_uri_allowed(&u("https://issuer.example/keys"), &issuer, false).is_ok());
+        assert!(jwks_uri_allowed(&u("https://keys.example/jwks"), &issuer, false).is_err());
+        assert!(jwks_uri_allowed(&u("https://keys.example/jwks"), &issuer, true).is_ok());
+        for other in [
+            "http://127.0.0.1:9/keys",
+            "http://localhost/keys",
+            "https://127.0.0.1/keys",
+        ] {
+            assert!(
+                jwks_uri_allowed(&u(other), &issuer, true).is_err(),
+                "{other}"
+            );
+        }
+        let local = u("http://127.0.0.1:8200/v1/identity/oidc");
+        assert!(
+            jwks_uri_allowed(
+                &u("http://127.0.0.1:8200/v1/identity/oidc/.well-known/keys"),
+                &local,
+                false
+            )
+            .is_ok()
+        );
+    }
 
     #[test]
     fn cache_control() {

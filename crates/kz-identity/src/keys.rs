@@ -199,7 +199,7 @@ fn rsa_bits(n: &[u8]) -> usize {
 /// Whether `bytes` look like public key material (PEM, a JWK, or DER starting with an ASN.1
 /// SEQUENCE), leading whitespace included: such bytes are never accepted as an HMAC secret.
 pub(crate) fn looks_like_public_key(bytes: &[u8]) -> bool {
-    let trimmed = bytes.trim_ascii_start();
+    let trimmed = bytes.trim_ascii();
     if trimmed.windows(10).any(|w| w == b"-----BEGIN") {
         return true;
     }
@@ -207,7 +207,31 @@ pub(crate) fn looks_like_public_key(bytes: &[u8]) -> bool {
         return true;
     }
     // DER SubjectPublicKeyInfo / PKCS#1 start with SEQUENCE and a long-form length.
-    matches!(trimmed, [0x30, 0x81..=0x84, ..])
+    if matches!(trimmed, [0x30, 0x81..=0x84, ..]) || der_sequence(trimmed) {
+        return true;
+    }
+    // The same DER in base64 or base64url (what `openssl … -outform DER | base64` gives).
+    let text = trimmed
+        .strip_suffix(b"==")
+        .or(trimmed.strip_suffix(b"="))
+        .unwrap_or(trimmed);
+    let standard = base64::engine::general_purpose::STANDARD_NO_PAD;
+    [standard.decode(text).ok(), B64.decode(text).ok()]
+        .into_iter()
+        .flatten()
+        .any(|der| der_sequence(&der))
+}
+
+/// Whether `b` is exactly one DER SEQUENCE (its length, short or long form, covers the rest):
+/// the shape of every encoded public key and certificate.
+fn der_sequence(b: &[u8]) -> bool {
+    let (len, header) = match b {
+        [0x30, n @ 0..=0x7f, ..] => (usize::from(*n), 2),
+        [0x30, 0x81, n, ..] => (usize::from(*n), 3),
+        [0x30, 0x82, a, c, ..] => ((usize::from(*a) << 8) | usize::from(*c), 4),
+        _ => return false,
+    };
+    len >= 16 && header + len == b.len()
 }
 
 /// Builds a key from PEM text (SPKI `PUBLIC KEY`, PKCS#1 `RSA PUBLIC KEY`, or a `CERTIFICATE`).
@@ -461,6 +485,13 @@ mod tests {
         let mut der = vec![0x30, 0x82, 0x01, 0x22];
         der.extend(std::iter::repeat_n(7u8, 60));
         assert!(from_secret(&der, None, Alg::HS256).is_err());
+        // A P-256 SPKI (short-form length) as DER, base64 and base64url, with a newline.
+        let mut spki = vec![0x30, 0x59];
+        spki.extend(std::iter::repeat_n(0x42u8, 0x59));
+        assert!(from_secret(&spki, None, Alg::HS256).is_err());
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&spki);
+        assert!(from_secret(format!("{b64}\n").as_bytes(), None, Alg::HS256).is_err());
+        assert!(from_secret(B64.encode(&spki).as_bytes(), None, Alg::HS256).is_err());
         assert!(from_secret(&[b'k'; 32], None, Alg::HS256).is_ok());
         assert!(from_secret(&[b'k'; 31], None, Alg::HS256).is_err());
         assert!(from_secret(&[b'k'; 40], None, Alg::HS384).is_err());

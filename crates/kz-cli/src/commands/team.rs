@@ -27,7 +27,8 @@ pub fn server_check(ctx: &Ctx, args: &ServerCheckArgs) -> CmdResult {
     let file = args.bundle.display().to_string();
     let (bundle, diags) = match kz_bundle::load(&args.bundle) {
         Ok(b) => {
-            let warnings = b.unavailable_secrets();
+            let mut warnings = b.unavailable_secrets();
+            warnings.extend(b.warnings());
             (Some(b), warnings)
         }
         Err(d) => (None, d),
