@@ -14,8 +14,7 @@ use cel::extractors::This;
 use cel::{Context, ExecutionError, Value};
 
 use crate::Request;
-use crate::analyze::MATCHES;
-use crate::glob::Glob;
+use crate::analyze::{MATCHES, Patterns};
 
 /// Longest error text kept in a decision's reason (CEL errors can quote whole values).
 const MAX_REASON: usize = 300;
@@ -110,41 +109,34 @@ pub(crate) struct Evaluator<'a> {
 }
 
 impl<'a> Evaluator<'a> {
-    pub(crate) fn new(
-        env: &Arc<cel::Env>,
-        vars: &'a Vars<'a>,
-        globs: &Arc<HashMap<String, Glob>>,
-        regexes: &Arc<HashMap<String, regex::Regex>>,
-    ) -> Self {
+    pub(crate) fn new(env: &Arc<cel::Env>, vars: &'a Vars<'a>, patterns: &Arc<Patterns>) -> Self {
         let mut ctx = Context::with_env(Arc::clone(env));
         ctx.set_variable_resolver(vars);
-        let globs = Arc::clone(globs);
+        let globs = Arc::clone(patterns);
         // Neither name is declared by CEL's standard library, so adding them cannot conflict.
         let _ = ctx.add_function(
             "glob",
             move |This(this): This<Arc<String>>,
                   pattern: Arc<String>|
                   -> Result<bool, ExecutionError> {
-                globs
-                    .get(pattern.as_str())
-                    .map(|g| g.is_match(&this))
-                    .ok_or_else(|| {
-                        ExecutionError::function_error("glob", "pattern was not compiled at load")
-                    })
+                let glob = globs.globs.get(pattern.as_str()).ok_or_else(|| {
+                    ExecutionError::function_error("glob", "pattern was not compiled at load")
+                })?;
+                glob.try_match(&this)
+                    .map_err(|e| ExecutionError::function_error("glob", e.0))
             },
         );
-        let regexes = Arc::clone(regexes);
+        let regexes = Arc::clone(patterns);
         let _ = ctx.add_function(
             MATCHES,
             move |This(this): This<Arc<String>>,
                   pattern: Arc<String>|
                   -> Result<bool, ExecutionError> {
-                regexes
-                    .get(pattern.as_str())
-                    .map(|re| re.is_match(&this))
-                    .ok_or_else(|| {
-                        ExecutionError::function_error("matches", "regex was not compiled at load")
-                    })
+                let re = regexes.regexes.get(pattern.as_str()).ok_or_else(|| {
+                    ExecutionError::function_error("matches", "regex was not compiled at load")
+                })?;
+                re.is_match(&this)
+                    .map_err(|e| ExecutionError::function_error("matches", e))
             },
         );
         Evaluator { ctx }

@@ -383,3 +383,37 @@ fn rules_at_the_limits_evaluate_on_a_small_stack() {
     let d = handle.join().expect("evaluation crashed");
     assert_eq!(d.policy, "nested");
 }
+
+#[test]
+fn a_pattern_shared_by_rules_works_in_each() {
+    // The second rule reuses the first one's glob and regex (checked once per bundle): both
+    // must still be the precompiled ones.
+    let s = set(&[
+        allow(
+            "evil-prod",
+            r#"org == "evil" && ref.glob("prod/**") && sub.matches("^repo:acme/")"#,
+        ),
+        src(
+            "acme-prod",
+            r#"ref.glob("prod/**") && sub.matches("^repo:acme/")"#,
+            Effect::Deny,
+        ),
+    ]);
+    let d = decide(&s, &Case::new("prod/db"));
+    assert_eq!(
+        (d.effect, d.policy.as_str(), d.reason),
+        (Effect::Deny, "acme-prod", None)
+    );
+    let d = decide(&s, &Case::new("dev/db"));
+    assert_eq!(d.policy, IMPLICIT_DENY);
+}
+
+#[test]
+fn oversized_regexes_are_refused_at_load() {
+    // Short to write, far over the automaton limit once expanded.
+    for re in [r"\w{1000}\w{1000}\w{1000}", "((a{100}){100}){100}"] {
+        let errors =
+            PolicySet::compile(&[allow("big", &format!("sub.matches({re:?})"))]).unwrap_err();
+        assert!(errors[0].message.contains("invalid regex"), "{errors:?}");
+    }
+}
