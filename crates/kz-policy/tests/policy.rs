@@ -613,3 +613,49 @@ fn oversized_regexes_are_refused_at_load() {
         assert!(errors[0].message.contains("invalid regex"), "{errors:?}");
     }
 }
+
+#[test]
+fn patterns_built_on_first_use_build_on_a_small_stack() {
+    // Loading only checks a pattern; the decision that first evaluates it builds the matcher
+    // on the deciding thread. The deepest regex `regex` accepts, and a long glob, must build
+    // and match on a tokio worker's 2 MiB stack.
+    let mut sources = Vec::new();
+    for depth in [50, 120, 240, 300] {
+        let re = format!("{}a{}", "(".repeat(depth), ")".repeat(depth));
+        sources.push(allow(
+            &format!("re-{depth}"),
+            &format!("sub.matches({re:?}) && org == \"nobody\""),
+        ));
+    }
+    let glob = format!("prod/{}**", "*a/".repeat(500));
+    sources.push(allow(
+        "glob",
+        &format!("ref.glob({glob:?}) && org == \"nobody\""),
+    ));
+    sources.push(allow("last", "true"));
+    // Depths the regex parser refuses are refused at load; the rest must evaluate.
+    let accepted: Vec<PolicySource> = sources
+        .into_iter()
+        .filter(|s| PolicySet::compile(std::slice::from_ref(s)).is_ok())
+        .collect();
+    let names: Vec<&str> = accepted.iter().map(|s| s.name.as_str()).collect();
+    assert!(
+        names.contains(&"re-240") && !names.contains(&"re-300"),
+        "{names:?}"
+    );
+    assert!(names.contains(&"glob"), "{names:?}");
+    let s = set(&accepted);
+    let handle = std::thread::Builder::new()
+        .stack_size(2 * 1024 * 1024)
+        .spawn(move || {
+            let mut c = Case::new("prod/x");
+            c.id.sub = "a".into();
+            s.decide_unindexed(&c.req())
+        })
+        .unwrap();
+    let d = handle.join().expect("building a matcher crashed");
+    assert_eq!(
+        (d.effect, d.policy.as_str(), d.reason),
+        (Effect::Allow, "last", None)
+    );
+}
