@@ -2,9 +2,10 @@
 //! by which policy".
 //!
 //! - [`PolicySet::compile`] takes the bundle's policies (name, CEL rule, effect), checks each rule
-//!   once ([`limits`] before the parser sees it, then the parsed tree: `glob`/`matches` arguments
-//!   must be literals and are compiled here; a rule that is plainly not boolean, or that can never
-//!   be reached after an unconditional one, is refused) and builds the literal-guard index.
+//!   once (size limits such as [`MAX_RULE_BYTES`] before the parser sees it, then the parsed
+//!   tree: `glob`/`matches` arguments must be literals and are checked here, their matchers built
+//!   on first use; a rule that is plainly not boolean, or that can never be reached after an
+//!   unconditional one, is refused) and builds the literal-guard index.
 //! - [`PolicySet::decide`] evaluates top-down, first `true` rule decides with its effect; no
 //!   match denies as `implicit-deny`; a rule that errors or yields a non-boolean denies, naming
 //!   the policy. It is **total**: a panic inside the CEL dependency is contained at this boundary
