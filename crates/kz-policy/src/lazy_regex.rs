@@ -26,18 +26,26 @@ fn one_line(s: &str) -> String {
 
 impl LazyRegex {
     /// Checks `pattern`: RE2 syntax as `regex` reads it (Unicode, UTF-8, its nesting limit)
-    /// and the size of its automaton (the forward NFA `regex` builds, under the same limit).
+    /// and the size of its automata (the NFAs `regex` builds, under the same limit).
     pub(crate) fn check(pattern: &str) -> Result<Self, String> {
-        thompson::Compiler::new()
-            .syntax(syntax::Config::new())
-            .configure(
-                thompson::Config::new()
-                    .utf8(true)
-                    .shrink(false)
-                    .nfa_size_limit(Some(SIZE_LIMIT)),
-            )
-            .build(pattern)
-            .map_err(|e| one_line(&e.to_string()))?;
+        let hir = syntax::parse(pattern).map_err(|e| one_line(&e.to_string()))?;
+        let config = thompson::Config::new()
+            .utf8(true)
+            .shrink(false)
+            .nfa_size_limit(Some(SIZE_LIMIT));
+        // `regex` builds a forward NFA with captures and, for its lazy DFA, a reverse one
+        // without; either over the limit fails the build.
+        for config in [
+            config.clone(),
+            config
+                .which_captures(thompson::WhichCaptures::None)
+                .reverse(true),
+        ] {
+            thompson::Compiler::new()
+                .configure(config)
+                .build_from_hir(&hir)
+                .map_err(|e| one_line(&e.to_string()))?;
+        }
         Ok(LazyRegex {
             pattern: pattern.to_owned(),
             built: OnceLock::new(),
