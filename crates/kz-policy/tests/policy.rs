@@ -659,3 +659,52 @@ fn patterns_built_on_first_use_build_on_a_small_stack() {
         (Effect::Allow, "last", None)
     );
 }
+
+#[test]
+fn a_failing_rule_s_reason_names_types_never_values() {
+    // Found by the fuzz target: a reason quoting a map differed between two evaluations of one
+    // request (hash order), and quoted the caller's context into the decision.
+    let mut c = Case::new("x");
+    c.context = json!({
+        "a": "CANARY-1", "b": "CANARY-2", "c": {"d": "CANARY-3"}, "e": ["CANARY-4"],
+        "f": 1, "g": 2, "h": 3, "i": 4,
+    });
+    c.id.claims.insert("token".into(), json!("CANARY-5"));
+    for rule in [
+        "request / context == 1",
+        "context / 2 == 1",
+        "context.a / 0 == 1",
+        "context.f / 0 == 1",
+        "context.f % 0 == 1",
+        "context < 1",
+        "context.a < 1",
+        r#"context.startsWith("x")"#,
+        "context > context.a",
+        "context[context] == 1",
+        "context.e[context.f] == 1",
+        "context.e[7] == 1",
+        "claims + 1 == 2",
+        "claims.token.foo(1)",
+        r#"int(context.a) == 1"#,
+        "9223372036854775807 + context.f == 1",
+    ] {
+        let s = set(&[allow("failing", rule)]);
+        let reasons: Vec<String> = (0..6)
+            .map(|_| {
+                let d = decide(&s, &c);
+                assert_eq!(
+                    (d.effect, d.policy.as_str()),
+                    (Effect::Deny, "failing"),
+                    "{rule}"
+                );
+                d.reason.unwrap()
+            })
+            .collect();
+        assert!(
+            reasons.iter().all(|r| r == &reasons[0]),
+            "{rule}: {reasons:?}"
+        );
+        assert!(!reasons[0].contains("CANARY"), "{rule}: {}", reasons[0]);
+        assert!(!reasons[0].is_empty());
+    }
+}
