@@ -1,6 +1,7 @@
 //! Load-time checks of one rule: limits, parse (panics contained), tree depth, literal
-//! arguments of `glob` and `matches` (compiled here; `matches` calls are rewritten to the
-//! precompiled form), and rules that are plainly not boolean.
+//! arguments of `glob` and `matches` (checked here, each distinct pattern once per bundle, and
+//! built on first use; `matches` calls are rewritten to the precompiled form), and rules that
+//! are plainly not boolean.
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -8,18 +9,23 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use cel::common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue, operators};
 
 use crate::glob::Glob;
+use crate::lazy_regex::LazyRegex;
 use crate::limits::{self, MAX_TREE_DEPTH};
 
 /// The name `matches` calls are rewritten to; evaluation looks the regex up by its literal.
 pub(crate) const MATCHES: &str = "__kz_matches";
-/// Compiled-size limit of one `matches` regex.
-const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
 pub(crate) struct Compiled {
     pub expr: IdedExpr,
-    pub globs: HashMap<String, Glob>,
-    pub regexes: HashMap<String, regex::Regex>,
     pub always_true: bool,
+}
+
+/// The `glob` and `matches` patterns of a bundle, by their literal, each checked once however
+/// many rules use it.
+#[derive(Debug, Default)]
+pub(crate) struct Patterns {
+    pub globs: HashMap<String, Glob>,
+    pub regexes: HashMap<String, LazyRegex>,
 }
 
 pub(crate) struct RuleError {
@@ -34,35 +40,33 @@ fn err(message: impl Into<String>, help: &str) -> RuleError {
     }
 }
 
-pub(crate) fn compile_rule(env: &cel::Env, rule: &str) -> Result<Compiled, RuleError> {
+pub(crate) fn compile_rule(
+    env: &cel::Env,
+    rule: &str,
+    patterns: &mut Patterns,
+) -> Result<Compiled, RuleError> {
     limits::check(rule).map_err(|m| err(m, "split the rule into several policies"))?;
-    let parsed = catch_unwind(AssertUnwindSafe(|| env.compile(rule))).map_err(|_| {
+    // `parser().parse` is `compile` without the copy of the tree into a `Program`.
+    let parsed = catch_unwind(AssertUnwindSafe(|| env.parser().parse(rule))).map_err(|_| {
         err(
             "the CEL parser failed on this rule",
             "check the rule's syntax",
         )
     })?;
-    let program = parsed.map_err(|e| {
+    let mut expr = parsed.map_err(|e| {
         err(
             format!("the rule is not valid CEL: {}", one_line(&e.to_string())),
             "check the rule's syntax (CEL: https://cel.dev)",
         )
     })?;
-    let mut expr = program.expression().clone();
     if depth_exceeds(&expr, MAX_TREE_DEPTH) {
         return Err(err(
             format!("the rule's expression is nested more than {MAX_TREE_DEPTH} levels deep"),
             "split the rule into several policies",
         ));
     }
-    let mut compiled = Compiled {
-        expr: IdedExpr::default(),
-        globs: HashMap::new(),
-        regexes: HashMap::new(),
-        always_true: false,
-    };
     let mut problems = Vec::new();
-    rewrite(&mut expr, &mut compiled, &mut problems);
+    rewrite(&mut expr, patterns, &mut problems);
     if let Some(first) = problems.into_iter().next() {
         return Err(first);
     }
@@ -72,10 +76,8 @@ pub(crate) fn compile_rule(env: &cel::Env, rule: &str) -> Result<Compiled, RuleE
             "a rule must be a condition, e.g. `org == \"acme\" && ref.glob(\"prod/**\")`",
         ));
     }
-    compiled.always_true =
-        matches!(&expr.expr, Expr::Literal(LiteralValue::Boolean(b)) if *b.inner());
-    compiled.expr = expr;
-    Ok(compiled)
+    let always_true = matches!(&expr.expr, Expr::Literal(LiteralValue::Boolean(b)) if *b.inner());
+    Ok(Compiled { expr, always_true })
 }
 
 /// CEL error texts span lines (source excerpt and caret); a diagnostic wants one.
@@ -136,8 +138,9 @@ fn string_literal(e: &IdedExpr) -> Option<&str> {
     }
 }
 
-/// Compiles `glob`/`matches` literals and renames `matches` to the precompiled form.
-fn rewrite(e: &mut IdedExpr, out: &mut Compiled, problems: &mut Vec<RuleError>) {
+/// Checks `glob`/`matches` literals (a pattern already in `out` is not checked again) and
+/// renames `matches` to the precompiled form.
+fn rewrite(e: &mut IdedExpr, out: &mut Patterns, problems: &mut Vec<RuleError>) {
     if let Expr::Call(call) = &mut e.expr {
         let pattern_arg = call.args.last().and_then(string_literal).map(str::to_owned);
         let arity_ok = match &call.target {
@@ -146,6 +149,7 @@ fn rewrite(e: &mut IdedExpr, out: &mut Compiled, problems: &mut Vec<RuleError>) 
         };
         match call.func_name.as_str() {
             "glob" if arity_ok => match pattern_arg {
+                Some(p) if out.globs.contains_key(&p) => {}
                 Some(p) => match Glob::new(&p) {
                     Ok(g) => {
                         out.globs.insert(p, g);
@@ -161,16 +165,14 @@ fn rewrite(e: &mut IdedExpr, out: &mut Compiled, problems: &mut Vec<RuleError>) 
                 )),
             },
             "matches" if arity_ok => match pattern_arg {
-                Some(p) => match regex::RegexBuilder::new(&p)
-                    .size_limit(REGEX_SIZE_LIMIT)
-                    .build()
-                {
+                Some(p) if out.regexes.contains_key(&p) => call.func_name = MATCHES.to_owned(),
+                Some(p) => match LazyRegex::check(&p) {
                     Ok(re) => {
                         out.regexes.insert(p, re);
                         call.func_name = MATCHES.to_owned();
                     }
                     Err(e) => problems.push(err(
-                        format!("invalid regex in `matches`: {}", one_line(&e.to_string())),
+                        format!("invalid regex in `matches`: {e}"),
                         "fix the regular expression (RE2 syntax)",
                     )),
                 },

@@ -14,8 +14,7 @@ use cel::extractors::This;
 use cel::{Context, ExecutionError, Value};
 
 use crate::Request;
-use crate::analyze::MATCHES;
-use crate::glob::Glob;
+use crate::analyze::{MATCHES, Patterns};
 
 /// Longest error text kept in a decision's reason (CEL errors can quote whole values).
 const MAX_REASON: usize = 300;
@@ -110,41 +109,34 @@ pub(crate) struct Evaluator<'a> {
 }
 
 impl<'a> Evaluator<'a> {
-    pub(crate) fn new(
-        env: &Arc<cel::Env>,
-        vars: &'a Vars<'a>,
-        globs: &Arc<HashMap<String, Glob>>,
-        regexes: &Arc<HashMap<String, regex::Regex>>,
-    ) -> Self {
+    pub(crate) fn new(env: &Arc<cel::Env>, vars: &'a Vars<'a>, patterns: &Arc<Patterns>) -> Self {
         let mut ctx = Context::with_env(Arc::clone(env));
         ctx.set_variable_resolver(vars);
-        let globs = Arc::clone(globs);
+        let globs = Arc::clone(patterns);
         // Neither name is declared by CEL's standard library, so adding them cannot conflict.
         let _ = ctx.add_function(
             "glob",
             move |This(this): This<Arc<String>>,
                   pattern: Arc<String>|
                   -> Result<bool, ExecutionError> {
-                globs
-                    .get(pattern.as_str())
-                    .map(|g| g.is_match(&this))
-                    .ok_or_else(|| {
-                        ExecutionError::function_error("glob", "pattern was not compiled at load")
-                    })
+                let glob = globs.globs.get(pattern.as_str()).ok_or_else(|| {
+                    ExecutionError::function_error("glob", "pattern was not compiled at load")
+                })?;
+                glob.try_match(&this)
+                    .map_err(|e| ExecutionError::function_error("glob", e.0))
             },
         );
-        let regexes = Arc::clone(regexes);
+        let regexes = Arc::clone(patterns);
         let _ = ctx.add_function(
             MATCHES,
             move |This(this): This<Arc<String>>,
                   pattern: Arc<String>|
                   -> Result<bool, ExecutionError> {
-                regexes
-                    .get(pattern.as_str())
-                    .map(|re| re.is_match(&this))
-                    .ok_or_else(|| {
-                        ExecutionError::function_error("matches", "regex was not compiled at load")
-                    })
+                let re = regexes.regexes.get(pattern.as_str()).ok_or_else(|| {
+                    ExecutionError::function_error("matches", "regex was not compiled at load")
+                })?;
+                re.is_match(&this)
+                    .map_err(|e| ExecutionError::function_error("matches", e))
             },
         );
         Evaluator { ctx }
@@ -158,10 +150,74 @@ impl<'a> Evaluator<'a> {
                 "the rule evaluated to a {:?}, not a boolean",
                 other.type_of()
             )),
-            Ok(Err(e)) => Err(shorten(&e.to_string().replace(MATCHES, "matches"))),
+            Ok(Err(e)) => Err(shorten(&describe(&e).replace(MATCHES, "matches"))),
             Err(_) => Err("the policy engine failed while evaluating this rule".to_owned()),
         }
     }
+}
+
+/// An evaluation error as a decision's reason: what failed and on which types, never the values
+/// themselves. A value's text is not stable (a map prints in hash order, so two evaluations of
+/// one request would give two reasons) and would copy the caller's context and claims into
+/// every record of the decision.
+#[allow(deprecated)] // the deprecated variants are still produced by some paths of `cel`
+fn describe(e: &ExecutionError) -> String {
+    use ExecutionError as E;
+    let t = |v: &Value| v.type_of().to_string();
+    match e {
+        // `got` is a type name, or with some conversions the value's debug text.
+        E::UnexpectedType { got, want } if is_type_name(got) => {
+            format!("unexpected type: got '{got}', want '{want}'")
+        }
+        E::UnexpectedType { want, .. } => format!("unexpected type: want '{want}'"),
+        E::InvalidArgumentCount { .. }
+        | E::NoSuchKey(_)
+        | E::NoSuchOverload(_)
+        | E::UndeclaredReference(_)
+        | E::MissingArgumentOrTarget
+        | E::FunctionError { .. } => e.to_string(),
+        E::UnsupportedTargetType { target } => format!("invalid argument type: {}", t(target)),
+        E::NotSupportedAsMethod { method, target } => {
+            format!("method '{method}' not supported on type {}", t(target))
+        }
+        E::UnsupportedKeyType(v) => format!("a {} cannot be a map key", t(v)),
+        E::ValuesNotComparable(a, b) => format!("a {} cannot be compared to a {}", t(a), t(b)),
+        E::UnsupportedUnaryOperator(op, v) => {
+            format!("unsupported unary operator '{op}' on a {}", t(v))
+        }
+        E::UnsupportedBinaryOperator(op, a, b) => {
+            format!(
+                "unsupported binary operator '{op}' on a {} and a {}",
+                t(a),
+                t(b)
+            )
+        }
+        E::UnsupportedMapIndex(v) => format!("a {} cannot index a map", t(v)),
+        E::UnsupportedListIndex(v) => format!("a {} cannot index a list", t(v)),
+        E::UnsupportedIndex(a, b) => format!("a {} cannot index a {}", t(a), t(b)),
+        E::DivisionByZero(v) => format!("division by zero of a {}", t(v)),
+        E::RemainderByZero(v) => format!("remainder by zero of a {}", t(v)),
+        E::Overflow(op, a, b) => {
+            format!(
+                "overflow from binary operator '{op}' on a {} and a {}",
+                t(a),
+                t(b)
+            )
+        }
+        E::IndexOutOfBounds(_) => "index out of bounds".to_owned(),
+        E::DuplicateKey(v) => format!("repeated {} key in a map", t(v)),
+        E::UnsupportedFunctionCallIdentifierType(_) | E::UnsupportedFieldsConstruction(_) => {
+            "unsupported expression".to_owned()
+        }
+        E::InternalError(_) => "internal error of the policy engine".to_owned(),
+        _ => "the rule could not be evaluated".to_owned(),
+    }
+}
+
+fn is_type_name(s: &str) -> bool {
+    s.len() <= 40
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._<>:, ".contains(&b))
 }
 
 fn shorten(s: &str) -> String {

@@ -2,9 +2,10 @@
 //! by which policy".
 //!
 //! - [`PolicySet::compile`] takes the bundle's policies (name, CEL rule, effect), checks each rule
-//!   once ([`limits`] before the parser sees it, then the parsed tree: `glob`/`matches` arguments
-//!   must be literals and are compiled here; a rule that is plainly not boolean, or that can never
-//!   be reached after an unconditional one, is refused) and builds the literal-guard index.
+//!   once (size limits such as [`MAX_RULE_BYTES`] before the parser sees it, then the parsed
+//!   tree: `glob`/`matches` arguments must be literals and are checked here, their matchers built
+//!   on first use; a rule that is plainly not boolean, or that can never be reached after an
+//!   unconditional one, is refused) and builds the literal-guard index.
 //! - [`PolicySet::decide`] evaluates top-down, first `true` rule decides with its effect; no
 //!   match denies as `implicit-deny`; a rule that errors or yields a non-boolean denies, naming
 //!   the policy. It is **total**: a panic inside the CEL dependency is contained at this boundary
@@ -27,6 +28,7 @@ mod analyze;
 mod eval;
 mod glob;
 mod guard;
+mod lazy_regex;
 mod limits;
 
 use std::collections::HashMap;
@@ -176,8 +178,7 @@ pub struct PolicySet {
     rules: Vec<Rule>,
     index: guard::Index,
     env: Arc<cel::Env>,
-    globs: Arc<HashMap<String, Glob>>,
-    regexes: Arc<HashMap<String, regex::Regex>>,
+    patterns: Arc<analyze::Patterns>,
 }
 
 impl std::fmt::Debug for PolicySet {
@@ -218,9 +219,8 @@ impl PolicySet {
     fn compile_here(sources: &[PolicySource]) -> Result<Self, Vec<CompileError>> {
         let env = Arc::new(cel::Env::stdlib());
         let mut errors = Vec::new();
-        let mut rules = Vec::new();
-        let mut globs = HashMap::new();
-        let mut regexes = HashMap::new();
+        let mut rules = Vec::with_capacity(sources.len());
+        let mut patterns = analyze::Patterns::default();
         let mut names: HashMap<&str, usize> = HashMap::new();
         let mut unconditional: Option<&str> = None;
         for (i, src) in sources.iter().enumerate() {
@@ -254,13 +254,11 @@ impl PolicySet {
                     "move the unconditional policy last, or give it a condition",
                 ));
             }
-            match analyze::compile_rule(&env, &src.rule) {
+            match analyze::compile_rule(&env, &src.rule, &mut patterns) {
                 Ok(compiled) => {
                     if compiled.always_true {
                         unconditional.get_or_insert(&src.name);
                     }
-                    globs.extend(compiled.globs);
-                    regexes.extend(compiled.regexes);
                     rules.push(Rule {
                         name: src.name.clone(),
                         effect: src.effect,
@@ -279,8 +277,7 @@ impl PolicySet {
             rules,
             index,
             env,
-            globs: Arc::new(globs),
-            regexes: Arc::new(regexes),
+            patterns: Arc::new(patterns),
         })
     }
 
@@ -328,7 +325,7 @@ impl PolicySet {
 
     fn run(&self, req: &Request<'_>, indexed: bool, mut trace: Option<&mut Vec<Step>>) -> Decision {
         let vars = eval::Vars::new(req);
-        let evaluator = eval::Evaluator::new(&self.env, &vars, &self.globs, &self.regexes);
+        let evaluator = eval::Evaluator::new(&self.env, &vars, &self.patterns);
         let candidates = if indexed {
             self.index.candidates(req)
         } else {

@@ -383,3 +383,328 @@ fn rules_at_the_limits_evaluate_on_a_small_stack() {
     let d = handle.join().expect("evaluation crashed");
     assert_eq!(d.policy, "nested");
 }
+
+/// The identity's and the request's string variables, each with this case's value.
+fn string_variables(c: &Case) -> Vec<(&'static str, String)> {
+    let id = &c.id;
+    vec![
+        ("issuer", id.issuer.clone()),
+        ("sub", id.sub.clone()),
+        ("org", id.org.clone()),
+        ("service", id.service.clone()),
+        ("env", id.env.clone()),
+        ("action", id.action.clone()),
+        ("branch", id.branch.clone()),
+        ("actor", id.actor.clone()),
+        ("ref", c.reference.clone()),
+        ("resolver", c.resolver.clone()),
+        ("mode", c.mode.clone()),
+        ("request.ip", c.ip.clone()),
+    ]
+}
+
+#[test]
+fn each_variable_reads_its_own_field() {
+    // Every value is distinct, so a variable wired to another field fails a row.
+    let c = Case::new("prod/db/password");
+    let vars = string_variables(&c);
+    for (name, value) in &vars {
+        assert!(holds(&format!("{name} == {value:?}"), &c), "{name}");
+        for (other, other_value) in &vars {
+            if other != name {
+                assert!(
+                    !holds(&format!("{name} == {other_value:?}"), &c),
+                    "{name} reads {other}"
+                );
+            }
+        }
+    }
+    let mut c = Case::new("prod/db/password");
+    c.context = json!({"ticket": "INC-9"});
+    for (rule, expected) in [
+        (r#"groups == ["admins", "dev"]"#, true),
+        (r#""ops" in groups"#, false),
+        (r#"claims.repository == "acme/api""#, true),
+        (r#"claims.repository == "acme/other""#, false),
+        (r#"has(claims.missing)"#, false),
+        (r#"context.ticket == "INC-9""#, true),
+        (r#"context.ticket == "INC-1""#, false),
+        (r#"request.time == timestamp("2026-12-01T12:00:00Z")"#, true),
+        (r#"request.time > timestamp("2026-12-01T12:00:00Z")"#, false),
+        (r#"now == timestamp("2026-12-01T12:00:00Z")"#, true),
+        (r#"now < timestamp("2026-12-01T12:00:00Z")"#, false),
+        (r#"now - duration("1h") < request.time"#, true),
+    ] {
+        assert_eq!(holds(rule, &c), expected, "{rule}");
+    }
+    // An absent context is an empty map, not an error.
+    assert!(holds("context == {}", &Case::new("x")));
+    for (transport, name) in [
+        (Transport::Http, "http"),
+        (Transport::Mcp, "mcp"),
+        (Transport::Proxy, "proxy"),
+    ] {
+        let mut c = Case::new("x");
+        c.transport = transport;
+        for other in ["http", "mcp", "proxy"] {
+            let rule = format!("request.transport == {other:?}");
+            assert_eq!(holds(&rule, &c), other == name, "{rule} for {name}");
+        }
+    }
+    // A name that is no variable is an error: the rule denies, naming itself.
+    let d = decide(&set(&[allow("typo", r#"orgg == "acme""#)]), &Case::new("x"));
+    assert_eq!((d.effect, d.policy.as_str()), (Effect::Deny, "typo"));
+    assert!(d.reason.is_some());
+}
+
+#[test]
+fn functions_table() {
+    let c = Case::new("prod/db/password");
+    for (rule, expected) in [
+        // `*` stays within a segment, `**` crosses them; on any string, not only `ref`.
+        (r#"ref.glob("prod/*")"#, false),
+        (r#"ref.glob("prod/*/*")"#, true),
+        (r#"ref.glob("*")"#, false),
+        (r#"ref.glob("**")"#, true),
+        (r#"ref.glob("**/password")"#, true),
+        (r#"ref.glob("prod/**/pass*")"#, true),
+        (r#"ref.glob("prod/d?/password")"#, true),
+        (r#"ref.glob("prod/d?")"#, false),
+        (r#"service.glob("acme/*")"#, true),
+        (r#"resolver.glob("api-*")"#, true),
+        (r#"resolver.glob("db-*")"#, false),
+        // `matches` is RE2, unanchored unless the regex anchors it.
+        (r#"sub.matches("acme/api")"#, true),
+        (r#"sub.matches("^acme/api")"#, false),
+        (r#"sub.matches("main$")"#, true),
+        (r#"ref.matches("^prod/(db|cache)/")"#, true),
+        // String extensions and `size`.
+        (r#"ref.startsWith("prod/")"#, true),
+        (r#"ref.startsWith("dev/")"#, false),
+        (r#"ref.endsWith("/password")"#, true),
+        (r#"ref.endsWith("/key")"#, false),
+        (r#"ref.contains("/db/")"#, true),
+        (r#"ref.contains("/cache/")"#, false),
+        (r#"size(ref) == 16 && ref.size() == 16"#, true),
+        (r#"size(groups) == 2 && size(claims) == 5"#, true),
+        (r#"size(context) == 0"#, true),
+    ] {
+        assert_eq!(holds(rule, &c), expected, "{rule}");
+    }
+}
+
+#[test]
+fn errors_are_absorbed_by_the_deciding_side_only() {
+    let c = Case::new("x");
+    for (rule, expected) in [
+        ("false && 1 / 0 == 1", false),
+        ("1 / 0 == 1 && false", false),
+        ("true || 1 / 0 == 1", true),
+        ("1 / 0 == 1 || true", true),
+        (
+            r#"has(context.ticket) && context.ticket.startsWith("INC-")"#,
+            false,
+        ),
+        (
+            r#"!has(context.ticket) || context.ticket.startsWith("INC-")"#,
+            true,
+        ),
+    ] {
+        assert_eq!(holds(rule, &c), expected, "{rule}");
+    }
+    // Where the error decides, the rule denies with the reason, naming itself, whatever its
+    // effect and whatever comes after it.
+    for rule in [
+        "true && 1 / 0 == 1",
+        "false || 1 / 0 == 1",
+        r#"context.ticket.startsWith("INC-")"#,
+        r#"claims.missing == "x""#,
+        "context.n",
+        "claims.run_id",
+        r#"org == "acme" ? claims.repository : true"#,
+    ] {
+        for effect in [Effect::Allow, Effect::Deny] {
+            let mut c = Case::new("x");
+            c.context = json!({"n": 3});
+            let d = decide(
+                &set(&[src("failing", rule, effect), allow("everything", "true")]),
+                &c,
+            );
+            assert_eq!(
+                (d.effect, d.policy.as_str()),
+                (Effect::Deny, "failing"),
+                "{rule}"
+            );
+            assert!(!d.reason.unwrap_or_default().is_empty(), "{rule}");
+        }
+    }
+}
+
+#[test]
+fn context_cannot_shadow_any_variable() {
+    let names = [
+        "issuer", "sub", "org", "service", "env", "action", "branch", "actor", "groups", "claims",
+        "ref", "resolver", "mode", "context", "request", "now",
+    ];
+    let evil: serde_json::Map<String, serde_json::Value> = names
+        .iter()
+        .map(|n| (n.to_string(), json!("evil")))
+        .collect();
+    for context in [
+        serde_json::Value::Object(evil),
+        json!("org"),
+        json!(["org", "acme"]),
+        json!({"request": {"ip": "127.0.0.1", "transport": "proxy"}, "now": 0}),
+    ] {
+        let mut c = Case::new("prod/db/password");
+        c.context = context.clone();
+        for (name, value) in string_variables(&c) {
+            assert!(
+                holds(&format!("{name} == {value:?}"), &c),
+                "{name} with {context}"
+            );
+        }
+        for rule in [
+            r#"groups == ["admins", "dev"]"#,
+            r#"claims.repository == "acme/api""#,
+            r#"request.transport == "http""#,
+            r#"now == timestamp("2026-12-01T12:00:00Z")"#,
+        ] {
+            assert!(holds(rule, &c), "{rule} with {context}");
+        }
+    }
+    // `context.org` is the caller's, `org` the identity's.
+    let mut c = Case::new("x");
+    c.context = json!({"org": "evil"});
+    assert!(holds(r#"context.org == "evil" && org == "acme""#, &c));
+    assert!(!holds(r#"context.org == org"#, &c));
+}
+
+#[test]
+fn a_pattern_shared_by_rules_works_in_each() {
+    // The second rule reuses the first one's glob and regex (checked once per bundle): both
+    // must still be the precompiled ones.
+    let s = set(&[
+        allow(
+            "evil-prod",
+            r#"org == "evil" && ref.glob("prod/**") && sub.matches("^repo:acme/")"#,
+        ),
+        src(
+            "acme-prod",
+            r#"ref.glob("prod/**") && sub.matches("^repo:acme/")"#,
+            Effect::Deny,
+        ),
+    ]);
+    let d = decide(&s, &Case::new("prod/db"));
+    assert_eq!(
+        (d.effect, d.policy.as_str(), d.reason),
+        (Effect::Deny, "acme-prod", None)
+    );
+    let d = decide(&s, &Case::new("dev/db"));
+    assert_eq!(d.policy, IMPLICIT_DENY);
+}
+
+#[test]
+fn oversized_regexes_are_refused_at_load() {
+    // Short to write, far over the automaton limit once expanded.
+    for re in [r"\w{1000}\w{1000}\w{1000}", "((a{100}){100}){100}"] {
+        let errors =
+            PolicySet::compile(&[allow("big", &format!("sub.matches({re:?})"))]).unwrap_err();
+        assert!(errors[0].message.contains("invalid regex"), "{errors:?}");
+    }
+}
+
+#[test]
+fn patterns_built_on_first_use_build_on_a_small_stack() {
+    // Loading only checks a pattern; the decision that first evaluates it builds the matcher
+    // on the deciding thread. The deepest regex `regex` accepts, and a long glob, must build
+    // and match on a tokio worker's 2 MiB stack.
+    let mut sources = Vec::new();
+    for depth in [50, 120, 240, 300] {
+        let re = format!("{}a{}", "(".repeat(depth), ")".repeat(depth));
+        sources.push(allow(
+            &format!("re-{depth}"),
+            &format!("sub.matches({re:?}) && org == \"nobody\""),
+        ));
+    }
+    let glob = format!("prod/{}**", "*a/".repeat(500));
+    sources.push(allow(
+        "glob",
+        &format!("ref.glob({glob:?}) && org == \"nobody\""),
+    ));
+    sources.push(allow("last", "true"));
+    // Depths the regex parser refuses are refused at load; the rest must evaluate.
+    let accepted: Vec<PolicySource> = sources
+        .into_iter()
+        .filter(|s| PolicySet::compile(std::slice::from_ref(s)).is_ok())
+        .collect();
+    let names: Vec<&str> = accepted.iter().map(|s| s.name.as_str()).collect();
+    assert!(
+        names.contains(&"re-240") && !names.contains(&"re-300"),
+        "{names:?}"
+    );
+    assert!(names.contains(&"glob"), "{names:?}");
+    let s = set(&accepted);
+    let handle = std::thread::Builder::new()
+        .stack_size(2 * 1024 * 1024)
+        .spawn(move || {
+            let mut c = Case::new("prod/x");
+            c.id.sub = "a".into();
+            s.decide_unindexed(&c.req())
+        })
+        .unwrap();
+    let d = handle.join().expect("building a matcher crashed");
+    assert_eq!(
+        (d.effect, d.policy.as_str(), d.reason),
+        (Effect::Allow, "last", None)
+    );
+}
+
+#[test]
+fn a_failing_rule_s_reason_names_types_never_values() {
+    // Found by the fuzz target: a reason quoting a map differed between two evaluations of one
+    // request (hash order), and quoted the caller's context into the decision.
+    let mut c = Case::new("x");
+    c.context = json!({
+        "a": "CANARY-1", "b": "CANARY-2", "c": {"d": "CANARY-3"}, "e": ["CANARY-4"],
+        "f": 1, "g": 2, "h": 3, "i": 4,
+    });
+    c.id.claims.insert("token".into(), json!("CANARY-5"));
+    for rule in [
+        "request / context == 1",
+        "context / 2 == 1",
+        "context.a / 0 == 1",
+        "context.f / 0 == 1",
+        "context.f % 0 == 1",
+        "context < 1",
+        "context.a < 1",
+        r#"context.startsWith("x")"#,
+        "context > context.a",
+        "context[context] == 1",
+        "context.e[context.f] == 1",
+        "context.e[7] == 1",
+        "claims + 1 == 2",
+        "claims.token.foo(1)",
+        r#"int(context.a) == 1"#,
+        "9223372036854775807 + context.f == 1",
+    ] {
+        let s = set(&[allow("failing", rule)]);
+        let reasons: Vec<String> = (0..6)
+            .map(|_| {
+                let d = decide(&s, &c);
+                assert_eq!(
+                    (d.effect, d.policy.as_str()),
+                    (Effect::Deny, "failing"),
+                    "{rule}"
+                );
+                d.reason.unwrap()
+            })
+            .collect();
+        assert!(
+            reasons.iter().all(|r| r == &reasons[0]),
+            "{rule}: {reasons:?}"
+        );
+        assert!(!reasons[0].contains("CANARY"), "{rule}: {}", reasons[0]);
+        assert!(!reasons[0].is_empty());
+    }
+}
