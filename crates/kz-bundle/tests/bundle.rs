@@ -438,20 +438,36 @@ fn rules_that_do_not_name_the_issuer_are_flagged_when_there_are_several() {
     // `deny-forks` and `ci-main` compare `org` (and `branch`) without `issuer ==`.
     assert_eq!(w.len(), 2, "{w:?}");
     let text = SPEC_EXAMPLE
-        .replace("rule: 'claims.repository_owner != org'", "rule: 'issuer == \"gha\" && claims.repository_owner != org'")
-        .replace("rule: 'org == \"acme\"", "rule: 'issuer == \"gha\" && org == \"acme\"");
+        .replace(
+            "rule: 'claims.repository_owner != org'",
+            "rule: 'issuer == \"gha\" && claims.repository_owner != org'",
+        )
+        .replace(
+            "rule: 'org == \"acme\"",
+            "rule: 'issuer == \"gha\" && org == \"acme\"",
+        );
     let b = check(Path::new("bundle.yaml"), &text).unwrap();
     assert!(b.warnings().is_empty(), "{:?}", b.warnings());
     // A field read through `claims.` or `context.`, or inside a string, is not the identity's.
     let one = "version: \"1\"\nissuers:\n  - { name: a, type: custom, issuer_url: \"https://a.example\", audience: kz }\n  - { name: b, type: custom, issuer_url: \"https://b.example\", audience: kz }\npolicies:\n  - { name: p, rule: 'context.org == \"org\" && claims.branch == \"x\"', effect: allow }\n";
-    assert!(check(Path::new("b.yaml"), one).unwrap().warnings().is_empty());
+    assert!(
+        check(Path::new("b.yaml"), one)
+            .unwrap()
+            .warnings()
+            .is_empty()
+    );
 }
 
 #[test]
 fn single_use_needs_a_bounded_token_lifetime() {
     let text = "version: \"1\"\nissuers:\n  - { name: a, type: custom, issuer_url: \"https://a.example\", audience: kz, single_use: true }\n";
     let got = errors(text);
-    assert!(got.iter().any(|(c, l, m)| c == "bundle::conflict" && *l == 3 && m.contains("max_token_lifetime")), "{got:?}");
+    assert!(
+        got.iter().any(|(c, l, m)| c == "bundle::conflict"
+            && *l == 3
+            && m.contains("max_token_lifetime")),
+        "{got:?}"
+    );
 }
 
 #[test]

@@ -65,6 +65,27 @@ pub(crate) fn compile_rule(
             "split the rule into several policies",
         ));
     }
+    if comprehension_depth(&expr) > MAX_COMPREHENSION_NESTING {
+        return Err(err(
+            "the rule nests comprehensions (`all`, `exists`, `exists_one`, `map`, `filter`) inside one another",
+            "a nested comprehension multiplies its cost by the size of each list (a caller's claims or context can be long): use one level, or split the rule",
+        ));
+    }
+    if let Some(name) = unknown_identifier(&expr, &mut Vec::new()) {
+        let hint = crate::eval::NAMES
+            .iter()
+            .find(|n| {
+                n.eq_ignore_ascii_case(&name) || n.starts_with(name.get(..2).unwrap_or(&name))
+            })
+            .map_or(String::new(), |n| format!("did you mean `{n}`? "));
+        return Err(err(
+            format!("the rule uses `{name}`, which is not a variable"),
+            &format!(
+                "{hint}variables: {}; a typo would make the rule an error on every request",
+                crate::eval::NAMES.join(", ")
+            ),
+        ));
+    }
     let mut problems = Vec::new();
     rewrite(&mut expr, patterns, &mut problems);
     if let Some(first) = problems.into_iter().next() {
@@ -78,6 +99,66 @@ pub(crate) fn compile_rule(
     }
     let always_true = matches!(&expr.expr, Expr::Literal(LiteralValue::Boolean(b)) if *b.inner());
     Ok(Compiled { expr, always_true })
+}
+
+/// How deeply comprehensions may nest: one level (`groups.exists(g, g == "x")`). Each level
+/// multiplies the work by a list's length, and lists can come from the caller.
+const MAX_COMPREHENSION_NESTING: usize = 1;
+
+/// Type names CEL lets a rule write as identifiers (`type(x) == string`).
+const TYPE_NAMES: &[&str] = &[
+    "bool",
+    "int",
+    "uint",
+    "double",
+    "string",
+    "bytes",
+    "list",
+    "map",
+    "null_type",
+    "type",
+    "timestamp",
+    "duration",
+    "dyn",
+];
+
+fn comprehension_depth(e: &IdedExpr) -> usize {
+    let below = children(e)
+        .into_iter()
+        .map(comprehension_depth)
+        .max()
+        .unwrap_or(0);
+    below + usize::from(matches!(e.expr, Expr::Comprehension(_)))
+}
+
+/// The first identifier that is neither a variable, a type name, nor bound by an enclosing
+/// comprehension.
+fn unknown_identifier(e: &IdedExpr, bound: &mut Vec<String>) -> Option<String> {
+    match &e.expr {
+        Expr::Ident(name) => {
+            let known = crate::eval::NAMES.contains(&name.as_str())
+                || TYPE_NAMES.contains(&name.as_str())
+                || bound.iter().any(|b| b == name);
+            (!known).then(|| name.clone())
+        }
+        Expr::Comprehension(c) => {
+            if let Some(n) = unknown_identifier(&c.iter_range, bound) {
+                return Some(n);
+            }
+            let before = bound.len();
+            bound.push(c.iter_var.clone());
+            bound.extend(c.iter_var2.clone());
+            bound.push(c.accu_var.clone());
+            let found = [&c.accu_init, &c.loop_cond, &c.loop_step, &c.result]
+                .into_iter()
+                .find_map(|x| unknown_identifier(x, bound));
+            bound.truncate(before);
+            found
+        }
+        _ => children(e)
+            .into_iter()
+            .find_map(|c| unknown_identifier(c, bound)),
+    }
 }
 
 /// CEL error texts span lines (source excerpt and caret); a diagnostic wants one.

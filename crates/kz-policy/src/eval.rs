@@ -20,7 +20,7 @@ use crate::analyze::{MATCHES, Patterns};
 const MAX_REASON: usize = 300;
 
 /// The names rules can use, in the order of [`Vars`]'s cells.
-const NAMES: [&str; 16] = [
+pub(crate) const NAMES: [&str; 16] = [
     "issuer", "sub", "org", "service", "env", "action", "branch", "actor", "groups", "claims",
     "ref", "resolver", "mode", "context", "request", "now",
 ];

@@ -451,10 +451,36 @@ fn each_variable_reads_its_own_field() {
             assert_eq!(holds(&rule, &c), other == name, "{rule} for {name}");
         }
     }
-    // A name that is no variable is an error: the rule denies, naming itself.
-    let d = decide(&set(&[allow("typo", r#"orgg == "acme""#)]), &Case::new("x"));
-    assert_eq!((d.effect, d.policy.as_str()), (Effect::Deny, "typo"));
-    assert!(d.reason.is_some());
+    // A name that is no variable is refused at load (it would deny every request), with a
+    // suggestion; names bound by a comprehension and CEL's type names are not variables.
+    let errs = PolicySet::compile(&[allow("typo", r#"orgg == "acme""#)]).unwrap_err();
+    assert!(
+        errs[0].message.contains("`orgg`") && errs[0].help.contains("`org`"),
+        "{errs:?}"
+    );
+    for ok in [
+        r#"groups.exists(g, g == "oncall")"#,
+        r#"groups.all(g, g.startsWith("t")) && type(org) == string"#,
+        r#"[1, 2].map(x, x * 2).size() == 2"#,
+    ] {
+        assert!(PolicySet::compile(&[allow("ok", ok)]).is_ok(), "{ok}");
+    }
+    let errs = PolicySet::compile(&[allow("leak", r#"groups.exists(g, g == "x") && g == "y""#)])
+        .unwrap_err();
+    assert!(errs[0].message.contains("`g`"), "{errs:?}");
+}
+
+#[test]
+fn nested_comprehensions_are_refused_at_load() {
+    // Each level multiplies the work by a list's length: ten levels of ten never finish.
+    let mut rule = String::from("true");
+    for i in 0..9 {
+        rule = format!("[0,1,2,3,4,5,6,7,8,9].all(x{i}, {rule})");
+    }
+    let errs = PolicySet::compile(&[allow("hang", &rule)]).unwrap_err();
+    assert!(errs[0].message.contains("nests comprehensions"), "{errs:?}");
+    let two = r#"groups.exists(g, claims.teams.exists(t, t == g))"#;
+    assert!(PolicySet::compile(&[allow("two", two)]).is_err());
 }
 
 #[test]
