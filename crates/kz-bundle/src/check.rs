@@ -341,15 +341,21 @@ impl Checker {
                 }
                 None => true,
             },
-            Val::Array(a) => a
-                .iter()
-                .enumerate()
-                .map(|(i, x)| self.no_literal_credential(x, &format!("{path}[{i}]")))
-                .fold(true, |acc, ok| acc && ok),
-            Val::Table(t) => t
-                .iter()
-                .map(|e| self.no_literal_credential(&e.node, &format!("{path}.{}", e.key)))
-                .fold(true, |acc, ok| acc && ok),
+            Val::Array(a) => {
+                a.iter()
+                    .enumerate()
+                    .map(|(i, x)| self.no_literal_credential(x, &format!("{path}[{i}]")))
+                    .filter(|ok| !ok)
+                    .count()
+                    == 0
+            }
+            Val::Table(t) => {
+                t.iter()
+                    .map(|e| self.no_literal_credential(&e.node, &format!("{path}.{}", e.key)))
+                    .filter(|ok| !ok)
+                    .count()
+                    == 0
+            }
             _ => true,
         }
     }
