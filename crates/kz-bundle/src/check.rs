@@ -204,6 +204,50 @@ impl Checker {
         }
     }
 
+    /// A list of mappings (`issuers`, `resolvers`, `policies`): each item's path, node and
+    /// entries; a list longer than `max`, or an item that is not a mapping, is reported.
+    fn mappings<'a>(
+        &mut self,
+        e: &'a Entry,
+        list: &str,
+        max: usize,
+        too_many_help: &str,
+        item_help: &str,
+    ) -> Vec<(String, &'a Node, &'a [Entry])> {
+        let Some(items) = self.list(e, list) else {
+            return Vec::new();
+        };
+        if items.len() > max {
+            self.diags.push(
+                err(
+                    "bundle::too_many",
+                    format!("{} {list}; at most {max} are accepted", items.len()),
+                    &e.key_pos,
+                    list,
+                )
+                .help(too_many_help),
+            );
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for (i, n) in items.iter().enumerate() {
+            let path = format!("{list}[{i}]");
+            match n.as_table() {
+                Some(t) => out.push((path, n, t)),
+                None => self.diags.push(
+                    err(
+                        "config::type",
+                        format!("`{path}` must be a mapping, found {}", n.val.type_name()),
+                        &n.pos,
+                        &path,
+                    )
+                    .help(item_help),
+                ),
+            }
+        }
+        out
+    }
+
     fn string(&mut self, e: &Entry, path: &str) -> Option<String> {
         match e.node.as_str() {
             Some(s) => Some(s.to_owned()),
@@ -413,39 +457,14 @@ impl Checker {
         let Some(e) = e else {
             return Vec::new();
         };
-        let Some(items) = self.list(e, "issuers") else {
-            return Vec::new();
-        };
-        if items.len() > MAX_ISSUERS {
-            self.diags.push(
-                err(
-                    "bundle::too_many",
-                    format!(
-                        "{} issuers; at most {MAX_ISSUERS} are accepted",
-                        items.len()
-                    ),
-                    &e.key_pos,
-                    "issuers",
-                )
-                .help("split the bundle"),
-            );
-            return Vec::new();
-        }
         let mut out: Vec<Issuer> = Vec::new();
-        for (i, n) in items.iter().enumerate() {
-            let path = format!("issuers[{i}]");
-            let Some(t) = n.as_table() else {
-                self.diags.push(
-                    err(
-                        "config::type",
-                        format!("`{path}` must be a mapping, found {}", n.val.type_name()),
-                        &n.pos,
-                        &path,
-                    )
-                    .help("write each issuer as `- name: …`"),
-                );
-                continue;
-            };
+        for (path, n, t) in self.mappings(
+            e,
+            "issuers",
+            MAX_ISSUERS,
+            "split the bundle",
+            "write each issuer as `- name: …`",
+        ) {
             if let Some(iss) = self.issuer(t, &path, &n.pos) {
                 if let Some(first) = out.iter().find(|x| x.name == iss.name) {
                     let first = first.pos.clone();
@@ -856,39 +875,14 @@ impl Checker {
         backends: &[kz_config::ProviderInstance],
     ) -> Vec<Resolver> {
         let list = if older { "resources" } else { "resolvers" };
-        let Some(items) = self.list(e, list) else {
-            return Vec::new();
-        };
-        if items.len() > MAX_RESOLVERS {
-            self.diags.push(
-                err(
-                    "bundle::too_many",
-                    format!(
-                        "{} {list}; at most {MAX_RESOLVERS} are accepted",
-                        items.len()
-                    ),
-                    &e.key_pos,
-                    list,
-                )
-                .help("use globs (`prod/**`) instead of one entry per name"),
-            );
-            return Vec::new();
-        }
         let mut out: Vec<Resolver> = Vec::new();
-        for (i, n) in items.iter().enumerate() {
-            let path = format!("{list}[{i}]");
-            let Some(t) = n.as_table() else {
-                self.diags.push(
-                    err(
-                        "config::type",
-                        format!("`{path}` must be a mapping, found {}", n.val.type_name()),
-                        &n.pos,
-                        &path,
-                    )
-                    .help("write each entry as `- name: …`"),
-                );
-                continue;
-            };
+        for (path, n, t) in self.mappings(
+            e,
+            list,
+            MAX_RESOLVERS,
+            "use globs (`prod/**`) instead of one entry per name",
+            "write each entry as `- name: …`",
+        ) {
             if let Some(r) = self.resolver(t, &path, &n.pos, older, backends) {
                 if let Some(first) = out.iter().find(|x| x.name == r.name) {
                     let first = first.pos.clone();
@@ -1166,39 +1160,14 @@ impl Checker {
         let Some(e) = e else {
             return Vec::new();
         };
-        let Some(items) = self.list(e, "policies") else {
-            return Vec::new();
-        };
-        if items.len() > MAX_POLICIES {
-            self.diags.push(
-                err(
-                    "bundle::too_many",
-                    format!(
-                        "{} policies; at most {MAX_POLICIES} are accepted",
-                        items.len()
-                    ),
-                    &e.key_pos,
-                    "policies",
-                )
-                .help("split the bundle"),
-            );
-            return Vec::new();
-        }
         let mut out: Vec<PolicyEntry> = Vec::new();
-        for (i, n) in items.iter().enumerate() {
-            let path = format!("policies[{i}]");
-            let Some(t) = n.as_table() else {
-                self.diags.push(
-                    err(
-                        "config::type",
-                        format!("`{path}` must be a mapping, found {}", n.val.type_name()),
-                        &n.pos,
-                        &path,
-                    )
-                    .help("write each policy as `- name: …`"),
-                );
-                continue;
-            };
+        for (path, n, t) in self.mappings(
+            e,
+            "policies",
+            MAX_POLICIES,
+            "split the bundle",
+            "write each policy as `- name: …`",
+        ) {
             self.unknown(t, &path, POLICY_KEYS);
             let name = self
                 .required(t, "name", &path, &n.pos)
