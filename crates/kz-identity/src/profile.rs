@@ -51,32 +51,63 @@ pub const MAP_FIELDS: [&str; 8] = [
     "sub", "org", "service", "env", "action", "branch", "actor", "groups",
 ];
 
-/// Walks `path` in `claims`: a key matching the whole remaining path wins, then the longest
-/// prefix (up to a `.`) that is a key, and so on (`kubernetes.io.namespace` finds the key
-/// `kubernetes.io` before `kubernetes`). A leading `claims.` names the claims root, as the
-/// policy variable does (`claims.teams` is the claim `teams`).
+/// Walks `path` in `claims`: the path's dots split it into keys of nested objects, and a key may
+/// itself hold dots (`kubernetes.io.namespace` is `namespace` inside the key `kubernetes.io`).
+/// A path must resolve in exactly one way: when two splits both reach a value (a flat key
+/// `kubernetes.io.namespace` next to the nested one, or `kubernetes` → `io` → `namespace`), the
+/// token could choose which one kz reads, so it is `None` here and an error for the identity
+/// fields. A leading `claims.` names the claims root, as the policy variable does
+/// (`claims.teams` is the claim `teams`).
 pub fn claim_path<'a>(claims: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
-    let path = path.strip_prefix("claims.").unwrap_or(path);
-    walk(claims, path)
+    match resolve(claims, path) {
+        Resolved::One(v) => Some(v),
+        Resolved::None | Resolved::Ambiguous => None,
+    }
 }
 
-fn walk<'a>(map: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
+enum Resolved<'a> {
+    None,
+    One(&'a Value),
+    Ambiguous,
+}
+
+fn resolve<'a>(claims: &'a Map<String, Value>, path: &str) -> Resolved<'a> {
+    let path = path.strip_prefix("claims.").unwrap_or(path);
+    let mut found = Vec::new();
+    walk(claims, path, &mut found);
+    match found.as_slice() {
+        [] => Resolved::None,
+        [v] => Resolved::One(v),
+        _ => Resolved::Ambiguous,
+    }
+}
+
+/// Every value `path` reaches in `map`, stopping at two (enough to call it ambiguous).
+fn walk<'a>(map: &'a Map<String, Value>, path: &str, found: &mut Vec<&'a Value>) {
     if let Some(v) = map.get(path) {
-        return Some(v);
+        found.push(v);
     }
-    // Longest prefix first.
-    let (head, rest) = path
-        .char_indices()
-        .rev()
-        .filter(|(_, c)| *c == '.')
-        .find_map(|(i, _)| {
-            let head = path.get(..i)?;
-            map.contains_key(head).then(|| (head, path.get(i + 1..)))
-        })?;
-    match map.get(head)? {
-        Value::Object(inner) => walk(inner, rest?),
-        _ => None,
+    for (i, _) in path.char_indices().filter(|(_, c)| *c == '.') {
+        if found.len() >= 2 {
+            return;
+        }
+        let (Some(head), Some(rest)) = (path.get(..i), path.get(i + 1..)) else {
+            continue;
+        };
+        if let Some(Value::Object(inner)) = map.get(head) {
+            walk(inner, rest, found);
+        }
     }
+}
+
+fn ambiguous(path: &str) -> IdentityError {
+    IdentityError::new(
+        ErrorCode::BadIdentityClaim,
+        format!(
+            "claim `{}` can be read two ways (a key with dots and nested keys both match)",
+            show(path)
+        ),
+    )
 }
 
 fn json_type(v: &Value) -> &'static str {
@@ -91,7 +122,12 @@ fn json_type(v: &Value) -> &'static str {
 }
 
 fn string_at(claims: &Map<String, Value>, path: &str) -> Result<String, IdentityError> {
-    match claim_path(claims, path) {
+    let value = match resolve(claims, path) {
+        Resolved::Ambiguous => return Err(ambiguous(path)),
+        Resolved::One(v) => Some(v),
+        Resolved::None => None,
+    };
+    match value {
         None | Some(Value::Null) => Ok(String::new()),
         Some(Value::String(s)) => Ok(s.clone()),
         Some(other) => Err(IdentityError::new(
@@ -115,7 +151,12 @@ fn list_at(claims: &Map<String, Value>, path: &str) -> Result<Vec<String>, Ident
             ),
         )
     };
-    match claim_path(claims, path) {
+    let value = match resolve(claims, path) {
+        Resolved::Ambiguous => return Err(ambiguous(path)),
+        Resolved::One(v) => Some(v),
+        Resolved::None => None,
+    };
+    match value {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::Array(items)) => items
             .iter()
@@ -280,13 +321,12 @@ mod tests {
     }
 
     #[test]
-    fn dotted_keys_match_whole_first() {
+    fn a_claim_path_resolves_one_way_or_not_at_all() {
         let c = obj(json!({
             "kubernetes.io": {"namespace": "prod", "serviceaccount": {"name": "api"}},
-            "kubernetes": {"io": {"namespace": "decoy"}},
-            "a.b": "whole",
-            "a": {"b": "nested"},
+            "x.y": "whole",
             "claims": {"x": "claim named claims"},
+            "deep": {"a.b": {"c": "mixed"}},
         }));
         assert_eq!(
             claim_path(&c, "kubernetes.io.namespace"),
@@ -296,14 +336,26 @@ mod tests {
             claim_path(&c, "kubernetes.io.serviceaccount.name"),
             Some(&json!("api"))
         );
-        assert_eq!(claim_path(&c, "a.b"), Some(&json!("whole")));
-        assert_eq!(claim_path(&c, "claims.a.b"), Some(&json!("whole")));
+        assert_eq!(claim_path(&c, "x.y"), Some(&json!("whole")));
+        assert_eq!(claim_path(&c, "claims.x.y"), Some(&json!("whole")));
+        assert_eq!(claim_path(&c, "deep.a.b.c"), Some(&json!("mixed")));
         assert_eq!(
             claim_path(&c, "claims.claims.x"),
             Some(&json!("claim named claims"))
         );
         assert_eq!(claim_path(&c, "nope.x"), None);
-        assert_eq!(claim_path(&c, "a.b.c"), None);
+        assert_eq!(claim_path(&c, "x.y.z"), None);
+        // Two readings of one path: the token could choose which kz reads.
+        for decoy in [
+            json!({"kubernetes.io": {"namespace": "prod"}, "kubernetes": {"io": {"namespace": "kube-system"}}}),
+            json!({"kubernetes.io": {"namespace": "prod"}, "kubernetes.io.namespace": "kube-system"}),
+        ] {
+            let c = obj(decoy);
+            assert_eq!(claim_path(&c, "kubernetes.io.namespace"), None);
+            let e = normalise(Profile::Kubernetes, &BTreeMap::new(), &c).unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadIdentityClaim);
+            assert!(e.message.contains("two ways"), "{}", e.message);
+        }
     }
 
     #[test]
