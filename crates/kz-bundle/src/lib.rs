@@ -239,8 +239,9 @@ impl Bundle {
         }
         self.policy_entries
             .iter()
-            .filter(|p| {
-                let names = identifiers(&p.source.rule);
+            .enumerate()
+            .filter(|(i, _)| {
+                let names = self.policies.variables(*i);
                 !names.contains(&"issuer")
                     && names.iter().any(|n| {
                         matches!(
@@ -249,7 +250,7 @@ impl Bundle {
                         )
                     })
             })
-            .map(|p| {
+            .map(|(_, p)| {
                 Diagnostic::warning(
                     "bundle::issuer_unbound",
                     format!(
@@ -295,47 +296,6 @@ impl Bundle {
         }
         out
     }
-}
-
-/// The top-level identifiers of a CEL rule: names outside string literals and not after a `.`
-/// (so `context.org` and `claims.org` are not `org`).
-fn identifiers(rule: &str) -> Vec<&str> {
-    let bytes = rule.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        if b == b'"' || b == b'\'' {
-            // Skip the literal (escapes included); raw and triple-quoted forms end the same way.
-            i += 1;
-            while let Some(&c) = bytes.get(i) {
-                i += 1;
-                if c == b'\\' {
-                    i += 1;
-                } else if c == b {
-                    break;
-                }
-            }
-            continue;
-        }
-        if b.is_ascii_alphabetic() || b == b'_' {
-            let start = i;
-            while bytes
-                .get(i)
-                .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_')
-            {
-                i += 1;
-            }
-            let after_dot = rule
-                .get(..start)
-                .is_some_and(|s| s.trim_end().ends_with('.'));
-            if !after_dot && let Some(name) = rule.get(start..i) {
-                out.push(name);
-            }
-            continue;
-        }
-        i += 1;
-    }
-    out
 }
 
 /// Reads and checks the bundle at `path`.

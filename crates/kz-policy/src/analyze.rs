@@ -18,6 +18,8 @@ pub(crate) const MATCHES: &str = "__kz_matches";
 pub(crate) struct Compiled {
     pub expr: IdedExpr,
     pub always_true: bool,
+    /// The request variables the rule reads.
+    pub variables: Vec<&'static str>,
 }
 
 /// The `glob` and `matches` patterns of a bundle, by their literal, each checked once however
@@ -71,7 +73,17 @@ pub(crate) fn compile_rule(
             "a nested comprehension multiplies its cost by the size of each list (a caller's claims or context can be long): use one level, or split the rule",
         ));
     }
-    if let Some(name) = unknown_identifier(&expr, &mut Vec::new()) {
+    let mut free = Vec::new();
+    free_identifiers(&expr, &mut Vec::new(), &mut free);
+    let variables: Vec<&'static str> = crate::eval::NAMES
+        .into_iter()
+        .filter(|n| free.contains(n))
+        .collect();
+    let unknown = free
+        .iter()
+        .find(|n| !crate::eval::NAMES.contains(n) && !TYPE_NAMES.contains(n))
+        .map(|n| n.to_string());
+    if let Some(name) = unknown {
         let hint = crate::eval::NAMES
             .iter()
             .find(|n| {
@@ -98,7 +110,11 @@ pub(crate) fn compile_rule(
         ));
     }
     let always_true = matches!(&expr.expr, Expr::Literal(LiteralValue::Boolean(b)) if *b.inner());
-    Ok(Compiled { expr, always_true })
+    Ok(Compiled {
+        expr,
+        always_true,
+        variables,
+    })
 }
 
 /// How deeply comprehensions may nest: one level (`groups.exists(g, g == "x")`). Each level
@@ -131,33 +147,31 @@ fn comprehension_depth(e: &IdedExpr) -> usize {
     below + usize::from(matches!(e.expr, Expr::Comprehension(_)))
 }
 
-/// The first identifier that is neither a variable, a type name, nor bound by an enclosing
-/// comprehension.
-fn unknown_identifier(e: &IdedExpr, bound: &mut Vec<String>) -> Option<String> {
+/// Every identifier not bound by an enclosing comprehension (variables, type names, and
+/// anything else a rule names), in order of appearance.
+fn free_identifiers<'e>(e: &'e IdedExpr, bound: &mut Vec<&'e str>, out: &mut Vec<&'e str>) {
     match &e.expr {
         Expr::Ident(name) => {
-            let known = crate::eval::NAMES.contains(&name.as_str())
-                || TYPE_NAMES.contains(&name.as_str())
-                || bound.iter().any(|b| b == name);
-            (!known).then(|| name.clone())
+            if !bound.contains(&name.as_str()) {
+                out.push(name);
+            }
         }
         Expr::Comprehension(c) => {
-            if let Some(n) = unknown_identifier(&c.iter_range, bound) {
-                return Some(n);
-            }
+            free_identifiers(&c.iter_range, bound, out);
             let before = bound.len();
-            bound.push(c.iter_var.clone());
-            bound.extend(c.iter_var2.clone());
-            bound.push(c.accu_var.clone());
-            let found = [&c.accu_init, &c.loop_cond, &c.loop_step, &c.result]
-                .into_iter()
-                .find_map(|x| unknown_identifier(x, bound));
+            bound.push(&c.iter_var);
+            bound.extend(c.iter_var2.as_deref());
+            bound.push(&c.accu_var);
+            for x in [&c.accu_init, &c.loop_cond, &c.loop_step, &c.result] {
+                free_identifiers(x, bound, out);
+            }
             bound.truncate(before);
-            found
         }
-        _ => children(e)
-            .into_iter()
-            .find_map(|c| unknown_identifier(c, bound)),
+        _ => {
+            for c in children(e) {
+                free_identifiers(c, bound, out);
+            }
+        }
     }
 }
 

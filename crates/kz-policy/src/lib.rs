@@ -164,6 +164,8 @@ struct Rule {
     expr: cel::common::ast::IdedExpr,
     /// The rule's literal guards, the one the index files it under first.
     guards: Vec<guard::Guard>,
+    /// The request variables it reads.
+    variables: Vec<&'static str>,
 }
 
 impl Rule {
@@ -263,6 +265,7 @@ impl PolicySet {
                         name: src.name.clone(),
                         effect: src.effect,
                         guards: guard::Guard::all(&compiled.expr),
+                        variables: compiled.variables,
                         expr: compiled.expr,
                     });
                 }
@@ -279,6 +282,14 @@ impl PolicySet {
             env,
             patterns: Arc::new(patterns),
         })
+    }
+
+    /// The request variables (`org`, `issuer`, `context`, …) policy `index` reads, outside
+    /// any comprehension's own names: what the bundle's advice about rules is based on.
+    pub fn variables(&self, index: usize) -> &[&'static str] {
+        self.rules
+            .get(index)
+            .map_or(&[], |r| r.variables.as_slice())
     }
 
     /// Number of policies.
