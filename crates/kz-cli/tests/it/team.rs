@@ -86,17 +86,23 @@ policies:
     )
 }
 
+/// A sandbox with `bundle.yaml` (a fresh GitHub Actions key) and the HMAC issuer's secret in
+/// the environment; also the path of the GitHub key's private half.
+fn team_sandbox() -> (Sandbox, String) {
+    let mut s = Sandbox::new();
+    let (private, public) = es256_key(&s, "gha");
+    s.write("bundle.yaml", &bundle(&public));
+    s.set("KZ_TEST_HMAC", &"k".repeat(32));
+    (s, private)
+}
+
 const GHA_CLAIMS: &str = r#"{"iss":"https://token.actions.githubusercontent.com","aud":"keyzero",
 "sub":"repo:acme/app:ref:refs/heads/main","repository_owner":"acme","repository":"acme/app",
 "ref":"refs/heads/main","workflow":"ci","actor":"octocat"}"#;
 
 #[test]
 fn server_check_accepts_a_good_bundle_and_names_per_replica_settings() {
-    let s = Sandbox::new();
-    let (_, public) = es256_key(&s, "gha");
-    s.write("bundle.yaml", &bundle(&public));
-    let mut s = s;
-    s.set("KZ_TEST_HMAC", &"k".repeat(32));
+    let (s, _) = team_sandbox();
     let r = s.kz(&["server", "check", "-b", "bundle.yaml"]).ok();
     assert!(
         r.stdout
@@ -197,10 +203,7 @@ issuers:
 
 #[test]
 fn policy_eval_shows_the_decision_the_resolver_and_the_trace() {
-    let mut s = Sandbox::new();
-    let (_, public) = es256_key(&s, "gha");
-    s.write("bundle.yaml", &bundle(&public));
-    s.set("KZ_TEST_HMAC", &"k".repeat(32));
+    let (s, _) = team_sandbox();
     s.write("ci.json", GHA_CLAIMS);
     let r = s
         .kz(&[
@@ -295,10 +298,7 @@ fn policy_eval_shows_the_decision_the_resolver_and_the_trace() {
 
 #[test]
 fn policy_eval_verifies_tokens_as_the_server_would() {
-    let mut s = Sandbox::new();
-    let (private, public) = es256_key(&s, "gha");
-    s.write("bundle.yaml", &bundle(&public));
-    s.set("KZ_TEST_HMAC", &"k".repeat(32));
+    let (mut s, private) = team_sandbox();
     let claims = GHA_CLAIMS.replace('\n', "");
     let token = s
         .kz(&[
@@ -426,10 +426,7 @@ fn policy_eval_verifies_tokens_as_the_server_would() {
 
 #[test]
 fn policy_eval_refuses_bad_input_clearly() {
-    let mut s = Sandbox::new();
-    let (_, public) = es256_key(&s, "gha");
-    s.write("bundle.yaml", &bundle(&public));
-    s.set("KZ_TEST_HMAC", &"k".repeat(32));
+    let (s, _) = team_sandbox();
     s.write("ci.json", GHA_CLAIMS);
     let base = ["policy", "eval", "-b", "bundle.yaml", "--claims", "ci.json"];
     fn with<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
@@ -491,10 +488,7 @@ fn policy_eval_refuses_bad_input_clearly() {
 
 #[test]
 fn policy_test_runs_a_table_and_fails_with_the_trace() {
-    let mut s = Sandbox::new();
-    let (_, public) = es256_key(&s, "gha");
-    s.write("bundle.yaml", &bundle(&public));
-    s.set("KZ_TEST_HMAC", &"k".repeat(32));
+    let (mut s, _) = team_sandbox();
     s.write(
         "tests.yaml",
         r#"tests:
