@@ -488,7 +488,7 @@ fn policy_eval_refuses_bad_input_clearly() {
 
 #[test]
 fn policy_test_runs_a_table_and_fails_with_the_trace() {
-    let (mut s, _) = team_sandbox();
+    let (s, _) = team_sandbox();
     s.write(
         "tests.yaml",
         r#"tests:
