@@ -575,3 +575,33 @@ fn a_loaded_bundle_decides() {
     assert!(b.policies.decide(&req("prod/x")).allowed());
     assert!(!b.policies.decide(&req("dev/x")).allowed());
 }
+
+#[test]
+fn hmac_secrets_are_read_only_when_configs_are_built_and_their_failures_named() {
+    let text = r#"version: "1"
+issuers:
+  - name: a
+    type: custom
+    issuer_url: https://a.example
+    audience: kz
+    static_keys:
+      - { kid: e, alg: HS256, secret_env: KZ_BUNDLE_TEST_UNSET_VARIABLE }
+      - { kid: f, alg: HS256, secret_file: /dev/zero }
+      - { kid: g, alg: HS256, secret_file: /nonexistent/kz-secret }
+"#;
+    // Loading reads no secret: the bundle is valid.
+    let b = check(Path::new("b.yaml"), text).unwrap();
+    let errs = b.issuer_configs().unwrap_err();
+    let all: Vec<String> = errs.iter().map(|d| d.message.clone()).collect();
+    assert_eq!(errs.len(), 3, "{all:?}");
+    assert!(all[0].contains("KZ_BUNDLE_TEST_UNSET_VARIABLE"), "{all:?}");
+    assert!(
+        all[1].contains("/dev/zero") && all[1].contains("over"),
+        "{all:?}"
+    );
+    assert!(all[2].contains("/nonexistent/kz-secret"), "{all:?}");
+    // The same, as warnings, for `server check` run away from the server's environment.
+    let warnings = b.unavailable_secrets();
+    assert_eq!(warnings.len(), 3);
+    assert!(warnings.iter().all(|d| !d.is_error()));
+}
