@@ -163,6 +163,33 @@ impl Resolver {
             .map_or_else(|| requested.to_owned(), |p| expand(&p.value, requested))
     }
 
+    /// What the backend is asked for `requested`: [`Resolver::reference`], the `field`
+    /// parameter, and every other parameter, each with `${ref}` expanded.
+    pub fn backend_request(&self, requested: &str) -> BackendRequest {
+        let reference_param = self
+            .params
+            .iter()
+            .position(|p| check::REFERENCE_PARAMS.contains(&p.name.as_str()));
+        let mut field = None;
+        let mut params = Vec::new();
+        for (i, p) in self.params.iter().enumerate() {
+            if Some(i) == reference_param {
+                continue;
+            }
+            let value = expand(&p.value, requested);
+            if p.name == "field" {
+                field = Some(value);
+            } else {
+                params.push((p.name.clone(), value));
+            }
+        }
+        BackendRequest {
+            reference: self.reference(requested),
+            field,
+            params,
+        }
+    }
+
     /// Every parameter with `${ref}` expanded.
     pub fn expanded_params(&self, requested: &str) -> Vec<(String, String)> {
         self.params
@@ -170,6 +197,17 @@ impl Resolver {
             .map(|p| (p.name.clone(), expand(&p.value, requested)))
             .collect()
     }
+}
+
+/// What a resolver asks its backend for one requested name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendRequest {
+    /// The backend reference.
+    pub reference: String,
+    /// `field`, when set.
+    pub field: Option<String>,
+    /// The other backend parameters.
+    pub params: Vec<(String, String)>,
 }
 
 /// `${ref}` → the requested name (the only placeholder; [`check`] refuses any other).

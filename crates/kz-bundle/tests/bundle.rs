@@ -127,6 +127,14 @@ fn the_spec_example_loads() {
     assert_eq!(b.audit.claims, ["sub", "repository", "run_id"]);
     let api = b.resolver_for("api-key").unwrap();
     assert_eq!(api.reference("api-key"), "prod/api-key");
+    let asked = api.backend_request("api-key");
+    assert_eq!(asked.reference, "prod/api-key");
+    assert_eq!(asked.field.as_deref(), Some("api_key"));
+    assert!(
+        asked.params.iter().all(|(k, _)| k != "secret_id" && k != "field"),
+        "{:?}",
+        asked.params
+    );
     assert_eq!(
         api.credential_location,
         Some(CredentialLocation::Header {

@@ -105,6 +105,14 @@ pub struct Verifier {
     by_url: HashMap<String, usize>,
     client: reqwest::Client,
     cache: Mutex<TokenCache>,
+    refreshes: Refreshes,
+}
+
+/// Counts of key-set fetches (for the server's metrics).
+#[derive(Debug, Default)]
+struct Refreshes {
+    ok: AtomicU64,
+    failed: AtomicU64,
 }
 
 fn unix(now: SystemTime) -> i64 {
@@ -253,6 +261,7 @@ impl Verifier {
                 by_url,
                 client,
                 cache: Mutex::new(TokenCache::new(TOKEN_CACHE_CAPACITY, TOKEN_CACHE_BYTES)),
+                refreshes: Refreshes::default(),
             }),
             _ => Err(errors),
         }
@@ -490,7 +499,14 @@ impl Verifier {
             }
         }
         gate.last_attempt = Some(now);
-        match fetch::fetch_keys(&self.client, remote).await {
+        let fetched = fetch::fetch_keys(&self.client, remote).await;
+        let counter = if fetched.is_ok() {
+            &self.refreshes.ok
+        } else {
+            &self.refreshes.failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        match fetched {
             Ok((keys, ttl)) => {
                 gate.last_error = None;
                 let generation = if cur.loaded && cur.same_keys(&keys) {
@@ -516,6 +532,14 @@ impl Verifier {
                 })
             }
         }
+    }
+
+    /// Key-set fetches so far: `(succeeded, failed)` (metrics).
+    pub fn jwks_refreshes(&self) -> (u64, u64) {
+        (
+            self.refreshes.ok.load(Ordering::Relaxed),
+            self.refreshes.failed.load(Ordering::Relaxed),
+        )
     }
 
     /// Number of verified tokens cached (tests, metrics).
