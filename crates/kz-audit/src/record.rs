@@ -164,6 +164,12 @@ impl Record {
         self.text("reason", reason)
     }
 
+    /// `token`: which bearer token was used, never the token itself: `jti:ID` when it has a
+    /// `jti`, else `sha256:HEX` of the token.
+    pub fn token_id(self, id: impl Into<String>) -> Self {
+        self.text("token", id)
+    }
+
     /// `cache`: how the value cache was used (e.g. `hit`, `miss`).
     pub fn cache(self, cache: impl Into<String>) -> Self {
         self.text("cache", cache)

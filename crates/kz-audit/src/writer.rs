@@ -3,7 +3,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -105,6 +105,8 @@ struct Shared {
     sink: String,
     healthy: AtomicBool,
     reason: Mutex<String>,
+    /// Records accepted and not yet taken by the writer thread.
+    queued: AtomicUsize,
 }
 
 impl Shared {
@@ -230,6 +232,7 @@ impl Writer {
             sink: sink.name(),
             healthy: AtomicBool::new(true),
             reason: Mutex::new(String::new()),
+            queued: AtomicUsize::new(0),
         });
         let (tx, rx) = mpsc::sync_channel(capacity);
         let worker = Worker {
@@ -281,7 +284,14 @@ impl Writer {
         if !self.shared.healthy() {
             return Err(self.shared.unavailable());
         }
-        match self.sender()?.try_send(Msg::Record(Self::stamp(record))) {
+        let tx = self.sender()?;
+        // Counted before the send, so the writer thread never takes it before it is counted.
+        self.shared.queued.fetch_add(1, Ordering::Relaxed);
+        let sent = tx.try_send(Msg::Record(Self::stamp(record)));
+        if sent.is_err() {
+            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+        match sent {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(AuditError::Full {
                 sink: self.shared.sink.clone(),
@@ -299,9 +309,17 @@ impl Writer {
         if !self.shared.healthy() {
             return Err(self.shared.unavailable());
         }
-        self.sender()?
-            .send(Msg::Record(Self::stamp(record)))
-            .map_err(|_| self.shared.closed())
+        let tx = self.sender()?;
+        self.shared.queued.fetch_add(1, Ordering::Relaxed);
+        tx.send(Msg::Record(Self::stamp(record))).map_err(|_| {
+            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+            self.shared.closed()
+        })
+    }
+
+    /// Records accepted and not yet taken from the queue by the writer thread (a metric).
+    pub fn queue_depth(&self) -> usize {
+        self.shared.queued.load(Ordering::Relaxed)
     }
 
     fn request(&self, make: fn(Ack) -> Msg) -> Result<(), AuditError> {
@@ -420,7 +438,10 @@ impl Worker {
 
     fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Record(record) => self.chain(record),
+            Msg::Record(record) => {
+                self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                self.chain(record);
+            }
             Msg::Flush(ack) => {
                 let _ = ack.send(self.progress(true));
             }
