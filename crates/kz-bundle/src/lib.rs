@@ -353,7 +353,9 @@ pub fn read_limited(path: &Path, limit: usize) -> std::io::Result<Option<Vec<u8>
     Ok((out.len() <= limit).then_some(out))
 }
 
-fn read(path: &Path) -> Result<String, Vec<Diagnostic>> {
+/// Reads the bundle text at `path` (at most [`kz_config::yaml::MAX_YAML_BYTES`], UTF-8), for a
+/// caller that needs the bytes too (the server's revision hash); [`load`] is read + [`check`].
+pub fn read(path: &Path) -> Result<String, Vec<Diagnostic>> {
     let start = Pos {
         file: path.to_path_buf(),
         line: 1,
