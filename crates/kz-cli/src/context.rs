@@ -287,11 +287,7 @@ impl Ctx {
                 Ok(p) => {
                     map.insert(
                         inst.name.clone(),
-                        Instance {
-                            provider: p,
-                            timeout: inst.timeout(),
-                            concurrency: inst.concurrency(),
-                        },
+                        Instance::new(p, inst.timeout(), inst.concurrency()),
                     );
                 }
                 Err(e) => {
@@ -409,10 +405,14 @@ impl Ctx {
             Vec::new()
         } else {
             let instances = self.instances(config, &rest)?;
+            let requests: Vec<kz_resolve::Request> = rest
+                .iter()
+                .map(|s| kz_resolve::Request::from_entry(s))
+                .collect();
             block_on_with_spinner(
                 &self.out,
                 "resolving secrets",
-                kz_resolve::resolve_all(&rest, &instances),
+                kz_resolve::resolve_all(&requests, &instances),
             )?
         }
         .into_iter();

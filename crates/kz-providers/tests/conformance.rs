@@ -161,14 +161,14 @@ impl Harness {
         let mut m = HashMap::new();
         m.insert(
             "p".to_string(),
-            Instance {
-                provider,
-                timeout: inst.timeout(),
-                concurrency: inst.concurrency(),
-            },
+            Instance::new(provider, inst.timeout(), inst.concurrency()),
         );
-        let entries: Vec<_> = config.secrets.iter().collect();
-        rt().block_on(kz_resolve::resolve_all(&entries, &m))
+        let requests: Vec<_> = config
+            .secrets
+            .iter()
+            .map(kz_resolve::Request::from_entry)
+            .collect();
+        rt().block_on(kz_resolve::resolve_all(&requests, &m))
     }
 
     fn write(&self, config: &Config, name: &str, value: &str) -> Result<(), ProviderError> {

@@ -17,15 +17,87 @@ use crate::provider::{ErrorKind, Item, Provider, ProviderError, json_field};
 /// At most this many attempts per item (the first plus two retries).
 pub const MAX_ATTEMPTS: u32 = 3;
 
+/// One thing to resolve, independent of where it was configured (a solo configuration's
+/// secret, [`Request::from_entry`], or a team bundle's ref resolved by the server).
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The secret's or ref's name (messages, plugin ids).
+    pub name: String,
+    /// The provider instance's name (the key of the instances map).
+    pub instance: String,
+    /// The provider's type.
+    pub type_name: &'static str,
+    /// The reference as the provider sees it.
+    pub reference: String,
+    /// One field of a JSON / key-value secret.
+    pub field: Option<String>,
+    /// Provider parameters, as text.
+    pub params: Vec<(String, String)>,
+    /// A missing or empty value is skipped (with a warning) instead of failing.
+    pub optional: bool,
+    /// An empty value is accepted.
+    pub allow_empty: bool,
+}
+
+impl Request {
+    /// The request for a configured secret entry.
+    pub fn from_entry(e: &SecretEntry) -> Self {
+        Self {
+            name: e.name.clone(),
+            instance: e.provider.clone(),
+            type_name: e.ty.name,
+            reference: e.reference.clone(),
+            field: e.field.clone(),
+            params: e
+                .params
+                .iter()
+                .filter_map(|(k, _)| e.param(k).map(|v| (k.clone(), v)))
+                .collect(),
+            optional: e.optional,
+            allow_empty: e.allow_empty,
+        }
+    }
+
+    /// The item sent to the provider.
+    pub fn item(&self) -> Item {
+        Item {
+            name: self.name.clone(),
+            reference: self.reference.clone(),
+            field: self.field.clone(),
+            params: self.params.clone(),
+        }
+    }
+}
+
 /// A provider instance ready to use, with the limits from its options.
+///
+/// Cloning shares the concurrency limit: every [`resolve_all`] on this instance or a clone of
+/// it, however many run at once (the server runs one per request), is bounded together to
+/// `concurrency` batches in flight. The limit is fixed by [`Instance::new`]; changing the
+/// public `concurrency` field later does not change it.
 #[derive(Clone)]
 pub struct Instance {
     /// The implementation.
     pub provider: Arc<dyn Provider>,
     /// Total time per batch, retries included.
     pub timeout: Duration,
-    /// Concurrent batches.
+    /// Concurrent batches (as given to [`Instance::new`]).
     pub concurrency: usize,
+    limit: Arc<Semaphore>,
+}
+
+impl Instance {
+    /// An instance whose batches, across every concurrent caller, are at most `concurrency` in
+    /// flight (at least 1, at most what the limit can count).
+    pub fn new(provider: Arc<dyn Provider>, timeout: Duration, concurrency: usize) -> Self {
+        let permits = concurrency.clamp(1, Semaphore::MAX_PERMITS);
+        Self {
+            provider,
+            timeout,
+            concurrency,
+            limit: Arc::new(Semaphore::new(permits)),
+        }
+    }
 }
 
 impl std::fmt::Debug for Instance {
@@ -66,37 +138,28 @@ impl Outcome {
 
 /// The item a secret entry sends to its provider.
 pub fn item_for(entry: &SecretEntry) -> Item {
-    Item {
-        name: entry.name.clone(),
-        reference: entry.reference.clone(),
-        field: entry.field.clone(),
-        params: entry
-            .params
-            .iter()
-            .filter_map(|(k, _)| entry.param(k).map(|v| (k.clone(), v)))
-            .collect(),
-    }
+    Request::from_entry(entry).item()
 }
 
-/// Resolves `entries` with the given instances (keyed by instance name). The outcomes are in
-/// the order of `entries`. An entry whose instance is missing gets a `Config` error.
+/// Resolves `requests` with the given instances (keyed by instance name). The outcomes are in
+/// the order of `requests`. A request whose instance is missing gets a `Config` error.
 pub async fn resolve_all(
-    entries: &[&SecretEntry],
+    requests: &[Request],
     instances: &HashMap<String, Instance>,
 ) -> Vec<Outcome> {
     let start = Instant::now();
     let mut slots: Vec<Option<(Result<Resolved, ProviderError>, Duration)>> =
-        entries.iter().map(|_| None).collect();
-    let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
-    for (i, e) in entries.iter().enumerate() {
-        match groups.iter_mut().find(|(p, _)| *p == e.provider) {
+        requests.iter().map(|_| None).collect();
+    let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+    for (i, r) in requests.iter().enumerate() {
+        match groups.iter_mut().find(|(p, _)| *p == r.instance) {
             Some((_, v)) => v.push(i),
-            None => groups.push((e.provider.clone(), vec![i])),
+            None => groups.push((&r.instance, vec![i])),
         }
     }
     let mut tasks = JoinSet::new();
     for (name, idxs) in groups {
-        let Some(inst) = instances.get(&name) else {
+        let Some(inst) = instances.get(name) else {
             for i in idxs {
                 if let Some(s) = slots.get_mut(i) {
                     *s = Some((
@@ -110,18 +173,18 @@ pub async fn resolve_all(
             }
             continue;
         };
-        let sem = Arc::new(Semaphore::new(inst.concurrency.max(1)));
         for chunk in idxs.chunks(inst.provider.max_batch().max(1)) {
             let items: Vec<Item> = chunk
                 .iter()
-                .filter_map(|i| entries.get(*i))
-                .map(|e| item_for(e))
+                .filter_map(|i| requests.get(*i))
+                .map(Request::item)
                 .collect();
             let chunk = chunk.to_vec();
             let inst = inst.clone();
-            let sem = Arc::clone(&sem);
             tasks.spawn(async move {
-                let _permit = sem.acquire_owned().await;
+                // The instance's own limit, shared with every other caller: never closed, so
+                // acquiring only waits.
+                let _permit = Arc::clone(&inst.limit).acquire_owned().await;
                 let results = run_batch(&inst, &items).await;
                 (chunk, results, start.elapsed())
             });
@@ -137,21 +200,21 @@ pub async fn resolve_all(
             }
         }
     }
-    entries
+    requests
         .iter()
         .zip(slots)
-        .map(|(e, slot)| {
+        .map(|(r, slot)| {
             let (result, latency) = slot.unwrap_or_else(|| {
                 (Err(ProviderError::new(ErrorKind::Backend, "the provider task ended without a result")), Duration::ZERO)
             });
-            let result = result.and_then(|r| finish(e, r, instances.get(&e.provider)));
-            let skipped = e.optional
+            let result = result.and_then(|v| finish(r, v, instances.get(&r.instance)));
+            let skipped = r.optional
                 && matches!(&result, Err(err) if matches!(err.kind, ErrorKind::NotFound | ErrorKind::Empty | ErrorKind::Field));
             Outcome {
-                name: e.name.clone(),
-                provider: e.provider.clone(),
-                type_name: e.ty.name,
-                reference: e.reference.clone(),
+                name: r.name.clone(),
+                provider: r.instance.clone(),
+                type_name: r.type_name,
+                reference: r.reference.clone(),
                 result,
                 latency,
                 skipped,
@@ -241,11 +304,7 @@ fn backoff(attempt: u32) -> Duration {
 }
 
 /// Applies `field` (when the provider does not) and the empty-value rule.
-fn finish(
-    e: &SecretEntry,
-    r: Resolved,
-    inst: Option<&Instance>,
-) -> Result<Resolved, ProviderError> {
+fn finish(e: &Request, r: Resolved, inst: Option<&Instance>) -> Result<Resolved, ProviderError> {
     let r = match (r, &e.field) {
         (Resolved::Single(v), Some(f)) if !inst.is_some_and(|i| i.provider.handles_field()) => {
             Resolved::Single(json_field(&v, f)?)
@@ -274,6 +333,9 @@ mod tests {
 
     struct Fake {
         calls: AtomicUsize,
+        /// Calls running now, and the most ever running at once.
+        in_flight: AtomicUsize,
+        max_in_flight: AtomicUsize,
         fail_first: usize,
         delay: Duration,
         batch: usize,
@@ -286,7 +348,10 @@ mod tests {
         ) -> BoxFuture<'a, Vec<Result<Resolved, ProviderError>>> {
             Box::pin(async move {
                 let n = self.calls.fetch_add(1, Ordering::SeqCst);
+                let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                self.max_in_flight.fetch_max(now, Ordering::SeqCst);
                 tokio::time::sleep(self.delay).await;
+                self.in_flight.fetch_sub(1, Ordering::SeqCst);
                 items
                     .iter()
                     .map(|i| {
@@ -358,14 +423,7 @@ mod tests {
     fn inst(fake: Fake, timeout: Duration) -> (Arc<Fake>, HashMap<String, Instance>) {
         let f = Arc::new(fake);
         let mut m = HashMap::new();
-        m.insert(
-            "fake".into(),
-            Instance {
-                provider: f.clone(),
-                timeout,
-                concurrency: 8,
-            },
-        );
+        m.insert("fake".into(), Instance::new(f.clone(), timeout, 8));
         (f, m)
     }
 
@@ -386,10 +444,12 @@ mod tests {
             ("missing", true),
             ("empty", false),
         ]);
-        let refs: Vec<&SecretEntry> = es.iter().collect();
+        let refs: Vec<Request> = es.iter().map(Request::from_entry).collect();
         let (_, m) = inst(
             Fake {
                 calls: 0.into(),
+                in_flight: 0.into(),
+                max_in_flight: 0.into(),
                 fail_first: 0,
                 delay: Duration::ZERO,
                 batch: 2,
@@ -414,10 +474,12 @@ mod tests {
     #[test]
     fn retries_transient_errors_at_most_three_times() {
         let es = entries(&[("a", false)]);
-        let refs: Vec<&SecretEntry> = es.iter().collect();
+        let refs: Vec<Request> = es.iter().map(Request::from_entry).collect();
         let (f, m) = inst(
             Fake {
                 calls: 0.into(),
+                in_flight: 0.into(),
+                max_in_flight: 0.into(),
                 fail_first: 2,
                 delay: Duration::ZERO,
                 batch: 1,
@@ -430,6 +492,8 @@ mod tests {
         let (f, m) = inst(
             Fake {
                 calls: 0.into(),
+                in_flight: 0.into(),
+                max_in_flight: 0.into(),
                 fail_first: 5,
                 delay: Duration::ZERO,
                 batch: 1,
@@ -444,10 +508,12 @@ mod tests {
     #[test]
     fn slow_backend_hits_the_timeout() {
         let es = entries(&[("a", false), ("b", false)]);
-        let refs: Vec<&SecretEntry> = es.iter().collect();
+        let refs: Vec<Request> = es.iter().map(Request::from_entry).collect();
         let (_, m) = inst(
             Fake {
                 calls: 0.into(),
+                in_flight: 0.into(),
+                max_in_flight: 0.into(),
                 fail_first: 0,
                 delay: Duration::from_secs(30),
                 batch: 1,
@@ -465,9 +531,78 @@ mod tests {
     #[test]
     fn missing_instance_is_a_config_error() {
         let es = entries(&[("a", false)]);
-        let refs: Vec<&SecretEntry> = es.iter().collect();
+        let refs: Vec<Request> = es.iter().map(Request::from_entry).collect();
         let out = rt().block_on(resolve_all(&refs, &HashMap::new()));
         assert_eq!(out[0].result.as_ref().unwrap_err().kind, ErrorKind::Config);
+    }
+
+    fn fake(delay: Duration) -> Fake {
+        Fake {
+            calls: 0.into(),
+            in_flight: 0.into(),
+            max_in_flight: 0.into(),
+            fail_first: 0,
+            delay,
+            batch: 1,
+        }
+    }
+
+    #[test]
+    fn concurrent_calls_share_one_instance_limit() {
+        // Two callers (the server's concurrent requests) on clones of one instance with
+        // `concurrency = 1`: never two batches at once, and still every value.
+        let f = Arc::new(fake(Duration::from_millis(100)));
+        let one = Instance::new(f.clone(), Duration::from_secs(10), 1);
+        let mut a = HashMap::new();
+        a.insert("fake".to_string(), one.clone());
+        let mut b = HashMap::new();
+        b.insert("fake".to_string(), one);
+        let es = entries(&[("a", false), ("b", false)]);
+        let reqs: Vec<Request> = es.iter().map(Request::from_entry).collect();
+        let (x, y) =
+            rt().block_on(async { tokio::join!(resolve_all(&reqs, &a), resolve_all(&reqs, &b)) });
+        assert!(x.iter().chain(&y).all(|o| o.result.is_ok()));
+        assert_eq!(f.calls.load(Ordering::SeqCst), 4);
+        assert_eq!(f.max_in_flight.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn the_limit_allows_concurrency_batches_at_once() {
+        let f = Arc::new(fake(Duration::from_millis(100)));
+        let mut m = HashMap::new();
+        m.insert(
+            "fake".to_string(),
+            Instance::new(f.clone(), Duration::from_secs(10), 2),
+        );
+        let es = entries(&[("a", false), ("b", false), ("c", false), ("d", false)]);
+        let reqs: Vec<Request> = es.iter().map(Request::from_entry).collect();
+        let out = rt().block_on(resolve_all(&reqs, &m));
+        assert!(out.iter().all(|o| o.result.is_ok()));
+        assert_eq!(f.max_in_flight.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn extreme_concurrency_values_do_not_break_the_limit() {
+        for n in [0, usize::MAX] {
+            let f = Arc::new(fake(Duration::ZERO));
+            let i = Instance::new(f, Duration::from_secs(1), n);
+            assert_eq!(i.concurrency, n);
+            assert!(i.limit.available_permits() >= 1);
+        }
+    }
+
+    #[test]
+    fn request_from_entry_carries_everything_the_engine_needs() {
+        let es = entries(&[("missing", true)]);
+        let r = Request::from_entry(&es[0]);
+        assert_eq!(
+            (r.name.as_str(), r.instance.as_str(), r.type_name),
+            ("S0", "fake", "env")
+        );
+        assert_eq!(r.reference, "missing");
+        assert!(r.optional && !r.allow_empty);
+        let item = r.item();
+        assert_eq!((item.name, item.reference), (r.name, r.reference));
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub mod engine;
 pub mod notes;
 pub mod provider;
 
-pub use engine::{Instance, Outcome, item_for, resolve_all};
+pub use engine::{Instance, Outcome, Request, item_for, resolve_all};
 pub use provider::{
     BoxFuture, Description, ErrorKind, Item, Provider, ProviderError, REDACTED, Redacting,
     join_all, json_field, redact_error, redact_text,

@@ -112,6 +112,18 @@ pub enum Resolved {
     Multi(Vec<(String, SecretValue)>),
 }
 
+impl Resolved {
+    /// A second zeroizing copy of every value (a cache hands out copies and keeps its own).
+    pub fn duplicate(&self) -> Self {
+        match self {
+            Resolved::Single(v) => Resolved::Single(v.duplicate()),
+            Resolved::Multi(m) => {
+                Resolved::Multi(m.iter().map(|(k, v)| (k.clone(), v.duplicate())).collect())
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +139,24 @@ mod tests {
         assert!(shown.contains(&CANARY.len().to_string()));
         let r = Resolved::Multi(vec![("A".into(), v)]);
         assert!(!format!("{r:?}").contains(CANARY));
+        assert!(!format!("{:?}", r.duplicate()).contains(CANARY));
+    }
+
+    #[test]
+    fn resolved_duplicate_is_an_equal_independent_copy() {
+        let single = Resolved::Single(SecretValue::from_str_copy(CANARY));
+        assert_eq!(single.duplicate(), single);
+        let multi = Resolved::Multi(vec![
+            ("A".into(), SecretValue::from_str_copy("a")),
+            ("B".into(), SecretValue::from_bytes(vec![0xff, 0])),
+        ]);
+        let copy = multi.duplicate();
+        assert_eq!(copy, multi);
+        drop(multi);
+        let Resolved::Multi(m) = copy else {
+            panic!("a Multi stays a Multi")
+        };
+        assert_eq!(m[1].1.expose_bytes(), [0xff, 0]);
     }
 
     #[test]
