@@ -14,10 +14,12 @@
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod engine;
+pub mod memory;
 pub mod notes;
 pub mod provider;
 
 pub use engine::{Instance, Outcome, Request, item_for, resolve_all};
+pub use memory::MemoryCache;
 pub use provider::{
     BoxFuture, Description, ErrorKind, Item, Provider, ProviderError, REDACTED, Redacting,
     join_all, json_field, redact_error, redact_text,
