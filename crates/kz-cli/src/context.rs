@@ -280,26 +280,16 @@ impl Ctx {
         let used = used_instances(config, secrets);
         self.check_trust(config, secrets, &used)?;
         let bctx = self.build_context(&config.discovered.dir);
-        let mut map = HashMap::new();
+        let (map, failed) = kz_providers::build_instances(used, &bctx);
         let mut diags = Vec::new();
-        for inst in used {
-            match kz_providers::build(inst, &bctx) {
-                Ok(p) => {
-                    map.insert(
-                        inst.name.clone(),
-                        Instance::new(p, inst.timeout(), inst.concurrency()),
-                    );
-                }
-                Err(e) => {
-                    // One build error stops every secret of the instance: said once.
-                    let failed: Vec<&SecretEntry> = secrets
-                        .iter()
-                        .filter(|s| s.provider == inst.name)
-                        .copied()
-                        .collect();
-                    diags.extend(shared_diag(&failed, &e));
-                }
-            }
+        for (name, e) in &failed {
+            // One build error stops every secret of the instance: said once.
+            let stopped: Vec<&SecretEntry> = secrets
+                .iter()
+                .filter(|s| s.provider == *name)
+                .copied()
+                .collect();
+            diags.extend(shared_diag(&stopped, e));
         }
         if diags.is_empty() {
             Ok(map)
