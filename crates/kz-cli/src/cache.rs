@@ -26,7 +26,6 @@ use base64::Engine as _;
 use kz_config::{Config, Diagnostic, Offline, ProviderInstance, SecretEntry};
 use kz_secret::{Resolved, SecretValue};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 /// How one provider instance uses the cache (the session in `kz_resolve` applies it).
@@ -52,21 +51,9 @@ pub fn policy(config: &Config, inst: &ProviderInstance) -> Option<Policy> {
     (max_age.is_some() || fallback).then_some(Policy { max_age, fallback })
 }
 
-/// The cache key of a secret entry.
+/// The cache key of a secret entry (`kz_resolve::session::key`).
 pub fn key(entry: &SecretEntry, inst: &ProviderInstance) -> String {
-    let mut h = Sha256::new();
-    h.update(b"kz-cache-v1\0");
-    h.update(inst.ty.name.as_bytes());
-    for (k, v) in &inst.options {
-        h.update(format!("\0{k}={:?}", v.node.val).as_bytes());
-    }
-    h.update(b"\0ref=");
-    h.update(entry.reference.as_bytes());
-    h.update(format!("\0field={:?}", entry.field).as_bytes());
-    for (k, _) in &entry.params {
-        h.update(format!("\0{k}={:?}", entry.param(k)).as_bytes());
-    }
-    kz_config::discover::hex(&h.finalize())
+    kz_resolve::session::key(inst, &kz_resolve::Request::from_entry(entry))
 }
 
 /// Where the cache lives.

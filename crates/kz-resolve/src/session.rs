@@ -42,6 +42,26 @@ pub struct Cached {
     pub policy: Policy,
 }
 
+/// The cache key of a request to a configured instance: a SHA-256 over the provider's type, the
+/// instance's options, the reference, `field` and the parameters, so a changed configuration
+/// never reuses an old value. (The CLI's disk cache is keyed by it; keep it stable.)
+pub fn key(inst: &kz_config::ProviderInstance, r: &Request) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"kz-cache-v1\0");
+    h.update(inst.ty.name.as_bytes());
+    for (k, v) in &inst.options {
+        h.update(format!("\0{k}={:?}", v.node.val).as_bytes());
+    }
+    h.update(b"\0ref=");
+    h.update(r.reference.as_bytes());
+    h.update(format!("\0field={:?}", r.field).as_bytes());
+    for (k, v) in &r.params {
+        h.update(format!("\0{k}={:?}", Some(v)).as_bytes());
+    }
+    kz_config::discover::hex(&h.finalize())
+}
+
 /// Where a session keeps values between resolves.
 pub trait ValueStore {
     /// The value stored under `key` and its age, whatever its age (`None` when absent, or when
@@ -517,6 +537,84 @@ mod tests {
         assert_eq!(value(&again[0]), "v-a");
         assert_eq!(again[1].cache, CacheUse::Miss);
         assert_eq!(f.calls.load(Ordering::SeqCst), 3);
+    }
+
+    fn load(toml: &str) -> kz_config::Config {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "kz-session-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(".keyzero.toml"), toml).unwrap();
+        let getenv = |_: &str| None;
+        let l = kz_config::load(&kz_config::LoadRequest {
+            start_dir: &dir,
+            config_file: None,
+            env_flag: None,
+            global_file: None,
+            getenv: &getenv,
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+        l.config.unwrap_or_else(|| panic!("{:?}", l.diagnostics))
+    }
+
+    /// The key as the CLI computed it from the secret entry before the session moved here:
+    /// existing disk caches must keep their hits.
+    fn old_key(entry: &kz_config::SecretEntry, inst: &kz_config::ProviderInstance) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(b"kz-cache-v1\0");
+        h.update(inst.ty.name.as_bytes());
+        for (k, v) in &inst.options {
+            h.update(format!("\0{k}={:?}", v.node.val).as_bytes());
+        }
+        h.update(b"\0ref=");
+        h.update(entry.reference.as_bytes());
+        h.update(format!("\0field={:?}", entry.field).as_bytes());
+        for (k, _) in &entry.params {
+            h.update(format!("\0{k}={:?}", entry.param(k)).as_bytes());
+        }
+        kz_config::discover::hex(&h.finalize())
+    }
+
+    #[test]
+    fn the_key_is_the_disk_caches_and_changes_with_what_decides_the_value() {
+        let base = r#"
+[providers.vault]
+type = "hashicorp"
+address = "http://127.0.0.1:8200"
+timeout = "5s"
+[secrets]
+A = { provider = "vault", ref = "secret/app", field = "password", version = 3 }
+B = { provider = "vault", ref = "secret/app", field = "password", version = 4 }
+C = { provider = "vault", ref = "secret/app", field = "user", version = 3 }
+D = { provider = "vault", ref = "secret/other", field = "password", version = 3 }
+E = { provider = "vault", ref = "secret/app", field = "password", version = 3 }
+"#;
+        let c = load(base);
+        let inst = c.provider("vault").unwrap();
+        let keys: Vec<String> = ["A", "B", "C", "D", "E"]
+            .iter()
+            .map(|n| {
+                let e = c.secret(n).unwrap();
+                let k = key(inst, &Request::from_entry(e));
+                assert_eq!(k, old_key(e, inst), "{n}");
+                k
+            })
+            .collect();
+        // Same inputs (A, E), same key; any difference, another key.
+        assert_eq!(keys[0], keys[4]);
+        let mut distinct = keys[..4].to_vec();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 4);
+        // The instance's options are part of it.
+        let other = load(&base.replace("timeout = \"5s\"", "timeout = \"6s\""));
+        let e = other.secret("A").unwrap();
+        let k = key(other.provider("vault").unwrap(), &Request::from_entry(e));
+        assert_ne!(k, keys[0]);
     }
 
     #[test]
