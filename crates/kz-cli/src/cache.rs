@@ -13,6 +13,9 @@
 //!   machine (`local`, `env`, `dotenv`, `age`). Only single values are cached (not the several
 //!   variables of `aws_sts` with `format = "env"`).
 //! - `kz cache clear` removes the file.
+//!
+//! This module is the store and the policy; `kz_resolve::session` applies them around the
+//! engine (the server uses the same session with an in-memory store).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -21,19 +24,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use kz_config::{Config, Diagnostic, Offline, ProviderInstance, SecretEntry};
-use kz_secret::SecretValue;
+use kz_secret::{Resolved, SecretValue};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-/// How one provider instance uses the cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Policy {
-    /// Reuse values younger than this.
-    pub max_age: Option<Duration>,
-    /// Use any cached value when the provider is unreachable.
-    pub fallback: bool,
-}
+/// How one provider instance uses the cache (the session in `kz_resolve` applies it).
+pub use kz_resolve::session::Policy;
 
 /// Provider types read from this machine: caching them would only add staleness and a second
 /// copy, so they never are.
@@ -55,21 +51,9 @@ pub fn policy(config: &Config, inst: &ProviderInstance) -> Option<Policy> {
     (max_age.is_some() || fallback).then_some(Policy { max_age, fallback })
 }
 
-/// The cache key of a secret entry.
+/// The cache key of a secret entry (`kz_resolve::session::key`).
 pub fn key(entry: &SecretEntry, inst: &ProviderInstance) -> String {
-    let mut h = Sha256::new();
-    h.update(b"kz-cache-v1\0");
-    h.update(inst.ty.name.as_bytes());
-    for (k, v) in &inst.options {
-        h.update(format!("\0{k}={:?}", v.node.val).as_bytes());
-    }
-    h.update(b"\0ref=");
-    h.update(entry.reference.as_bytes());
-    h.update(format!("\0field={:?}", entry.field).as_bytes());
-    for (k, _) in &entry.params {
-        h.update(format!("\0{k}={:?}", entry.param(k)).as_bytes());
-    }
-    kz_config::discover::hex(&h.finalize())
+    kz_resolve::session::key(inst, &kz_resolve::Request::from_entry(entry))
 }
 
 /// Where the cache lives.
@@ -279,6 +263,20 @@ impl Cache {
             .map_err(|e| cache_error(&self.path, &e.message))?;
         kz_providers::local::write_atomic(&self.path, &bytes)
             .map_err(|e| cache_error(&self.path, &e.message))
+    }
+}
+
+/// The session's view of the disk cache: only single values are kept (not the several
+/// variables of `aws_sts` with `format = "env"`).
+impl kz_resolve::ValueStore for Cache {
+    fn get(&self, key: &str) -> Option<(Resolved, Duration)> {
+        Cache::get(self, key).map(|(v, age)| (Resolved::Single(v), age))
+    }
+
+    fn put(&mut self, key: String, value: &Resolved, _: &Policy) {
+        if let Resolved::Single(v) = value {
+            Cache::put(self, key, v);
+        }
     }
 }
 

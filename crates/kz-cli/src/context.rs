@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use kz_config::{Config, Diagnostic, Discovered, LoadRequest, ProviderInstance, SecretEntry};
 use kz_providers::BuildContext;
-use kz_resolve::{ErrorKind, Instance, Outcome, Provider, ProviderError};
-use kz_secret::Resolved;
+use kz_resolve::{Cached, ErrorKind, Instance, Outcome, Provider, ProviderError, Request, Session};
+
+/// How a value was obtained (the session's answer), for `kz status`.
+pub use kz_resolve::CacheUse;
 
 use crate::cache;
 
@@ -280,26 +282,16 @@ impl Ctx {
         let used = used_instances(config, secrets);
         self.check_trust(config, secrets, &used)?;
         let bctx = self.build_context(&config.discovered.dir);
-        let mut map = HashMap::new();
+        let (map, failed) = kz_providers::build_instances(used, &bctx);
         let mut diags = Vec::new();
-        for inst in used {
-            match kz_providers::build(inst, &bctx) {
-                Ok(p) => {
-                    map.insert(
-                        inst.name.clone(),
-                        Instance::new(p, inst.timeout(), inst.concurrency()),
-                    );
-                }
-                Err(e) => {
-                    // One build error stops every secret of the instance: said once.
-                    let failed: Vec<&SecretEntry> = secrets
-                        .iter()
-                        .filter(|s| s.provider == inst.name)
-                        .copied()
-                        .collect();
-                    diags.extend(shared_diag(&failed, &e));
-                }
-            }
+        for (name, e) in &failed {
+            // One build error stops every secret of the instance: said once.
+            let stopped: Vec<&SecretEntry> = secrets
+                .iter()
+                .filter(|s| s.provider == *name)
+                .copied()
+                .collect();
+            diags.extend(shared_diag(&stopped, e));
         }
         if diags.is_empty() {
             Ok(map)
@@ -347,7 +339,8 @@ impl Ctx {
     }
 
     /// Same, through the encrypted cache for providers that use one; says how each value was
-    /// obtained.
+    /// obtained. The session (`kz_resolve::session`) serves and stores the values; this adds
+    /// the trust check, opening the disk cache, the spinner and the warnings.
     pub fn resolve_cached(
         &self,
         config: &Config,
@@ -355,16 +348,18 @@ impl Ctx {
     ) -> Result<Vec<(Outcome, CacheUse)>, Failure> {
         // Before the cache too: a cached value is no more reachable than a fetched one.
         self.check_trust(config, secrets, &used_instances(config, secrets))?;
-        let policies: Vec<Option<cache::Policy>> = secrets
+        let plans: Vec<Option<Cached>> = secrets
             .iter()
             .map(|s| {
-                config
-                    .provider(&s.provider)
-                    .and_then(|i| cache::policy(config, i))
+                let inst = config.provider(&s.provider)?;
+                Some(Cached {
+                    policy: cache::policy(config, inst)?,
+                    key: cache::key(s, inst),
+                })
             })
             .collect();
         let mut store = None;
-        if policies.iter().any(Option::is_some) {
+        if plans.iter().any(Option::is_some) {
             match cache::store_keys(config, &self.build_context(&config.discovered.dir)) {
                 Ok((id, rcpt)) => {
                     let (c, warning) =
@@ -377,85 +372,48 @@ impl Ctx {
                 Err(w) => self.out.diagnostic(&w),
             }
         }
-        let key = |s: &SecretEntry| {
-            config
-                .provider(&s.provider)
-                .map(|i| cache::key(s, i))
-                .unwrap_or_default()
-        };
-        // Fresh cached values are used without contacting their providers.
-        let mut done: Vec<Option<(Outcome, CacheUse)>> = secrets.iter().map(|_| None).collect();
-        if let Some(c) = &store {
-            for ((s, p), slot) in secrets.iter().zip(&policies).zip(done.iter_mut()) {
-                let Some(max_age) = p.and_then(|p| p.max_age) else {
-                    continue;
-                };
-                if let Some((v, age)) = c.get(&key(s)).filter(|(_, age)| *age <= max_age) {
-                    *slot = Some((cached_outcome(s, v), CacheUse::Hit(age)));
-                }
-            }
-        }
-        let rest: Vec<&SecretEntry> = secrets
-            .iter()
-            .zip(&done)
-            .filter(|(_, d)| d.is_none())
-            .map(|(s, _)| *s)
-            .collect();
-        let mut fetched = if rest.is_empty() {
+        let requests: Vec<Request> = secrets.iter().map(|s| Request::from_entry(s)).collect();
+        // Fresh cached values are used without contacting (or building) their providers.
+        let session = Session::new(&requests, &plans, store.as_mut());
+        let pending = session.pending();
+        let fetched = if pending.is_empty() {
             Vec::new()
         } else {
-            let instances = self.instances(config, &rest)?;
-            let requests: Vec<kz_resolve::Request> = rest
+            let rest: Vec<&SecretEntry> = pending
                 .iter()
-                .map(|s| kz_resolve::Request::from_entry(s))
+                .filter_map(|i| secrets.get(*i).copied())
                 .collect();
+            let instances = self.instances(config, &rest)?;
             block_on_with_spinner(
                 &self.out,
                 "resolving secrets",
-                kz_resolve::resolve_all(&requests, &instances),
+                kz_resolve::resolve_all(&session.pending_requests(), &instances),
             )?
-        }
-        .into_iter();
-        for ((s, p), slot) in secrets.iter().zip(&policies).zip(done.iter_mut()) {
-            if slot.is_some() {
-                continue;
+        };
+        let served = session.finish(fetched);
+        for s in &served {
+            if let (CacheUse::Fallback(age), Some(e)) = (s.cache, &s.unreachable) {
+                self.out.diagnostic(
+                    &Diagnostic::warning(
+                        "cache::offline",
+                        format!(
+                            "{}: provider `{}` is unreachable ({}); using the cached value from {} ago",
+                            s.outcome.name,
+                            s.outcome.provider,
+                            e.kind.label(),
+                            cache::human_age(age)
+                        ),
+                    )
+                    .secret(&s.outcome.name),
+                );
             }
-            let Some(o) = fetched.next() else { continue };
-            let unreachable = matches!(&o.result, Err(e) if matches!(e.kind, ErrorKind::Network | ErrorKind::Timeout));
-            *slot = Some(match (&mut store, p, &o.result) {
-                (Some(c), Some(_), Ok(Resolved::Single(v))) => {
-                    c.put(key(s), v);
-                    (o, CacheUse::Miss)
-                }
-                (Some(c), Some(p), Err(e)) if p.fallback && unreachable => match c.get(&key(s)) {
-                    Some((v, age)) => {
-                        self.out.diagnostic(
-                            &Diagnostic::warning(
-                                "cache::offline",
-                                format!(
-                                    "{}: provider `{}` is unreachable ({}); using the cached value from {} ago",
-                                    s.name,
-                                    s.provider,
-                                    e.kind.label(),
-                                    cache::human_age(age)
-                                ),
-                            )
-                            .secret(&s.name),
-                        );
-                        (cached_outcome(s, v), CacheUse::Fallback(age))
-                    }
-                    None => (o, CacheUse::Miss),
-                },
-                (_, Some(_), _) => (o, CacheUse::Miss),
-                _ => (o, CacheUse::Off),
-            });
         }
         if let Some(c) = &store
             && let Err(w) = c.save()
         {
             self.out.diagnostic(&w);
         }
-        Ok(done.into_iter().flatten().collect())
+        Ok(served.into_iter().map(|s| (s.outcome, s.cache)).collect())
     }
 
     /// The secrets of `--only A,B` (all when empty); an unknown name is an error.
@@ -494,43 +452,6 @@ fn used_instances<'c>(config: &'c Config, secrets: &[&SecretEntry]) -> Vec<&'c P
         }
     }
     used
-}
-
-/// How a value was obtained, for `kz status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheUse {
-    /// The provider does not cache.
-    Off,
-    /// Fetched from the provider (and cached).
-    Miss,
-    /// Served from the cache, this old.
-    Hit(Duration),
-    /// The provider was unreachable; served from the cache, this old.
-    Fallback(Duration),
-}
-
-impl CacheUse {
-    /// `off`, `miss`, `hit`, `fallback`.
-    pub fn label(self) -> &'static str {
-        match self {
-            CacheUse::Off => "off",
-            CacheUse::Miss => "miss",
-            CacheUse::Hit(_) => "hit",
-            CacheUse::Fallback(_) => "fallback",
-        }
-    }
-}
-
-fn cached_outcome(s: &SecretEntry, v: kz_secret::SecretValue) -> Outcome {
-    Outcome {
-        name: s.name.clone(),
-        provider: s.provider.clone(),
-        type_name: s.ty.name,
-        reference: s.reference.clone(),
-        result: Ok(Resolved::Single(v)),
-        latency: Duration::ZERO,
-        skipped: false,
-    }
 }
 
 /// `unknown secret X` with a "did you mean" and the environment.

@@ -48,6 +48,9 @@ pub mod local;
 #[cfg(feature = "onepassword")]
 pub mod onepassword;
 
+mod instances;
+pub use instances::build_instances;
+
 /// Reads a variable of kz's environment (injected so tests are hermetic).
 pub type GetEnv = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 

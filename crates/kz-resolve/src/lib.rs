@@ -17,6 +17,7 @@ pub mod engine;
 pub mod memory;
 pub mod notes;
 pub mod provider;
+pub mod session;
 
 pub use engine::{Instance, Outcome, Request, item_for, resolve_all};
 pub use memory::MemoryCache;
@@ -24,3 +25,4 @@ pub use provider::{
     BoxFuture, Description, ErrorKind, Item, Provider, ProviderError, REDACTED, Redacting,
     join_all, json_field, redact_error, redact_text,
 };
+pub use session::{CacheUse, Cached, Policy, Served, Session, ValueStore};
