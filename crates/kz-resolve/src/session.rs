@@ -634,6 +634,20 @@ E = { provider = "vault", ref = "secret/app", field = "password", version = 3 }
     }
 
     #[test]
+    fn the_servers_futures_can_move_between_threads() {
+        fn send<T: Send>(_: &T) {}
+        fn shared<T: Send + Sync>() {}
+        shared::<MemoryCache>();
+        shared::<Instance>();
+        let cache = MemoryCache::new(1);
+        let mut store = &cache;
+        let reqs = [req("A", "a")];
+        let m = HashMap::new();
+        send(&resolve(&reqs, &[], Some(&mut store), &m));
+        send(&resolve_all(&reqs, &m));
+    }
+
+    #[test]
     fn values_never_appear_in_debug() {
         let mut store = Aged::default();
         store
