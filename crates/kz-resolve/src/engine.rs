@@ -582,6 +582,28 @@ mod tests {
     }
 
     #[test]
+    fn an_abandoned_resolve_gives_its_place_back() {
+        // A caller that gives up (a server client hanging up) must not keep the instance's
+        // only slot: the next caller still gets its value.
+        let f = Arc::new(fake(Duration::from_secs(60)));
+        let one = Instance::new(f.clone(), Duration::from_secs(120), 1);
+        let mut m = HashMap::new();
+        m.insert("fake".to_string(), one);
+        let es = entries(&[("a", false)]);
+        let reqs: Vec<Request> = es.iter().map(Request::from_entry).collect();
+        let rt = rt();
+        let gave_up = rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(1), resolve_all(&reqs, &m)).await
+        });
+        assert!(gave_up.is_err());
+        let out = rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(100), resolve_all(&reqs, &m)).await
+        });
+        let out = out.expect("the slot was released");
+        assert!(out[0].result.is_ok());
+    }
+
+    #[test]
     fn extreme_concurrency_values_do_not_break_the_limit() {
         for n in [0, usize::MAX] {
             let f = Arc::new(fake(Duration::ZERO));

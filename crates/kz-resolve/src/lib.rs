@@ -7,6 +7,12 @@
 //! exponential backoff), and every failure kept with its [`ErrorKind`], so callers can list them
 //! all and honour `optional` and `allow_empty`.
 //!
+//! The engine takes neutral [`Request`]s (from a solo secret entry, or from the server's bundle
+//! refs). An [`Instance`] owns its concurrency limit; clones share it, so concurrent resolves
+//! (the server's) are bounded together. [`session`] is the value cache around the engine for
+//! `kz run` and the server alike, over a [`ValueStore`] (the CLI's encrypted disk cache, or
+//! [`MemoryCache`]).
+//!
 //! Boundary: no provider code, no printing. Values stay in [`kz_secret::SecretValue`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -221,9 +221,15 @@ impl<'a, S: ValueStore + ?Sized> Session<'a, S> {
                 out.push(h);
                 continue;
             }
-            let Some(o) = fetched.next() else {
-                continue;
-            };
+            // One outcome per pending request; should the caller give fewer, the request
+            // fails rather than vanishing from the results.
+            let o = fetched.next().unwrap_or_else(|| Outcome {
+                result: Err(ProviderError::new(
+                    ErrorKind::Backend,
+                    "no result was given for this request",
+                )),
+                ..cached_outcome(r, Resolved::Multi(Vec::new()))
+            });
             let plan = plans.get(i).and_then(Option::as_ref);
             let Some(plan) = plan else {
                 out.push(Served {
@@ -615,6 +621,30 @@ E = { provider = "vault", ref = "secret/app", field = "password", version = 3 }
         let e = other.secret("A").unwrap();
         let k = key(other.provider("vault").unwrap(), &Request::from_entry(e));
         assert_ne!(k, keys[0]);
+    }
+
+    #[test]
+    fn a_request_without_an_outcome_fails_instead_of_vanishing() {
+        let reqs = [req("A", "a"), req("B", "b")];
+        let session = Session::<Aged>::new(&reqs, &[], None);
+        assert_eq!(session.pending(), [0, 1]);
+        let out = session.finish(Vec::new());
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|s| s.outcome.is_failure()));
+    }
+
+    #[test]
+    fn the_servers_futures_can_move_between_threads() {
+        fn send<T: Send>(_: &T) {}
+        fn shared<T: Send + Sync>() {}
+        shared::<MemoryCache>();
+        shared::<Instance>();
+        let cache = MemoryCache::new(1);
+        let mut store = &cache;
+        let reqs = [req("A", "a")];
+        let m = HashMap::new();
+        send(&resolve(&reqs, &[], Some(&mut store), &m));
+        send(&resolve_all(&reqs, &m));
     }
 
     #[test]
