@@ -131,7 +131,10 @@ fn the_spec_example_loads() {
     assert_eq!(asked.reference, "prod/api-key");
     assert_eq!(asked.field.as_deref(), Some("api_key"));
     assert!(
-        asked.params.iter().all(|(k, _)| k != "secret_id" && k != "field"),
+        asked
+            .params
+            .iter()
+            .all(|(k, _)| k != "secret_id" && k != "field"),
         "{:?}",
         asked.params
     );

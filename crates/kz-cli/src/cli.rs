@@ -205,6 +205,50 @@ pub enum ServerCommand {
         after_help = "Checks the YAML and schema (unknown keys are errors), issuers and their keys, backends\nagainst the provider catalog, resolvers (globs, backends, parameters, hosts), duplicate\nnames, and compiles every policy (CEL, literal glob/regex arguments, unreachable rules).\nNo backend and no issuer is contacted. Exit 1 when the bundle has a problem.\n\nExamples:\n  kz server check --bundle bundle.yaml\n  kz server check -b bundle.yaml --format json"
     )]
     Check(ServerCheckArgs),
+    /// Serve a bundle: verify workload identity, decide by policy, resolve, audit
+    #[command(
+        after_help = "Serves POST /v1/resolve and /v1/decide (Authorization: Bearer <workload JWT>), GET /healthz,
+/readyz and /metrics. Every decision is appended to the audit log (the bundle's audit.path,
+--audit, else standard output). Reloads the bundle on SIGHUP and when the file changes (an
+invalid new bundle is reported and the old one keeps serving); reopens the audit log on
+SIGUSR1; drains in-flight requests on SIGTERM/SIGINT. Logs go to standard error.
+
+Examples:
+  kz server start --bundle bundle.yaml
+  kz server start -b bundle.yaml -l 0.0.0.0:8443 --tls-cert cert.pem --tls-key key.pem
+  kz server start -b bundle.yaml --audit /var/log/keyzero/audit.jsonl"
+    )]
+    Start(ServerStartArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServerStartArgs {
+    /// The bundle (YAML)
+    #[arg(long, short = 'b', value_name = "PATH")]
+    pub bundle: PathBuf,
+    /// Address to listen on (loopback by default; 0.0.0.0:PORT to serve the network)
+    #[arg(
+        long,
+        short = 'l',
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub listen: std::net::SocketAddr,
+    /// Serve TLS with this PEM certificate chain (reloaded with the bundle)
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Audit log path (`-` for standard output); overrides the bundle's audit.path
+    #[arg(long, value_name = "PATH")]
+    pub audit: Option<String>,
+    /// Requests per second allowed per identity (issuer and subject), burst twice that; 0: no limit
+    #[arg(long, value_name = "N", default_value_t = kz_server::DEFAULT_RATE)]
+    pub rate_limit: u32,
+    /// How long in-flight requests may take to finish on shutdown
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_interval)]
+    pub drain: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

@@ -81,6 +81,7 @@ fn main() -> ExitCode {
         Command::Cache(cli::CacheCommand::Clear) => commands::cache_clear(&ctx),
         Command::Audit(cli::AuditCommand::Verify(a)) => commands::audit_verify(&ctx, &a),
         Command::Server(cli::ServerCommand::Check(a)) => commands::team::server_check(&ctx, &a),
+        Command::Server(cli::ServerCommand::Start(a)) => commands::server::start(&ctx, &a),
         Command::Policy(cli::PolicyCommand::Eval(a)) => commands::team::policy_eval(&ctx, &a),
         Command::Policy(cli::PolicyCommand::Test(a)) => commands::team::policy_test(&ctx, &a),
         Command::Token(cli::TokenCommand::Sign(a)) => commands::team::token_sign(&ctx, &a),

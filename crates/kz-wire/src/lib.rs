@@ -531,7 +531,7 @@ mod tests {
         for body in [
             format!(r#"{{"results":{{"a":{{"allowed":"{CANARY}"}}}}}}"#),
             format!(r#"{{"{CANARY}":1}}"#),
-            format!("{CANARY}"),
+            CANARY.to_string(),
         ] {
             let e = ResolveResponse::from_json(body.as_bytes()).unwrap_err();
             assert!(!e.to_string().contains(CANARY), "{e}");

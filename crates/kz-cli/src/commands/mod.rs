@@ -12,6 +12,7 @@ pub mod list;
 pub mod put;
 pub mod rm;
 pub mod run;
+pub mod server;
 pub mod status;
 pub mod supervise;
 pub mod team;

@@ -1,0 +1,81 @@
+//! `kz server start`: flags to [`kz_server::Options`], logs to stderr, bundle problems through
+//! the reporter. Everything else is the `kz-server` library.
+
+use std::num::NonZeroU32;
+
+use crate::cli::ServerStartArgs;
+use crate::context::Ctx;
+use crate::report::{CmdResult, Failure};
+
+/// Runs the server until SIGTERM/SIGINT.
+pub fn start(ctx: &Ctx, args: &ServerStartArgs) -> CmdResult {
+    init_logging(ctx.global.verbose);
+    let dir = args
+        .bundle
+        .parent()
+        .map_or_else(|| ctx.paths.cwd.clone(), std::path::Path::to_path_buf);
+    let mut build = ctx.build_context(&dir);
+    build.interactive = false;
+    let opts = kz_server::Options {
+        bundle: args.bundle.clone(),
+        listen: args.listen,
+        tls: match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(kz_server::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        },
+        audit: args.audit.clone(),
+        rate_limit: NonZeroU32::new(args.rate_limit),
+        build,
+        drain: args.drain,
+        watch: Some(kz_server::DEFAULT_WATCH),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            Failure::msg(
+                "server::runtime",
+                format!("cannot start the async runtime: {e}"),
+                "check the process limits (threads, file descriptors)",
+            )
+        })?;
+    let out = &ctx.out;
+    let result = runtime.block_on(kz_server::run_until_signalled(opts, |addr| {
+        out.note(&format!("kz server listening on {addr}"));
+    }));
+    match result {
+        Ok(()) => Ok(0),
+        Err(kz_server::StartError::Bundle(diags)) => Err(Failure::many(diags)),
+        Err(kz_server::StartError::Audit(e)) => {
+            Err(Failure::msg("server::audit", e.to_string(), e.help()))
+        }
+        Err(kz_server::StartError::Bind(addr, e)) => Err(Failure::msg(
+            "server::bind",
+            format!("cannot listen on {addr}: {e}"),
+            "choose a free address with --listen (a port under 1024 needs privileges)",
+        )),
+        Err(e @ kz_server::StartError::Runtime(_)) => Err(Failure::msg(
+            "server::runtime",
+            e.to_string(),
+            "check the process limits (threads, file descriptors)",
+        )),
+    }
+}
+
+/// Server events go to stderr, one line each; `-v` adds debug events.
+fn init_logging(verbose: u8) {
+    let level = if verbose > 0 {
+        tracing::Level::DEBUG
+    } else {
+        tracing::Level::INFO
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false)
+        .with_ansi(false)
+        .try_init();
+}

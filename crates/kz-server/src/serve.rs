@@ -1,0 +1,332 @@
+//! Listening, reload, audit reopen and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use kz_config::Diagnostic;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Mutex, watch};
+use tokio::task::JoinHandle;
+use tower_service::Service as _;
+
+use crate::api::{AppState, Peer, router};
+use crate::metrics::Metrics;
+use crate::state::{self, Loaded};
+use crate::{Options, StartError};
+
+/// Time a client has to send a request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reloads, reopens and stops a running server (what the signals do, callable from code).
+pub struct Control {
+    state: Arc<AppState>,
+    opts: Options,
+    shutdown: watch::Sender<bool>,
+    reloading: Mutex<()>,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control")
+            .field("bundle", &self.opts.bundle)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Control {
+    /// Loads the bundle (and TLS files) again. On success the new revision serves every request
+    /// that starts from now on; on failure the old one keeps serving and the problems are
+    /// returned (and logged).
+    pub async fn reload(&self) -> Result<String, Vec<Diagnostic>> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let opts = self.opts.clone();
+        let loaded = tokio::task::spawn_blocking(move || state::load(&opts))
+            .await
+            .unwrap_or_else(|_| {
+                Err(vec![Diagnostic::error(
+                    "server::reload",
+                    "loading the bundle failed unexpectedly (a bug of kz)",
+                )])
+            });
+        let m = &self.state.metrics;
+        match loaded {
+            Ok(new) => {
+                let revision = new.revision.clone();
+                let old = self.state.current.swap(Arc::new(new));
+                m.reloads.with_label_values(&["ok"]).inc();
+                m.bundle_loaded.set(unix_now());
+                tracing::info!(revision = %revision, previous = %old.revision, "bundle reloaded");
+                Ok(revision)
+            }
+            Err(diags) => {
+                m.reloads.with_label_values(&["invalid"]).inc();
+                for d in &diags {
+                    tracing::error!(diagnostic = %d, "the new bundle is invalid; the previous one keeps serving");
+                }
+                Err(diags)
+            }
+        }
+    }
+
+    /// Reopens the audit log file (after it was moved away by log rotation); the chain
+    /// continues in the new file.
+    pub fn reopen_audit(&self) -> Result<(), kz_audit::AuditError> {
+        let r = self.state.audit.reopen();
+        match &r {
+            Ok(()) => tracing::info!("audit log reopened"),
+            Err(e) => tracing::error!(error = %e, "audit log could not be reopened"),
+        }
+        r
+    }
+
+    /// Stops accepting connections and lets in-flight requests finish (within the drain time).
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// The revision in force.
+    pub fn revision(&self) -> String {
+        self.state.current.load().revision.clone()
+    }
+}
+
+/// A started server.
+#[derive(Debug)]
+pub struct Running {
+    /// The address it listens on (the bound port when `:0` was asked).
+    pub addr: SocketAddr,
+    /// Reload, reopen, shutdown.
+    pub control: Arc<Control>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Waits until the server has shut down and drained, and the audit log is flushed.
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Loads the bundle, opens the audit log, binds and starts serving (on the current tokio
+/// runtime). The bundle's problems are all returned at once.
+pub async fn start(opts: Options) -> Result<Running, StartError> {
+    let load_opts = opts.clone();
+    let loaded: Loaded = tokio::task::spawn_blocking(move || state::load(&load_opts))
+        .await
+        .map_err(|e| StartError::Runtime(std::io::Error::other(e.to_string())))?
+        .map_err(StartError::Bundle)?;
+    // --audit is relative to the working directory; the bundle's audit.path to the bundle.
+    let audit_path = match (&opts.audit, &loaded.bundle.audit.path) {
+        (Some(p), _) => p.clone(),
+        (None, Some(p)) if p != "-" && Path::new(p).is_relative() => opts
+            .bundle
+            .parent()
+            .map_or_else(|| p.clone(), |d| d.join(p).display().to_string()),
+        (None, Some(p)) => p.clone(),
+        (None, None) => "-".to_owned(),
+    };
+    let audit = kz_audit::Writer::open(&audit_path).map_err(StartError::Audit)?;
+    tracing::info!(audit = %audit_path, "audit log open");
+    let metrics = Metrics::new().map_err(|e| StartError::Runtime(std::io::Error::other(e)))?;
+    metrics.bundle_loaded.set(unix_now());
+    let listener = TcpListener::bind(opts.listen)
+        .await
+        .map_err(|e| StartError::Bind(opts.listen, e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Bind(opts.listen, e))?;
+    tracing::info!(
+        addr = %addr,
+        tls = loaded.tls.is_some(),
+        revision = %loaded.revision,
+        "serving"
+    );
+    let state = Arc::new(AppState::new(loaded, audit, metrics, opts.rate_limit));
+    let (tx, rx) = watch::channel(false);
+    let control = Arc::new(Control {
+        state: Arc::clone(&state),
+        opts: opts.clone(),
+        shutdown: tx,
+        reloading: Mutex::new(()),
+    });
+    if let Some(every) = opts.watch {
+        tokio::spawn(watch_files(Arc::clone(&control), every, rx.clone()));
+    }
+    if state.limiter.is_some() {
+        tokio::spawn(forget_idle_identities(Arc::clone(&state), rx.clone()));
+    }
+    let task = tokio::spawn(accept_loop(listener, state, opts.drain, rx));
+    Ok(Running {
+        addr,
+        control,
+        task,
+    })
+}
+
+/// Runs the server until `SIGTERM`/`SIGINT`, reloading on `SIGHUP` and reopening the audit log
+/// on `SIGUSR1`. `ready` is called with the bound address once it serves.
+pub async fn run_until_signalled(
+    opts: Options,
+    ready: impl FnOnce(SocketAddr),
+) -> Result<(), StartError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let sig = |k| signal(k).map_err(StartError::Runtime);
+    let mut hup = sig(SignalKind::hangup())?;
+    let mut usr1 = sig(SignalKind::user_defined1())?;
+    let mut term = sig(SignalKind::terminate())?;
+    let mut int = sig(SignalKind::interrupt())?;
+    let running = start(opts).await?;
+    ready(running.addr);
+    let control = Arc::clone(&running.control);
+    let signals = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = hup.recv() => { let _ = control.reload().await; }
+                _ = usr1.recv() => { let _ = control.reopen_audit(); }
+                _ = term.recv() => { tracing::info!("SIGTERM: draining"); control.shutdown(); break; }
+                _ = int.recv() => { tracing::info!("SIGINT: draining"); control.shutdown(); break; }
+            }
+        }
+    });
+    running.wait().await;
+    signals.abort();
+    Ok(())
+}
+
+/// The identity of a file's content as far as the metadata tells (size, change time, inode):
+/// checked every interval, and a change triggers a reload.
+fn stamp(path: &Path) -> Option<(u64, i64, i64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.mtime(), m.mtime_nsec(), m.ino()))
+}
+
+async fn watch_files(control: Arc<Control>, every: Duration, mut stop: watch::Receiver<bool>) {
+    let files = |o: &Options| {
+        let mut v = vec![o.bundle.clone()];
+        if let Some(t) = &o.tls {
+            v.push(t.cert.clone());
+            v.push(t.key.clone());
+        }
+        v
+    };
+    let paths = files(&control.opts);
+    let mut seen: Vec<_> = paths.iter().map(|p| stamp(p)).collect();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        let now: Vec<_> = paths.iter().map(|p| stamp(p)).collect();
+        if now != seen {
+            seen = now;
+            tracing::info!("a bundle or TLS file changed; reloading");
+            let _ = control.reload().await;
+        }
+    }
+}
+
+async fn forget_idle_identities(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+            _ = stop.changed() => return,
+        }
+        if let Some(l) = &state.limiter {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    drain: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let app = router(Arc::clone(&state));
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let tls = state.current.load().tls.clone();
+                    let watcher = graceful.watcher();
+                    let app = app.clone();
+                    tokio::spawn(async move {
+                        serve_connection(stream, peer, tls, app, watcher).await;
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop.changed() => break,
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("drained"),
+        () = tokio::time::sleep(drain) => tracing::warn!(drain_seconds = drain.as_secs(), "connections still open after the drain time; closing them"),
+    }
+    if let Err(e) = state.audit.flush() {
+        tracing::error!(error = %e, "the audit log could not be flushed on shutdown");
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    app: Router,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    let _ = stream.set_nodelay(true);
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(Peer(peer));
+        app.clone().call(req)
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(crate::MAX_HEAD_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(crate::MAX_HEAD_BYTES).unwrap_or(u32::MAX));
+    match tls {
+        None => {
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            let _ = watcher.watch(conn.into_owned()).await;
+        }
+        Some(acceptor) => {
+            let Ok(Ok(stream)) =
+                tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+            else {
+                return;
+            };
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            let _ = watcher.watch(conn.into_owned()).await;
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! One loaded bundle and everything built from it, swapped whole on reload.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use kz_bundle::Bundle;
+use kz_config::Diagnostic;
+use kz_identity::Verifier;
+use kz_resolve::{Instance, MemoryCache};
+use sha2::{Digest, Sha256};
+
+use crate::{Options, TlsFiles};
+
+/// Values kept by the per-resolver cache (`cache_ttl`), at most.
+pub const CACHE_ENTRIES: usize = 10_000;
+
+/// A bundle in force.
+pub struct Loaded {
+    /// The checked bundle.
+    pub bundle: Bundle,
+    /// `sha256:` + hex digest of the bundle text.
+    pub revision: String,
+    /// Verifies tokens against the bundle's issuers.
+    pub verifier: Verifier,
+    /// The bundle's backends, built.
+    pub instances: HashMap<String, Instance>,
+    /// Backends that could not be built, with why: their refs get that error (others serve).
+    pub broken: HashMap<String, String>,
+    /// Values of resolvers with `cache_ttl`.
+    pub cache: MemoryCache,
+    /// The TLS acceptor, when serving TLS.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Key-set fetches already counted in the metrics: (succeeded, failed).
+    pub refreshes_counted: (AtomicU64, AtomicU64),
+}
+
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loaded")
+            .field("bundle", &self.bundle.file)
+            .field("revision", &self.revision)
+            .field("backends", &self.instances.len())
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads, checks and builds the bundle at `opts.bundle` (and the TLS files): every problem,
+/// with its file and line, or the new state. Does no network I/O (keys are fetched on first
+/// use, backends are contacted on first request).
+pub fn load(opts: &Options) -> Result<Loaded, Vec<Diagnostic>> {
+    let text = kz_bundle::read(&opts.bundle)?;
+    let revision = format!("sha256:{}", hex(&Sha256::digest(text.as_bytes())));
+    let bundle = kz_bundle::check(&opts.bundle, &text)?;
+    let issuers = bundle.issuer_configs()?;
+    let verifier = Verifier::build(issuers).map_err(|errs| {
+        errs.iter()
+            .map(|e| bundle.config_diagnostic(e))
+            .collect::<Vec<_>>()
+    })?;
+    let tls = match &opts.tls {
+        Some(files) => Some(tls_acceptor(files).map_err(|d| vec![d])?),
+        None => None,
+    };
+    let mut build = opts.build.clone();
+    if let Some(dir) = opts.bundle.parent().filter(|d| !d.as_os_str().is_empty()) {
+        build.project_dir = dir.to_path_buf();
+    }
+    let (instances, failed) = kz_providers::build_instances(bundle.backends.iter(), &build);
+    let broken = failed
+        .into_iter()
+        .map(|(name, e)| {
+            let mut msg = format!("backend `{name}` is not available: {}", e.message);
+            if let Some(h) = &e.help {
+                msg.push_str(&format!(" ({h})"));
+            }
+            (name, msg)
+        })
+        .collect();
+    Ok(Loaded {
+        bundle,
+        revision,
+        verifier,
+        instances,
+        broken,
+        cache: MemoryCache::new(CACHE_ENTRIES),
+        tls,
+        refreshes_counted: (AtomicU64::new(0), AtomicU64::new(0)),
+    })
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// A TLS acceptor for `files` (HTTP/2 and HTTP/1.1 by ALPN).
+pub fn tls_acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, Diagnostic> {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |path: &Path, what: &str, e: &dyn std::fmt::Display| {
+        Diagnostic::error(
+            "server::tls",
+            format!("cannot use {} as the TLS {what}: {e}", path.display()),
+        )
+        .in_file(path)
+        .help("pass a PEM certificate chain with --tls-cert and its PEM private key with --tls-key")
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .map_err(|e| bad(&files.cert, "certificate", &e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(&files.cert, "certificate", &e))?;
+    if certs.is_empty() {
+        return Err(bad(&files.cert, "certificate", &"no CERTIFICATE block"));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| bad(&files.key, "key", &e))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(&files.cert, "certificate", &e))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| bad(&files.key, "key", &e))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
