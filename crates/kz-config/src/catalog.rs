@@ -338,6 +338,7 @@ pub static TYPES: &[ProviderType] = &[
             trusted("token_source", Kind::Str),
             cred("token"),
             trusted("token_env", Kind::Str),
+            trusted("token_file", Kind::Str),
         ],
         params: &[],
         any_params: false,
@@ -345,7 +346,7 @@ pub static TYPES: &[ProviderType] = &[
         ref_syntax: "NAME as the server's resolvers know it",
         example: "prod/api-key",
         credential_env: &["ACTIONS_ID_TOKEN_*", "KEYZERO_TOKEN"],
-        implemented: false,
+        implemented: true,
     },
     ProviderType {
         name: "exec",
