@@ -1588,10 +1588,14 @@ mod tests {
         let base = endpoint(&s);
         let last_bearer = || s.seen().last().unwrap().bearer.clone().unwrap();
 
-        // env:VAR
+        // env:VAR (also an ambient credential of the instance, removed from every error)
         let mut p = Project::new();
         p.set("MY_KZ_TOKEN", TOKEN);
-        let k = p.provider(&format!("{base}\ntoken_source = \"env:MY_KZ_TOKEN\""), "");
+        let opts = format!("{base}\ntoken_source = \"env:MY_KZ_TOKEN\"");
+        let cfg = p.config(&opts, "", "");
+        let ambient = crate::ambient_credentials(cfg.provider("k").unwrap(), &p.ctx());
+        assert!(ambient.iter().any(|c| c.expose_str() == Some(TOKEN)));
+        let k = p.provider(&opts, "");
         assert!(k.resolve(&[item("allow/a")]).await[0].is_ok());
         assert_eq!(last_bearer(), TOKEN);
 

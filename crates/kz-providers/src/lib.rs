@@ -152,6 +152,9 @@ fn ambient_credentials(inst: &ProviderInstance, ctx: &BuildContext) -> Vec<Secre
         let Some(v) = node.as_str() else { continue };
         if key.ends_with("_env") {
             names.push(v.to_string());
+        } else if let Some(var) = v.strip_prefix("env:").filter(|_| key == "token_source") {
+            // The `keyzero` provider's token variable.
+            names.push(var.trim().to_string());
         } else if matches!(key, "token" | "secret_id") {
             // Written in a (trusted) file: a credential by the catalog's definition.
             direct.push(SecretValue::from_str_copy(v));

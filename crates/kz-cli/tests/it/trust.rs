@@ -570,13 +570,16 @@ fn doctor_runs_the_reach_checks_and_contacts_nothing_untrusted() {
 #[test]
 fn blind_keep_env_drops_every_credential_variable_of_every_type() {
     let mut s = Sandbox::with_config(
-        "[providers.mine]\ntype = \"hashicorp\"\naddress = \"http://127.0.0.1:9\"\ntoken_env = \"MY_VAULT_TOK\"\nauth = { method = \"approle\", role_id = \"r\", secret_id_env = \"MY_SECRET_ID\" }\n[secrets]\nAPI = { provider = \"env\", ref = \"KZ_SRC\", hosts = [\"localhost:1\"] }\n",
+        "[providers.mine]\ntype = \"hashicorp\"\naddress = \"http://127.0.0.1:9\"\ntoken_env = \"MY_VAULT_TOK\"\nauth = { method = \"approle\", role_id = \"r\", secret_id_env = \"MY_SECRET_ID\" }\n[providers.team]\ntype = \"keyzero\"\nendpoint = \"https://kz.example.com\"\ntoken_source = \"env:MY_KZ_ID_TOKEN\"\n[secrets]\nAPI = { provider = \"env\", ref = \"KZ_SRC\", hosts = [\"localhost:1\"] }\n",
     );
     s.kz(&["allow"]).ok();
     s.set("KZ_SRC", "not-the-canary-value-1234");
     let vars = [
         "MY_VAULT_TOK",
         "MY_SECRET_ID",
+        "MY_KZ_ID_TOKEN",
+        "KEYZERO_TOKEN",
+        "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
         "VAULT_TOKEN",
         "AWS_SECRET_ACCESS_KEY",
         "GOOGLE_OAUTH_ACCESS_TOKEN",
