@@ -1873,4 +1873,24 @@ mod tests {
         assert!(ty.option("token").unwrap().credential);
         assert!(ty.implemented);
     }
+
+    #[tokio::test]
+    async fn keyzero_check_reads_the_token_and_asks_healthz() {
+        let s = StandIn::start(false).await;
+        let mut p = Project::new();
+        let k = p.built(&endpoint(&s), "");
+        let e = k.check().await.unwrap_err();
+        assert!(
+            e.kind == ErrorKind::Auth && e.message.contains("KEYZERO_TOKEN"),
+            "{e:?}"
+        );
+        p.set("KEYZERO_TOKEN", TOKEN);
+        p.built(&endpoint(&s), "").check().await.unwrap();
+        // Not a keyzero server: /healthz is missing.
+        let k = p.built(&format!("endpoint = \"{}/not-here\"", s.url()), "");
+        let e = k.check().await.unwrap_err();
+        assert_clean(&e);
+        assert_eq!(e.kind, ErrorKind::Config, "{e:?}");
+        assert!(s.seen().is_empty(), "check never resolves a secret");
+    }
 }
