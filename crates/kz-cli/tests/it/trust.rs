@@ -717,3 +717,36 @@ fn a_subdirectory_named_like_another_project_does_not_get_its_namespace() {
         CANARY
     );
 }
+
+/// An untrusted repository cannot send the run's workload identity token to its own server: the
+/// `keyzero` provider's `endpoint` (and `token_source`) need `kz allow`; once allowed, the token
+/// goes there and a refusal is reported without it.
+#[test]
+fn keyzero_endpoint_needs_trust_before_any_token_is_sent() {
+    let server = EchoServer::start();
+    for extra in ["", "token_source = \"env:MY_ID_TOKEN\"\n"] {
+        let mut s = Sandbox::with_config(&format!(
+            "[providers.team]\ntype = \"keyzero\"\nendpoint = \"{}\"\n{extra}[secrets]\nV = {{ provider = \"team\", ref = \"prod/v\" }}\n",
+            server.address()
+        ));
+        s.set("KEYZERO_TOKEN", CANARY);
+        s.set("MY_ID_TOKEN", CANARY);
+        let r = s.kz(&["run", "--", "true"]).code(1).no_canary();
+        assert!(
+            r.stderr.contains("option `endpoint`") && r.stderr.contains("kz allow"),
+            "{}",
+            r.stderr
+        );
+        assert!(server.requests().is_empty(), "{:?}", server.requests());
+        s.kz(&["allow"]).ok();
+        let r = s.kz(&["run", "--", "true"]).code(1).no_canary();
+        assert!(r.stderr.contains("refused the token"), "{}", r.stderr);
+        let sent = server.requests();
+        assert!(
+            sent.iter()
+                .any(|h| h.starts_with("POST /v1/resolve") && h.contains(CANARY)),
+            "{sent:?}"
+        );
+        server.heads.lock().unwrap().clear();
+    }
+}
