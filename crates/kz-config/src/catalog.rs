@@ -363,6 +363,35 @@ pub static TYPES: &[ProviderType] = &[
     },
 ];
 
+/// The forms of the `keyzero` provider's `token_source`, for help texts.
+pub const KEYZERO_TOKEN_SOURCES: &str =
+    "github-actions, gitlab, kubernetes, env:VARIABLE, file:PATH, token";
+
+/// Checks the form of a `keyzero` provider's `token_source` (config validation and the provider
+/// share it); the error says what is wrong.
+pub fn check_keyzero_token_source(v: &str) -> Result<(), String> {
+    let v = v.trim();
+    if ["github-actions", "gitlab", "kubernetes", "token"].contains(&v) {
+        return Ok(());
+    }
+    if let Some(var) = v.strip_prefix("env:") {
+        let var = var.trim();
+        return if var.is_empty() || var.contains('=') || var.contains('\0') {
+            Err(format!("token_source = \"{v}\" does not name a variable"))
+        } else {
+            Ok(())
+        };
+    }
+    if let Some(path) = v.strip_prefix("file:") {
+        return if path.trim().is_empty() {
+            Err(format!("token_source = \"{v}\" does not name a file"))
+        } else {
+            Ok(())
+        };
+    }
+    Err(format!("unknown token_source `{v}`"))
+}
+
 /// Looks a type up by name or alias (exact, case-sensitive as published).
 pub fn find(name: &str) -> Option<&'static ProviderType> {
     TYPES

@@ -231,6 +231,12 @@ fn parse_source(inst: &ProviderInstance, ctx: &BuildContext) -> Result<TokenSour
             _ => TokenSource::Env(DEFAULT_TOKEN_ENV.into()),
         });
     };
+    kz_config::catalog::check_keyzero_token_source(kind).map_err(|m| {
+        err(
+            m,
+            &format!("use one of: {}", kz_config::catalog::KEYZERO_TOKEN_SOURCES),
+        )
+    })?;
     let unused = |names: &[(&str, bool)]| -> Result<(), ProviderError> {
         match names.iter().find(|(_, set)| *set) {
             Some((name, _)) => Err(err(
@@ -275,26 +281,13 @@ fn parse_source(inst: &ProviderInstance, ctx: &BuildContext) -> Result<TokenSour
             ("token_env", has_env),
             ("token_file", has_file),
         ])?;
-        let var = var.trim();
-        if var.is_empty() || var.contains('=') || var.contains('\0') {
-            return Err(err(
-                format!("token_source = \"{kind}\" does not name a variable"),
-                "write token_source = \"env:VARIABLE\"",
-            ));
-        }
-        TokenSource::Env(var.to_string())
+        TokenSource::Env(var.trim().to_string())
     } else if let Some(path) = kind.strip_prefix("file:") {
         unused(&[
             ("token", has_token),
             ("token_env", has_env),
             ("token_file", has_file),
         ])?;
-        if path.trim().is_empty() {
-            return Err(err(
-                format!("token_source = \"{kind}\" does not name a file"),
-                "write token_source = \"file:PATH\"",
-            ));
-        }
         let file = inst
             .option("token_source")
             .map(|o| o.node.pos.file.clone())
@@ -303,7 +296,7 @@ fn parse_source(inst: &ProviderInstance, ctx: &BuildContext) -> Result<TokenSour
     } else {
         return Err(err(
             format!("unknown token_source `{kind}`"),
-            "use one of: github-actions, gitlab, kubernetes, env:VARIABLE, file:PATH, token",
+            &format!("use one of: {}", kz_config::catalog::KEYZERO_TOKEN_SOURCES),
         ));
     };
     Ok(source)
@@ -1802,10 +1795,7 @@ mod tests {
         let p = Project::new();
         let base = "endpoint = \"https://kz.example.com\"";
         for (opts, local, says) in [
-            ("token_source = \"vault\"", "", "unknown token_source"),
             ("token_source = \"gitlab\"", "", "needs `token_env`"),
-            ("token_source = \"env:\"", "", "does not name a variable"),
-            ("token_source = \"file:\"", "", "does not name a file"),
             ("token_source = \"token\"", "", "needs the `token` option"),
             (
                 "token_source = \"github-actions\"\ntoken_env = \"X\"",
@@ -1833,6 +1823,41 @@ mod tests {
         let k = p.provider(base, &format!("token = \"{TOKEN}\""));
         assert!(!format!("{k:?}").contains(TOKEN));
         assert!(!format!("{:?}", k.describe()).contains(TOKEN));
+    }
+
+    #[test]
+    fn keyzero_token_source_forms_are_checked_when_the_config_loads() {
+        let p = Project::new();
+        for (value, says) in [
+            ("vault", "unknown token_source `vault`"),
+            ("env:", "does not name a variable"),
+            ("env:A=B", "does not name a variable"),
+            ("file: ", "does not name a file"),
+        ] {
+            std::fs::write(
+                p.path().join(".keyzero.toml"),
+                format!("[providers.k]\ntype = \"keyzero\"\nendpoint = \"https://kz.example.com\"\ntoken_source = \"{value}\"\n"),
+            )
+            .unwrap();
+            let loaded = load(&LoadRequest {
+                start_dir: p.path(),
+                config_file: None,
+                env_flag: None,
+                global_file: None,
+                getenv: &|_| None,
+            });
+            assert!(loaded.config.is_none(), "{value}");
+            let d = loaded
+                .diagnostics
+                .iter()
+                .find(|d| d.message.contains(says))
+                .unwrap_or_else(|| panic!("{value}: {:?}", loaded.diagnostics));
+            assert_eq!(d.line, Some(4), "{d:?}");
+            assert!(
+                d.help.as_deref().unwrap_or("").contains("github-actions"),
+                "{d:?}"
+            );
+        }
     }
 
     #[test]
