@@ -558,13 +558,15 @@ impl KeyzeroProvider {
             .await
             .map_err(|e| self.transport_error(&e))?;
         let status = reply.status();
-        let body = read_limited(reply, MAX_ANSWER).await.map_err(|why| {
-            ProviderError::new(
-                ErrorKind::Network,
-                format!("{}: reading the answer failed: {why}", self.who()),
-            )
-            .transient()
-        })?;
+        let body = read_limited(reply, MAX_ANSWER)
+            .await
+            .map_err(|why| match why {
+                BodyError::Transport(e) => self.transport_error(&e),
+                too_large @ BodyError::TooLarge(_) => {
+                    ProviderError::new(ErrorKind::Backend, format!("{}: {too_large}", self.who()))
+                        .help("check that `endpoint` points at a keyzero server")
+                }
+            })?;
         if status != StatusCode::OK {
             return Err(self.status_error(status, &body));
         }
@@ -780,24 +782,41 @@ fn cut(text: &str) -> String {
     out
 }
 
+/// Why an answer's body could not be read.
+enum BodyError {
+    /// Larger than the limit.
+    TooLarge(usize),
+    /// The connection failed or timed out.
+    Transport(reqwest::Error),
+}
+
+impl fmt::Display for BodyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BodyError::TooLarge(limit) => write!(f, "the answer is larger than {limit} bytes"),
+            BodyError::Transport(e) => f.write_str(&error_chain(e)),
+        }
+    }
+}
+
 /// Reads an answer's body into a zeroizing buffer, at most `limit` bytes. When the buffer must
 /// grow, the old one is zeroized (no copy of a value is left behind).
 async fn read_limited(
     mut resp: reqwest::Response,
     limit: usize,
-) -> Result<Zeroizing<Vec<u8>>, String> {
+) -> Result<Zeroizing<Vec<u8>>, BodyError> {
     let hint = resp
         .content_length()
         .and_then(|n| usize::try_from(n).ok())
         .unwrap_or(8192);
     if hint > limit {
-        return Err(format!("the answer is larger than {limit} bytes"));
+        return Err(BodyError::TooLarge(limit));
     }
     let mut buf = Zeroizing::new(Vec::with_capacity(hint));
-    while let Some(chunk) = resp.chunk().await.map_err(|e| error_chain(&e))? {
+    while let Some(chunk) = resp.chunk().await.map_err(BodyError::Transport)? {
         let need = buf.len().saturating_add(chunk.len());
         if need > limit {
-            return Err(format!("the answer is larger than {limit} bytes"));
+            return Err(BodyError::TooLarge(limit));
         }
         if need > buf.capacity() {
             let mut bigger = Zeroizing::new(Vec::with_capacity(need.max(buf.capacity() * 2)));
@@ -1543,6 +1562,52 @@ mod tests {
         let k = p.built(&format!("{}\ntimeout = \"300ms\"", endpoint(&s)), "");
         let out = k.resolve(&[item("allow/a")]).await;
         assert_eq!(err(&out[0]).kind, ErrorKind::Timeout);
+    }
+
+    /// A raw loopback server that answers every connection with `head` and then holds the
+    /// connection open without sending more.
+    fn raw_server(head: String) -> u16 {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let mut open = Vec::new();
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut buf = [0u8; 65536];
+                let _ = conn.read(&mut buf);
+                let _ = conn.write_all(head.as_bytes());
+                open.push(conn);
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn keyzero_stalled_and_oversized_answers_fail_cleanly() {
+        let mut p = Project::new();
+        p.set("KEYZERO_TOKEN", TOKEN);
+        // The head, part of the body, then nothing: the timeout applies to the body too.
+        let port = raw_server(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"results\":".into(),
+        );
+        let k = p.built(
+            &format!("endpoint = \"http://127.0.0.1:{port}\"\ntimeout = \"300ms\""),
+            "",
+        );
+        assert_eq!(
+            err(&k.resolve(&[item("allow/a")]).await[0]).kind,
+            ErrorKind::Timeout
+        );
+        // An answer announced larger than any resolve answer: refused before it is read.
+        let port = raw_server(format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+            MAX_ANSWER + 1
+        ));
+        let k = p.built(&format!("endpoint = \"http://127.0.0.1:{port}\""), "");
+        let e = err(&k.resolve(&[item("allow/a")]).await[0]).clone();
+        assert_eq!(e.kind, ErrorKind::Backend);
+        assert!(e.message.contains("larger than"), "{e:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
