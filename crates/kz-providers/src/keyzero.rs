@@ -1402,6 +1402,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn keyzero_a_loopback_endpoint_is_never_reached_through_a_proxy() {
+        let s = StandIn::start(false).await;
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut p = Project::new();
+        p.set("KEYZERO_TOKEN", TOKEN);
+        for var in ["HTTP_PROXY", "http_proxy", "ALL_PROXY"] {
+            p.set(var, &format!("http://127.0.0.1:{dead}"));
+        }
+        let k = p.built(&endpoint(&s), "");
+        assert_eq!(
+            single(&k.resolve(&[item("allow/a")]).await[0]),
+            format!("{CANARY}:allow/a")
+        );
+    }
+
+    #[tokio::test]
     async fn keyzero_field_is_left_to_the_engine() {
         let s = StandIn::start(false).await;
         let mut p = Project::new();
