@@ -338,6 +338,7 @@ pub static TYPES: &[ProviderType] = &[
             trusted("token_source", Kind::Str),
             cred("token"),
             trusted("token_env", Kind::Str),
+            trusted("token_file", Kind::Str),
         ],
         params: &[],
         any_params: false,
@@ -345,7 +346,7 @@ pub static TYPES: &[ProviderType] = &[
         ref_syntax: "NAME as the server's resolvers know it",
         example: "prod/api-key",
         credential_env: &["ACTIONS_ID_TOKEN_*", "KEYZERO_TOKEN"],
-        implemented: false,
+        implemented: true,
     },
     ProviderType {
         name: "exec",
@@ -361,6 +362,35 @@ pub static TYPES: &[ProviderType] = &[
         implemented: true,
     },
 ];
+
+/// The forms of the `keyzero` provider's `token_source`, for help texts.
+pub const KEYZERO_TOKEN_SOURCES: &str =
+    "github-actions, gitlab, kubernetes, env:VARIABLE, file:PATH, token";
+
+/// Checks the form of a `keyzero` provider's `token_source` (config validation and the provider
+/// share it); the error says what is wrong.
+pub fn check_keyzero_token_source(v: &str) -> Result<(), String> {
+    let v = v.trim();
+    if ["github-actions", "gitlab", "kubernetes", "token"].contains(&v) {
+        return Ok(());
+    }
+    if let Some(var) = v.strip_prefix("env:") {
+        let var = var.trim();
+        return if var.is_empty() || var.contains('=') || var.contains('\0') {
+            Err(format!("token_source = \"{v}\" does not name a variable"))
+        } else {
+            Ok(())
+        };
+    }
+    if let Some(path) = v.strip_prefix("file:") {
+        return if path.trim().is_empty() {
+            Err(format!("token_source = \"{v}\" does not name a file"))
+        } else {
+            Ok(())
+        };
+    }
+    Err(format!("unknown token_source `{v}`"))
+}
 
 /// Looks a type up by name or alias (exact, case-sensitive as published).
 pub fn find(name: &str) -> Option<&'static ProviderType> {

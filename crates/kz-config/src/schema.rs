@@ -159,6 +159,16 @@ pub fn check_provider(
         if e.key == "auth" {
             check_vault_auth(e, &path, *role, diags);
         }
+        if ty.name == "keyzero"
+            && e.key == "token_source"
+            && let Some(Err(m)) = e.node.as_str().map(catalog::check_keyzero_token_source)
+        {
+            diags.push(
+                bad_value(e, &path, &m)
+                    .help(format!("use one of: {}", catalog::KEYZERO_TOKEN_SOURCES)),
+            );
+            continue;
+        }
         if e.key != "type" {
             checked.push((
                 e.key.clone(),

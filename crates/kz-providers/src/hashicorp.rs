@@ -36,7 +36,7 @@
 //! Tokens never appear in messages or `Debug` output; errors carry Vault's own `errors` text.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use kz_config::ProviderInstance;
@@ -50,14 +50,13 @@ use serde_json::{Map, Value};
 use tokio::sync::Mutex;
 use zeroize::Zeroizing;
 
+use crate::http::error_chain;
 use crate::{BuildContext, GetEnv};
 
 /// Where Vault listens when nothing says otherwise.
 const DEFAULT_ADDRESS: &str = "http://127.0.0.1:8200";
 /// The pod's service-account token (Kubernetes auth).
 const K8S_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
-/// Upper bound for establishing a connection (the instance `timeout` may be shorter).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Check-and-set attempts before a write gives up.
 const CAS_ATTEMPTS: usize = 3;
 /// Longest piece of Vault text quoted in an error.
@@ -333,7 +332,14 @@ impl VaultProvider {
         }
         let ca_cert = inst.opt_path("ca_cert", ctx.home.as_deref());
         let timeout = inst.timeout();
-        let client = build_client(&inst.name, &address, ca_cert.as_deref(), timeout, &getenv)?;
+        let client = crate::http::build_client(
+            &inst.name,
+            &address,
+            ca_cert.as_deref(),
+            timeout,
+            &getenv,
+            reqwest::redirect::Policy::default(),
+        )?;
         Ok(Self {
             instance: inst.name.clone(),
             type_name: inst.ty.name,
@@ -1090,77 +1096,6 @@ fn parse_address(instance: &str, text: &str) -> Result<Url, ProviderError> {
     Ok(url)
 }
 
-/// The one HTTP client of an instance (connection pooling).
-fn build_client(
-    instance: &str,
-    address: &Url,
-    ca_cert: Option<&Path>,
-    timeout: Duration,
-    getenv: &GetEnv,
-) -> Result<reqwest::Client, ProviderError> {
-    let mut builder = reqwest::Client::builder()
-        .connect_timeout(timeout.min(CONNECT_TIMEOUT))
-        .timeout(timeout)
-        .no_proxy();
-    if let Some(proxy) = proxy_from_env(address, getenv) {
-        builder = builder.proxy(proxy);
-    }
-    if let Some(path) = ca_cert {
-        let pem = std::fs::read(path).map_err(|e| {
-            ProviderError::new(
-                ErrorKind::Config,
-                format!(
-                    "provider `{instance}`: cannot read ca_cert {}: {e}",
-                    path.display()
-                ),
-            )
-            .help("point `ca_cert` at the PEM file of the CA that signed Vault's certificate")
-        })?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .ok()
-            .filter(|c| !c.is_empty())
-            .ok_or_else(|| {
-                ProviderError::new(
-                    ErrorKind::Config,
-                    format!(
-                        "provider `{instance}`: ca_cert {} holds no PEM certificate",
-                        path.display()
-                    ),
-                )
-                .help("`ca_cert` must be a PEM file (-----BEGIN CERTIFICATE-----)")
-            })?;
-        builder = builder.tls_certs_merge(certs);
-    }
-    builder.build().map_err(|e| {
-        ProviderError::new(
-            ErrorKind::Config,
-            format!(
-                "provider `{instance}`: cannot set up the HTTP client: {}",
-                error_chain(&e)
-            ),
-        )
-    })
-}
-
-/// A proxy from kz's environment (`HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY`, `NO_PROXY`).
-fn proxy_from_env(address: &Url, getenv: &GetEnv) -> Option<reqwest::Proxy> {
-    let get = |name: &str| {
-        getenv(name)
-            .or_else(|| getenv(&name.to_lowercase()))
-            .filter(|v| !v.trim().is_empty())
-    };
-    let scheme_var = if address.scheme() == "https" {
-        "HTTPS_PROXY"
-    } else {
-        "HTTP_PROXY"
-    };
-    let url = get(scheme_var).or_else(|| get("ALL_PROXY"))?;
-    let no_proxy = get("NO_PROXY").and_then(|n| reqwest::NoProxy::from_string(&n));
-    reqwest::Proxy::all(url.as_str())
-        .ok()
-        .map(|p| p.no_proxy(no_proxy))
-}
-
 /// Reads the `auth` option (and `token`/`token_env`/`token_file` for token auth).
 fn parse_auth(inst: &ProviderInstance, ctx: &BuildContext) -> Result<Auth, ProviderError> {
     let home = ctx.home.as_deref();
@@ -1471,20 +1406,6 @@ fn vault_errors(body: &[u8], sent: &[SecretValue]) -> String {
     } else {
         text
     }
-}
-
-/// An error and its sources, joined.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        cur = s.source();
-    }
-    parts.join(": ")
 }
 
 /// Removes a value from an error's text (a write's value must never be quoted back).

@@ -1,7 +1,8 @@
 //! Provider implementations.
 //!
 //! [`build`] turns a configured [`ProviderInstance`] into a [`Provider`]. Each module is one
-//! backend; they never depend on one another (shared helpers live in `kz-resolve`).
+//! backend; they never depend on one another (shared helpers live in `kz-resolve`, and the HTTP
+//! client settings of `hashicorp` and `keyzero` in the private `http` module).
 //!
 //! | type | module | backend |
 //! |---|---|---|
@@ -15,10 +16,11 @@
 //! | `gcp` | [`gcp`] | Google Cloud Secret Manager REST API |
 //! | `aws`, `aws_sts` | [`aws`] | AWS Secrets Manager, SSM Parameter Store, STS (the AWS SDK) |
 //! | `keychain` | [`keychain`] | macOS Keychain / Linux Secret Service |
+//! | `keyzero` | [`keyzero`] | a keyzero team server (`POST /v1/resolve`) |
 //!
 //! Types listed in the catalog but not implemented in this build fail with a clear
 //! `Unsupported` error when used. The network and daemon backends are cargo features (`aws`,
-//! `gcp`, `hashicorp`, `keychain`, `onepassword`), all on by default.
+//! `gcp`, `hashicorp`, `keychain`, `keyzero`, `onepassword`), all on by default.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 // Only the CLI prints (`kz-cli`); libraries return values, errors and notes.
@@ -42,8 +44,12 @@ pub mod fsio;
 pub mod gcp;
 #[cfg(feature = "hashicorp")]
 pub mod hashicorp;
+#[cfg(any(feature = "hashicorp", feature = "keyzero"))]
+mod http;
 #[cfg(feature = "keychain")]
 pub mod keychain;
+#[cfg(feature = "keyzero")]
+pub mod keyzero;
 pub mod local;
 #[cfg(feature = "onepassword")]
 pub mod onepassword;
@@ -149,6 +155,9 @@ fn ambient_credentials(inst: &ProviderInstance, ctx: &BuildContext) -> Vec<Secre
         let Some(v) = node.as_str() else { continue };
         if key.ends_with("_env") {
             names.push(v.to_string());
+        } else if let Some(var) = v.strip_prefix("env:").filter(|_| key == "token_source") {
+            // The `keyzero` provider's token variable.
+            names.push(var.trim().to_string());
         } else if matches!(key, "token" | "secret_id") {
             // Written in a (trusted) file: a credential by the catalog's definition.
             direct.push(SecretValue::from_str_copy(v));
@@ -187,6 +196,8 @@ fn build_inner(
         "aws_sts" => Arc::new(aws::StsProvider::new(inst, ctx)?),
         #[cfg(feature = "keychain")]
         "keychain" => Arc::new(keychain::KeychainProvider::new(inst, ctx)?),
+        #[cfg(feature = "keyzero")]
+        "keyzero" => Arc::new(keyzero::KeyzeroProvider::new(inst, ctx)?),
         other => {
             return Err(ProviderError::new(
                 ErrorKind::Unsupported,

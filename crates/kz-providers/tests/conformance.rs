@@ -9,7 +9,7 @@
 //! Network and daemon backends run against real or stand-in servers on 127.0.0.1: OpenBao
 //! (`hashicorp`, token from `VAULT_TOKEN` in the build context's environment), moto (`aws`; the
 //! SDK reads the process environment set once by [`process_env`]), the Secret Manager stand-in
-//! (`gcp`), the stand-in `op` (`1password`) and gnome-keyring on a private D-Bus bus
+//! (`gcp`), a stand-in of the team server (`keyzero`), the stand-in `op` (`1password`) and gnome-keyring on a private D-Bus bus
 //! (`keychain`, run in child processes because the `keyring` crate reads the bus address from
 //! the process environment). "Slow" is a listener that accepts and never answers (or an `op`
 //! that sleeps); "down" is a closed port, a signed-out `op`, or a bus with nothing listening.
@@ -1007,6 +1007,121 @@ fn conformance_gcp() {
         standin,
         metadata_port: closed_port(),
     });
+}
+
+/// `keyzero` against a STAND-IN of the team server's `POST /v1/resolve` (the real server is
+/// tested end to end by the CLI's tests): a thread serving seeded values with kz-wire's own
+/// types, answering an unseeded ref as "no resolver matched" and a wrong bearer with 401.
+struct Keyzero {
+    port: u16,
+    values: Arc<Mutex<HashMap<String, String>>>,
+}
+
+const KEYZERO_TOKEN: &str = "kz-conformance-identity-token";
+
+impl Keyzero {
+    fn start() -> Self {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let values: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+        let seeded = Arc::clone(&values);
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let mut reader = BufReader::new(conn);
+                let (mut len, mut bearer_ok) = (0usize, false);
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                    bearer_ok |= line.trim_end()
+                        == format!("authorization: Bearer {KEYZERO_TOKEN}")
+                        || line.trim_end() == format!("Authorization: Bearer {KEYZERO_TOKEN}");
+                }
+                let mut body = vec![0u8; len];
+                if reader.read_exact(&mut body).is_err() {
+                    continue;
+                }
+                let (status, out) = if bearer_ok {
+                    let req: kz_wire::ResolveRequest = serde_json::from_slice(&body).unwrap();
+                    let mut resp = kz_wire::ResolveResponse::default();
+                    for r in req.requested().unwrap() {
+                        let name = r.strip_prefix("team/").unwrap_or(r);
+                        let result = match seeded.lock().unwrap().get(name) {
+                            Some(v) => kz_wire::RefResult {
+                                allowed: true,
+                                value: Some(kz_wire::WireValue::Single(
+                                    SecretValue::from_str_copy(v),
+                                )),
+                                ..Default::default()
+                            },
+                            None => kz_wire::RefResult {
+                                allowed: true,
+                                error: Some("no resolver matched the ref".into()),
+                                ..Default::default()
+                            },
+                        };
+                        resp.results.insert(r.to_string(), result);
+                    }
+                    ("200 OK", resp.to_json().unwrap().to_vec())
+                } else {
+                    (
+                        "401 Unauthorized",
+                        br#"{"error":"invalid_token","message":"bad token"}"#.to_vec(),
+                    )
+                };
+                let mut conn = reader.into_inner();
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    out.len()
+                );
+                let _ = conn.write_all(&out);
+            }
+        });
+        Self { port, values }
+    }
+}
+
+impl Fixture for Keyzero {
+    fn type_name(&self) -> &'static str {
+        "keyzero"
+    }
+    fn options(&self, _: &Path) -> String {
+        format!("endpoint = \"http://127.0.0.1:{}\"", self.port)
+    }
+    fn seed(&self, _: &Path, name: &str, value: &str) {
+        self.values
+            .lock()
+            .unwrap()
+            .insert(name.to_string(), value.to_string());
+    }
+    fn reference(&self, name: &str) -> String {
+        format!("team/{name}")
+    }
+    fn down_options(&self, _: &Path) -> Option<String> {
+        Some(format!("endpoint = \"http://127.0.0.1:{}\"", closed_port()))
+    }
+    fn slow_options(&self, _: &Path) -> Option<String> {
+        Some(format!("endpoint = \"http://{}\"", silent_listener()))
+    }
+    fn writable(&self) -> bool {
+        false
+    }
+    fn env(&self) -> HashMap<String, String> {
+        HashMap::from([("KEYZERO_TOKEN".to_string(), KEYZERO_TOKEN.to_string())])
+    }
+}
+
+#[test]
+fn conformance_keyzero() {
+    aws_env();
+    conformance(&Keyzero::start());
 }
 
 #[test]

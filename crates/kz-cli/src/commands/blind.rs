@@ -346,7 +346,8 @@ fn run_with_dir(
 }
 
 /// The variables a blind command never gets, even with `--keep-env`: the exact names every
-/// configured instance's `*_env` options name (at any depth, `auth.secret_id_env` included) and
+/// configured instance's `*_env` options name (at any depth, `auth.secret_id_env` included), the
+/// variable of a `token_source = "env:VAR"`, and
 /// the variables `env` secrets are read from. The catalog's credential variables of every type
 /// are matched by pattern in [`child_env`].
 fn withheld_variables(config: &Config) -> BTreeSet<String> {
@@ -355,6 +356,12 @@ fn withheld_variables(config: &Config) -> BTreeSet<String> {
         match &node.val {
             Val::Str(s) if key.ends_with("_env") => {
                 out.insert(s.clone());
+            }
+            // The `keyzero` provider's `token_source = "env:VAR"`.
+            Val::Str(s) if key == "token_source" => {
+                if let Some(var) = s.strip_prefix("env:") {
+                    out.insert(var.trim().to_string());
+                }
             }
             Val::Table(entries) => {
                 for e in entries {

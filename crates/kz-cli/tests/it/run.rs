@@ -210,13 +210,12 @@ fn exec_plugin_end_to_end_needs_trust() {
 }
 
 #[test]
-fn unimplemented_provider_types_say_so() {
-    // The team-server client (`keyzero`) comes with team mode.
+fn keyzero_refs_without_an_endpoint_say_how_to_set_one() {
+    // An implicit team-server client (`kz://`) has no server to ask: a config error, no request.
     let s = Sandbox::with_config("[secrets]\nX = \"kz://prod/x\"\n");
     let r = s.kz(&["--trust", "run", "--", "true"]).code(1);
     assert!(
-        r.stderr
-            .contains("the `keyzero` provider is not available in this build"),
+        r.stderr.contains("no `endpoint`") && r.stderr.contains("endpoint = \"https://"),
         "{}",
         r.stderr
     );

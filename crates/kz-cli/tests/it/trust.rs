@@ -570,13 +570,16 @@ fn doctor_runs_the_reach_checks_and_contacts_nothing_untrusted() {
 #[test]
 fn blind_keep_env_drops_every_credential_variable_of_every_type() {
     let mut s = Sandbox::with_config(
-        "[providers.mine]\ntype = \"hashicorp\"\naddress = \"http://127.0.0.1:9\"\ntoken_env = \"MY_VAULT_TOK\"\nauth = { method = \"approle\", role_id = \"r\", secret_id_env = \"MY_SECRET_ID\" }\n[secrets]\nAPI = { provider = \"env\", ref = \"KZ_SRC\", hosts = [\"localhost:1\"] }\n",
+        "[providers.mine]\ntype = \"hashicorp\"\naddress = \"http://127.0.0.1:9\"\ntoken_env = \"MY_VAULT_TOK\"\nauth = { method = \"approle\", role_id = \"r\", secret_id_env = \"MY_SECRET_ID\" }\n[providers.team]\ntype = \"keyzero\"\nendpoint = \"https://kz.example.com\"\ntoken_source = \"env:MY_KZ_ID_TOKEN\"\n[secrets]\nAPI = { provider = \"env\", ref = \"KZ_SRC\", hosts = [\"localhost:1\"] }\n",
     );
     s.kz(&["allow"]).ok();
     s.set("KZ_SRC", "not-the-canary-value-1234");
     let vars = [
         "MY_VAULT_TOK",
         "MY_SECRET_ID",
+        "MY_KZ_ID_TOKEN",
+        "KEYZERO_TOKEN",
+        "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
         "VAULT_TOKEN",
         "AWS_SECRET_ACCESS_KEY",
         "GOOGLE_OAUTH_ACCESS_TOKEN",
@@ -713,4 +716,37 @@ fn a_subdirectory_named_like_another_project_does_not_get_its_namespace() {
             .trim(),
         CANARY
     );
+}
+
+/// An untrusted repository cannot send the run's workload identity token to its own server: the
+/// `keyzero` provider's `endpoint` (and `token_source`) need `kz allow`; once allowed, the token
+/// goes there and a refusal is reported without it.
+#[test]
+fn keyzero_endpoint_needs_trust_before_any_token_is_sent() {
+    let server = EchoServer::start();
+    for extra in ["", "token_source = \"env:MY_ID_TOKEN\"\n"] {
+        let mut s = Sandbox::with_config(&format!(
+            "[providers.team]\ntype = \"keyzero\"\nendpoint = \"{}\"\n{extra}[secrets]\nV = {{ provider = \"team\", ref = \"prod/v\" }}\n",
+            server.address()
+        ));
+        s.set("KEYZERO_TOKEN", CANARY);
+        s.set("MY_ID_TOKEN", CANARY);
+        let r = s.kz(&["run", "--", "true"]).code(1).no_canary();
+        assert!(
+            r.stderr.contains("option `endpoint`") && r.stderr.contains("kz allow"),
+            "{}",
+            r.stderr
+        );
+        assert!(server.requests().is_empty(), "{:?}", server.requests());
+        s.kz(&["allow"]).ok();
+        let r = s.kz(&["run", "--", "true"]).code(1).no_canary();
+        assert!(r.stderr.contains("refused the token"), "{}", r.stderr);
+        let sent = server.requests();
+        assert!(
+            sent.iter()
+                .any(|h| h.starts_with("POST /v1/resolve") && h.contains(CANARY)),
+            "{sent:?}"
+        );
+        server.heads.lock().unwrap().clear();
+    }
 }
