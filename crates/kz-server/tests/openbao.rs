@@ -22,8 +22,11 @@ const ISS: &str = "https://ci.example";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_stops_mid_run_fails_only_its_refs() {
-    let bao = tokio::task::spawn_blocking(openbao::Bao::start).await.unwrap();
-    bao.put_kv2("kv/db", json!({ "value": format!("{CANARY}-bao") })).await;
+    let bao = tokio::task::spawn_blocking(openbao::Bao::start)
+        .await
+        .unwrap();
+    bao.put_kv2("kv/db", json!({ "value": format!("{CANARY}-bao") }))
+        .await;
     let dir = tempfile::tempdir().unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
     let pem: String = key
@@ -31,7 +34,11 @@ async fn a_backend_that_stops_mid_run_fails_only_its_refs() {
         .lines()
         .map(|l| format!("          {l}\n"))
         .collect();
-    std::fs::write(dir.path().join("local.env"), format!("LOCAL={CANARY}-local\n")).unwrap();
+    std::fs::write(
+        dir.path().join("local.env"),
+        format!("LOCAL={CANARY}-local\n"),
+    )
+    .unwrap();
     std::fs::write(
         dir.path().join("bundle.yaml"),
         format!(
@@ -101,7 +108,11 @@ audit: {{ path: audit.jsonl }}
     };
     let (status, v) = ask().await;
     assert_eq!(status, 200, "{v}");
-    assert_eq!(v["results"]["kv/db"]["value"], format!("{CANARY}-bao"), "{v}");
+    assert_eq!(
+        v["results"]["kv/db"]["value"],
+        format!("{CANARY}-bao"),
+        "{v}"
+    );
     assert_eq!(v["results"]["local"]["value"], format!("{CANARY}-local"));
 
     drop(bao); // stopped by PID
@@ -111,7 +122,11 @@ audit: {{ path: audit.jsonl }}
     assert!(v["results"]["kv/db"]["error"].is_string(), "{v}");
     assert!(v["results"]["kv/db"].get("value").is_none());
     assert_eq!(v["results"]["local"]["value"], format!("{CANARY}-local"));
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
 
     running.control.shutdown();
     running.wait().await;

@@ -589,6 +589,7 @@ fn team_help_texts() {
     let s = Sandbox::new();
     for (name, args) in [
         ("help_server_check", &["server", "check", "--help"][..]),
+        ("help_server_start", &["server", "start", "--help"][..]),
         ("help_policy_eval", &["policy", "eval", "--help"][..]),
         ("help_policy_test", &["policy", "test", "--help"][..]),
         ("help_token_sign", &["token", "sign", "--help"][..]),

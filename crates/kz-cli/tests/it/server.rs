@@ -1,0 +1,337 @@
+//! `kz server start` as an operator runs it: a subprocess on loopback, `kz run` through the
+//! `keyzero` provider (allow; deny with policy and reason; server down; TLS with a private CA),
+//! reload on SIGHUP, audit rotation on SIGUSR1 with `kz audit verify` across the files, drain on
+//! SIGTERM, and the canary never in the server's output or its audit log.
+
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::{CANARY, Sandbox};
+
+const ISS: &str = "https://ci.example";
+
+/// A `kz server start` child, killed by its PID on drop.
+struct Server {
+    child: Child,
+    addr: String,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Server {
+    fn start(s: &Sandbox, extra: &[&str]) -> Server {
+        let stdout = s.root.path().join(format!("server-{}.out", extra.len()));
+        let stderr = s.root.path().join(format!("server-{}.err", extra.len()));
+        let mut args = vec!["server", "start", "-b", "bundle.yaml", "-l", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let child = s
+            .cmd(&args)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let mut server = Server {
+            child,
+            addr: String::new(),
+            stdout,
+            stderr,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let err = std::fs::read_to_string(&server.stderr).unwrap_or_default();
+            if let Some(rest) = err.split("kz server listening on ").nth(1) {
+                server.addr = rest.split_whitespace().next().unwrap().to_owned();
+                return server;
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("kz server start exited with {status}: {err}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "the server did not start: {}",
+            std::fs::read_to_string(&server.stderr).unwrap_or_default()
+        );
+    }
+
+    fn signal(&self, sig: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(i32::try_from(self.child.id()).unwrap()).unwrap();
+        rustix::process::kill_process(pid, sig).unwrap();
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+            + &std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn bundle(public: &str, first_policy: &str) -> String {
+    let pem: String = public.lines().map(|l| format!("          {l}\n")).collect();
+    format!(
+        r#"version: "1"
+issuers:
+  - name: ci
+    type: custom
+    issuer_url: {ISS}
+    audience: keyzero
+    map: {{ org: team }}
+    static_keys:
+      - kid: k1
+        alg: ES256
+        pem: |
+{pem}backends:
+  files: {{ type: dotenv, path: secrets.env }}
+resolvers:
+  - {{ name: app/db, backend: files, ref: DB }}
+  - {{ name: app/admin, backend: files, ref: ADMIN }}
+policies:
+{first_policy}  - name: no-admin
+    rule: 'ref == "app/admin"'
+    effect: deny
+  - name: team-a
+    rule: 'issuer == "ci" && org == "a"'
+    effect: allow
+audit:
+  path: audit.jsonl
+"#
+    )
+}
+
+/// A sandbox with a bundle, its backend file, the issuer's private key, and a signed token.
+fn team(extra_client_config: &str, endpoint: &str) -> (Sandbox, String) {
+    let mut s = Sandbox::new();
+    let key = rcgen::KeyPair::generate().unwrap();
+    s.write("issuer.pem", &key.serialize_pem());
+    s.write("issuer.pub.pem", &key.public_key_pem());
+    s.write("bundle.yaml", &bundle(&key.public_key_pem(), ""));
+    s.write(
+        "secrets.env",
+        &format!("DB={CANARY}\nADMIN={CANARY}-admin\n"),
+    );
+    let token = s
+        .kz(&[
+            "token",
+            "sign",
+            "--key",
+            "issuer.pem",
+            "--issuer",
+            ISS,
+            "--alg",
+            "ES256",
+            "--kid",
+            "k1",
+            "--claims",
+            r#"{"aud":"keyzero","sub":"job-1","team":"a"}"#,
+        ])
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
+    s.set("KZ_TEAM_TOKEN", &token);
+    client_config(&s, endpoint, extra_client_config);
+    (s, token)
+}
+
+fn client_config(s: &Sandbox, endpoint: &str, extra: &str) {
+    s.write(
+        ".keyzero.toml",
+        &format!(
+            r#"[providers.team]
+type = "keyzero"
+endpoint = "{endpoint}"
+token_source = "env:KZ_TEAM_TOKEN"
+{extra}
+[secrets]
+DB = {{ provider = "team", ref = "app/db" }}
+ADMIN = {{ provider = "team", ref = "app/admin", optional = true }}
+"#
+        ),
+    );
+}
+
+#[test]
+fn kz_run_resolves_through_the_server_which_reloads_rotates_and_drains() {
+    let (s, token) = team("", "http://127.0.0.1:1");
+    let server = Server::start(&s, &[]);
+    client_config(&s, &format!("http://{}", server.addr), "");
+
+    // Allowed: the value reaches the command.
+    let r = s
+        .kz(&[
+            "--trust",
+            "run",
+            "--only",
+            "DB",
+            "--",
+            "sh",
+            "-c",
+            "printf %s \"$DB\"",
+        ])
+        .ok();
+    assert_eq!(r.stdout, CANARY);
+    // Denied: the run fails with the policy (optional does not skip a denial).
+    let r = s.kz(&["--trust", "run", "--", "true"]).code(1);
+    assert!(
+        r.stderr.contains("denied by policy `no-admin`"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !r.stderr.contains(CANARY) && !r.stderr.contains(&token),
+        "{}",
+        r.stderr
+    );
+
+    // SIGHUP: a new bundle (a freeze policy first) serves.
+    let public = s.read("issuer.pub.pem");
+    s.write(
+        "bundle.yaml",
+        &bundle(
+            &public,
+            "  - name: freeze\n    rule: 'ref != \"\"'\n    effect: deny\n",
+        ),
+    );
+    server.signal(rustix::process::Signal::HUP);
+    let mut frozen = false;
+    for _ in 0..100 {
+        let r = s.kz(&["--trust", "run", "--only", "DB", "--", "true"]);
+        if r.stderr.contains("denied by policy `freeze`") {
+            frozen = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        frozen,
+        "the reloaded bundle did not serve: {}",
+        server.output()
+    );
+    // An invalid bundle is refused and the freeze keeps serving.
+    s.write("bundle.yaml", "version: 1\nresolvers: [ { name: x } ]\n");
+    server.signal(rustix::process::Signal::HUP);
+    std::thread::sleep(Duration::from_millis(300));
+    let r = s
+        .kz(&["--trust", "run", "--only", "DB", "--", "true"])
+        .code(1);
+    assert!(r.stderr.contains("freeze"), "{}", r.stderr);
+
+    // SIGUSR1: the audit log is reopened after rotation; the chain continues across the files.
+    let audit = s.path("audit.jsonl");
+    let rotated = s.path("audit.jsonl.1");
+    std::fs::rename(&audit, &rotated).unwrap();
+    server.signal(rustix::process::Signal::USR1);
+    let mut reopened = false;
+    for _ in 0..100 {
+        s.kz(&["--trust", "run", "--only", "DB", "--", "true"]);
+        if audit.exists() && !std::fs::read_to_string(&audit).unwrap().is_empty() {
+            reopened = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(reopened, "{}", server.output());
+
+    // SIGTERM: a clean exit after draining.
+    server.signal(rustix::process::Signal::TERM);
+    let mut server = server;
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "{status}: {}", server.output());
+    let v = s
+        .kz(&["audit", "verify", "audit.jsonl.1", "audit.jsonl"])
+        .ok();
+    assert!(
+        v.stdout.contains("ok") || v.stdout.contains("verified"),
+        "{}",
+        v.stdout
+    );
+    let out = server.output();
+    assert!(!out.contains(CANARY), "a value reached the server's output");
+    assert!(
+        !out.contains(&token),
+        "the token reached the server's output"
+    );
+    for f in [&rotated, &audit] {
+        let text = std::fs::read_to_string(f).unwrap();
+        assert!(!text.contains(CANARY) && !text.contains(&token));
+    }
+
+    // The server down: the run fails and says where it tried.
+    let r = s
+        .kz(&["--trust", "run", "--only", "DB", "--", "true"])
+        .code(1);
+    assert!(
+        r.stderr.contains(&server.addr) || r.stderr.contains("unreachable"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn the_server_serves_tls_that_the_provider_trusts_with_ca_cert() {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "kz test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf_params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    leaf_params
+        .subject_alt_names
+        .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+
+    let (s, _) = team("", "https://127.0.0.1:1");
+    s.write("ca.pem", &ca.pem());
+    s.write("tls.pem", &leaf.pem());
+    s.write("tls.key", &leaf_key.serialize_pem());
+    let server = Server::start(&s, &["--tls-cert", "tls.pem", "--tls-key", "tls.key"]);
+    let endpoint = format!("https://{}", server.addr);
+    // Without the CA: refused, and the error says how to fix it.
+    client_config(&s, &endpoint, "");
+    let r = s
+        .kz(&["--trust", "run", "--only", "DB", "--", "true"])
+        .code(1);
+    assert!(r.stderr.contains("ca_cert"), "{}", r.stderr);
+    // With it: served over TLS.
+    client_config(&s, &endpoint, "ca_cert = \"ca.pem\"\n");
+    let r = s
+        .kz(&[
+            "--trust",
+            "run",
+            "--only",
+            "DB",
+            "--",
+            "sh",
+            "-c",
+            "printf %s \"$DB\"",
+        ])
+        .ok();
+    assert_eq!(r.stdout, CANARY);
+    assert!(!server.output().contains(CANARY));
+}
+
+#[test]
+fn an_invalid_bundle_stops_the_start_with_its_line() {
+    let s = Sandbox::new();
+    s.write(
+        "bundle.yaml",
+        "version: 1\nresolvers:\n  - { name: x, backend: nope }\n",
+    );
+    let r = s
+        .kz(&["server", "start", "-b", "bundle.yaml", "-l", "127.0.0.1:0"])
+        .code(1);
+    assert!(r.stderr.contains("bundle.yaml:3"), "{}", r.stderr);
+    assert!(r.stderr.contains("nope"), "{}", r.stderr);
+}
