@@ -61,7 +61,13 @@ impl Control {
         match loaded {
             Ok(new) => {
                 let revision = new.revision.clone();
+                let audit_path = new.bundle.audit.path.clone();
                 let old = self.state.current.swap(Arc::new(new));
+                if self.opts.audit.is_none() && old.bundle.audit.path != audit_path {
+                    tracing::warn!(
+                        "audit.path changed in the bundle; the audit log stays where it is until the server restarts"
+                    );
+                }
                 m.reloads.with_label_values(&["ok"]).inc();
                 m.bundle_loaded.set(unix_now());
                 tracing::info!(revision = %revision, previous = %old.revision, "bundle reloaded");

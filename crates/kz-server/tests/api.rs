@@ -788,3 +788,53 @@ mod no_500 {
         rt.block_on(s.stop());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_in_the_published_older_form_is_served() {
+    let s = Server::start().await;
+    let pem = indent(&s.keys.public, 10);
+    write(
+        s.dir.path(),
+        "bundle.yaml",
+        &format!(
+            r#"version: 1
+issuers:
+  - name: ci
+    type: custom
+    issuer_url: {ISS}
+    audience: keyzero
+    map: {{ org: team }}
+    static_keys:
+      - kid: k1
+        alg: ES256
+        pem: |
+{pem}backends:
+  files: {{ type: env_file, path: secrets.env }}
+resources:
+  - ref: "old/db"
+    resolver: files
+    secret_id: APP_DB
+policies:
+  - name: team-a
+    rule: 'issuer == "ci" && org == "a" && resolver == "old/db"'
+    effect: allow
+"#
+        ),
+    );
+    s.control().reload().await.unwrap();
+    let (st, _, text) = s
+        .post(
+            "/v1/resolve",
+            Some(&s.good_token()),
+            r#"{"resource":"old/db"}"#,
+        )
+        .await;
+    assert_eq!(st, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        v["results"]["old/db"]["value"],
+        format!("{CANARY}-db"),
+        "{v}"
+    );
+    s.stop().await;
+}

@@ -335,3 +335,42 @@ fn an_invalid_bundle_stops_the_start_with_its_line() {
     assert!(r.stderr.contains("bundle.yaml:3"), "{}", r.stderr);
     assert!(r.stderr.contains("nope"), "{}", r.stderr);
 }
+
+#[test]
+fn audit_dash_writes_the_records_to_standard_output() {
+    let (s, token) = team("", "http://127.0.0.1:1");
+    let mut server = Server::start(&s, &["--audit", "-"]);
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "--noproxy",
+            "*",
+            "-H",
+            "content-type: application/json",
+            "-H",
+        ])
+        .arg(format!("authorization: Bearer {token}"))
+        .args(["-d", r#"{"refs":["app/db","app/admin"]}"#])
+        .arg(format!("http://{}/v1/decide", server.addr))
+        .output()
+        .unwrap();
+    let body = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        body.contains(r#""app/admin":{"allowed":false,"policy":"no-admin"}"#),
+        "{body}"
+    );
+    server.signal(rustix::process::Signal::TERM);
+    assert!(server.child.wait().unwrap().success());
+    let stdout = std::fs::read_to_string(&server.stdout).unwrap();
+    let records: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 2, "{stdout}");
+    assert_eq!(records[1]["decision"], "deny");
+    assert_eq!(records[1]["prev"], records[0]["hash"]);
+    assert!(
+        !s.path("audit.jsonl").exists(),
+        "--audit - overrides the bundle's path"
+    );
+}
