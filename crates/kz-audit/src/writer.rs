@@ -135,6 +135,8 @@ type Ack = mpsc::Sender<Result<(), String>>;
 
 enum Msg {
     Record(Record),
+    /// Records accepted together (all or none), chained in order.
+    Batch(Vec<Record>),
     Flush(Ack),
     Reopen(Ack),
 }
@@ -301,6 +303,48 @@ impl Writer {
         }
     }
 
+    /// Accepts `records` together or refuses them all, at once (as
+    /// [`try_append`](Self::try_append)): a caller that answers only when its records are
+    /// accepted never leaves some of them behind.
+    ///
+    /// # Errors
+    /// As [`try_append`](Self::try_append).
+    pub fn try_append_all(&self, records: Vec<Record>) -> Result<(), AuditError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        if !self.shared.healthy() {
+            return Err(self.shared.unavailable());
+        }
+        let n = records.len();
+        let full = || AuditError::Full {
+            sink: self.shared.sink.clone(),
+            capacity: self.capacity,
+        };
+        // The batch takes one slot of the channel; the records it holds count against the
+        // capacity too, so a queue of batches stays as bounded as one of records.
+        if self.shared.queued.load(Ordering::Relaxed).saturating_add(n) > self.capacity {
+            return Err(full());
+        }
+        let tx = self.sender()?;
+        self.shared.queued.fetch_add(n, Ordering::Relaxed);
+        let stamped = records.into_iter().map(Self::stamp).collect();
+        let sent = tx.try_send(Msg::Batch(stamped));
+        if sent.is_err() {
+            self.shared.queued.fetch_sub(n, Ordering::Relaxed);
+        }
+        match sent {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(full()),
+            Err(TrySendError::Disconnected(_)) => Err(self.shared.closed()),
+        }
+    }
+
+    /// The queue's capacity, in records.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Queues `record`, waiting for room in the queue (for the CLI, where waiting is fine).
     ///
     /// # Errors
@@ -441,6 +485,14 @@ impl Worker {
             Msg::Record(record) => {
                 self.shared.queued.fetch_sub(1, Ordering::Relaxed);
                 self.chain(record);
+            }
+            Msg::Batch(records) => {
+                self.shared
+                    .queued
+                    .fetch_sub(records.len(), Ordering::Relaxed);
+                for record in records {
+                    self.chain(record);
+                }
             }
             Msg::Flush(ack) => {
                 let _ = ack.send(self.progress(true));

@@ -190,3 +190,40 @@ fn drop_flushes() {
     drop(writer);
     assert_eq!(verify_bytes(&memory.bytes.lock().unwrap()), 50);
 }
+
+#[test]
+fn a_batch_is_accepted_whole_or_refused_whole() {
+    let memory = Memory::default();
+    let (entered_tx, entered_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel();
+    let sink = Gated {
+        memory: memory.clone(),
+        entered: Some(entered_tx),
+        release: release_rx,
+    };
+    let writer = Writer::with_sink(Box::new(sink), 4).unwrap();
+    writer.try_append(record(0)).unwrap();
+    entered_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(writer.capacity(), 4);
+    // Three of four places are free: a batch of three fits, then one of two does not.
+    writer
+        .try_append_all(vec![record(1), record(2), record(3)])
+        .unwrap();
+    assert_eq!(writer.queue_depth(), 3);
+    let err = writer
+        .try_append_all(vec![record(4), record(5)])
+        .unwrap_err();
+    assert!(matches!(err, AuditError::Full { .. }), "{err:?}");
+    assert_eq!(writer.queue_depth(), 3, "a refused batch takes no place");
+    release_tx.send(()).unwrap();
+    writer.flush().unwrap();
+    assert_eq!(writer.queue_depth(), 0);
+    writer.close().unwrap();
+    let bytes = memory.bytes.lock().unwrap().clone();
+    let text = String::from_utf8(bytes.clone()).unwrap();
+    for n in 0..4 {
+        assert!(text.contains(&format!("\"r{n}\"")), "r{n} missing");
+    }
+    assert!(!text.contains("\"r4\"") && !text.contains("\"r5\""));
+    assert_eq!(verify_bytes(&bytes), 4);
+}

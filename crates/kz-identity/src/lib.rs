@@ -44,7 +44,7 @@ pub use keys::MAX_JWKS_KEYS;
 pub use profile::{MAP_FIELDS, Profile, claim_path, normalise, spiffe_parts};
 pub use sign::sign;
 pub use token::MAX_TOKEN_BYTES;
-pub use verifier::{REFETCH_INTERVAL, Verifier, check_issuer};
+pub use verifier::{REFETCH_INTERVAL, ReplayRecords, Verifier, check_issuer};
 
 /// Default clock leeway for `exp`, `nbf` and `iat`.
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);

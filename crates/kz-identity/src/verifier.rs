@@ -70,7 +70,7 @@ struct Issuer {
     /// The current set's `refresh_due`, readable without the lock (cache hits).
     refresh_due: AtomicI64,
     gate: tokio::sync::Mutex<Gate>,
-    replay: Mutex<ReplayCache>,
+    replay: Arc<Mutex<ReplayCache>>,
 }
 
 impl Issuer {
@@ -190,7 +190,38 @@ fn attempt(set: &KeySet, parsed: &token::Parsed<'_>) -> Attempt {
     }
 }
 
+/// The `jti` records of `single_use` issuers, kept apart from any one [`Verifier`] so that a
+/// verifier built again (a server reloading its bundle) keeps every token already used: pass
+/// the same records to [`Verifier::build_sharing`]. Keyed by issuer URL; cloning shares them.
+#[derive(Clone, Debug, Default)]
+pub struct ReplayRecords {
+    by_issuer: Arc<Mutex<HashMap<String, Arc<Mutex<ReplayCache>>>>>,
+}
+
+impl ReplayRecords {
+    fn for_issuer(&self, issuer_url: &str) -> Arc<Mutex<ReplayCache>> {
+        let mut map = self
+            .by_issuer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(map.entry(issuer_url.to_owned()).or_default())
+    }
+}
+
 impl Verifier {
+    /// Like [`Verifier::build`], with the `single_use` records kept in `records` (shared with
+    /// verifiers built before and after this one).
+    pub fn build_sharing(
+        configs: Vec<IssuerConfig>,
+        records: &ReplayRecords,
+    ) -> Result<Verifier, Vec<ConfigError>> {
+        let mut v = Self::build(configs)?;
+        for issuer in &mut v.issuers {
+            issuer.replay = records.for_issuer(&issuer.issuer_url);
+        }
+        Ok(v)
+    }
+
     /// Checks the issuers and builds the verifier (no network: remote keys are fetched on first
     /// use). The first problem found; [`Verifier::build`] returns all of them.
     pub fn new(issuers: Vec<IssuerConfig>) -> Result<Verifier, ConfigError> {
@@ -768,7 +799,7 @@ fn build_issuer(cfg: IssuerConfig) -> Result<Issuer, Vec<ConfigError>> {
         refresh_due: AtomicI64::new(set.refresh_due),
         keys: RwLock::new(Arc::new(set)),
         gate: tokio::sync::Mutex::new(Gate::default()),
-        replay: Mutex::new(ReplayCache::default()),
+        replay: Arc::new(Mutex::new(ReplayCache::default())),
         issuer_url: cfg.issuer_url,
         name: cfg.name,
     })

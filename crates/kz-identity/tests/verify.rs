@@ -503,6 +503,32 @@ async fn single_use_issuers_refuse_replays_and_are_never_cached() {
 }
 
 #[tokio::test]
+async fn single_use_records_outlive_a_rebuilt_verifier_when_shared() {
+    let k = es256();
+    let cfg = || {
+        let mut cfg = issuer(vec![pem_key(k, None)]);
+        cfg.single_use = true;
+        cfg
+    };
+    let records = kz_identity::ReplayRecords::default();
+    let before = Verifier::build_sharing(vec![cfg()], &records).unwrap();
+    let t = k.sign(None, &with(claims(), json!({"jti": "reload-1"})));
+    before
+        .verify(&t, std::time::SystemTime::now())
+        .await
+        .unwrap();
+    // A server reloading its bundle builds a new verifier with the same records.
+    let after = Verifier::build_sharing(vec![cfg()], &records).unwrap();
+    assert_eq!(code(&after, &t).await, ErrorCode::Replayed);
+    // Without sharing, a new verifier starts empty (what a reload must not do).
+    let fresh = Verifier::new(vec![cfg()]).unwrap();
+    fresh
+        .verify(&t, std::time::SystemTime::now())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
 async fn verified_tokens_are_cached_until_exp() {
     let k = es256();
     let v = verifier(vec![pem_key(k, None)]);

@@ -667,6 +667,14 @@ impl KeyzeroProvider {
             )
             .help("the server answered for other refs than it was asked; check its version"));
         };
+        if !result.allowed && result.error.as_deref() == Some(kz_wire::NO_RESOLVER) {
+            return Err(ProviderError::not_found(format!(
+                "{}: `{r}`: {}",
+                self.who(),
+                kz_wire::NO_RESOLVER
+            ))
+            .help("check the ref against the resolvers of the server's bundle"));
+        }
         if !result.allowed {
             return Err(denied(r, result));
         }
@@ -1113,9 +1121,9 @@ mod tests {
                 ..RefResult::default()
             },
             "nores" => RefResult {
-                allowed: true,
+                allowed: false,
                 policy: Some("ci".into()),
-                error: Some("no resolver matched the ref".into()),
+                error: Some(kz_wire::NO_RESOLVER.into()),
                 ..RefResult::default()
             },
             "short" => RefResult {
@@ -1640,17 +1648,14 @@ mod tests {
             .collect();
         let cfg = p.config(&endpoint(&s), "", &secrets);
         let inst = cfg.provider("k").unwrap();
-        let mut instances = HashMap::new();
-        instances.insert(
-            "k".to_string(),
-            kz_resolve::Instance {
-                provider: crate::build(inst, &p.ctx()).unwrap(),
-                timeout: inst.timeout(),
-                concurrency: inst.concurrency(),
-            },
-        );
-        let entries: Vec<&kz_config::SecretEntry> = cfg.secrets.iter().collect();
-        let out = kz_resolve::resolve_all(&entries, &instances).await;
+        let (instances, failed) = crate::build_instances([inst], &p.ctx());
+        assert!(failed.is_empty());
+        let requests: Vec<kz_resolve::Request> = cfg
+            .secrets
+            .iter()
+            .map(kz_resolve::Request::from_entry)
+            .collect();
+        let out = kz_resolve::resolve_all(&requests, &instances).await;
         assert_eq!(out.len(), 250);
         for (i, o) in out.iter().enumerate() {
             assert_eq!(single(&o.result), format!("{CANARY}:allow/{i}"));

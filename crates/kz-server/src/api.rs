@@ -2,9 +2,10 @@
 //! JSON error shape of every answer that is not a result.
 //!
 //! Order of checks on `/v1/resolve` and `/v1/decide`: the audit log can take records (`503`),
-//! the bearer token verifies (`401`), the identity is within its rate (`429`), the body is JSON
-//! (`415`) of at most [`MAX_BODY_BYTES`](crate::MAX_BODY_BYTES) (`413`) and a valid request
-//! (`400`). Only then are refs decided. A `401` says which check failed by its code only
+//! the body is JSON (`415`) of at most [`MAX_BODY_BYTES`](crate::MAX_BODY_BYTES) (`413`),
+//! arriving within 10 s, and a valid request (`400`); then the bearer token verifies (`401`;
+//! a `single_use` token is only used up by a request that got this far) and the identity is
+//! within its rate, counted in refs (`429`). Only then are refs decided. A `401` says which check failed by its code only
 //! (`expired`, `bad_signature`, …); the full reason goes to the server's log with the request
 //! id, so a caller cannot probe the key configuration.
 
@@ -42,6 +43,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Per-identity rate limit, when on.
     pub limiter: Option<DefaultKeyedRateLimiter<String>>,
+    /// Time a client has to send a whole request body.
+    pub body_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for AppState {
@@ -61,6 +64,7 @@ impl AppState {
         audit: kz_audit::Writer,
         metrics: Metrics,
         rate: Option<std::num::NonZeroU32>,
+        body_timeout: std::time::Duration,
     ) -> Self {
         let limiter = rate.map(|r| {
             let burst = r.saturating_mul(std::num::NonZeroU32::MIN.saturating_add(1));
@@ -71,6 +75,7 @@ impl AppState {
             audit,
             metrics,
             limiter,
+            body_timeout,
         }
     }
 }
@@ -240,14 +245,20 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
     json(StatusCode::OK, body)
 }
 
+/// Ready when the audit log can be written and its queue is under nine tenths full (a replica
+/// whose log is behind would answer 503 to the requests a load balancer sends it).
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    match state.audit.health() {
-        Ok(()) => json(StatusCode::OK, br#"{"status":"ready"}"#.to_vec()),
+    let a = &state.audit;
+    match a.health() {
         Err(e) => ApiError::new(
             ErrorCode::NotReady,
             format!("the audit log cannot be written: {e}"),
         )
         .into_response(),
+        Ok(()) if a.queue_depth().saturating_mul(10) >= a.capacity().saturating_mul(9) => {
+            ApiError::new(ErrorCode::NotReady, "the audit log is behind").into_response()
+        }
+        Ok(()) => json(StatusCode::OK, br#"{"status":"ready"}"#.to_vec()),
     }
 }
 
@@ -331,6 +342,27 @@ fn json_problem(e: &serde_json::Error) -> String {
     )
 }
 
+/// Whether the audit queue has room for `n` more records (checked before any backend is
+/// contacted, so a request that could not be recorded is refused before it does anything).
+fn audit_room(state: &AppState, n: usize) -> Result<(), ApiError> {
+    if let Err(e) = state.audit.health() {
+        return Err(ApiError::new(
+            ErrorCode::NotReady,
+            format!("the audit log cannot be written, so no decision is made: {e}"),
+        ));
+    }
+    if state.audit.queue_depth().saturating_add(n) > state.audit.capacity() {
+        state.metrics.audit_refused.inc();
+        let mut e = ApiError::new(
+            ErrorCode::NotReady,
+            "the audit log is behind, so no decision is made; retry shortly",
+        );
+        e.retry_after = Some(1);
+        return Err(e);
+    }
+    Ok(())
+}
+
 async fn serve_refs(state: &AppState, req: Request, fetch: bool) -> Result<Response, ApiError> {
     let request_id = req
         .extensions()
@@ -342,50 +374,32 @@ async fn serve_refs(state: &AppState, req: Request, fetch: bool) -> Result<Respo
         .get::<Peer>()
         .map(|p| p.0.ip().to_string())
         .unwrap_or_default();
-    if let Err(e) = state.audit.health() {
-        return Err(ApiError::new(
-            ErrorCode::NotReady,
-            format!("the audit log cannot be written, so no decision is made: {e}"),
-        ));
-    }
-    let loaded = state.current.load_full();
+    audit_room(state, 1)?;
     let (parts, body) = req.into_parts();
-    let token = bearer(&parts.headers)?;
-    let identity = loaded
-        .verifier
-        .verify_shared(token, SystemTime::now())
-        .await
-        .map_err(|e| {
-            tracing::info!(request_id = %request_id, code = e.code(), reason = %e, "token refused");
-            ApiError::new(
-                ErrorCode::InvalidToken,
-                format!("the token was refused ({}); the server's log has the details under request id {request_id}", e.code()),
-            )
-        })?;
-    if let Some(limiter) = &state.limiter {
-        let key = format!("{}\u{0}{}", identity.issuer, identity.sub);
-        if let Err(not_until) = limiter.check_key(&key) {
-            state.metrics.rate_limited.inc();
-            let wait = not_until.wait_time_from(governor::clock::Clock::now(
-                &governor::clock::DefaultClock::default(),
-            ));
-            let mut e = ApiError::new(
-                ErrorCode::RateLimited,
-                "too many requests from this identity; retry after the time in Retry-After",
-            );
-            e.retry_after = Some(wait.as_secs().max(1));
-            return Err(e);
-        }
-    }
+    // The request's shape is checked before the token: a single-use token is used up only by
+    // a request that can be decided.
     if !is_json(&parts.headers) {
         return Err(ApiError::new(
             ErrorCode::UnsupportedMediaType,
             "the body must be JSON: send `Content-Type: application/json`",
         ));
     }
-    let bytes: Bytes = axum::body::to_bytes(Body::new(body), crate::MAX_BODY_BYTES)
-        .await
-        .map_err(|e| {
+    let bytes: Bytes = match tokio::time::timeout(
+        state.body_timeout,
+        axum::body::to_bytes(Body::new(body), crate::MAX_BODY_BYTES),
+    )
+    .await
+    {
+        Err(_) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "the body did not arrive within {}s",
+                    state.body_timeout.as_secs()
+                ),
+            ));
+        }
+        Ok(read) => read.map_err(|e| {
             let too_large = std::error::Error::source(&e)
                 .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
                 || e.to_string().contains("length limit");
@@ -397,7 +411,8 @@ async fn serve_refs(state: &AppState, req: Request, fetch: bool) -> Result<Respo
             } else {
                 ApiError::new(ErrorCode::InvalidRequest, "the body could not be read")
             }
-        })?;
+        })?,
+    };
     let ask: ResolveRequest = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, json_problem(&e)))?;
     let refs = ask
@@ -412,6 +427,48 @@ async fn serve_refs(state: &AppState, req: Request, fetch: bool) -> Result<Respo
                     serde_json::Value::String((*r).to_owned())
                 ),
             ));
+        }
+    }
+    audit_room(state, refs.len())?;
+    let loaded = state.current.load_full();
+    let token = bearer(&parts.headers)?;
+    let identity = loaded
+        .verifier
+        .verify_shared(token, SystemTime::now())
+        .await
+        .map_err(|e| {
+            tracing::info!(request_id = %request_id, code = e.code(), reason = %e, "token refused");
+            ApiError::new(
+                ErrorCode::InvalidToken,
+                format!("the token was refused ({}); the server's log has the details under request id {request_id}", e.code()),
+            )
+        })?;
+    if let Some(limiter) = &state.limiter {
+        // Each ref is one decision and one audit record: the rate counts refs, not requests.
+        let key = format!("{}\u{0}{}", identity.issuer, identity.sub);
+        let n = std::num::NonZeroU32::new(u32::try_from(refs.len()).unwrap_or(u32::MAX))
+            .unwrap_or(std::num::NonZeroU32::MIN);
+        let limited = match limiter.check_key_n(&key, n) {
+            Ok(Ok(())) => None,
+            Ok(Err(not_until)) => Some(
+                not_until
+                    .wait_time_from(governor::clock::Clock::now(
+                        &governor::clock::DefaultClock::default(),
+                    ))
+                    .as_secs()
+                    .max(1),
+            ),
+            // More refs than the burst allows at all: as if the identity waited a second.
+            Err(_) => Some(1),
+        };
+        if let Some(wait) = limited {
+            state.metrics.rate_limited.inc();
+            let mut e = ApiError::new(
+                ErrorCode::RateLimited,
+                "too many refs requested by this identity; retry after the time in Retry-After (the limit counts refs)",
+            );
+            e.retry_after = Some(wait);
+            return Err(e);
         }
     }
     let context = ask
@@ -430,17 +487,17 @@ async fn serve_refs(state: &AppState, req: Request, fetch: bool) -> Result<Respo
         transport: Transport::Http,
     };
     let answer = pipeline::answer(&loaded, &state.metrics, &caller, &refs, &context, fetch).await;
-    for record in answer.records {
-        if let Err(e) = state.audit.try_append(record) {
-            state.metrics.audit_refused.inc();
-            tracing::warn!(request_id = %request_id, error = %e, "audit log refused a record; answering 503");
-            return Err(ApiError::new(
-                ErrorCode::NotReady,
-                format!(
-                    "the audit log cannot take the decision record, so no result is given: {e}"
-                ),
-            ));
-        }
+    // All of the request's records or none: an answer is sent exactly when its decisions are
+    // recorded.
+    if let Err(e) = state.audit.try_append_all(answer.records) {
+        state.metrics.audit_refused.inc();
+        tracing::warn!(request_id = %request_id, error = %e, "audit log refused the records; answering 503");
+        let mut err = ApiError::new(
+            ErrorCode::NotReady,
+            format!("the audit log cannot take the decision records, so no result is given: {e}"),
+        );
+        err.retry_after = Some(1);
+        return Err(err);
     }
     let body = answer.response.to_json().map_err(|e| {
         ApiError::new(

@@ -37,7 +37,9 @@ use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use serve::{Control, Running, run_until_signalled, start};
+pub use serve::{
+    Control, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_IP, Running, run_until_signalled, start,
+};
 
 /// Largest request body accepted (`413` beyond): 100 refs of 512 bytes and a context fit.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -78,6 +80,27 @@ pub struct Options {
     pub drain: Duration,
     /// How often the bundle file is checked for a change (`None`: only on `SIGHUP`).
     pub watch: Option<Duration>,
+    /// Connection and body time limits.
+    pub timeouts: Timeouts,
+}
+
+/// Time limits that keep idle and slow clients from holding connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// A connection with no byte either way for this long and no request in progress is closed
+    /// (one that never sends anything included).
+    pub idle: Duration,
+    /// A request body must arrive within this time (`400` otherwise).
+    pub body: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            idle: Duration::from_secs(30),
+            body: Duration::from_secs(10),
+        }
+    }
 }
 
 /// Why the server did not start.

@@ -22,8 +22,7 @@ use serde_json::{Map, Value};
 use crate::metrics::Metrics;
 use crate::state::Loaded;
 
-/// The error of an allowed ref that no resolver serves.
-pub const NO_RESOLVER: &str = "no resolver matches ref";
+pub use kz_wire::NO_RESOLVER;
 
 /// Who asks, as established by the front-end.
 #[derive(Debug)]

@@ -11,6 +11,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use kz_config::Diagnostic;
+use kz_identity::ReplayRecords;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
@@ -25,10 +26,16 @@ use crate::{Options, StartError};
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; more wait in the kernel's backlog.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// Connections from one address at once; more are closed at once (a load balancer in front
+/// keeps a pool far smaller than this).
+pub const MAX_CONNECTIONS_PER_IP: usize = 512;
 
 /// Reloads, reopens and stops a running server (what the signals do, callable from code).
 pub struct Control {
     state: Arc<AppState>,
+    records: ReplayRecords,
     opts: Options,
     shutdown: watch::Sender<bool>,
     reloading: Mutex<()>,
@@ -49,7 +56,8 @@ impl Control {
     pub async fn reload(&self) -> Result<String, Vec<Diagnostic>> {
         let _one_at_a_time = self.reloading.lock().await;
         let opts = self.opts.clone();
-        let loaded = tokio::task::spawn_blocking(move || state::load(&opts))
+        let records = self.records.clone();
+        let loaded = tokio::task::spawn_blocking(move || state::load(&opts, &records))
             .await
             .unwrap_or_else(|_| {
                 Err(vec![Diagnostic::error(
@@ -132,10 +140,13 @@ fn unix_now() -> i64 {
 /// runtime). The bundle's problems are all returned at once.
 pub async fn start(opts: Options) -> Result<Running, StartError> {
     let load_opts = opts.clone();
-    let loaded: Loaded = tokio::task::spawn_blocking(move || state::load(&load_opts))
-        .await
-        .map_err(|e| StartError::Runtime(std::io::Error::other(e.to_string())))?
-        .map_err(StartError::Bundle)?;
+    let records = ReplayRecords::default();
+    let load_records = records.clone();
+    let loaded: Loaded =
+        tokio::task::spawn_blocking(move || state::load(&load_opts, &load_records))
+            .await
+            .map_err(|e| StartError::Runtime(std::io::Error::other(e.to_string())))?
+            .map_err(StartError::Bundle)?;
     // --audit is relative to the working directory; the bundle's audit.path to the bundle.
     let audit_path = match (&opts.audit, &loaded.bundle.audit.path) {
         (Some(p), _) => p.clone(),
@@ -162,10 +173,17 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         revision = %loaded.revision,
         "serving"
     );
-    let state = Arc::new(AppState::new(loaded, audit, metrics, opts.rate_limit));
+    let state = Arc::new(AppState::new(
+        loaded,
+        audit,
+        metrics,
+        opts.rate_limit,
+        opts.timeouts.body,
+    ));
     let (tx, rx) = watch::channel(false);
     let control = Arc::new(Control {
         state: Arc::clone(&state),
+        records,
         opts: opts.clone(),
         shutdown: tx,
         reloading: Mutex::new(()),
@@ -176,7 +194,13 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
     if state.limiter.is_some() {
         tokio::spawn(forget_idle_identities(Arc::clone(&state), rx.clone()));
     }
-    let task = tokio::spawn(accept_loop(listener, state, opts.drain, rx));
+    let task = tokio::spawn(accept_loop(
+        listener,
+        state,
+        opts.drain,
+        opts.timeouts.idle,
+        rx,
+    ));
     Ok(Running {
         addr,
         control,
@@ -260,28 +284,85 @@ async fn forget_idle_identities(state: Arc<AppState>, mut stop: watch::Receiver<
     }
 }
 
+/// Counts of open connections per peer address.
+#[derive(Default)]
+struct PerIp(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+impl PerIp {
+    fn enter(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<PerIpGuard> {
+        let mut m = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = m.entry(ip).or_insert(0);
+        if *n >= MAX_CONNECTIONS_PER_IP {
+            return None;
+        }
+        *n += 1;
+        Some(PerIpGuard(Arc::clone(self), ip))
+    }
+}
+
+struct PerIpGuard(Arc<PerIp>, std::net::IpAddr);
+
+impl Drop for PerIpGuard {
+    fn drop(&mut self) {
+        let mut m = (self.0)
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = m.get_mut(&self.1) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.1);
+            }
+        }
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     state: Arc<AppState>,
     drain: Duration,
+    idle_after: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     let app = router(Arc::clone(&state));
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let per_ip = Arc::new(PerIp::default());
+    let mut last_warning: Option<std::time::Instant> = None;
     loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&slots).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = stop.changed() => break,
+        };
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let Some(ip_guard) = per_ip.enter(peer.ip()) else {
+                        drop(stream);
+                        continue;
+                    };
                     let tls = state.current.load().tls.clone();
                     let watcher = graceful.watcher();
                     let app = app.clone();
                     tokio::spawn(async move {
-                        serve_connection(stream, peer, tls, app, watcher).await;
+                        serve_connection(stream, peer, tls, app, watcher, idle_after).await;
+                        drop(ip_guard);
+                        drop(permit);
                     });
                 }
                 Err(e) => {
-                    // Out of file descriptors and the like: wait a little, keep serving.
-                    tracing::warn!(error = %e, "accept failed");
+                    // Out of file descriptors and the like: wait a little, keep serving, and
+                    // say so at most once a second.
+                    if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        tracing::warn!(error = %e, "accept failed");
+                        last_warning = Some(std::time::Instant::now());
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
@@ -298,17 +379,117 @@ async fn accept_loop(
     }
 }
 
+/// A connection's I/O, noting the time of its last byte in either direction.
+struct Activity<T> {
+    inner: T,
+    epoch: std::time::Instant,
+    last: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<T> Activity<T> {
+    fn touch(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Activity<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        r
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Activity<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Requests of a connection in progress (a request waiting on a slow backend is not idle).
+struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl InFlight {
+    fn enter(n: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(Arc::clone(n))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Resolves once the connection has been idle for `after` with no request in progress.
+async fn idle(
+    after: Duration,
+    epoch: std::time::Instant,
+    last: Arc<std::sync::atomic::AtomicU64>,
+    inflight: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let timeout = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+    loop {
+        tokio::time::sleep(after / 6).await;
+        let now = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let quiet = now.saturating_sub(last.load(std::sync::atomic::Ordering::Relaxed));
+        if quiet >= timeout && inflight.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            return;
+        }
+    }
+}
+
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     tls: Option<tokio_rustls::TlsAcceptor>,
     app: Router,
     watcher: hyper_util::server::graceful::Watcher,
+    idle_after: Duration,
 ) {
     let _ = stream.set_nodelay(true);
+    let epoch = std::time::Instant::now();
+    let last = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let inflight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&inflight);
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(Peer(peer));
-        app.clone().call(req)
+        let guard = InFlight::enter(&counter);
+        let fut = app.clone().call(req);
+        async move {
+            let r = fut.await;
+            drop(guard);
+            r
+        }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -320,10 +501,19 @@ async fn serve_connection(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(crate::MAX_HEAD_BYTES).unwrap_or(u32::MAX));
+    let quiet = idle(idle_after, epoch, Arc::clone(&last), inflight);
     match tls {
         None => {
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            let _ = watcher.watch(conn.into_owned()).await;
+            let io = Activity {
+                inner: stream,
+                epoch,
+                last,
+            };
+            let conn = builder.serve_connection(TokioIo::new(io), svc);
+            tokio::select! {
+                _ = watcher.watch(conn.into_owned()) => {}
+                () = quiet => {}
+            }
         }
         Some(acceptor) => {
             let Ok(Ok(stream)) =
@@ -331,8 +521,16 @@ async fn serve_connection(
             else {
                 return;
             };
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            let _ = watcher.watch(conn.into_owned()).await;
+            let io = Activity {
+                inner: stream,
+                epoch,
+                last,
+            };
+            let conn = builder.serve_connection(TokioIo::new(io), svc);
+            tokio::select! {
+                _ = watcher.watch(conn.into_owned()) => {}
+                () = quiet => {}
+            }
         }
     }
 }

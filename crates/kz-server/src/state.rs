@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicU64;
 
 use kz_bundle::Bundle;
 use kz_config::Diagnostic;
-use kz_identity::Verifier;
+use kz_identity::{ReplayRecords, Verifier};
 use kz_resolve::{Instance, MemoryCache};
 use sha2::{Digest, Sha256};
 
@@ -50,12 +50,15 @@ impl std::fmt::Debug for Loaded {
 /// Reads, checks and builds the bundle at `opts.bundle` (and the TLS files): every problem,
 /// with its file and line, or the new state. Does no network I/O (keys are fetched on first
 /// use, backends are contacted on first request).
-pub fn load(opts: &Options) -> Result<Loaded, Vec<Diagnostic>> {
+///
+/// `records` keeps the `jti`s of `single_use` issuers across reloads: a token used once stays
+/// used when the bundle is loaded again.
+pub fn load(opts: &Options, records: &ReplayRecords) -> Result<Loaded, Vec<Diagnostic>> {
     let text = kz_bundle::read(&opts.bundle)?;
     let revision = format!("sha256:{}", hex(&Sha256::digest(text.as_bytes())));
     let bundle = kz_bundle::check(&opts.bundle, &text)?;
     let issuers = bundle.issuer_configs()?;
-    let verifier = Verifier::build(issuers).map_err(|errs| {
+    let verifier = Verifier::build_sharing(issuers, records).map_err(|errs| {
         errs.iter()
             .map(|e| bundle.config_diagnostic(e))
             .collect::<Vec<_>>()

@@ -115,6 +115,7 @@ fn options(dir: &Path) -> Options {
         },
         drain: Duration::from_secs(5),
         watch: None,
+        timeouts: kz_server::Timeouts::default(),
     }
 }
 
@@ -836,5 +837,115 @@ policies:
         format!("{CANARY}-db"),
         "{v}"
     );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slow_clients_do_not_hold_connections() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let s = Server::start_with(|o| {
+        o.timeouts = kz_server::Timeouts {
+            idle: Duration::from_millis(600),
+            body: Duration::from_millis(600),
+        };
+    })
+    .await;
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    // A connection that never sends a byte is closed.
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf))
+        .await
+        .expect("an idle connection stayed open")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed without an answer");
+    // A body that never finishes: 400 once the body time is up, not a connection held forever.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/resolve HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: Bearer {}\r\nContent-Length: 100\r\n\r\n{{\"ref\"",
+        s.good_token()
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut answer))
+        .await
+        .expect("a slow body held the connection");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(text.contains("did not arrive"), "{text}");
+    // The server still serves.
+    let (st, _) = s.resolve(json!({"ref": "app/db"})).await;
+    assert_eq!(st, 200);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_counts_refs_not_requests() {
+    let s = Server::start_with(|o| o.rate_limit = std::num::NonZeroU32::new(10)).await;
+    let refs: Vec<String> = (0..30).map(|i| format!("app/r{i}")).collect();
+    let (st, h, text) = s
+        .post(
+            "/v1/decide",
+            Some(&s.good_token()),
+            &json!({ "refs": refs }).to_string(),
+        )
+        .await;
+    assert_eq!(st, 429, "30 refs are over a burst of 20: {text}");
+    assert!(h.contains_key("retry-after"));
+    let (st, _, _) = s
+        .post(
+            "/v1/decide",
+            Some(&s.good_token()),
+            r#"{"refs":["app/db","app/x"]}"#,
+        )
+        .await;
+    assert_eq!(st, 200);
+    let dir = s.stop().await;
+    let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+    assert_eq!(
+        audit.lines().count(),
+        2,
+        "a refused request records nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_use_token_stays_used_across_reloads_and_is_not_used_up_by_a_bad_request() {
+    let s = Server::start().await;
+    let text = bundle_text(&s.keys.public, "").replace(
+        "    audience: keyzero\n",
+        "    audience: keyzero\n    single_use: true\n    max_token_lifetime: 2h\n",
+    );
+    write(s.dir.path(), "bundle.yaml", &text);
+    s.control().reload().await.unwrap();
+    let once =
+        s.token(json!({"iss": ISS, "aud": "keyzero", "sub": "j", "team": "a", "jti": "once-1"}));
+    // A request refused for its shape does not use the token up.
+    let resp = s
+        .client
+        .post(format!("{}/v1/resolve", s.base))
+        .bearer_auth(&once)
+        .header("content-type", "text/plain")
+        .body(r#"{"ref":"app/db"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 415);
+    let (st, _, _) = s
+        .post("/v1/resolve", Some(&once), r#"{"ref":"app/db"}"#)
+        .await;
+    assert_eq!(st, 200);
+    let (st, _, _) = s
+        .post("/v1/resolve", Some(&once), r#"{"ref":"app/db"}"#)
+        .await;
+    assert_eq!(st, 401, "replayed");
+    // Reloads (the same bundle, then a changed one) keep the record.
+    s.control().reload().await.unwrap();
+    write(s.dir.path(), "bundle.yaml", &format!("{text}# changed\n"));
+    s.control().reload().await.unwrap();
+    let (st, _, text) = s
+        .post("/v1/resolve", Some(&once), r#"{"ref":"app/db"}"#)
+        .await;
+    assert_eq!(st, 401, "a reload made a used token new again: {text}");
     s.stop().await;
 }

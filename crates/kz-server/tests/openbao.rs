@@ -84,6 +84,7 @@ audit: {{ path: audit.jsonl }}
         },
         drain: Duration::from_secs(5),
         watch: None,
+        timeouts: kz_server::Timeouts::default(),
     })
     .await
     .unwrap();

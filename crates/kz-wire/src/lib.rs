@@ -34,6 +34,8 @@ pub const READY_PATH: &str = "/readyz";
 pub const METRICS_PATH: &str = "/metrics";
 /// The most refs one request may name.
 pub const MAX_REFS: usize = 100;
+/// The `error` of a ref that policy allowed but no resolver serves (its `allowed` is `false`).
+pub const NO_RESOLVER: &str = "no resolver matches ref";
 /// The request id header, honoured when the caller sends one and returned on every answer.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 

@@ -31,6 +31,7 @@ pub fn start(ctx: &Ctx, args: &ServerStartArgs) -> CmdResult {
         build,
         drain: args.drain,
         watch: Some(kz_server::DEFAULT_WATCH),
+        timeouts: kz_server::Timeouts::default(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

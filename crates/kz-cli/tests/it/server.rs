@@ -191,6 +191,19 @@ fn kz_run_resolves_through_the_server_which_reloads_rotates_and_drains() {
         r.stderr
     );
 
+    // Allowed by policy but no resolver: not found, not a denial.
+    let config = s.read(".keyzero.toml");
+    s.write(
+        ".keyzero.toml",
+        &format!("{config}GHOST = {{ provider = \"team\", ref = \"app/ghost\" }}\n"),
+    );
+    let r = s
+        .kz(&["--trust", "run", "--only", "GHOST", "--", "true"])
+        .code(1);
+    assert!(r.stderr.contains("no resolver matches ref"), "{}", r.stderr);
+    assert!(!r.stderr.contains("denied by policy"), "{}", r.stderr);
+    s.write(".keyzero.toml", &config);
+
     // SIGHUP: a new bundle (a freeze policy first) serves.
     let public = s.read("issuer.pub.pem");
     s.write(
