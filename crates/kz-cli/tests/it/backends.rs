@@ -458,14 +458,14 @@ fn hashicorp_unreachable_and_slow_servers_fail_fast() {
 // ---------------------------------------------------------------------------------------------
 // aws / aws_sts: a real moto server
 
-struct MotoServer {
+pub(crate) struct MotoServer {
     _proc: Proc,
-    url: String,
+    pub(crate) url: String,
     dir: tempfile::TempDir,
 }
 
 impl MotoServer {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let bin = require("moto_server", MOTO_HINT);
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
@@ -481,7 +481,7 @@ impl MotoServer {
     }
 
     /// Runs a boto3 snippet (with `sm`, `ssm` clients bound to moto) and returns its stdout.
-    fn boto(&self, code: &str) -> String {
+    pub(crate) fn boto(&self, code: &str) -> String {
         let script = format!(
             "import boto3, json, sys\n\
              kw = dict(endpoint_url={url:?}, region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test')\n\
@@ -504,7 +504,7 @@ impl MotoServer {
     }
 }
 
-fn aws_env(s: &mut Sandbox) {
+pub(crate) fn aws_env(s: &mut Sandbox) {
     let none = s.root.path().join("no-aws");
     s.set("AWS_ACCESS_KEY_ID", "test")
         .set("AWS_SECRET_ACCESS_KEY", "test")

@@ -387,3 +387,85 @@ fn audit_dash_writes_the_records_to_standard_output() {
         "--audit - overrides the bundle's path"
     );
 }
+
+/// A TCP relay to `upstream` that waits `delay` before forwarding each connection: a real
+/// backend made slow.
+fn slow_relay(upstream: String, delay: Duration) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let upstream = upstream.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(delay);
+                let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                    return;
+                };
+                let (mut c_r, mut s_w) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c_r, &mut s_w);
+                });
+                let (mut s_r, mut c_w) = (server, client);
+                let _ = std::io::copy(&mut s_r, &mut c_w);
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[test]
+fn a_slow_aws_backend_fails_only_its_refs_within_its_timeout() {
+    let moto = crate::backends::MotoServer::start();
+    moto.boto(&format!(
+        "sm.create_secret(Name='app/aws', SecretString={:?})",
+        format!("{CANARY}-aws")
+    ));
+    let slow = slow_relay(
+        moto.url.trim_start_matches("http://").to_owned(),
+        Duration::from_secs(8),
+    );
+    let (mut s, token) = team("", "http://127.0.0.1:1");
+    crate::backends::aws_env(&mut s);
+    let public = s.read("issuer.pub.pem");
+    let text = bundle(&public, "").replace(
+        "  files: { type: dotenv, path: secrets.env }\n",
+        &format!(
+            "  files: {{ type: dotenv, path: secrets.env }}\n  aws: {{ type: aws_secrets_manager, region: us-east-1, endpoint_url: \"{}\", timeout: 5s }}\n  aws_slow: {{ type: aws_secrets_manager, region: us-east-1, endpoint_url: \"{slow}\", timeout: 1s }}\n",
+            moto.url
+        ),
+    );
+    let text = text.replace(
+        "resolvers:\n",
+        "resolvers:\n  - { name: aws/fast, backend: aws, secret_id: app/aws }\n  - { name: aws/slow, backend: aws_slow, secret_id: app/aws }\n",
+    );
+    s.write("bundle.yaml", &text);
+    let server = Server::start(&s, &[]);
+    let started = Instant::now();
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "--noproxy",
+            "*",
+            "-H",
+            "content-type: application/json",
+            "-H",
+        ])
+        .arg(format!("authorization: Bearer {token}"))
+        .args(["-d", r#"{"refs":["aws/fast","aws/slow","app/db"]}"#])
+        .arg(format!("http://{}/v1/resolve", server.addr))
+        .output()
+        .unwrap();
+    let elapsed = started.elapsed();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stdout)));
+    let r = &v["results"];
+    assert_eq!(r["aws/fast"]["value"], format!("{CANARY}-aws"), "{v}");
+    assert_eq!(r["app/db"]["value"], CANARY, "{v}");
+    let e = r["aws/slow"]["error"].as_str().unwrap_or_default();
+    assert!(e.contains("timed out"), "{v}");
+    assert!(
+        elapsed < Duration::from_secs(7),
+        "the slow backend held the request: {elapsed:?}"
+    );
+    assert!(!server.output().contains(CANARY));
+}
