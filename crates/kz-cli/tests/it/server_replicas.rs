@@ -1,0 +1,476 @@
+//! Replicas: two `kz server start` processes serving one bundle behind a real load balancer
+//! (Debian's nginx, round robin with upstream keep-alive), all on loopback. One token works on
+//! both, both reload a changed bundle, each audit chain verifies, and the canary value travels
+//! only in response bodies: never in nginx's logs, the replicas' logs or the audit files.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::util::{Background, CANARY, Sandbox, es256_key, indent};
+
+const NGINX: &str = "/usr/sbin/nginx";
+const ISS: &str = "https://ci.example";
+
+fn bundle(public_pem: &str, extra_policy: &str) -> String {
+    format!(
+        r#"version: "1"
+issuers:
+  - name: ci
+    type: custom
+    issuer_url: {ISS}
+    audience: keyzero
+    map: {{ org: team }}
+    static_keys:
+      - kid: k1
+        alg: ES256
+        pem: |
+{pem}backends:
+  files: {{ type: dotenv, path: secrets.env }}
+resolvers:
+  - {{ name: "app/db", backend: files, ref: APP_DB }}
+  - {{ name: "app/api", backend: files, ref: APP_API }}
+policies:
+{extra_policy}  - name: team-a
+    rule: 'issuer == "ci" && org == "a"'
+    effect: allow
+"#,
+        pem = indent(public_pem, 10)
+    )
+}
+
+/// Replaces `path` whole (temporary file and rename), as a deployment tool would.
+fn replace_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A blocking HTTP client (reqwest on a current-thread runtime), no proxy.
+struct Http {
+    rt: tokio::runtime::Runtime,
+    client: reqwest::Client,
+}
+
+impl Http {
+    fn new() -> Self {
+        Self {
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+            client: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    fn get(&self, url: &str) -> Result<(u16, String), reqwest::Error> {
+        self.rt.block_on(async {
+            let r = self.client.get(url).send().await?;
+            let status = r.status().as_u16();
+            Ok((status, r.text().await?))
+        })
+    }
+
+    fn post(&self, url: &str, token: &str, body: &Value) -> (u16, Value) {
+        self.rt.block_on(async {
+            let r = self
+                .client
+                .post(url)
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let text = r.text().await.unwrap();
+            let v = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{url}: not JSON ({e}): {text}"));
+            (status, v)
+        })
+    }
+
+    /// The bundle revision a server reports on `/healthz`.
+    fn revision(&self, base: &str) -> String {
+        let (status, text) = self.get(&format!("{base}/healthz")).unwrap();
+        assert_eq!(status, 200, "{base}/healthz: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        v["bundle_revision"].as_str().unwrap().to_owned()
+    }
+}
+
+/// Waits (up to 30 s) until `done` is true; panics with `what` otherwise.
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One `kz server start` replica: its process, address, stderr and audit file.
+struct Replica {
+    base: String,
+    stderr: PathBuf,
+    stdout: PathBuf,
+    audit: PathBuf,
+}
+
+/// Starts a replica on a free loopback port (`--listen 127.0.0.1:0`; the address is read from
+/// the "listening on" line of its stderr) with its own audit file.
+fn start_replica(s: &Sandbox, bg: &mut Background, name: &str) -> Replica {
+    let dir = s.root.path();
+    let stderr = dir.join(format!("{name}.stderr"));
+    let stdout = dir.join(format!("{name}.stdout"));
+    let audit = dir.join(format!("{name}-audit.jsonl"));
+    let audit_arg = audit.display().to_string();
+    let child = s
+        .cmd(&[
+            "server",
+            "start",
+            "--bundle",
+            "bundle.yaml",
+            "--listen",
+            "127.0.0.1:0",
+            "--audit",
+            &audit_arg,
+            "--drain",
+            "2s",
+        ])
+        .stdin(Stdio::null())
+        .stdout(File::create(&stdout).unwrap())
+        .stderr(File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    bg.children.push(child);
+    let mut addr: Option<SocketAddr> = None;
+    wait_for(&format!("replica {name} to listen"), || {
+        let text = std::fs::read_to_string(&stderr).unwrap_or_default();
+        addr = text
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok());
+        if addr.is_none() {
+            if let Some(Ok(Some(status))) = bg.children.last_mut().map(Child::try_wait) {
+                panic!("replica {name} exited ({status}) before listening:\n{text}");
+            }
+        }
+        addr.is_some()
+    });
+    Replica {
+        base: format!("http://{}", addr.unwrap()),
+        stderr,
+        stdout,
+        audit,
+    }
+}
+
+/// A free loopback port (bound, read, released: nginx binds it next).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// nginx in front of the replicas: one worker, round robin, keep-alive to the upstreams, every
+/// path (logs, pid, temporary files) inside `prefix`. Returns its base URL and log paths.
+fn start_nginx(
+    bg: &mut Background,
+    prefix: &Path,
+    upstreams: &[&Replica],
+) -> (String, Vec<PathBuf>) {
+    assert!(
+        Path::new(NGINX).exists(),
+        "{NGINX} is missing: install Debian's nginx-light (scripts/test does)"
+    );
+    std::fs::create_dir_all(prefix.join("tmp")).unwrap();
+    let port = free_port();
+    let servers: String = upstreams
+        .iter()
+        .map(|r| format!("    server {};\n", r.base.trim_start_matches("http://")))
+        .collect();
+    let p = prefix.display();
+    // As root, the master would hand its workers to `nobody`, who cannot enter the private
+    // temporary directory.
+    let user = if running_as_root() {
+        "user root;\n"
+    } else {
+        ""
+    };
+    let conf = format!(
+        r#"{user}worker_processes 1;
+error_log {p}/error.log info;
+events {{ worker_connections 128; }}
+http {{
+  access_log {p}/access.log;
+  client_body_temp_path {p}/tmp/body;
+  proxy_temp_path {p}/tmp/proxy;
+  fastcgi_temp_path {p}/tmp/fastcgi;
+  uwsgi_temp_path {p}/tmp/uwsgi;
+  scgi_temp_path {p}/tmp/scgi;
+  upstream keyzero {{
+{servers}    keepalive 8;
+  }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://keyzero;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Request-Id $request_id;
+    }}
+  }}
+}}
+"#
+    );
+    let conf_path = prefix.join("nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let early = prefix.join("early-error.log");
+    let child = Command::new(NGINX)
+        .arg("-p")
+        .arg(prefix)
+        .arg("-e")
+        .arg(&early)
+        .arg("-c")
+        .arg(&conf_path)
+        .arg("-g")
+        .arg(format!("daemon off; pid {p}/nginx.pid;"))
+        .stdin(Stdio::null())
+        .stdout(File::create(prefix.join("nginx.stdout")).unwrap())
+        .stderr(File::create(prefix.join("nginx.stderr")).unwrap())
+        .spawn()
+        .unwrap();
+    bg.children.push(child);
+    let base = format!("http://127.0.0.1:{port}");
+    let http = Http::new();
+    wait_for("nginx to answer", || {
+        if let Some(Ok(Some(status))) = bg.children.last_mut().map(Child::try_wait) {
+            panic!(
+                "nginx exited ({status}):\n{}\n{}",
+                std::fs::read_to_string(prefix.join("nginx.stderr")).unwrap_or_default(),
+                std::fs::read_to_string(prefix.join("error.log")).unwrap_or_default()
+            );
+        }
+        http.get(&format!("{base}/healthz"))
+            .is_ok_and(|(status, _)| status == 200)
+    });
+    let logs = [
+        "error.log",
+        "access.log",
+        "early-error.log",
+        "nginx.stderr",
+        "nginx.stdout",
+    ]
+    .iter()
+    .map(|n| prefix.join(n))
+    .collect();
+    (base, logs)
+}
+
+fn audit_lines(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .count()
+}
+
+fn contains(path: &Path, needle: &str) -> bool {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[test]
+fn replicas_behind_nginx_share_tokens_reload_together_and_keep_their_own_audit_chains() {
+    let s = Sandbox::new();
+    let (private, public) = es256_key(&s, "ci");
+    s.write("bundle.yaml", &bundle(&public, ""));
+    s.write(
+        "secrets.env",
+        &format!("APP_DB={CANARY}-db\nAPP_API={CANARY}-api\n"),
+    );
+    let token = s
+        .kz(&[
+            "token",
+            "sign",
+            "--key",
+            &private,
+            "--kid",
+            "k1",
+            "--issuer",
+            ISS,
+            "--claims",
+            r#"{"sub":"job-1","aud":"keyzero","team":"a"}"#,
+        ])
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
+
+    let mut bg = Background::default();
+    let a = start_replica(&s, &mut bg, "replica-a");
+    let b = start_replica(&s, &mut bg, "replica-b");
+    let prefix = s.root.path().join("nginx");
+    let (lb, nginx_logs) = start_nginx(&mut bg, &prefix, &[&a, &b]);
+    let http = Http::new();
+
+    // One token, directly on each replica: both verify it and resolve the same value.
+    for r in [&a, &b] {
+        let (status, v) = http.post(
+            &format!("{}/v1/resolve", r.base),
+            &token,
+            &json!({"ref": "app/db"}),
+        );
+        assert_eq!(status, 200, "{}: {v}", r.base);
+        assert_eq!(
+            v["results"]["app/db"]["value"],
+            format!("{CANARY}-db"),
+            "{v}"
+        );
+    }
+    let (before_a, before_b) = (audit_lines(&a.audit), audit_lines(&b.audit));
+
+    // Through the load balancer: every request succeeds, and both replicas took some (their
+    // audit files grow).
+    for _ in 0..20 {
+        let (status, v) = http.post(
+            &format!("{lb}/v1/resolve"),
+            &token,
+            &json!({"refs": ["app/db", "app/api"]}),
+        );
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["results"]["app/db"]["allowed"], true, "{v}");
+        assert_eq!(
+            v["results"]["app/api"]["value"],
+            format!("{CANARY}-api"),
+            "{v}"
+        );
+    }
+    wait_for("both replicas to audit requests through nginx", || {
+        audit_lines(&a.audit) > before_a && audit_lines(&b.audit) > before_b
+    });
+    assert!(
+        std::fs::read_to_string(prefix.join("access.log"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("/v1/resolve"))
+            .count()
+            >= 20,
+        "nginx did not log the requests it proxied"
+    );
+
+    // A changed bundle (a new deny policy): both replicas load it on their own and report the
+    // same new revision, and the load balancer's answers follow it on every replica.
+    let old = http.revision(&a.base);
+    assert_eq!(
+        old,
+        http.revision(&b.base),
+        "replicas of one bundle disagree"
+    );
+    replace_file(
+        &s.path("bundle.yaml"),
+        &bundle(
+            &public,
+            "  - name: deny-api\n    rule: 'ref == \"app/api\"'\n    effect: deny\n",
+        ),
+    );
+    wait_for("both replicas to reload the changed bundle", || {
+        http.revision(&a.base) != old && http.revision(&b.base) != old
+    });
+    assert_eq!(http.revision(&a.base), http.revision(&b.base));
+    for _ in 0..6 {
+        let (status, v) = http.post(
+            &format!("{lb}/v1/decide"),
+            &token,
+            &json!({"refs": ["app/db", "app/api"]}),
+        );
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["results"]["app/db"]["allowed"], true, "{v}");
+        assert_eq!(v["results"]["app/api"]["allowed"], false, "{v}");
+        assert_eq!(v["results"]["app/api"]["policy"], "deny-api", "{v}");
+        assert!(
+            v["results"]["app/db"].get("value").is_none(),
+            "decide fetched: {v}"
+        );
+    }
+    for r in [&a, &b] {
+        let (status, v) = http.post(
+            &format!("{}/v1/resolve", r.base),
+            &token,
+            &json!({"ref": "app/api"}),
+        );
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["results"]["app/api"]["allowed"], false, "{}: {v}", r.base);
+        assert!(
+            !v.to_string().contains(CANARY),
+            "a denied ref got its value: {v}"
+        );
+    }
+
+    // Stop everything (SIGTERM: the replicas drain and flush their audit logs, exit 0).
+    for child in bg.children.iter_mut().take(2) {
+        let status = Background::stop(child);
+        assert!(
+            status.is_some_and(|st| st.success()),
+            "a replica did not stop cleanly on SIGTERM: {status:?}"
+        );
+    }
+    for child in bg.children.iter_mut().skip(2) {
+        Background::stop(child);
+    }
+
+    // Each replica's audit chain verifies on its own.
+    for r in [&a, &b] {
+        let path = r.audit.display().to_string();
+        let v = s.kz(&["audit", "verify", &path]).no_canary();
+        assert_eq!(
+            v.code,
+            Some(0),
+            "{path} does not verify:\n{}{}",
+            v.stdout,
+            v.stderr
+        );
+        let text = std::fs::read_to_string(&r.audit).unwrap();
+        assert!(
+            text.contains(r#""decision":"deny""#),
+            "{path}: no deny record"
+        );
+        assert!(
+            text.contains(r#""decision":"allow""#),
+            "{path}: no allow record"
+        );
+    }
+
+    // The value and the token travelled only in HTTP messages: not in nginx's logs, the
+    // replicas' output, or the audit records.
+    let mut files: Vec<PathBuf> = nginx_logs;
+    for r in [&a, &b] {
+        files.extend([r.stderr.clone(), r.stdout.clone(), r.audit.clone()]);
+    }
+    for f in &files {
+        assert!(!contains(f, CANARY), "the canary is in {}", f.display());
+        assert!(!contains(f, &token), "the token is in {}", f.display());
+    }
+    // The only files with the value: the backend's own.
+    assert_eq!(
+        s.files_with_canary(&[&s.path("secrets.env")]),
+        Vec::<PathBuf>::new()
+    );
+}
