@@ -25,6 +25,7 @@ mod isolate;
 mod leaks;
 mod put;
 mod run;
+mod server_docs;
 mod server_replicas;
 mod status;
 mod supervise;

@@ -159,10 +159,10 @@ fn start_replica(s: &Sandbox, bg: &mut Background, name: &str) -> Replica {
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
             .and_then(|a| a.parse().ok());
-        if addr.is_none() {
-            if let Some(Ok(Some(status))) = bg.children.last_mut().map(Child::try_wait) {
-                panic!("replica {name} exited ({status}) before listening:\n{text}");
-            }
+        if addr.is_none()
+            && let Some(Ok(Some(status))) = bg.children.last_mut().map(Child::try_wait)
+        {
+            panic!("replica {name} exited ({status}) before listening:\n{text}");
         }
         addr.is_some()
     });
