@@ -126,7 +126,7 @@ struct Replica {
 
 /// Starts a replica on a free loopback port (`--listen 127.0.0.1:0`; the address is read from
 /// the "listening on" line of its stderr) with its own audit file.
-fn start_replica(s: &Sandbox, bg: &mut Background, name: &str) -> Replica {
+fn start_replica(s: &Sandbox, bg: &mut Background, name: &str, bundle: &str) -> Replica {
     let dir = s.root.path();
     let stderr = dir.join(format!("{name}.stderr"));
     let stdout = dir.join(format!("{name}.stdout"));
@@ -137,7 +137,7 @@ fn start_replica(s: &Sandbox, bg: &mut Background, name: &str) -> Replica {
             "server",
             "start",
             "--bundle",
-            "bundle.yaml",
+            bundle,
             "--listen",
             "127.0.0.1:0",
             "--audit",
@@ -220,7 +220,8 @@ fn start_nginx(
 error_log {p}/error.log info;
 events {{ worker_connections 128; }}
 http {{
-  access_log {p}/access.log;
+  log_format upstreams '$request_id $upstream_addr $status "$request"';
+  access_log {p}/access.log upstreams;
   client_body_temp_path {p}/tmp/body;
   proxy_temp_path {p}/tmp/proxy;
   fastcgi_temp_path {p}/tmp/fastcgi;
@@ -325,8 +326,8 @@ fn replicas_behind_nginx_share_tokens_reload_together_and_keep_their_own_audit_c
         .to_owned();
 
     let mut bg = Background::default();
-    let a = start_replica(&s, &mut bg, "replica-a");
-    let b = start_replica(&s, &mut bg, "replica-b");
+    let a = start_replica(&s, &mut bg, "replica-a", "bundle.yaml");
+    let b = start_replica(&s, &mut bg, "replica-b", "bundle.yaml");
     let prefix = s.root.path().join("nginx");
     let (lb, nginx_logs) = start_nginx(&mut bg, &prefix, &[&a, &b]);
     let http = Http::new();
@@ -345,7 +346,11 @@ fn replicas_behind_nginx_share_tokens_reload_together_and_keep_their_own_audit_c
             "{v}"
         );
     }
-    let (before_a, before_b) = (audit_lines(&a.audit), audit_lines(&b.audit));
+    // The writer thread appends records after the answer: wait for the one of each request.
+    wait_for("each replica to audit its direct request", || {
+        audit_lines(&a.audit) == 1 && audit_lines(&b.audit) == 1
+    });
+    let (before_a, before_b) = (1, 1);
 
     // Through the load balancer: every request succeeds, and both replicas took some (their
     // audit files grow).
@@ -366,15 +371,40 @@ fn replicas_behind_nginx_share_tokens_reload_together_and_keep_their_own_audit_c
     wait_for("both replicas to audit requests through nginx", || {
         audit_lines(&a.audit) > before_a && audit_lines(&b.audit) > before_b
     });
-    assert!(
+    // nginx writes its access log line after the response: wait for the last ones.
+    wait_for("nginx to log the 20 requests it proxied", || {
         std::fs::read_to_string(prefix.join("access.log"))
-            .unwrap()
+            .unwrap_or_default()
             .lines()
             .filter(|l| l.contains("/v1/resolve"))
             .count()
-            >= 20,
-        "nginx did not log the requests it proxied"
-    );
+            >= 20
+    });
+
+    // Each replica's audit records of those requests carry nginx's request id, and nginx
+    // logged that it sent exactly those requests to that replica.
+    let access = std::fs::read_to_string(prefix.join("access.log")).unwrap();
+    let routed: Vec<(&str, &str)> = access
+        .lines()
+        .filter(|l| l.contains("/v1/resolve"))
+        .filter_map(|l| {
+            let mut f = l.split(' ');
+            Some((f.next()?, f.next()?))
+        })
+        .collect();
+    for (r, before) in [(&a, before_a), (&b, before_b)] {
+        let upstream = r.base.trim_start_matches("http://");
+        let text = std::fs::read_to_string(&r.audit).unwrap();
+        for line in text.lines().skip(before) {
+            let record: Value = serde_json::from_str(line).unwrap();
+            let id = record["request_id"].as_str().unwrap();
+            assert!(
+                routed.contains(&(id, upstream)),
+                "{id} in {}'s audit is not a request nginx sent there:\n{access}",
+                r.base
+            );
+        }
+    }
 
     // A changed bundle (a new deny policy): both replicas load it on their own and report the
     // same new revision, and the load balancer's answers follow it on every replica.
@@ -473,4 +503,84 @@ fn replicas_behind_nginx_share_tokens_reload_together_and_keep_their_own_audit_c
         s.files_with_canary(&[&s.path("secrets.env")]),
         Vec::<PathBuf>::new()
     );
+}
+
+/// Writes `text` as the kubelet updates a ConfigMap volume: a new timestamped directory, then
+/// the `..data` symlink swapped to it by a rename, the old directory removed. `bundle.yaml` in
+/// the volume is a symlink to `..data/bundle.yaml` throughout.
+fn configmap_update(volume: &Path, generation: u32, text: &str) {
+    let dir = format!("..2026_12_02_{generation}");
+    std::fs::create_dir(volume.join(&dir)).unwrap();
+    std::fs::write(volume.join(&dir).join("bundle.yaml"), text).unwrap();
+    let tmp = volume.join("..data_tmp");
+    std::os::unix::fs::symlink(&dir, &tmp).unwrap();
+    let old = std::fs::read_link(volume.join("..data")).ok();
+    std::fs::rename(&tmp, volume.join("..data")).unwrap();
+    if let Some(old) = old {
+        std::fs::remove_dir_all(volume.join(old)).unwrap();
+    }
+    let link = volume.join("bundle.yaml");
+    if std::fs::symlink_metadata(&link).is_err() {
+        std::os::unix::fs::symlink("..data/bundle.yaml", &link).unwrap();
+    }
+}
+
+#[test]
+fn replica_reloads_a_bundle_updated_by_a_configmap_symlink_swap() {
+    let s = Sandbox::new();
+    let (private, public) = es256_key(&s, "ci");
+    let env_file = s.write(
+        "secrets.env",
+        &format!("APP_DB={CANARY}-db\nAPP_API={CANARY}-api\n"),
+    );
+    // The volume holds only the bundle, so the backend's file is named by its full path.
+    let text = |extra: &str| {
+        bundle(&public, extra).replace(
+            "path: secrets.env",
+            &format!("path: {}", env_file.display()),
+        )
+    };
+    let volume = s.path("configmap");
+    std::fs::create_dir(&volume).unwrap();
+    configmap_update(&volume, 1, &text(""));
+    let token = s
+        .kz(&[
+            "token",
+            "sign",
+            "--key",
+            &private,
+            "--kid",
+            "k1",
+            "--issuer",
+            ISS,
+            "--claims",
+            r#"{"sub":"job-1","aud":"keyzero","team":"a"}"#,
+        ])
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
+    let mut bg = Background::default();
+    let r = start_replica(&s, &mut bg, "replica", "configmap/bundle.yaml");
+    let http = Http::new();
+    let url = format!("{}/v1/decide", r.base);
+    let (_, v) = http.post(&url, &token, &json!({"ref": "app/api"}));
+    assert_eq!(v["results"]["app/api"]["allowed"], true, "{v}");
+    let old = http.revision(&r.base);
+
+    // Only the symlink changes; the path the server was given stays the same.
+    configmap_update(
+        &volume,
+        2,
+        &text("  - name: deny-api\n    rule: 'ref == \"app/api\"'\n    effect: deny\n"),
+    );
+    wait_for("the replica to follow the swapped ConfigMap", || {
+        http.revision(&r.base) != old
+    });
+    let (_, v) = http.post(&url, &token, &json!({"ref": "app/api"}));
+    assert_eq!(v["results"]["app/api"]["allowed"], false, "{v}");
+    assert_eq!(v["results"]["app/api"]["policy"], "deny-api", "{v}");
+    let log = std::fs::read_to_string(&r.stderr).unwrap();
+    assert!(log.contains("bundle reloaded"), "{log}");
+    assert!(!log.contains(CANARY), "{log}");
 }
