@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::util::{Background, CANARY, Sandbox, es256_key, indent};
+use crate::util::{Background, CANARY, Sandbox, es256_key, indent, signal};
 
 const NGINX: &str = "/usr/sbin/nginx";
 const ISS: &str = "https://ci.example";
@@ -583,4 +583,100 @@ fn replica_reloads_a_bundle_updated_by_a_configmap_symlink_swap() {
     let log = std::fs::read_to_string(&r.stderr).unwrap();
     assert!(log.contains("bundle reloaded"), "{log}");
     assert!(!log.contains(CANARY), "{log}");
+}
+
+/// An HMAC test token for the `hs` issuer, signed with the key file `key`.
+fn hmac_token(s: &Sandbox, key: &str) -> String {
+    s.kz(&[
+        "token",
+        "sign",
+        "--key",
+        key,
+        "--alg",
+        "HS256",
+        "--kid",
+        "h1",
+        "--issuer",
+        ISS,
+        "--claims",
+        r#"{"sub":"job-1","aud":"keyzero","team":"a"}"#,
+    ])
+    .ok()
+    .stdout
+    .trim()
+    .to_owned()
+}
+
+#[test]
+fn replicas_reload_on_sighup_each_on_its_own() {
+    // The HMAC key is a file the bundle names: not watched, read when the bundle loads, so a
+    // new key takes effect on a replica when that replica gets SIGHUP, and only then.
+    let s = Sandbox::new();
+    s.write(
+        "bundle.yaml",
+        &format!(
+            r#"version: "1"
+issuers:
+  - name: ci
+    type: custom
+    issuer_url: {ISS}
+    audience: keyzero
+    map: {{ org: team }}
+    static_keys:
+      - {{ kid: h1, alg: HS256, secret_file: hmac.key }}
+backends:
+  files: {{ type: dotenv, path: secrets.env }}
+resolvers:
+  - {{ name: "app/db", backend: files, ref: APP_DB }}
+policies:
+  - name: team-a
+    rule: 'issuer == "ci" && org == "a"'
+    effect: allow
+"#
+        ),
+    );
+    s.write("secrets.env", &format!("APP_DB={CANARY}-db\n"));
+    s.write("hmac.key", &format!("{}\n", "1".repeat(40)));
+    s.write("new-hmac.key", &format!("{}\n", "2".repeat(40)));
+    let old_token = hmac_token(&s, "hmac.key");
+    let new_token = hmac_token(&s, "new-hmac.key");
+    let mut bg = Background::default();
+    let a = start_replica(&s, &mut bg, "replica-a", "bundle.yaml");
+    let b = start_replica(&s, &mut bg, "replica-b", "bundle.yaml");
+    let (pid_a, pid_b) = (bg.children[0].id(), bg.children[1].id());
+    let http = Http::new();
+    let status = |r: &Replica, token: &str| {
+        http.post(
+            &format!("{}/v1/decide", r.base),
+            token,
+            &json!({"ref": "app/db"}),
+        )
+        .0
+    };
+    for r in [&a, &b] {
+        assert_eq!(status(r, &old_token), 200);
+        assert_eq!(status(r, &new_token), 401);
+    }
+
+    replace_file(&s.path("hmac.key"), &s.read("new-hmac.key"));
+    // Replica a gets SIGHUP; b does not and keeps the key it loaded.
+    assert!(signal(pid_a, "HUP"));
+    wait_for("replica a to reload on SIGHUP", || {
+        status(&a, &new_token) == 200
+    });
+    assert_eq!(status(&a, &old_token), 401, "a verified with the old key");
+    assert_eq!(status(&b, &new_token), 401, "b reloaded without a signal");
+    assert_eq!(status(&b, &old_token), 200);
+    assert!(signal(pid_b, "HUP"));
+    wait_for("replica b to reload on SIGHUP", || {
+        status(&b, &new_token) == 200
+    });
+    assert_eq!(status(&b, &old_token), 401);
+    for r in [&a, &b] {
+        let log = std::fs::read_to_string(&r.stderr).unwrap();
+        assert!(log.contains("bundle reloaded"), "{log}");
+        for secret in [CANARY, "1111111111111111", "2222222222222222"] {
+            assert!(!log.contains(secret), "{log}");
+        }
+    }
 }
