@@ -658,6 +658,7 @@ policies:
         assert_eq!(status(r, &new_token), 401);
     }
 
+    let revision = http.revision(&a.base);
     replace_file(&s.path("hmac.key"), &s.read("new-hmac.key"));
     // Replica a gets SIGHUP; b does not and keeps the key it loaded.
     assert!(signal(pid_a, "HUP"));
@@ -672,6 +673,9 @@ policies:
         status(&b, &new_token) == 200
     });
     assert_eq!(status(&b, &old_token), 401);
+    // The revision is the bundle text's, which did not change.
+    assert_eq!(http.revision(&a.base), revision);
+    assert_eq!(http.revision(&b.base), revision);
     for r in [&a, &b] {
         let log = std::fs::read_to_string(&r.stderr).unwrap();
         assert!(log.contains("bundle reloaded"), "{log}");
