@@ -16,6 +16,16 @@ use crate::util::{Background, CANARY, Sandbox, es256_key, indent, signal};
 const NGINX: &str = "/usr/sbin/nginx";
 const ISS: &str = "https://ci.example";
 
+/// nginx's location for replicas serving plain HTTP: round robin over keep-alive connections,
+/// nginx's request id passed on.
+const PLAIN_LOCATION: &str = r#"    location / {
+      proxy_pass http://keyzero;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Request-Id $request_id;
+    }
+"#;
+
 fn bundle(public_pem: &str, extra_policy: &str) -> String {
     format!(
         r#"version: "1"
@@ -118,6 +128,9 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 
 /// One `kz server start` replica: its process, address, stderr and audit file.
 struct Replica {
+    /// `IP:PORT`.
+    addr: String,
+    /// `http://IP:PORT`, or `https://` with TLS.
     base: String,
     stderr: PathBuf,
     stdout: PathBuf,
@@ -127,24 +140,37 @@ struct Replica {
 /// Starts a replica on a free loopback port (`--listen 127.0.0.1:0`; the address is read from
 /// the "listening on" line of its stderr) with its own audit file.
 fn start_replica(s: &Sandbox, bg: &mut Background, name: &str, bundle: &str) -> Replica {
+    start_replica_with(s, bg, name, bundle, &[])
+}
+
+/// [`start_replica`] with more arguments (`--tls-cert …`: then its base URL is `https://`).
+fn start_replica_with(
+    s: &Sandbox,
+    bg: &mut Background,
+    name: &str,
+    bundle: &str,
+    extra: &[&str],
+) -> Replica {
     let dir = s.root.path();
     let stderr = dir.join(format!("{name}.stderr"));
     let stdout = dir.join(format!("{name}.stdout"));
     let audit = dir.join(format!("{name}-audit.jsonl"));
     let audit_arg = audit.display().to_string();
+    let mut args = vec![
+        "server",
+        "start",
+        "--bundle",
+        bundle,
+        "--listen",
+        "127.0.0.1:0",
+        "--audit",
+        &audit_arg,
+        "--drain",
+        "2s",
+    ];
+    args.extend_from_slice(extra);
     let child = s
-        .cmd(&[
-            "server",
-            "start",
-            "--bundle",
-            bundle,
-            "--listen",
-            "127.0.0.1:0",
-            "--audit",
-            &audit_arg,
-            "--drain",
-            "2s",
-        ])
+        .cmd(&args)
         .stdin(Stdio::null())
         .stdout(File::create(&stdout).unwrap())
         .stderr(File::create(&stderr).unwrap())
@@ -166,8 +192,15 @@ fn start_replica(s: &Sandbox, bg: &mut Background, name: &str, bundle: &str) -> 
         }
         addr.is_some()
     });
+    let addr = addr.unwrap().to_string();
+    let scheme = if extra.contains(&"--tls-cert") {
+        "https"
+    } else {
+        "http"
+    };
     Replica {
-        base: format!("http://{}", addr.unwrap()),
+        base: format!("{scheme}://{addr}"),
+        addr,
         stderr,
         stdout,
         audit,
@@ -196,6 +229,7 @@ fn start_nginx(
     bg: &mut Background,
     prefix: &Path,
     upstreams: &[&Replica],
+    locations: &str,
 ) -> (String, Vec<PathBuf>) {
     assert!(
         Path::new(NGINX).exists(),
@@ -205,7 +239,7 @@ fn start_nginx(
     let port = free_port();
     let servers: String = upstreams
         .iter()
-        .map(|r| format!("    server {};\n", r.base.trim_start_matches("http://")))
+        .map(|r| format!("    server {};\n", r.addr))
         .collect();
     let p = prefix.display();
     // As root, the master would hand its workers to `nobody`, who cannot enter the private
@@ -232,13 +266,7 @@ http {{
   }}
   server {{
     listen 127.0.0.1:{port};
-    location / {{
-      proxy_pass http://keyzero;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Request-Id $request_id;
-    }}
-  }}
+{locations}  }}
 }}
 "#
     );
@@ -329,7 +357,7 @@ fn replicas_behind_nginx_share_tokens_reload_together_and_keep_their_own_audit_c
     let a = start_replica(&s, &mut bg, "replica-a", "bundle.yaml");
     let b = start_replica(&s, &mut bg, "replica-b", "bundle.yaml");
     let prefix = s.root.path().join("nginx");
-    let (lb, nginx_logs) = start_nginx(&mut bg, &prefix, &[&a, &b]);
+    let (lb, nginx_logs) = start_nginx(&mut bg, &prefix, &[&a, &b], PLAIN_LOCATION);
     let http = Http::new();
 
     // One token, directly on each replica: both verify it and resolve the same value.
@@ -393,7 +421,7 @@ fn replicas_behind_nginx_share_tokens_reload_together_and_keep_their_own_audit_c
         })
         .collect();
     for (r, before) in [(&a, before_a), (&b, before_b)] {
-        let upstream = r.base.trim_start_matches("http://");
+        let upstream = r.addr.as_str();
         let text = std::fs::read_to_string(&r.audit).unwrap();
         for line in text.lines().skip(before) {
             let record: Value = serde_json::from_str(line).unwrap();
@@ -682,5 +710,125 @@ policies:
         for secret in [CANARY, "1111111111111111", "2222222222222222"] {
             assert!(!log.contains(secret), "{log}");
         }
+    }
+}
+
+/// A CA made for one test: its certificate (PEM) and what signs leaves.
+fn test_ca(name: &str) -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let pem = params.self_signed(&key).unwrap().pem();
+    (pem, rcgen::Issuer::new(params, key))
+}
+
+#[test]
+fn replicas_behind_nginx_over_tls_with_the_upstream_certificate_verified() {
+    let s = Sandbox::new();
+    let (private, public) = es256_key(&s, "ci");
+    s.write("bundle.yaml", &bundle(&public, ""));
+    s.write(
+        "secrets.env",
+        &format!("APP_DB={CANARY}-db\nAPP_API={CANARY}-api\n"),
+    );
+    // The replicas' certificate, for the name nginx checks, from the operator's CA.
+    let (ca_pem, ca) = test_ca("keyzero test ca");
+    let (other_pem, _) = test_ca("another ca");
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["keyzero.internal".to_owned()]).unwrap();
+    params.is_ca = rcgen::IsCa::ExplicitNoCa;
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf = params.signed_by(&leaf_key, &ca).unwrap();
+    let cert = s.write("tls/server.pem", &leaf.pem());
+    let key = s.write("tls/server.key", &leaf_key.serialize_pem());
+    let ca_file = s.write("tls/ca.pem", &ca_pem);
+    let other_file = s.write("tls/other-ca.pem", &other_pem);
+    let token = s
+        .kz(&[
+            "token",
+            "sign",
+            "--key",
+            &private,
+            "--kid",
+            "k1",
+            "--issuer",
+            ISS,
+            "--claims",
+            r#"{"sub":"job-1","aud":"keyzero","team":"a"}"#,
+        ])
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
+
+    let mut bg = Background::default();
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let tls = ["--tls-cert", cert.as_str(), "--tls-key", key.as_str()];
+    let a = start_replica_with(&s, &mut bg, "replica-a", "bundle.yaml", &tls);
+    let b = start_replica_with(&s, &mut bg, "replica-b", "bundle.yaml", &tls);
+    assert!(a.base.starts_with("https://"));
+    // `/`: the upstream certificate verified against the operator's CA (as docs/server.md
+    // shows); `/wrong/`: against another CA, which must fail.
+    let verified = |path: &str, pass: &str, ca: &Path| {
+        format!(
+            r#"    location {path} {{
+      proxy_pass {pass};
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Request-Id $request_id;
+      proxy_ssl_verify on;
+      proxy_ssl_trusted_certificate {ca};
+      proxy_ssl_name keyzero.internal;
+      proxy_ssl_server_name on;
+      proxy_ssl_session_reuse on;
+    }}
+"#,
+            ca = ca.display()
+        )
+    };
+    // The wrong location goes straight to one replica, not through the upstream block: the
+    // block's keep-alive connections (verified once, by `/`) are shared by every location
+    // using it, and so are its TLS sessions.
+    let locations = verified("/", "https://keyzero", &ca_file)
+        + &verified("/wrong/", &format!("https://{}/", a.addr), &other_file)
+            .replace("proxy_ssl_session_reuse on", "proxy_ssl_session_reuse off");
+    let prefix = s.root.path().join("nginx");
+    let (lb, nginx_logs) = start_nginx(&mut bg, &prefix, &[&a, &b], &locations);
+    let http = Http::new();
+    for _ in 0..6 {
+        let (status, v) = http.post(
+            &format!("{lb}/v1/resolve"),
+            &token,
+            &json!({"ref": "app/db"}),
+        );
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(
+            v["results"]["app/db"]["value"],
+            format!("{CANARY}-db"),
+            "{v}"
+        );
+    }
+    let (status, text) = http.get(&format!("{lb}/wrong/healthz")).unwrap();
+    assert_eq!(
+        status, 502,
+        "nginx accepted a certificate from an unknown CA: {text}"
+    );
+    let errors = std::fs::read_to_string(prefix.join("error.log")).unwrap();
+    assert!(errors.contains("certificate verify"), "{errors}");
+    wait_for("both TLS replicas to audit requests", || {
+        audit_lines(&a.audit) >= 1 && audit_lines(&b.audit) >= 1
+    });
+    for f in nginx_logs
+        .iter()
+        .chain([&a.stderr, &b.stderr, &a.audit, &b.audit])
+    {
+        assert!(!contains(f, CANARY), "the canary is in {}", f.display());
+        assert!(!contains(f, &token), "the token is in {}", f.display());
     }
 }
