@@ -441,3 +441,98 @@ fn deploy_systemd_unit_is_hardened_and_verifies() {
         "systemd-analyze verify:\n{text}"
     );
 }
+
+/// Starts `kz` with `args` in the sandbox and waits for its "listening on" line; the child is
+/// in `bg`, its stderr returned.
+fn start_server(s: &Sandbox, bg: &mut Background, name: &str, args: &[String]) -> String {
+    let stderr = s.root.path().join(format!("{name}.stderr"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let child = s
+        .cmd(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    bg.children.push(child);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(&stderr).unwrap_or_default();
+        if text.contains("listening on ") {
+            return text;
+        }
+        if let Some(Ok(Some(status))) = bg.children.last_mut().map(std::process::Child::try_wait) {
+            panic!("{name}: kz {args:?} exited ({status}):\n{text}");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} did not start:\n{text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn deploy_command_lines_start_the_server() {
+    // The command lines of the systemd unit and the Kubernetes Deployment, with their paths
+    // moved into a sandbox and the address onto loopback, start kz and stop cleanly on SIGTERM.
+    let docs = deploy_yaml();
+    let s = Sandbox::new();
+    let cm = kind(&docs, "kubernetes/server.yaml", "ConfigMap");
+    let bundle = s.write("bundle.yaml", cm["data"]["bundle.yaml"].as_str().unwrap());
+    let ca = rcgen::generate_simple_self_signed(vec!["keyzero.keyzero.svc".to_owned()]).unwrap();
+    let cert = s.write("tls.crt", &ca.cert.pem());
+    let key = s.write("tls.key", &ca.signing_key.serialize_pem());
+    let audit = s.path("audit.jsonl");
+    let moved = |arg: &str| -> String {
+        arg.replace(
+            "/etc/keyzero/bundle/bundle.yaml",
+            &bundle.display().to_string(),
+        )
+        .replace("/etc/keyzero/bundle.yaml", &bundle.display().to_string())
+        .replace("/etc/keyzero/tls/tls.crt", &cert.display().to_string())
+        .replace("/etc/keyzero/tls/tls.key", &key.display().to_string())
+        .replace("/var/log/keyzero/audit.jsonl", &audit.display().to_string())
+        .replace("0.0.0.0:8080", "127.0.0.1:0")
+        .replace("0.0.0.0:8443", "127.0.0.1:0")
+    };
+
+    let unit = std::fs::read_to_string(repo().join("deploy/systemd/keyzero.service")).unwrap();
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .unwrap();
+    let mut words = exec.split_whitespace();
+    assert_eq!(words.next(), Some("/usr/local/bin/kz"));
+    let systemd_args: Vec<String> = words.map(moved).collect();
+
+    let dep = kind(&docs, "kubernetes/server.yaml", "Deployment");
+    let k8s_args: Vec<String> = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| moved(a.as_str().unwrap()))
+        .collect();
+
+    for (name, args) in [("systemd", systemd_args), ("kubernetes", k8s_args)] {
+        assert!(
+            args.iter()
+                .all(|a| !a.contains("/etc/") && !a.contains("0.0.0.0")),
+            "{name}: an argument was not moved into the sandbox: {args:?}"
+        );
+        let mut bg = Background::default();
+        let log = start_server(&s, &mut bg, name, &args);
+        if name == "kubernetes" {
+            assert!(log.contains("tls=true"), "{log}");
+        }
+        let status = Background::stop(&mut bg.children[0]);
+        assert!(
+            status.is_some_and(|st| st.success()),
+            "{name}: no clean stop on SIGTERM: {status:?}"
+        );
+    }
+    assert!(
+        audit.exists(),
+        "the systemd command line did not write its audit file"
+    );
+}
