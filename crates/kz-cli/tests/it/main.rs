@@ -26,6 +26,8 @@ mod leaks;
 mod put;
 mod run;
 mod server;
+mod server_docs;
+mod server_replicas;
 mod status;
 mod supervise;
 mod team;

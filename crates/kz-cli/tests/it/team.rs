@@ -1,48 +1,7 @@
 //! Team-mode commands on a bundle: `kz server check`, `kz policy eval`, `kz policy test` and
 //! `kz token sign`, with real keys (made by `openssl`) and real tokens (made by `kz token sign`).
 
-use std::process::Command;
-
-use crate::util::{CANARY, Sandbox, scrub};
-
-/// An EC P-256 key pair in the sandbox: (private key path, public key PEM).
-fn es256_key(s: &Sandbox, name: &str) -> (String, String) {
-    let private = s.path(&format!("{name}.pem"));
-    let public = s.path(&format!("{name}.pub.pem"));
-    let ok = Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-        ])
-        .arg(&private)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "openssl genpkey");
-    let ok = Command::new("openssl")
-        .args(["pkey", "-pubout", "-in"])
-        .arg(&private)
-        .arg("-out")
-        .arg(&public)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "openssl pkey -pubout");
-    (
-        private.display().to_string(),
-        std::fs::read_to_string(public).unwrap(),
-    )
-}
-
-fn indent(text: &str, by: usize) -> String {
-    text.lines()
-        .map(|l| format!("{}{l}\n", " ".repeat(by)))
-        .collect()
-}
+use crate::util::{CANARY, Sandbox, es256_key, indent, scrub};
 
 /// A bundle with a GitHub Actions issuer (static ES256 key), a custom HMAC issuer, two
 /// backends and three policies.

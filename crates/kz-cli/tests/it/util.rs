@@ -212,3 +212,103 @@ pub fn scrub(s: &Sandbox, text: &str) -> String {
     text.replace(&s.project.display().to_string(), "[PROJECT]")
         .replace(&s.root.path().display().to_string(), "[ROOT]")
 }
+
+/// An EC P-256 key pair in the sandbox: (private key path, public key PEM).
+pub fn es256_key(s: &Sandbox, name: &str) -> (String, String) {
+    let private = s.path(&format!("{name}.pem"));
+    let public = s.path(&format!("{name}.pub.pem"));
+    let ok = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+        ])
+        .arg(&private)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "openssl genpkey");
+    let ok = Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&private)
+        .arg("-out")
+        .arg(&public)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "openssl pkey -pubout");
+    (
+        private.display().to_string(),
+        std::fs::read_to_string(public).unwrap(),
+    )
+}
+
+/// `text` with every line indented by `by` spaces (for PEM blocks in YAML).
+pub fn indent(text: &str, by: usize) -> String {
+    text.lines()
+        .map(|l| format!("{}{l}\n", " ".repeat(by)))
+        .collect()
+}
+
+/// Sends `signal` (a name such as `TERM`) to the process `pid` with kill(1); false when there
+/// is no such process.
+pub fn signal(pid: u32, signal: &str) -> bool {
+    Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Processes a test started in the background, each stopped by its recorded PID when the
+/// guard drops (a failing assertion included): SIGTERM (kz drains, nginx's master stops its
+/// workers), then SIGKILL for anything still there after 10 s.
+#[derive(Default)]
+pub struct Background {
+    /// Our own children: waited for, so none is left a zombie.
+    pub children: Vec<std::process::Child>,
+    /// PIDs read from files (a process a script started with `&`).
+    pub pids: Vec<u32>,
+}
+
+impl Background {
+    /// Stops one child by its PID with SIGTERM and waits for it (SIGKILL after 10 s); its exit
+    /// status, `None` when it had to be killed.
+    pub fn stop(child: &mut std::process::Child) -> Option<std::process::ExitStatus> {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        signal(child.id(), "TERM");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            Self::stop(child);
+        }
+        for &pid in &self.pids {
+            if signal(pid, "TERM") {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                while std::time::Instant::now() < deadline && signal(pid, "0") {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                signal(pid, "KILL");
+            }
+        }
+    }
+}
