@@ -306,7 +306,10 @@ impl Bundle {
     /// Settings that each server replica keeps on its own (said by `kz server check`): a
     /// deployment of several replicas behind a load balancer does not share them.
     pub fn per_replica_settings(&self) -> Vec<String> {
-        let mut out = Vec::new();
+        let mut out = vec![
+            "the audit log: each replica writes its own hash chain (verify each replica's files on their own)".to_owned(),
+            "--rate-limit: each replica counts on its own (with N replicas behind round robin, an identity gets up to N times the limit)".to_owned(),
+        ];
         for i in self.issuers.iter().filter(|i| i.single_use) {
             out.push(format!(
                 "issuers.{}.single_use: the jti replay cache is per replica; a token can be used once per replica (route a workload to one replica, or run one)",

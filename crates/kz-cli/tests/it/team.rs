@@ -76,7 +76,7 @@ fn server_check_accepts_a_good_bundle_and_names_per_replica_settings() {
         .stdout_json();
     assert_eq!(j["valid"], true);
     assert_eq!(j["counts"]["policies"], 3);
-    assert_eq!(j["per_replica"].as_array().unwrap().len(), 1, "{j}");
+    assert_eq!(j["per_replica"].as_array().unwrap().len(), 3, "{j}");
 }
 
 #[test]
