@@ -332,7 +332,106 @@ fn the_server_serves_tls_that_the_provider_trusts_with_ca_cert() {
         ])
         .ok();
     assert_eq!(r.stdout, CANARY);
+
+    // A renewed certificate (from another CA) is picked up without a restart.
+    let (ca2, leaf2, leaf2_key) = {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "kz test CA 2");
+        let ca = params.self_signed(&key).unwrap();
+        let issuer = rcgen::Issuer::new(params, key);
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let mut leaf_params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        leaf_params
+            .subject_alt_names
+            .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+        (ca, leaf, leaf_key)
+    };
+    s.write("ca2.pem", &ca2.pem());
+    s.write("tls.key", &leaf2_key.serialize_pem());
+    s.write("tls.pem", &leaf2.pem());
+    client_config(&s, &endpoint, "ca_cert = \"ca2.pem\"\n");
+    let mut renewed = false;
+    for _ in 0..100 {
+        let r = s.kz(&["--trust", "run", "--only", "DB", "--", "true"]);
+        if r.code == Some(0) {
+            renewed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        renewed,
+        "the renewed certificate was not served: {}",
+        server.output()
+    );
     assert!(!server.output().contains(CANARY));
+}
+
+#[test]
+fn a_github_actions_job_gets_its_secrets_through_the_server() {
+    let (mut s, token) = team("", "http://127.0.0.1:1");
+    // A stand-in for GitHub's OIDC token endpoint (the only part of a CI job that cannot run
+    // here): checks the request bearer and the audience, answers with the workload token.
+    s.write(
+        "gh_oidc.py",
+        &format!(
+            r#"import http.server, json, sys, urllib.parse
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        q = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
+        ok = self.headers.get("Authorization") == "Bearer gh-request-bearer" and q.get("audience") == ["keyzero"]
+        self.send_response(200 if ok else 403)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(json.dumps({{"value": "{token}"}} if ok else {{}}).encode())
+    def log_message(self, *a):
+        pass
+srv = http.server.HTTPServer(("127.0.0.1", 0), H)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"#
+        ),
+    );
+    let mut gh = std::process::Command::new("python3")
+        .arg(s.path("gh_oidc.py"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let port = {
+        use std::io::BufRead as _;
+        let mut line = String::new();
+        std::io::BufReader::new(gh.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        line.trim().to_owned()
+    };
+    let server = Server::start(&s, &[]);
+    s.set(
+        "ACTIONS_ID_TOKEN_REQUEST_URL",
+        &format!("http://127.0.0.1:{port}/token?api-version=2.0"),
+    )
+    .set("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "gh-request-bearer");
+    s.env.remove("KZ_TEAM_TOKEN");
+    s.write(
+        ".keyzero.toml",
+        &format!(
+            "[providers.team]\ntype = \"keyzero\"\nendpoint = \"http://{}\"\ntoken_source = \"github-actions\"\n\n[secrets]\nDB = {{ provider = \"team\", ref = \"app/db\" }}\n",
+            server.addr
+        ),
+    );
+    let r = s.kz(&["--trust", "run", "--", "sh", "-c", "printf %s \"$DB\""]);
+    let _ = gh.kill();
+    let _ = gh.wait();
+    let r = r.ok();
+    assert_eq!(r.stdout, CANARY);
+    let audit = s.read("audit.jsonl");
+    assert!(audit.contains(r#""sub":"job-1""#), "{audit}");
+    assert!(!audit.contains(CANARY) && !audit.contains(&token));
 }
 
 #[test]
