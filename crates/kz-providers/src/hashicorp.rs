@@ -50,7 +50,6 @@ use serde_json::{Map, Value};
 use tokio::sync::Mutex;
 use zeroize::Zeroizing;
 
-use crate::http::error_chain;
 use crate::{BuildContext, GetEnv};
 
 /// Where Vault listens when nothing says otherwise.
@@ -439,39 +438,13 @@ impl VaultProvider {
 
     /// Maps a reqwest failure (never holds a token: the header is marked sensitive).
     fn transport_error(&self, e: &reqwest::Error) -> ProviderError {
-        let chain = error_chain(e);
-        if e.is_timeout() {
-            return ProviderError::new(
-                ErrorKind::Timeout,
-                format!(
-                    "{} did not answer within {}",
-                    self.who(),
-                    humantime::format_duration(self.timeout)
-                ),
-            )
-            .help("check that the server is up and responsive, or raise the provider's `timeout`");
-        }
-        let lower = chain.to_lowercase();
-        if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
-            let help = match &self.ca_cert {
-                Some(p) => format!(
-                    "check that {} holds the CA that signed the server's certificate, and that the address's host name is in the certificate",
-                    p.display()
-                ),
-                None => "set `ca_cert = \"path/to/ca.pem\"` on the provider to trust the CA that signed the server's certificate".into(),
-            };
-            return ProviderError::new(
-                ErrorKind::Network,
-                format!("TLS connection to {} failed: {chain}", self.who()),
-            )
-            .help(help);
-        }
-        ProviderError::new(
-            ErrorKind::Network,
-            format!("cannot reach {}: {chain}", self.who()),
+        crate::http::transport_error(
+            e,
+            &self.who(),
+            self.timeout,
+            self.ca_cert.as_deref(),
+            "`address` (or VAULT_ADDR)",
         )
-        .help("check that the server is running and that `address` (or VAULT_ADDR) is right")
-        .transient()
     }
 
     /// The error for an unexpected status; `what` names the operation and path.

@@ -114,3 +114,47 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     }
     parts.join(": ")
 }
+
+/// What a transport failure of an HTTP-API provider means, and how to fix it: a timeout, a TLS
+/// failure (`ca_cert` advice), or an unreachable server (transient, retried). `who` names the
+/// instance and server; `address_help` says which option holds the address. Never holds a
+/// token: the providers mark their credential headers sensitive.
+pub(crate) fn transport_error(
+    e: &reqwest::Error,
+    who: &str,
+    timeout: Duration,
+    ca_cert: Option<&Path>,
+    address_help: &str,
+) -> ProviderError {
+    if e.is_timeout() {
+        return ProviderError::new(
+            ErrorKind::Timeout,
+            format!(
+                "{who} did not answer within {}",
+                humantime::format_duration(timeout)
+            ),
+        )
+        .help("check that the server is up and responsive, or raise the provider's `timeout`");
+    }
+    let chain = error_chain(e);
+    let lower = chain.to_lowercase();
+    if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
+        let help = match ca_cert {
+            Some(p) => format!(
+                "check that {} holds the CA that signed the server's certificate, and that the server's host name is in the certificate",
+                p.display()
+            ),
+            None => "set `ca_cert = \"path/to/ca.pem\"` on the provider to trust the CA that signed the server's certificate".into(),
+        };
+        return ProviderError::new(
+            ErrorKind::Network,
+            format!("TLS connection to {who} failed: {chain}"),
+        )
+        .help(help);
+    }
+    ProviderError::new(ErrorKind::Network, format!("cannot reach {who}: {chain}"))
+        .help(format!(
+            "check that the server is running and that {address_help} is right"
+        ))
+        .transient()
+}

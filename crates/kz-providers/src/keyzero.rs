@@ -578,39 +578,13 @@ impl KeyzeroProvider {
 
     /// Maps a transport failure (never holds the token: the header is marked sensitive).
     fn transport_error(&self, e: &reqwest::Error) -> ProviderError {
-        if e.is_timeout() {
-            return ProviderError::new(
-                ErrorKind::Timeout,
-                format!(
-                    "{} did not answer within {}",
-                    self.who(),
-                    humantime::format_duration(self.timeout)
-                ),
-            )
-            .help("check that the server is up, or raise the provider's `timeout`");
-        }
-        let chain = error_chain(e);
-        let lower = chain.to_lowercase();
-        if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
-            let help = match &self.ca_cert {
-                Some(p) => format!(
-                    "check that {} holds the CA that signed the server's certificate, and that the endpoint's host name is in the certificate",
-                    p.display()
-                ),
-                None => "set `ca_cert = \"path/to/ca.pem\"` on the provider to trust the CA that signed the server's certificate".into(),
-            };
-            return ProviderError::new(
-                ErrorKind::Network,
-                format!("TLS connection to {} failed: {chain}", self.who()),
-            )
-            .help(help);
-        }
-        ProviderError::new(
-            ErrorKind::Network,
-            format!("cannot reach {}: {chain}", self.who()),
+        crate::http::transport_error(
+            e,
+            &self.who(),
+            self.timeout,
+            self.ca_cert.as_deref(),
+            "`endpoint`",
         )
-        .help("check that the server is running and that `endpoint` is right")
-        .transient()
     }
 
     /// The error for an answer other than `200`: the server's code and message when it sent

@@ -288,22 +288,28 @@ fn kz_run_resolves_through_the_server_which_reloads_rotates_and_drains() {
     );
 }
 
-#[test]
-fn the_server_serves_tls_that_the_provider_trusts_with_ca_cert() {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
+/// A CA named `cn` and a leaf for `localhost` and `127.0.0.1` it signed (with the leaf's key).
+fn test_ca(cn: &str) -> (rcgen::Certificate, rcgen::Certificate, rcgen::KeyPair) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
         .distinguished_name
-        .push(rcgen::DnType::CommonName, "kz test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        .push(rcgen::DnType::CommonName, cn);
+    let ca = params.self_signed(&key).unwrap();
+    let issuer = rcgen::Issuer::new(params, key);
     let leaf_key = rcgen::KeyPair::generate().unwrap();
     let mut leaf_params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
     leaf_params
         .subject_alt_names
         .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
     let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+    (ca, leaf, leaf_key)
+}
+
+#[test]
+fn the_server_serves_tls_that_the_provider_trusts_with_ca_cert() {
+    let (ca, leaf, leaf_key) = test_ca("kz test CA");
 
     let (s, _) = team("", "https://127.0.0.1:1");
     s.write("ca.pem", &ca.pem());
@@ -334,23 +340,7 @@ fn the_server_serves_tls_that_the_provider_trusts_with_ca_cert() {
     assert_eq!(r.stdout, CANARY);
 
     // A renewed certificate (from another CA) is picked up without a restart.
-    let (ca2, leaf2, leaf2_key) = {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "kz test CA 2");
-        let ca = params.self_signed(&key).unwrap();
-        let issuer = rcgen::Issuer::new(params, key);
-        let leaf_key = rcgen::KeyPair::generate().unwrap();
-        let mut leaf_params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-        leaf_params
-            .subject_alt_names
-            .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
-        let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
-        (ca, leaf, leaf_key)
-    };
+    let (ca2, leaf2, leaf2_key) = test_ca("kz test CA 2");
     s.write("ca2.pem", &ca2.pem());
     s.write("tls.key", &leaf2_key.serialize_pem());
     s.write("tls.pem", &leaf2.pem());

@@ -335,23 +335,7 @@ fn replicas_behind_nginx_share_tokens_reload_together_and_keep_their_own_audit_c
         "secrets.env",
         &format!("APP_DB={CANARY}-db\nAPP_API={CANARY}-api\n"),
     );
-    let token = s
-        .kz(&[
-            "token",
-            "sign",
-            "--key",
-            &private,
-            "--kid",
-            "k1",
-            "--issuer",
-            ISS,
-            "--claims",
-            r#"{"sub":"job-1","aud":"keyzero","team":"a"}"#,
-        ])
-        .ok()
-        .stdout
-        .trim()
-        .to_owned();
+    let token = es256_token(&s, &private);
 
     let mut bg = Background::default();
     let a = start_replica(&s, &mut bg, "replica-a", "bundle.yaml");
@@ -571,23 +555,7 @@ fn replica_reloads_a_bundle_updated_by_a_configmap_symlink_swap() {
     let volume = s.path("configmap");
     std::fs::create_dir(&volume).unwrap();
     configmap_update(&volume, 1, &text(""));
-    let token = s
-        .kz(&[
-            "token",
-            "sign",
-            "--key",
-            &private,
-            "--kid",
-            "k1",
-            "--issuer",
-            ISS,
-            "--claims",
-            r#"{"sub":"job-1","aud":"keyzero","team":"a"}"#,
-        ])
-        .ok()
-        .stdout
-        .trim()
-        .to_owned();
+    let token = es256_token(&s, &private);
     let mut bg = Background::default();
     let r = start_replica(&s, &mut bg, "replica", "configmap/bundle.yaml");
     let http = Http::new();
@@ -613,17 +581,17 @@ fn replica_reloads_a_bundle_updated_by_a_configmap_symlink_swap() {
     assert!(!log.contains(CANARY), "{log}");
 }
 
-/// An HMAC test token for the `hs` issuer, signed with the key file `key`.
-fn hmac_token(s: &Sandbox, key: &str) -> String {
+/// A test token for `job-1` of team `a`, signed with the key file `key` (`kz token sign`).
+fn sign(s: &Sandbox, key: &str, alg: &str, kid: &str) -> String {
     s.kz(&[
         "token",
         "sign",
         "--key",
         key,
         "--alg",
-        "HS256",
+        alg,
         "--kid",
-        "h1",
+        kid,
         "--issuer",
         ISS,
         "--claims",
@@ -633,6 +601,16 @@ fn hmac_token(s: &Sandbox, key: &str) -> String {
     .stdout
     .trim()
     .to_owned()
+}
+
+/// An ES256 test token for the `ci` issuer.
+fn es256_token(s: &Sandbox, private: &str) -> String {
+    sign(s, private, "ES256", "k1")
+}
+
+/// An HMAC test token for the `hs` issuer, signed with the key file `key`.
+fn hmac_token(s: &Sandbox, key: &str) -> String {
+    sign(s, key, "HS256", "h1")
 }
 
 #[test]
@@ -749,23 +727,7 @@ fn replicas_behind_nginx_over_tls_with_the_upstream_certificate_verified() {
     let key = s.write("tls/server.key", &leaf_key.serialize_pem());
     let ca_file = s.write("tls/ca.pem", &ca_pem);
     let other_file = s.write("tls/other-ca.pem", &other_pem);
-    let token = s
-        .kz(&[
-            "token",
-            "sign",
-            "--key",
-            &private,
-            "--kid",
-            "k1",
-            "--issuer",
-            ISS,
-            "--claims",
-            r#"{"sub":"job-1","aud":"keyzero","team":"a"}"#,
-        ])
-        .ok()
-        .stdout
-        .trim()
-        .to_owned();
+    let token = es256_token(&s, &private);
 
     let mut bg = Background::default();
     let (cert, key) = (cert.display().to_string(), key.display().to_string());
