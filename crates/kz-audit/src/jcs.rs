@@ -159,22 +159,50 @@ pub(crate) fn write_object(map: &BTreeMap<Key, Canon>, out: &mut String) {
 
 fn write_str(s: &str, out: &mut String) {
     out.push('"');
-    for ch in s.chars() {
-        match ch {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\u{8}' => out.push_str("\\b"),
-            '\t' => out.push_str("\\t"),
-            '\n' => out.push_str("\\n"),
-            '\u{c}' => out.push_str("\\f"),
-            '\r' => out.push_str("\\r"),
-            c if u32::from(c) < 0x20 => {
+    // Runs of characters that need no escape are copied whole (the common case: names, ids).
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        if b >= 0x20 && b != b'"' && b != b'\\' {
+            continue;
+        }
+        out.push_str(s.get(start..i).unwrap_or_default());
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            0x08 => out.push_str("\\b"),
+            b'\t' => out.push_str("\\t"),
+            b'\n' => out.push_str("\\n"),
+            0x0c => out.push_str("\\f"),
+            b'\r' => out.push_str("\\r"),
+            c => {
                 let _ = write!(out, "\\u{:04x}", u32::from(c));
             }
-            c => out.push(c),
         }
+        start = i + 1;
     }
+    out.push_str(s.get(start..).unwrap_or_default());
     out.push('"');
+}
+
+/// The entries of `map` (canonical form, comma-separated, no braces) whose keys sort before
+/// `split` and those after it: a record is serialised once, and its line with a `split` entry
+/// (the hash) is assembled from the two halves.
+pub(crate) fn write_entries_split(map: &BTreeMap<Key, Canon>, split: &Key) -> (String, String) {
+    let mut before = String::with_capacity(512);
+    let mut after = String::with_capacity(256);
+    for (k, v) in map {
+        if k == split {
+            continue;
+        }
+        let out = if k < split { &mut before } else { &mut after };
+        if !out.is_empty() {
+            out.push(',');
+        }
+        write_str(&k.0, out);
+        out.push(':');
+        v.write(out);
+    }
+    (before, after)
 }
 
 /// The RFC 8785 canonical form of `value`.

@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::AuditError;
-use crate::jcs::{Canon, Key, sha256_hex, write_object};
+use crate::jcs::{Canon, Key, sha256_hex, write_entries_split};
 use crate::record::Record;
 use crate::verify::{GENESIS, check_line};
 
@@ -77,8 +77,17 @@ impl Sink for FileSink {
     fn sync(&mut self) -> io::Result<()> {
         self.file.sync_data()
     }
+    /// The new file replaces the old one at once; the old one is synced on a thread of its
+    /// own, so a rotation never stalls the queue behind an fsync of a large file.
     fn reopen(&mut self) -> io::Result<()> {
-        self.file = Self::open_file(&self.path)?;
+        let old = std::mem::replace(&mut self.file, Self::open_file(&self.path)?);
+        // Every line was written to the old file before this; a thread that cannot start only
+        // leaves its fsync to the kernel's own write-back.
+        let _ = std::thread::Builder::new()
+            .name("kz-audit-sync".into())
+            .spawn(move || {
+                let _ = old.sync_data();
+            });
         Ok(())
     }
     fn name(&self) -> String {
@@ -498,8 +507,9 @@ impl Worker {
                 let _ = ack.send(self.progress(true));
             }
             Msg::Reopen(ack) => {
-                // Finish the old file; whatever fails here is retried on the new one.
-                let _ = self.progress(true);
+                // Finish writing to the old file (its sync runs beside the queue, see
+                // `FileSink::reopen`); whatever fails here is retried on the new one.
+                let _ = self.progress(false);
                 self.needs_reopen = true;
                 let _ = ack.send(self.progress(true));
             }
@@ -510,14 +520,27 @@ impl Worker {
         record
             .fields
             .insert(Key("prev".into()), Canon::Str(self.last.clone()));
-        let mut body = String::with_capacity(512);
-        write_object(&record.fields, &mut body);
-        let hash = sha256_hex(body.as_bytes());
-        record
-            .fields
-            .insert(Key("hash".into()), Canon::Str(hash.clone()));
-        let mut line = String::with_capacity(body.len() + 80);
-        write_object(&record.fields, &mut line);
+        // Serialised once: the hashed text is the object without `hash`, and the line is the
+        // same entries with `hash` in its canonical place.
+        let (before, after) = write_entries_split(&record.fields, &Key("hash".into()));
+        let join = |middle: Option<&str>| {
+            let mut out = String::with_capacity(before.len() + after.len() + 80);
+            out.push('{');
+            for part in [Some(before.as_str()), middle, Some(after.as_str())]
+                .into_iter()
+                .flatten()
+                .filter(|p| !p.is_empty())
+            {
+                if out.len() > 1 {
+                    out.push(',');
+                }
+                out.push_str(part);
+            }
+            out.push('}');
+            out
+        };
+        let hash = sha256_hex(join(None).as_bytes());
+        let mut line = join(Some(&format!("\"hash\":\"{hash}\"")));
         line.push('\n');
         self.pending.extend_from_slice(line.as_bytes());
         self.last = hash;

@@ -26,6 +26,9 @@ use crate::{Options, StartError};
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Audit records the queue holds (about a second of peak load here): a rotation or a slow disk
+/// is absorbed before requests are answered 503.
+pub const AUDIT_QUEUE: usize = 16_384;
 /// Connections served at once; more wait in the kernel's backlog.
 pub const MAX_CONNECTIONS: usize = 4096;
 /// Connections from one address at once; more are closed at once (a load balancer in front
@@ -157,7 +160,8 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         (None, Some(p)) => p.clone(),
         (None, None) => "-".to_owned(),
     };
-    let audit = kz_audit::Writer::open(&audit_path).map_err(StartError::Audit)?;
+    let audit = kz_audit::Writer::open_with_capacity(&audit_path, AUDIT_QUEUE)
+        .map_err(StartError::Audit)?;
     tracing::info!(audit = %audit_path, "audit log open");
     let metrics = Metrics::new().map_err(|e| StartError::Runtime(std::io::Error::other(e)))?;
     metrics.bundle_loaded.set(unix_now());
