@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Caller};
-use crate::state::{Loaded, hex};
+use crate::state::Loaded;
 
 /// What every request shares.
 pub struct AppState {
@@ -477,7 +477,10 @@ async fn serve_refs(state: &AppState, req: Request, fetch: bool) -> Result<Respo
         .map_or(serde_json::Value::Null, serde_json::Value::Object);
     let token_id = match identity.claims.get("jti") {
         Some(serde_json::Value::String(j)) if !j.is_empty() && j.len() <= 256 => format!("jti:{j}"),
-        _ => format!("sha256:{}", hex(&Sha256::digest(token.as_bytes()))),
+        _ => format!(
+            "sha256:{}",
+            kz_config::discover::hex(&Sha256::digest(token.as_bytes()))
+        ),
     };
     let caller = Caller {
         identity: &identity,

@@ -55,7 +55,10 @@ impl std::fmt::Debug for Loaded {
 /// used when the bundle is loaded again.
 pub fn load(opts: &Options, records: &ReplayRecords) -> Result<Loaded, Vec<Diagnostic>> {
     let text = kz_bundle::read(&opts.bundle)?;
-    let revision = format!("sha256:{}", hex(&Sha256::digest(text.as_bytes())));
+    let revision = format!(
+        "sha256:{}",
+        kz_config::discover::hex(&Sha256::digest(text.as_bytes()))
+    );
     let bundle = kz_bundle::check(&opts.bundle, &text)?;
     let issuers = bundle.issuer_configs()?;
     let verifier = Verifier::build_sharing(issuers, records).map_err(|errs| {
@@ -92,16 +95,6 @@ pub fn load(opts: &Options, records: &ReplayRecords) -> Result<Loaded, Vec<Diagn
         tls,
         refreshes_counted: (AtomicU64::new(0), AtomicU64::new(0)),
     })
-}
-
-/// Lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
 }
 
 /// A TLS acceptor for `files` (HTTP/2 and HTTP/1.1 by ALPN).
