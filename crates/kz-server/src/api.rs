@@ -401,8 +401,7 @@ async fn serve_refs(state: &AppState, req: Request, fetch: bool) -> Result<Respo
         }
         Ok(read) => read.map_err(|e| {
             let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-                || e.to_string().contains("length limit");
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
             if too_large {
                 ApiError::new(
                     ErrorCode::PayloadTooLarge,
