@@ -149,6 +149,8 @@ async fn stale_keys_serve_while_the_jwks_server_is_down() {
     assert_eq!(server.jwks_hits(), 2);
     v.verify(&t2, at(now + 431)).await.unwrap();
     assert_eq!(server.jwks_hits(), 3);
+    // The fetches are counted for the server's metrics: the first succeeded, two failed.
+    assert_eq!(v.jwks_refreshes(), (1, 2));
     // A server that is down from the start: a clear error, no keys.
     let down = Server::start().await;
     down.set_mode(Mode::Fail(500));
