@@ -109,11 +109,6 @@ impl Control {
     pub fn shutdown(&self) {
         let _ = self.shutdown.send(true);
     }
-
-    /// The revision in force.
-    pub fn revision(&self) -> String {
-        self.state.current.load().revision.clone()
-    }
 }
 
 /// A started server.
