@@ -1,7 +1,7 @@
 //! The per-run secret table: every secret blind mode handles, its masked token and the hosts it
 //! may be sent to. Indices into [`SecretTable::secrets`] are how the other modules name a secret.
 
-use kz_config::{HostPattern, SwapIn};
+use kz_config::{Binding, BindingRefusal, HostPattern, SwapIn};
 use kz_secret::SecretValue;
 use std::fmt::Write;
 
@@ -38,6 +38,8 @@ pub struct BlindSecret {
     /// Where in a request its token is swapped (the entry's `swap`; headers and query by
     /// default).
     pub swap: SwapIn,
+    /// The methods and paths it may be used with (the entry's `methods` and `paths`).
+    pub binding: Binding,
 }
 
 impl BlindSecret {
@@ -49,7 +51,20 @@ impl BlindSecret {
             token: new_token(),
             hosts,
             swap: SwapIn::default(),
+            binding: Binding::default(),
         }
+    }
+
+    /// The same secret, limited to the binding's methods and paths.
+    #[must_use]
+    pub fn with_binding(mut self, binding: Binding) -> Self {
+        self.binding = binding;
+        self
+    }
+
+    /// Whether this secret may be used for `method` on `path` (as sent, without the query).
+    pub fn may_use(&self, method: &str, path: &str) -> Result<(), BindingRefusal> {
+        self.binding.check(method, path)
     }
 
     /// The same secret, swapped where `swap` says.

@@ -45,6 +45,8 @@ const RESOLVER_KEYS: &[&str] = &[
     "cache_ttl",
     "ttl",
     "hosts",
+    "methods",
+    "paths",
     "credential_location",
 ];
 const POLICY_KEYS: &[&str] = &["name", "rule", "effect", "description"];
@@ -1060,6 +1062,53 @@ impl Checker {
                 out
             }
         };
+        let mut binding = kz_config::Binding::default();
+        if let Some(e) = get("methods") {
+            let p = format!("{path}.methods");
+            let items = self.strings(e, &p);
+            match kz_config::Methods::parse(items.iter().map(|(m, _)| m.as_str())) {
+                Ok(m) if !m.is_any() => binding.methods = m,
+                Ok(_) => self.diags.push(
+                    err(
+                        "config::value",
+                        format!("`{p}` is empty: the resolver could never be used"),
+                        &e.node.pos,
+                        path,
+                    )
+                    .help("remove `methods` to allow any method, or list the allowed ones"),
+                ),
+                Err(why) => self.diags.push(
+                    err("config::value", format!("`{p}`: {why}"), &e.node.pos, path)
+                        .help("list HTTP methods, e.g. `methods: [GET, POST]`"),
+                ),
+            }
+        }
+        if let Some(e) = get("paths") {
+            let p = format!("{path}.paths");
+            let items = self.strings(e, &p);
+            if items.is_empty() && matches!(&e.node.val, Val::Array(v) if v.is_empty()) {
+                self.diags.push(
+                    err(
+                        "config::value",
+                        format!("`{p}` is empty: the resolver could never be used"),
+                        &e.node.pos,
+                        path,
+                    )
+                    .help("remove `paths` to allow any path, or list the allowed ones"),
+                );
+            }
+            for (s, pos) in items {
+                match kz_config::PathPattern::parse(&s) {
+                    Ok(pat) => binding.paths.push(pat),
+                    Err(why) => self.diags.push(
+                        err("config::value", format!("`{p}`: {why}"), &pos, path).help(
+                            "a path pattern is a request path with `*` within a segment and `**` \
+                             across segments, e.g. `/v1/charges` or `/repos/acme/**`",
+                        ),
+                    ),
+                }
+            }
+        }
         let credential_location = get("credential_location").and_then(|e| {
             let p = format!("{path}.credential_location");
             let s = self.string(e, &p)?;
@@ -1151,6 +1200,7 @@ impl Checker {
             cache_ttl,
             ttl,
             hosts,
+            binding,
             credential_location,
             pos: at.clone(),
         })

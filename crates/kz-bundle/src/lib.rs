@@ -148,6 +148,9 @@ pub struct Resolver {
     /// Lifetime of a `short_lived` token.
     pub ttl: Option<Duration>,
     pub hosts: Vec<HostPattern>,
+    /// The methods and paths the credential may be used with (`methods`, `paths`), next to
+    /// `hosts`: for `fetch`, the credential proxy and short-lived tokens.
+    pub binding: kz_config::Binding,
     pub credential_location: Option<CredentialLocation>,
     pub pos: Pos,
 }

@@ -616,3 +616,65 @@ issuers:
     assert_eq!(warnings.len(), 3);
     assert!(warnings.iter().all(|d| !d.is_error()));
 }
+
+#[test]
+fn resolvers_bind_methods_and_paths_next_to_hosts() {
+    let text = r#"
+version: "1"
+issuers:
+  - { name: k8s, type: kubernetes, issuer_url: "https://kubernetes.default.svc", audience: kz }
+backends:
+  aws: { type: aws_secrets_manager, region: eu-west-1 }
+resolvers:
+  - name: stripe
+    backend: aws
+    hosts: [api.stripe.com]
+    methods: [get, POST]
+    paths: ["/v1/charges", "/v1/customers/**"]
+  - name: open
+    backend: aws
+policies:
+  - { name: all, rule: "true", effect: allow }
+"#;
+    let b = check(Path::new("b.yaml"), text).unwrap();
+    let r = b.resolver_for("stripe").unwrap();
+    assert_eq!(r.binding.methods.as_slice(), ["GET", "POST"]);
+    assert!(r.binding.check("POST", "/v1/customers/cu_1").is_ok());
+    assert!(r.binding.check("DELETE", "/v1/charges").is_err());
+    assert!(r.binding.check("GET", "/v1/refunds").is_err());
+    // Neither key is taken for a backend parameter.
+    assert!(
+        r.params
+            .iter()
+            .all(|p| p.name != "methods" && p.name != "paths")
+    );
+    assert!(b.resolver_for("open").unwrap().binding.is_open());
+
+    let bad = text
+        .replace("methods: [get, POST]", "methods: [\"GET POST\"]")
+        .replace("\"/v1/charges\", ", "\"v1/charges\", \"/a/%2e%2e/b\", ")
+        .replace(
+            "  - name: open\n    backend: aws\n",
+            "  - name: open\n    backend: aws\n    methods: []\n",
+        );
+    let e = errors(&bad);
+    assert_eq!(
+        e.iter()
+            .map(|(c, l, _)| (c.as_str(), *l))
+            .collect::<Vec<_>>(),
+        [
+            ("config::value", 11),
+            ("config::value", 12),
+            ("config::value", 12),
+            ("config::value", 15)
+        ],
+        "{e:#?}"
+    );
+    assert!(
+        e[0].2.contains("`GET POST` is not an HTTP method"),
+        "{e:#?}"
+    );
+    assert!(e[1].2.contains("must start with `/`"), "{e:#?}");
+    assert!(e[2].2.contains("escapes `.`"), "{e:#?}");
+    assert!(e[3].2.contains("could never be used"), "{e:#?}");
+}

@@ -87,6 +87,8 @@ pub const ENTRY_KEYS: &[&str] = &[
     "allow_empty",
     "optional",
     "hosts",
+    "methods",
+    "paths",
     "swap",
     "description",
 ];

@@ -251,7 +251,10 @@ mod tests {
         let err = HostPattern::parse("*.\u{ff11}.\u{ff12}.\u{ff13}.\u{ff14}").unwrap_err();
         assert!(err.contains("cannot precede an IP address"), "{err}");
         let err = HostPattern::parse("*.\u{ff11}::1").unwrap_err();
-        assert!(err.contains("not a valid host name") || err.contains("IP address"), "{err}");
+        assert!(
+            err.contains("not a valid host name") || err.contains("IP address"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@
 // Only the CLI prints (`kz-cli`); libraries return values, errors and notes.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod binding;
 pub mod catalog;
 pub mod diag;
 pub mod discover;
@@ -27,6 +28,7 @@ pub mod tree;
 pub mod trust;
 pub mod yaml;
 
+pub use binding::{Binding, BindingRefusal, Methods, PathPattern};
 pub use diag::{Diagnostic, Pos, Severity};
 pub use discover::{Discovered, LOCAL_FILE, PROJECT_FILE};
 pub use hosts::{HostPattern, parse_duration};

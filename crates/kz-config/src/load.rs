@@ -581,6 +581,7 @@ fn secret_entry(ms: &MSecret, prefix: &str, ctx: &mut Ctx) -> Option<SecretEntry
                 allow_empty: false,
                 optional: false,
                 hosts: Vec::new(),
+                binding: crate::binding::Binding::default(),
                 swap: SwapIn::default(),
                 description: None,
                 params: Vec::new(),
@@ -757,6 +758,13 @@ fn long_form(ms: &MSecret, t: &[Entry], path: &str, ctx: &mut Ctx) -> Option<Sec
             parse_hosts(h, &format!("{path}.hosts"), Some(name), &mut ctx.diags).unwrap_or_default()
         }
     };
+    let binding = match parse_binding(get("methods"), get("paths"), path, name, &mut ctx.diags) {
+        Some(b) => b,
+        None => {
+            ok = false;
+            crate::binding::Binding::default()
+        }
+    };
     let swap = match get("swap") {
         None => SwapIn::default(),
         Some(x) => match parse_swap(x, &format!("{path}.swap"), name, &mut ctx.diags) {
@@ -844,6 +852,7 @@ fn long_form(ms: &MSecret, t: &[Entry], path: &str, ctx: &mut Ctx) -> Option<Sec
         allow_empty,
         optional,
         hosts,
+        binding,
         swap,
         description: get("description")
             .and_then(|x| x.node.as_str())
@@ -975,6 +984,107 @@ fn parse_swap(e: &Entry, path: &str, secret: &str, diags: &mut Vec<Diagnostic>) 
         ok = false;
     }
     ok.then_some(out)
+}
+
+/// A secret's `methods` and `paths` (blind mode's binding by method and path).
+fn parse_binding(
+    methods: Option<&Entry>,
+    paths: Option<&Entry>,
+    path: &str,
+    secret: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<crate::binding::Binding> {
+    let mut ok = true;
+    let mut list = |e: &Entry, key: &str, want: &str| -> Vec<(String, Pos)> {
+        let Val::Array(items) = &e.node.val else {
+            diags.push(type_error(e, &format!("{path}.{key}"), want).secret(secret));
+            ok = false;
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for n in items {
+            match n.as_str() {
+                Some(s) => out.push((s.to_string(), n.pos.clone())),
+                None => {
+                    diags.push(
+                        Diagnostic::error(
+                            "config::binding",
+                            format!(
+                                "`{path}.{key}`: expected a string, found {}",
+                                n.val.type_name()
+                            ),
+                        )
+                        .at(&n.pos)
+                        .key(format!("{path}.{key}"))
+                        .secret(secret),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        out
+    };
+    let method_items = methods
+        .map(|e| list(e, "methods", "a list of HTTP methods"))
+        .unwrap_or_default();
+    let path_items = paths
+        .map(|e| list(e, "paths", "a list of path patterns"))
+        .unwrap_or_default();
+    let mut binding = crate::binding::Binding::default();
+    for (m, pos) in &method_items {
+        if let Err(why) = crate::binding::Methods::parse([m.as_str()]) {
+            diags.push(
+                Diagnostic::error("config::binding", format!("`{path}.methods`: {why}"))
+                    .at(pos)
+                    .key(format!("{path}.methods"))
+                    .secret(secret)
+                    .help("methods lists HTTP methods, e.g. methods = [\"GET\", \"POST\"]"),
+            );
+            ok = false;
+        }
+    }
+    if ok {
+        binding.methods =
+            crate::binding::Methods::parse(method_items.iter().map(|(m, _)| m.as_str())).ok()?;
+    }
+    for (p, pos) in &path_items {
+        match crate::binding::PathPattern::parse(p) {
+            Ok(pat) => binding.paths.push(pat),
+            Err(why) => {
+                diags.push(
+                    Diagnostic::error("config::binding", format!("`{path}.paths`: {why}"))
+                        .at(pos)
+                        .key(format!("{path}.paths"))
+                        .secret(secret)
+                        .help(
+                            "a path pattern is a request path with `*` within a segment and `**` \
+                             across segments, e.g. paths = [\"/v1/charges\", \"/repos/acme/**\"]",
+                        ),
+                );
+                ok = false;
+            }
+        }
+    }
+    for (e, key) in [(methods, "methods"), (paths, "paths")] {
+        if let Some(e) = e
+            && matches!(&e.node.val, Val::Array(items) if items.is_empty())
+        {
+            diags.push(
+                Diagnostic::error(
+                    "config::binding",
+                    format!("`{path}.{key}` is empty: `{secret}` could never be used"),
+                )
+                .at(&e.node.pos)
+                .key(format!("{path}.{key}"))
+                .secret(secret)
+                .help(format!(
+                    "remove `{key}` to allow any, or list what is allowed"
+                )),
+            );
+            ok = false;
+        }
+    }
+    ok.then_some(binding)
 }
 
 fn parse_hosts(

@@ -201,6 +201,8 @@ pub struct SecretEntry {
     pub optional: bool,
     /// Blind mode: where this secret may be sent.
     pub hosts: Vec<HostPattern>,
+    /// Blind mode: the methods and paths it may be used with (`methods`, `paths`).
+    pub binding: crate::binding::Binding,
     /// Blind mode: where in a request its token is swapped (`swap`).
     pub swap: SwapIn,
     /// Shown by `kz list` / `kz status`.

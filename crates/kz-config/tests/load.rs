@@ -522,3 +522,65 @@ fn bad_swap_lists_are_errors_with_line_and_help() {
         e[5]
     );
 }
+
+#[test]
+fn methods_and_paths_bind_a_secret_and_bad_ones_are_errors_with_line_and_help() {
+    let c = Project::new(
+        "[secrets]\n\
+         A = { provider = \"env\", ref = \"A\", hosts = [\"api.example.com\"], methods = [\"get\", \"POST\"], paths = [\"/v1/charges\", \"/v1/customers/**\"] }\n\
+         B = { provider = \"env\", ref = \"B\" }\n",
+    )
+    .ok();
+    let a = &c.secret("A").unwrap().binding;
+    assert_eq!(a.methods.as_slice(), ["GET", "POST"]);
+    assert_eq!(a.paths_text(), "/v1/charges, /v1/customers/**");
+    assert!(a.check("POST", "/v1/customers/cu_1/sources").is_ok());
+    assert!(a.check("DELETE", "/v1/charges").is_err());
+    assert!(c.secret("B").unwrap().binding.is_open());
+
+    let e = Project::new(
+        "[secrets]\n\
+         A = { provider = \"env\", ref = \"A\", methods = [\"GET POST\"] }\n\
+         B = { provider = \"env\", ref = \"B\", paths = [\"v1/x\", \"/a/../b\"] }\n\
+         C = { provider = \"env\", ref = \"C\", methods = [] }\n\
+         D = { provider = \"env\", ref = \"D\", paths = \"/x\" }\n\
+         E = { provider = \"env\", ref = \"E\", methods = [1] }\n",
+    )
+    .errors();
+    let got: Vec<_> = e
+        .iter()
+        .map(|d| {
+            (
+                d.code,
+                d.secret.as_deref().unwrap_or_default(),
+                d.line.unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("config::binding", "A", 2),
+            ("config::binding", "B", 3),
+            ("config::binding", "B", 3),
+            ("config::binding", "C", 4),
+            ("config::type", "D", 5),
+            ("config::binding", "E", 6),
+        ],
+        "{e:#?}"
+    );
+    assert!(
+        e[0].message.contains("`GET POST` is not an HTTP method"),
+        "{:#?}",
+        e[0]
+    );
+    assert_eq!(e[0].key.as_deref(), Some("secrets.A.methods"));
+    assert!(e[1].message.contains("must start with `/`"), "{:#?}", e[1]);
+    assert!(
+        e[1].help.as_deref().unwrap().contains("`**`"),
+        "{:#?}",
+        e[1]
+    );
+    assert!(e[2].message.contains("`..`"), "{:#?}", e[2]);
+    assert!(e[3].message.contains("could never be used"), "{:#?}", e[3]);
+}

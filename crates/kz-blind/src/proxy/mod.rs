@@ -40,6 +40,7 @@ use crate::ca::RunCa;
 use crate::policy::{self, Destination, Policy, Verdict};
 use crate::rewrite::{self, BodySwap, ScrubStream, Scrubber, SwapError, Swapper};
 use crate::secrets::SecretTable;
+use kz_config::BindingRefusal;
 
 /// Request bodies with a `Content-Length` up to this are buffered and sent with their new length.
 pub const BUFFER_LIMIT: usize = 16 << 20;
@@ -634,11 +635,13 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         // A value travels in clear text only to a host a pattern written `http://…` names;
         // everywhere else only inside TLS.
+        // …and, for a secret bound by method and path, only for those (checked on the path as
+        // sent, before any header is written).
         let allowed = |i: usize| {
-            s.table
-                .secrets
-                .get(i)
-                .is_some_and(|sec| sec.may_send(&dest.host, dest.port, dest.https))
+            s.table.secrets.get(i).is_some_and(|sec| {
+                sec.may_send(&dest.host, dest.port, dest.https)
+                    && sec.may_use(method.as_str(), &path).is_ok()
+            })
         };
 
         // The head: target and headers.
@@ -1089,6 +1092,57 @@ impl Proxy {
                         host = policy::host_port(&dest.host, dest.port),
                     ),
                     "secret would travel unencrypted".to_string(),
+                )
+            }
+            SwapError::Forbidden(i)
+                if let Some(Err(refusal)) = self
+                    .shared
+                    .table
+                    .secrets
+                    .get(i)
+                    .filter(|sec| sec.may_send(&dest.host, dest.port, dest.https))
+                    .map(|sec| sec.may_use(method.as_str(), path)) =>
+            {
+                let binding = self
+                    .shared
+                    .table
+                    .secrets
+                    .get(i)
+                    .map(|sec| sec.binding.clone())
+                    .unwrap_or_default();
+                let (what, reason) = match refusal {
+                    BindingRefusal::Method => (
+                        format!(
+                            "for {method}: it may be used only for {} (its `methods`)",
+                            binding.methods
+                        ),
+                        "secret not bound to this method".to_string(),
+                    ),
+                    BindingRefusal::Path => (
+                        format!(
+                            "on the path {path}: it may be used only on {} (its `paths`)",
+                            binding.paths_text()
+                        ),
+                        "secret not bound to this path".to_string(),
+                    ),
+                    BindingRefusal::AmbiguousPath(why) => (
+                        format!(
+                            "on this path: {why}, and its `paths` cannot say which resource it names"
+                        ),
+                        "ambiguous path for a path-bound secret".to_string(),
+                    ),
+                };
+                (
+                    StatusCode::FORBIDDEN,
+                    Some(i),
+                    format!(
+                        "kz blind: {} may not be sent to {} {what}. The request was not sent. If \
+                         this call is intended, add it to the secret's `methods`/`paths` in \
+                         .keyzero.toml.\n",
+                        name(i),
+                        policy::host_port(&dest.host, dest.port),
+                    ),
+                    reason,
                 )
             }
             SwapError::Forbidden(i) => {

@@ -218,7 +218,14 @@ fn plan(
             short.push(name.clone());
         }
         let swap = entry_of(&name).map(|e| e.swap).unwrap_or_default();
-        secrets.push(BlindSecret::new(name, value, hosts).with_swap(swap));
+        let binding = entry_of(&name)
+            .map(|e| e.binding.clone())
+            .unwrap_or_default();
+        secrets.push(
+            BlindSecret::new(name, value, hosts)
+                .with_swap(swap)
+                .with_binding(binding),
+        );
     }
     if !short.is_empty() && config.blind.scrub_responses {
         ctx.out.note(&format!(
@@ -273,7 +280,15 @@ fn run_with_dir(
         .iter()
         .map(|s| {
             let hosts: Vec<String> = s.hosts.iter().map(ToString::to_string).collect();
-            format!("{} -> {}", s.name, hosts.join(", "))
+            let mut line = format!("{} -> {}", s.name, hosts.join(", "));
+            if !s.binding.is_open() {
+                line.push_str(&format!(
+                    " ({}; {})",
+                    s.binding.methods,
+                    s.binding.paths_text()
+                ));
+            }
+            line
         })
         .collect();
     let proxy = runtime.block_on(async { Proxy::new(settings) });

@@ -1159,6 +1159,146 @@ mod proxy_rules {
         }
     }
 
+    /// `methods` and `paths` next to `hosts`: a request carrying the token outside them gets
+    /// 403 and nothing is sent; a request without the token is not the binding's business.
+    #[test]
+    fn a_secret_bound_by_method_and_path_is_sent_only_for_those() {
+        support::clients::require_tool("curl");
+        let w = World::build(
+            CANARY,
+            ", methods = [\"GET\"], paths = [\"/get\", \"/v1/**\"]",
+        );
+        let audit = w.s.root.path().join("audit.jsonl");
+        let cases = [
+            ("GET", "/get", true),
+            ("POST", "/get", false),
+            ("GET", "/post", false),
+            ("GET", "/v1/a/b", true),
+            ("DELETE", "/v1/a", false),
+            ("GET", "/v1/%2e%2e/post", false),
+            ("GET", "/v1/..;/post", false),
+            ("GET", "/v1//a", false),
+            ("GET", "/v1%2fa", false),
+        ];
+        let mut script = String::new();
+        for (m, p, _) in cases {
+            script.push_str(&format!(
+                "c=$(curl -sS --path-as-is -o /dev/null -w '%{{http_code}}' -X {m} \
+                 -H \"Authorization: Bearer $API_TOKEN\" '{base}{p}?kz=1'); \
+                 echo \"==kz== {m} {p} $c\"; ",
+                base = w.allowed.url()
+            ));
+        }
+        // Without the token, any method and path.
+        script.push_str(&format!(
+            "c=$(curl -sS -o /dev/null -w '%{{http_code}}' -X POST '{}/post'); echo \"==kz== NOTOKEN $c\"",
+            w.allowed.url()
+        ));
+        let r = w
+            .blind_sh(&["--audit", audit.to_str().unwrap()], &script, &[])
+            .ok()
+            .no_canary();
+        let line = |m: &str, p: &str| {
+            r.stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("==kz== {m} {p} ")))
+                .unwrap_or_else(|| panic!("no answer for {m} {p}: {}\n{}", r.stdout, r.stderr))
+                .to_string()
+        };
+        for (m, p, ok) in cases {
+            let code = line(m, p);
+            if ok {
+                assert_ne!(code, "403", "{m} {p}: {}", r.stderr);
+            } else {
+                assert_eq!(code, "403", "{m} {p}: {}", r.stderr);
+            }
+        }
+        assert!(r.stdout.contains("==kz== NOTOKEN 200"), "{}", r.stdout);
+        // The server saw the value exactly for the two allowed calls, and none of the others.
+        let bearer = format!("Bearer {CANARY}");
+        let recorded = w.allowed.requests();
+        let with_value: Vec<(String, String)> = recorded
+            .iter()
+            .filter(|q| q.header("authorization") == Some(bearer.as_str()))
+            .map(|q| (q.method.clone(), q.target.clone()))
+            .collect();
+        assert_eq!(
+            with_value,
+            [
+                ("GET".to_string(), "/get?kz=1".to_string()),
+                ("GET".to_string(), "/v1/a/b?kz=1".to_string())
+            ],
+            "{recorded:#?}"
+        );
+        assert!(
+            recorded
+                .iter()
+                .all(|q| q.header("authorization").is_none_or(|a| a == bearer)),
+            "a token reached the server: {recorded:#?}"
+        );
+        assert_eq!(recorded.len(), 3, "{recorded:#?}");
+        let text = std::fs::read_to_string(&audit).unwrap();
+        for reason in [
+            "secret not bound to this method",
+            "secret not bound to this path",
+            "ambiguous path for a path-bound secret",
+        ] {
+            assert!(text.contains(reason), "{reason} not audited: {text}");
+        }
+        w.s.kz(&["audit", "verify", audit.to_str().unwrap()]).ok();
+    }
+
+    /// The same binding with Python's urllib (through the proxy by `HTTPS_PROXY`).
+    #[test]
+    fn a_python_client_meets_the_same_method_and_path_binding() {
+        let w = World::build(CANARY, ", methods = [\"GET\"], paths = [\"/get\"]");
+        let script = r#"
+import os, sys, urllib.request, urllib.error
+tok = os.environ["API_TOKEN"]
+for m, p in [("GET", "/get"), ("POST", "/get"), ("GET", "/post")]:
+    req = urllib.request.Request(sys.argv[1] + p, method=m, data=b"x" if m == "POST" else None,
+                                 headers={"Authorization": "Bearer " + tok})
+    try:
+        code = urllib.request.urlopen(req, timeout=20).status
+        body = ""
+    except urllib.error.HTTPError as e:
+        code, body = e.code, e.read().decode()
+    print("==kz==", m, p, code, body.replace("\n", " "))
+"#;
+        let path = w.s.write("binding.py", script);
+        let argv = vec![
+            support::clients::python().display().to_string(),
+            path.display().to_string(),
+            w.allowed.url(),
+        ];
+        let r = w.blind(&[], &argv, &[]).ok().no_canary();
+        let line = |m: &str, p: &str| {
+            r.stdout
+                .lines()
+                .find(|l| l.starts_with(&format!("==kz== {m} {p} ")))
+                .unwrap_or_else(|| panic!("no answer for {m} {p}: {}\n{}", r.stdout, r.stderr))
+                .to_string()
+        };
+        assert!(
+            line("GET", "/get").starts_with("==kz== GET /get 200"),
+            "{}",
+            r.stdout
+        );
+        let post = line("POST", "/get");
+        assert!(post.starts_with("==kz== POST /get 403"), "{post}");
+        assert!(
+            post.contains("API_TOKEN") && post.contains("GET (its `methods`)"),
+            "{post}"
+        );
+        let path = line("GET", "/post");
+        assert!(path.starts_with("==kz== GET /post 403"), "{path}");
+        assert!(path.contains("may be used only on /get"), "{path}");
+        let bearer = format!("Bearer {CANARY}");
+        let recorded = w.allowed.requests();
+        assert_eq!(recorded.len(), 1, "{recorded:#?}");
+        assert_eq!(recorded[0].header("authorization"), Some(bearer.as_str()));
+    }
+
     #[test]
     fn a_value_fragment_from_the_command_stops_blind_mode_with_a_warning() {
         support::clients::require_tool("curl");
