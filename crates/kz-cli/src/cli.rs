@@ -249,6 +249,12 @@ pub struct ServerStartArgs {
     /// How long in-flight requests may take to finish on shutdown
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_interval)]
     pub drain: std::time::Duration,
+    /// The private key (Ed25519, EC P-256 or RSA, PEM) that signs `short_lived` tokens
+    #[arg(long, value_name = "PATH", env = "KEYZERO_SIGNING_KEY_PATH")]
+    pub signing_key: Option<PathBuf>,
+    /// The credential proxy that redeems `short_lived` tokens, put in each token and answer
+    #[arg(long, value_name = "URL", env = "KEYZERO_PROXY_URL")]
+    pub proxy_url: Option<String>,
 }
 
 #[derive(Debug, Args)]

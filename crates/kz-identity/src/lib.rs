@@ -42,7 +42,7 @@ pub use error::{ConfigError, ErrorCode, IdentityError};
 pub use fetch::{DEFAULT_KEYS_TTL, MAX_DOCUMENT_BYTES, MAX_KEYS_TTL, MIN_KEYS_TTL};
 pub use keys::MAX_JWKS_KEYS;
 pub use profile::{MAP_FIELDS, Profile, claim_path, normalise, spiffe_parts};
-pub use sign::sign;
+pub use sign::{TokenSigner, sign};
 pub use token::MAX_TOKEN_BYTES;
 pub use verifier::{REFETCH_INTERVAL, ReplayRecords, Verifier, check_issuer};
 

@@ -105,3 +105,46 @@ pub fn sign(
         None => "the key cannot sign any supported algorithm".into(),
     }))
 }
+
+/// The server's key for short-lived tokens (`KEYZERO_SIGNING_KEY_PATH`): an Ed25519, EC P-256
+/// or RSA private key in PEM, signing `EdDSA`, `ES256` or `RS256`. The PEM is kept in zeroizing
+/// memory and never shown (`Debug` names the algorithm only).
+pub struct TokenSigner {
+    pem: zeroize::Zeroizing<String>,
+    alg: Alg,
+}
+
+impl std::fmt::Debug for TokenSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSigner")
+            .field("alg", &self.alg.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenSigner {
+    /// Takes a PEM private key; `Err` says why it cannot sign (an HMAC secret, a public key or
+    /// another curve is refused: the proxy verifies with the public key alone).
+    pub fn from_pem(pem: zeroize::Zeroizing<String>) -> Result<Self, IdentityError> {
+        for alg in [Alg::EdDSA, Alg::ES256, Alg::RS256] {
+            let probe = serde_json::json!({"iss": "keyzero", "probe": true});
+            if sign(&pem, Some(alg.as_str()), None, &probe).is_ok() {
+                return Ok(Self { pem, alg });
+            }
+        }
+        Err(fail(
+            "the signing key is not an Ed25519, EC P-256 or RSA private key in PEM (PKCS#8, \
+             SEC1 or PKCS#1)",
+        ))
+    }
+
+    /// The algorithm it signs with (`EdDSA`, `ES256` or `RS256`).
+    pub fn alg(&self) -> &'static str {
+        self.alg.as_str()
+    }
+
+    /// Signs `claims` (a JSON object; `iat` and `exp` must be set by the caller).
+    pub fn sign(&self, claims: &Value) -> Result<String, IdentityError> {
+        sign(&self.pem, Some(self.alg.as_str()), None, claims)
+    }
+}

@@ -82,6 +82,12 @@ pub struct Options {
     pub watch: Option<Duration>,
     /// Connection and body time limits.
     pub timeouts: Timeouts,
+    /// The private key that signs short-lived tokens (`KEYZERO_SIGNING_KEY_PATH`); needed when
+    /// the bundle has a `short_lived` resolver, re-read on every reload.
+    pub signing_key: Option<PathBuf>,
+    /// The credential proxy that redeems short-lived tokens (`KEYZERO_PROXY_URL`), put in each
+    /// token and answer.
+    pub proxy_url: Option<String>,
 }
 
 /// Time limits that keep idle and slow clients from holding connections.

@@ -8,7 +8,7 @@
 //! with its refs. A denied caller learns nothing about which names exist: a ref without a
 //! resolver is reported as such only when policy allowed it.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use kz_audit::{Decision as AuditDecision, Record, Transport as AuditTransport};
 use kz_bundle::{Mode, Resolver};
@@ -105,11 +105,12 @@ pub async fn answer(
                 Some(r) => {
                     result.mode = Some(mode.to_owned());
                     if r.mode == Mode::ShortLived {
-                        result.error = Some(
-                            "short_lived resolvers are not served by this release of the server"
-                                .into(),
-                        );
-                        audit = AuditDecision::Error;
+                        if fetch
+                            && let Err(why) = short_lived(loaded, caller, reference, r, &mut result)
+                        {
+                            result.error = Some(why);
+                            audit = AuditDecision::Error;
+                        }
                     } else if let Some(why) = loaded.broken.get(&r.backend)
                         && fetch
                     {
@@ -147,6 +148,63 @@ pub async fn answer(
             .insert(slot.reference.to_owned(), slot.result);
     }
     Answer { response, records }
+}
+
+/// Lifetime of a short-lived token whose resolver gives no `ttl`.
+pub const DEFAULT_SHORT_LIVED_TTL: Duration = Duration::from_secs(300);
+
+/// Issues a short-lived token for an allowed ref of a `short_lived` resolver: no backend is
+/// contacted; the credential proxy resolves the credential when the token is redeemed. The
+/// claims bind it to the caller, the ref, the resolver and the resolver's hosts, methods and
+/// paths (server.md, "Short-lived tokens").
+fn short_lived(
+    loaded: &Loaded,
+    caller: &Caller<'_>,
+    reference: &str,
+    r: &Resolver,
+    result: &mut RefResult,
+) -> Result<(), String> {
+    let signer = loaded
+        .signer
+        .as_ref()
+        .ok_or("no signing key is loaded for short_lived resolvers")?;
+    let ttl = r.ttl.unwrap_or(DEFAULT_SHORT_LIVED_TTL).as_secs().max(1);
+    let iat = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut jti = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut jti);
+    let mut claims = serde_json::json!({
+        "iss": "keyzero",
+        "aud": "keyzero-proxy",
+        "iat": iat,
+        "exp": iat.saturating_add(ttl),
+        "jti": kz_config::discover::hex(&jti),
+        "sub": caller.identity.sub,
+        "caller_iss": caller.identity.issuer,
+        "resource": reference,
+        "resolver": r.name,
+        "hosts": r.hosts.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    });
+    if let Value::Object(map) = &mut claims {
+        if !r.binding.methods.is_any() {
+            map.insert("methods".into(), r.binding.methods.as_slice().into());
+        }
+        if !r.binding.paths.is_empty() {
+            let paths: Vec<String> = r.binding.paths.iter().map(ToString::to_string).collect();
+            map.insert("paths".into(), paths.into());
+        }
+        if let Some(url) = &loaded.proxy_url {
+            map.insert("proxy".into(), url.as_str().into());
+        }
+    }
+    let token = signer
+        .sign(&claims)
+        .map_err(|e| format!("cannot sign the short-lived token: {}", e.message))?;
+    result.token = Some(kz_secret::SecretValue::from_string(token));
+    result.ttl = Some(ttl);
+    result.proxy.clone_from(&loaded.proxy_url);
+    Ok(())
 }
 
 /// Fills the values of allowed `direct` refs through one resolve session: values of resolvers

@@ -34,6 +34,10 @@ pub struct Loaded {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Key-set fetches already counted in the metrics: (succeeded, failed).
     pub refreshes_counted: (AtomicU64, AtomicU64),
+    /// Signs short-lived tokens; present when the bundle has a `short_lived` resolver.
+    pub signer: Option<kz_identity::TokenSigner>,
+    /// `KEYZERO_PROXY_URL`, for short-lived answers.
+    pub proxy_url: Option<String>,
 }
 
 impl std::fmt::Debug for Loaded {
@@ -70,6 +74,15 @@ pub fn load(opts: &Options, records: &ReplayRecords) -> Result<Loaded, Vec<Diagn
         Some(files) => Some(tls_acceptor(files).map_err(|d| vec![d])?),
         None => None,
     };
+    let signer = if bundle
+        .resolvers
+        .iter()
+        .any(|r| r.mode == kz_bundle::Mode::ShortLived)
+    {
+        Some(token_signer(opts.signing_key.as_deref(), &bundle).map_err(|d| vec![d])?)
+    } else {
+        None
+    };
     let mut build = opts.build.clone();
     if let Some(dir) = opts.bundle.parent().filter(|d| !d.as_os_str().is_empty()) {
         build.project_dir = dir.to_path_buf();
@@ -94,7 +107,60 @@ pub fn load(opts: &Options, records: &ReplayRecords) -> Result<Loaded, Vec<Diagn
         cache: MemoryCache::new(CACHE_ENTRIES),
         tls,
         refreshes_counted: (AtomicU64::new(0), AtomicU64::new(0)),
+        signer,
+        proxy_url: opts.proxy_url.clone(),
     })
+}
+
+/// The largest signing key file read.
+const MAX_KEY_BYTES: usize = 64 * 1024;
+
+/// Reads the short-lived token key: a bundle with a `short_lived` resolver does not load
+/// without one (fail closed, at start or reload, not at the first request).
+fn token_signer(
+    path: Option<&Path>,
+    bundle: &Bundle,
+) -> Result<kz_identity::TokenSigner, Diagnostic> {
+    let first = bundle
+        .resolvers
+        .iter()
+        .find(|r| r.mode == kz_bundle::Mode::ShortLived);
+    let at = |d: Diagnostic| match first {
+        Some(r) => d.at(&r.pos),
+        None => d,
+    };
+    let help = "pass an Ed25519, EC P-256 or RSA private key in PEM with --signing-key or \
+                KEYZERO_SIGNING_KEY_PATH (e.g. `openssl genpkey -algorithm ed25519 -out \
+                signing.pem`); the credential proxy verifies with its public key";
+    let Some(path) = path else {
+        return Err(at(Diagnostic::error(
+            "server::signing_key",
+            format!(
+                "resolver `{}` is short_lived, and no key to sign its tokens was given",
+                first.map_or("?", |r| r.name.as_str())
+            ),
+        ))
+        .help(help));
+    };
+    let bad = |why: String| {
+        Diagnostic::error(
+            "server::signing_key",
+            format!("cannot use {} as the signing key: {why}", path.display()),
+        )
+        .in_file(path)
+        .help(help)
+    };
+    let bytes = zeroize::Zeroizing::new(
+        kz_bundle::read_limited(path, MAX_KEY_BYTES)
+            .map_err(|e| bad(e.to_string()))?
+            .ok_or_else(|| bad(format!("it is larger than {MAX_KEY_BYTES} bytes")))?,
+    );
+    let pem = zeroize::Zeroizing::new(
+        std::str::from_utf8(&bytes)
+            .map_err(|_| bad("it is not PEM text".into()))?
+            .to_owned(),
+    );
+    kz_identity::TokenSigner::from_pem(pem).map_err(|e| bad(e.message))
 }
 
 /// A TLS acceptor for `files` (HTTP/2 and HTTP/1.1 by ALPN).

@@ -116,6 +116,8 @@ fn options(dir: &Path) -> Options {
         drain: Duration::from_secs(5),
         watch: None,
         timeouts: kz_server::Timeouts::default(),
+        signing_key: None,
+        proxy_url: None,
     }
 }
 
@@ -948,4 +950,140 @@ async fn a_single_use_token_stays_used_across_reloads_and_is_not_used_up_by_a_ba
         .await;
     assert_eq!(st, 401, "a reload made a used token new again: {text}");
     s.stop().await;
+}
+
+/// `mode: short_lived`: the answer is a token signed with the server's key, bound to the caller,
+/// the ref, the resolver and its hosts, methods and paths; no backend is asked; a denied caller
+/// gets none; the token is never in the audit log; and without a key the bundle does not load.
+#[tokio::test]
+async fn short_lived_resolvers_answer_signed_tokens_bound_to_the_caller_and_the_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys();
+    let with_short_lived = bundle_text(&keys.public, "").replace(
+        "resolvers:\n",
+        "resolvers:\n  - { name: \"deploy/*\", backend: files, ref: NOT_READ, mode: short_lived, ttl: 120s, hosts: [api.example.com], methods: [POST], paths: [\"/v1/deploy/**\"] }\n",
+    );
+    write(dir.path(), "bundle.yaml", &with_short_lived);
+    write(dir.path(), "secrets.env", &format!("APP_DB={CANARY}-db\n"));
+
+    // No key: the bundle does not load, and says how to give one.
+    let err = kz_server::start(options(dir.path())).await.unwrap_err();
+    let text = format!("{err:?}");
+    assert!(text.contains("server::signing_key"), "{text}");
+    assert!(text.contains("KEYZERO_SIGNING_KEY_PATH"), "{text}");
+    // An HMAC secret or a public key is no signing key.
+    write(dir.path(), "hmac.pem", "not-a-pem-just-a-shared-secret");
+    write(dir.path(), "public.pem", &keys.public);
+    for bad in ["hmac.pem", "public.pem"] {
+        let mut o = options(dir.path());
+        o.signing_key = Some(dir.path().join(bad));
+        let err = kz_server::start(o).await.unwrap_err();
+        assert!(
+            format!("{err:?}").contains("not an Ed25519, EC P-256 or RSA private key"),
+            "{err:?}"
+        );
+    }
+
+    for (alg, pair) in [
+        (
+            "EdDSA",
+            rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap(),
+        ),
+        (
+            "ES256",
+            rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(),
+        ),
+        (
+            "RS256",
+            rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap(),
+        ),
+    ] {
+        let key = write(dir.path(), "signing.pem", &pair.serialize_pem());
+        let mut o = options(dir.path());
+        o.signing_key = Some(key);
+        o.proxy_url = Some("https://proxy.example:8443".into());
+        let running = kz_server::start(o).await.unwrap();
+        let server = Server {
+            dir: tempfile::tempdir().unwrap(),
+            keys: Keys {
+                private: keys.private.clone(),
+                public: keys.public.clone(),
+            },
+            base: format!("http://{}", running.addr),
+            running: Some(running),
+            client: reqwest::Client::builder().no_proxy().build().unwrap(),
+        };
+
+        let (status, body) = server
+            .resolve(json!({"refs": ["deploy/web", "deploy/api", "app/db"]}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let web = &body["results"]["deploy/web"];
+        assert_eq!(web["allowed"], true, "{body}");
+        assert_eq!(web["mode"], "short_lived", "{body}");
+        assert_eq!(web["ttl"], 120, "{body}");
+        assert_eq!(web["proxy"], "https://proxy.example:8443", "{body}");
+        assert!(web.get("value").is_none(), "{body}");
+        // A direct ref in the same request still gets its value.
+        assert_eq!(body["results"]["app/db"]["value"], format!("{CANARY}-db"));
+
+        let token = web["token"].as_str().unwrap();
+        let header = jsonwebtoken::decode_header(token).unwrap();
+        assert_eq!(format!("{:?}", header.alg), alg);
+        let public = pair.public_key_pem();
+        let decoding = match alg {
+            "EdDSA" => jsonwebtoken::DecodingKey::from_ed_pem(public.as_bytes()).unwrap(),
+            "ES256" => jsonwebtoken::DecodingKey::from_ec_pem(public.as_bytes()).unwrap(),
+            _ => jsonwebtoken::DecodingKey::from_rsa_pem(public.as_bytes()).unwrap(),
+        };
+        let mut validation = jsonwebtoken::Validation::new(header.alg);
+        validation.set_audience(&["keyzero-proxy"]);
+        validation.set_issuer(&["keyzero"]);
+        let claims: Value = jsonwebtoken::decode(token, &decoding, &validation)
+            .unwrap()
+            .claims;
+        assert_eq!(claims["sub"], "job-1");
+        assert_eq!(claims["resource"], "deploy/web");
+        assert_eq!(claims["resolver"], "deploy/*");
+        assert_eq!(claims["hosts"], json!(["api.example.com"]));
+        assert_eq!(claims["methods"], json!(["POST"]));
+        assert_eq!(claims["paths"], json!(["/v1/deploy/**"]));
+        assert_eq!(claims["proxy"], "https://proxy.example:8443");
+        assert_eq!(
+            claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+            120
+        );
+        let other = body["results"]["deploy/api"]["token"].as_str().unwrap();
+        let other: Value = jsonwebtoken::decode(other, &decoding, &validation)
+            .unwrap()
+            .claims;
+        assert_ne!(claims["jti"], other["jti"], "each token has its own jti");
+        assert_eq!(claims["jti"].as_str().unwrap().len(), 32);
+
+        // /v1/decide decides without issuing; a caller the policies deny gets no token.
+        let (_, _, decided) = server
+            .post(
+                "/v1/decide",
+                Some(&server.good_token()),
+                r#"{"ref":"deploy/web"}"#,
+            )
+            .await;
+        assert!(!decided.contains("\"token\""), "{decided}");
+        let outsider = server.token(json!({"iss": ISS, "aud": "keyzero", "sub": "x", "team": "b"}));
+        let (_, _, denied) = server
+            .post("/v1/resolve", Some(&outsider), r#"{"ref":"deploy/web"}"#)
+            .await;
+        assert!(
+            denied.contains("\"allowed\":false") && !denied.contains("\"token\""),
+            "{denied}"
+        );
+
+        // The audit log has the decisions, never a token or the value.
+        server.stop().await;
+        let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+        assert!(audit.contains("\"mode\":\"short_lived\""), "{audit}");
+        assert!(!audit.contains(token), "a token in the audit log");
+        let sig = token.rsplit('.').next().unwrap();
+        assert!(!audit.contains(sig), "a token signature in the audit log");
+    }
 }

@@ -85,6 +85,8 @@ audit: {{ path: audit.jsonl }}
         drain: Duration::from_secs(5),
         watch: None,
         timeouts: kz_server::Timeouts::default(),
+        signing_key: None,
+        proxy_url: None,
     })
     .await
     .unwrap();

@@ -32,6 +32,8 @@ pub fn start(ctx: &Ctx, args: &ServerStartArgs) -> CmdResult {
         drain: args.drain,
         watch: Some(kz_server::DEFAULT_WATCH),
         timeouts: kz_server::Timeouts::default(),
+        signing_key: args.signing_key.clone(),
+        proxy_url: args.proxy_url.clone(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
