@@ -1,6 +1,6 @@
 //! The bundle schema on the positioned tree: every problem at once, each with its line and key.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kz_config::schema::{check_provider, type_error, unknown_key};
@@ -21,6 +21,7 @@ const TOP_KEYS: &[&str] = &[
     "resources",
     "policies",
     "audit",
+    "upstream_ca",
 ];
 const ISSUER_KEYS: &[&str] = &[
     "name",
@@ -48,6 +49,7 @@ const RESOLVER_KEYS: &[&str] = &[
     "methods",
     "paths",
     "credential_location",
+    "single_use",
 ];
 const POLICY_KEYS: &[&str] = &["name", "rule", "effect", "description"];
 const AUDIT_KEYS: &[&str] = &["path", "claims"];
@@ -122,6 +124,10 @@ pub fn check(file: &Path, text: &str) -> Result<Bundle, Vec<Diagnostic>> {
     let policy_entries = c.policies(root.get("policies"));
     let policies = c.compile(&policy_entries);
     let audit = c.audit(root.get("audit"));
+    let upstream_ca = root
+        .get("upstream_ca")
+        .and_then(|e| c.string(e, "upstream_ca"))
+        .map(PathBuf::from);
     if c.diags.iter().any(Diagnostic::is_error) {
         return Err(c.diags);
     }
@@ -137,6 +143,7 @@ pub fn check(file: &Path, text: &str) -> Result<Bundle, Vec<Diagnostic>> {
         policy_entries,
         policies,
         audit,
+        upstream_ca,
     })
 }
 
@@ -1062,6 +1069,37 @@ impl Checker {
                 out
             }
         };
+        let single_use = match get("single_use") {
+            None => false,
+            Some(e) => match &e.node.val {
+                Val::Bool(b) => {
+                    if *b && mode.as_ref().is_some_and(|m| *m != Mode::ShortLived) {
+                        self.diags.push(
+                            err(
+                                "config::value",
+                                format!("`{path}.single_use` applies only to `mode: short_lived`"),
+                                &e.node.pos,
+                                path,
+                            )
+                            .help("remove `single_use`, or set `mode: short_lived`"),
+                        );
+                    }
+                    *b
+                }
+                _ => {
+                    self.diags.push(
+                        err(
+                            "config::type",
+                            format!("`{path}.single_use` must be true or false"),
+                            &e.node.pos,
+                            path,
+                        )
+                        .help("write `single_use: true`"),
+                    );
+                    false
+                }
+            },
+        };
         let mut binding = kz_config::Binding::default();
         if let Some(e) = get("methods") {
             let p = format!("{path}.methods");
@@ -1201,6 +1239,7 @@ impl Checker {
             ttl,
             hosts,
             binding,
+            single_use,
             credential_location,
             pos: at.clone(),
         })

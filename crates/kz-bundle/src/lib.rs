@@ -151,6 +151,8 @@ pub struct Resolver {
     /// The methods and paths the credential may be used with (`methods`, `paths`), next to
     /// `hosts`: for `fetch`, the credential proxy and short-lived tokens.
     pub binding: kz_config::Binding,
+    /// A short-lived token of this resolver is redeemed at most once (per proxy replica).
+    pub single_use: bool,
     pub credential_location: Option<CredentialLocation>,
     pub pos: Pos,
 }
@@ -246,6 +248,9 @@ pub struct Bundle {
     /// The policies, compiled once.
     pub policies: PolicySet,
     pub audit: Audit,
+    /// A PEM file of extra roots for upstream TLS (private CAs) of the credential proxy and MCP
+    /// `fetch`, as written (relative to the bundle's directory).
+    pub upstream_ca: Option<PathBuf>,
 }
 
 impl Bundle {

@@ -255,6 +255,12 @@ pub struct ServerStartArgs {
     /// The credential proxy that redeems `short_lived` tokens, put in each token and answer
     #[arg(long, value_name = "URL", env = "KEYZERO_PROXY_URL")]
     pub proxy_url: Option<String>,
+    /// Serve as the credential proxy: redeem short-lived tokens instead of serving the API
+    #[arg(long)]
+    pub proxy: bool,
+    /// With --proxy: the public key (PEM) that verifies short-lived tokens
+    #[arg(long, value_name = "PATH", env = "KEYZERO_PUBLIC_KEY_PATH")]
+    pub public_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

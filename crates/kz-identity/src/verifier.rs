@@ -199,6 +199,22 @@ pub struct ReplayRecords {
 }
 
 impl ReplayRecords {
+    /// Records a one-time use of `jti` in `scope` (e.g. the credential proxy's short-lived
+    /// tokens) until `until` (Unix seconds). `Err` says why it may not be used: seen before, or
+    /// too many unexpired records to remember another (refused rather than forgotten).
+    pub fn redeem(&self, scope: &str, jti: &str, until: i64) -> Result<(), &'static str> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let cache = self.for_issuer(scope);
+        let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
+        match cache.check_and_insert(jti, until, now) {
+            Replay::Fresh => Ok(()),
+            Replay::Replayed => Err("the token was already used (single_use)"),
+            Replay::Full => Err("too many single-use tokens are in use; retry later"),
+        }
+    }
+
     fn for_issuer(&self, issuer_url: &str) -> Arc<Mutex<ReplayCache>> {
         let mut map = self
             .by_issuer

@@ -45,6 +45,8 @@ pub struct AppState {
     pub limiter: Option<DefaultKeyedRateLimiter<String>>,
     /// Time a client has to send a whole request body.
     pub body_timeout: std::time::Duration,
+    /// `jti` records of redeemed `single_use` short-lived tokens (kept across reloads).
+    pub replay: kz_identity::ReplayRecords,
 }
 
 impl std::fmt::Debug for AppState {
@@ -65,6 +67,7 @@ impl AppState {
         metrics: Metrics,
         rate: Option<std::num::NonZeroU32>,
         body_timeout: std::time::Duration,
+        replay: kz_identity::ReplayRecords,
     ) -> Self {
         let limiter = rate.map(|r| {
             let burst = r.saturating_mul(std::num::NonZeroU32::MIN.saturating_add(1));
@@ -76,6 +79,7 @@ impl AppState {
             metrics,
             limiter,
             body_timeout,
+            replay,
         }
     }
 }
@@ -174,7 +178,11 @@ fn acceptable_request_id(v: &HeaderValue) -> Option<String> {
 
 /// Around every request: the request id, metrics, and a caught panic answered `500` (a bug of
 /// the server, logged; never a crash of the connection task).
-async fn around(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+pub(crate) async fn around(
+    State(state): State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let endpoint = endpoint(req.uri().path());
     let id = req

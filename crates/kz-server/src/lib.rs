@@ -29,6 +29,7 @@
 pub mod api;
 pub mod metrics;
 pub mod pipeline;
+pub mod proxy;
 pub mod serve;
 pub mod state;
 
@@ -88,6 +89,9 @@ pub struct Options {
     /// The credential proxy that redeems short-lived tokens (`KEYZERO_PROXY_URL`), put in each
     /// token and answer.
     pub proxy_url: Option<String>,
+    /// Serve as the credential proxy (`--proxy`), verifying short-lived tokens with this public
+    /// key (`KEYZERO_PUBLIC_KEY_PATH`), instead of the HTTP API.
+    pub proxy_public_key: Option<PathBuf>,
 }
 
 /// Time limits that keep idle and slow clients from holding connections.

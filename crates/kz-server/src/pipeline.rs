@@ -219,29 +219,15 @@ async fn resolve(loaded: &Loaded, metrics: &Metrics, slots: &mut [Slot<'_>]) {
         if !slot.result.allowed || slot.result.error.is_some() || r.mode != Mode::Direct {
             continue;
         }
-        let Some(backend) = loaded.bundle.backend(&r.backend) else {
-            slot.result.error = Some(format!("backend `{}` is not defined", r.backend));
-            slot.decision = AuditDecision::Error;
-            continue;
+        let (request, plan) = match backend_request(loaded, r, slot.reference) {
+            Ok(x) => x,
+            Err(why) => {
+                slot.result.error = Some(why);
+                slot.decision = AuditDecision::Error;
+                continue;
+            }
         };
-        let asked_for = r.backend_request(slot.reference);
-        let request = BackendRequest {
-            name: slot.reference.to_owned(),
-            instance: r.backend.clone(),
-            type_name: backend.ty.name,
-            reference: asked_for.reference,
-            field: asked_for.field,
-            params: asked_for.params,
-            optional: false,
-            allow_empty: false,
-        };
-        plans.push(r.cache_ttl.map(|ttl| Cached {
-            key: session::key(backend, &request),
-            policy: Policy {
-                max_age: Some(ttl),
-                fallback: false,
-            },
-        }));
+        plans.push(plan);
         asks.push(request);
         asked.push(i);
     }
@@ -254,30 +240,8 @@ async fn resolve(loaded: &Loaded, metrics: &Metrics, slots: &mut [Slot<'_>]) {
         let Some(slot) = slots.get_mut(i) else {
             continue;
         };
+        slot.cache = count(metrics, &served);
         let outcome = served.outcome;
-        slot.cache = match served.cache {
-            CacheUse::Off => None,
-            CacheUse::Hit(_) | CacheUse::Fallback(_) => Some("hit"),
-            CacheUse::Miss => Some("miss"),
-        };
-        if let Some(c) = slot.cache {
-            metrics.cache.with_label_values(&[c]).inc();
-        }
-        if slot.cache != Some("hit") {
-            let backend = outcome.provider.as_str();
-            metrics
-                .backend_seconds
-                .with_label_values(&[backend])
-                .observe(outcome.latency.as_secs_f64());
-            let label = match &outcome.result {
-                Ok(_) => "ok",
-                Err(e) => e.kind.label(),
-            };
-            metrics
-                .backend_calls
-                .with_label_values(&[backend, label])
-                .inc();
-        }
         match outcome.result {
             Ok(value) => set_value(slot, value),
             Err(e) => {
@@ -285,6 +249,102 @@ async fn resolve(loaded: &Loaded, metrics: &Metrics, slots: &mut [Slot<'_>]) {
                 slot.decision = AuditDecision::Error;
             }
         }
+    }
+}
+
+/// The backend request for `reference` through resolver `r`, and its cache plan (`cache_ttl`).
+fn backend_request(
+    loaded: &Loaded,
+    r: &Resolver,
+    reference: &str,
+) -> Result<(BackendRequest, Option<Cached>), String> {
+    let backend = loaded
+        .bundle
+        .backend(&r.backend)
+        .ok_or_else(|| format!("backend `{}` is not defined", r.backend))?;
+    let asked_for = r.backend_request(reference);
+    let request = BackendRequest {
+        name: reference.to_owned(),
+        instance: r.backend.clone(),
+        type_name: backend.ty.name,
+        reference: asked_for.reference,
+        field: asked_for.field,
+        params: asked_for.params,
+        optional: false,
+        allow_empty: false,
+    };
+    let plan = r.cache_ttl.map(|ttl| Cached {
+        key: session::key(backend, &request),
+        policy: Policy {
+            max_age: Some(ttl),
+            fallback: false,
+        },
+    });
+    Ok((request, plan))
+}
+
+/// Counts a served request in the metrics; its cache label.
+fn count(metrics: &Metrics, served: &session::Served) -> Option<&'static str> {
+    let cache = match served.cache {
+        CacheUse::Off => None,
+        CacheUse::Hit(_) | CacheUse::Fallback(_) => Some("hit"),
+        CacheUse::Miss => Some("miss"),
+    };
+    if let Some(c) = cache {
+        metrics.cache.with_label_values(&[c]).inc();
+    }
+    if cache != Some("hit") {
+        let outcome = &served.outcome;
+        let backend = outcome.provider.as_str();
+        metrics
+            .backend_seconds
+            .with_label_values(&[backend])
+            .observe(outcome.latency.as_secs_f64());
+        let label = match &outcome.result {
+            Ok(_) => "ok",
+            Err(e) => e.kind.label(),
+        };
+        metrics
+            .backend_calls
+            .with_label_values(&[backend, label])
+            .inc();
+    }
+    cache
+}
+
+/// The credential behind `reference` through resolver `r` (the credential proxy's redemption):
+/// the same session, cache and metrics as `/v1/resolve`. One value only: a multi-variable
+/// secret has no single place in a request.
+pub async fn credential(
+    loaded: &Loaded,
+    metrics: &Metrics,
+    r: &Resolver,
+    reference: &str,
+) -> Result<kz_secret::SecretValue, String> {
+    if let Some(why) = loaded.broken.get(&r.backend) {
+        return Err(why.clone());
+    }
+    let (request, plan) = backend_request(loaded, r, reference)?;
+    let mut store = &loaded.cache;
+    let served = session::resolve(
+        std::slice::from_ref(&request),
+        std::slice::from_ref(&plan),
+        Some(&mut store),
+        &loaded.instances,
+    )
+    .await;
+    let served = served
+        .into_iter()
+        .next()
+        .ok_or("the backend gave no answer")?;
+    count(metrics, &served);
+    match served.outcome.result {
+        Ok(Resolved::Single(v)) => Ok(v),
+        Ok(Resolved::Multi(_)) => Err(
+            "the secret has several values; a credential location takes one (pick a `field`)"
+                .into(),
+        ),
+        Err(e) => Err(format!("{}: {}", e.kind.label(), e.message)),
     }
 }
 

@@ -178,6 +178,7 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         metrics,
         opts.rate_limit,
         opts.timeouts.body,
+        records.clone(),
     ));
     let (tx, rx) = watch::channel(false);
     let control = Arc::new(Control {
@@ -326,7 +327,11 @@ async fn accept_loop(
     idle_after: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let app = router(Arc::clone(&state));
+    let app = if state.current.load().verify_key.is_some() {
+        crate::proxy::router(Arc::clone(&state))
+    } else {
+        router(Arc::clone(&state))
+    };
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let per_ip = Arc::new(PerIp::default());

@@ -38,6 +38,10 @@ pub struct Loaded {
     pub signer: Option<kz_identity::TokenSigner>,
     /// `KEYZERO_PROXY_URL`, for short-lived answers.
     pub proxy_url: Option<String>,
+    /// The credential proxy's public key (`--proxy` only).
+    pub verify_key: Option<crate::proxy::VerifyKey>,
+    /// The credential proxy's upstream client (`--proxy` only).
+    pub egress: Option<crate::proxy::Egress>,
 }
 
 impl std::fmt::Debug for Loaded {
@@ -74,10 +78,19 @@ pub fn load(opts: &Options, records: &ReplayRecords) -> Result<Loaded, Vec<Diagn
         Some(files) => Some(tls_acceptor(files).map_err(|d| vec![d])?),
         None => None,
     };
-    let signer = if bundle
-        .resolvers
-        .iter()
-        .any(|r| r.mode == kz_bundle::Mode::ShortLived)
+    let (verify_key, egress) = match &opts.proxy_public_key {
+        Some(path) => (
+            Some(crate::proxy::verify_key(path).map_err(|d| vec![d])?),
+            Some(crate::proxy::egress(&bundle).map_err(|d| vec![d])?),
+        ),
+        None => (None, None),
+    };
+    // The proxy redeems tokens and issues none: it needs the public key, not the signing key.
+    let signer = if opts.proxy_public_key.is_none()
+        && bundle
+            .resolvers
+            .iter()
+            .any(|r| r.mode == kz_bundle::Mode::ShortLived)
     {
         Some(token_signer(opts.signing_key.as_deref(), &bundle).map_err(|d| vec![d])?)
     } else {
@@ -109,6 +122,8 @@ pub fn load(opts: &Options, records: &ReplayRecords) -> Result<Loaded, Vec<Diagn
         refreshes_counted: (AtomicU64::new(0), AtomicU64::new(0)),
         signer,
         proxy_url: opts.proxy_url.clone(),
+        verify_key,
+        egress,
     })
 }
 

@@ -118,6 +118,7 @@ fn options(dir: &Path) -> Options {
         timeouts: kz_server::Timeouts::default(),
         signing_key: None,
         proxy_url: None,
+        proxy_public_key: None,
     }
 }
 

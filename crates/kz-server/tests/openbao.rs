@@ -87,6 +87,7 @@ audit: {{ path: audit.jsonl }}
         timeouts: kz_server::Timeouts::default(),
         signing_key: None,
         proxy_url: None,
+        proxy_public_key: None,
     })
     .await
     .unwrap();

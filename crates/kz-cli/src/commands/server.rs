@@ -34,6 +34,16 @@ pub fn start(ctx: &Ctx, args: &ServerStartArgs) -> CmdResult {
         timeouts: kz_server::Timeouts::default(),
         signing_key: args.signing_key.clone(),
         proxy_url: args.proxy_url.clone(),
+        proxy_public_key: if args.proxy {
+            Some(args.public_key.clone().ok_or_else(|| {
+                Failure::usage(
+                    "--proxy needs the public key that verifies short-lived tokens",
+                    "pass --public-key PATH or set KEYZERO_PUBLIC_KEY_PATH (the public half of the issuing server's --signing-key)",
+                )
+            })?)
+        } else {
+            None
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
