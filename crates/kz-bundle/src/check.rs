@@ -10,7 +10,8 @@ use kz_policy::{Effect, Glob, PolicySet, PolicySource};
 
 use crate::{
     Audit, Bundle, CredentialLocation, Issuer, KeyMaterial, KeySource, MAX_ISSUERS, MAX_POLICIES,
-    MAX_RESOLVERS, Mode, Param, PolicyEntry, Profile, Resolver, StaticKey, validate_ref,
+    MAX_RESOLVERS, Mode, Param, PolicyEntry, Profile, ReplayStore, Resolver, StaticKey,
+    validate_ref,
 };
 
 const TOP_KEYS: &[&str] = &[
@@ -22,6 +23,7 @@ const TOP_KEYS: &[&str] = &[
     "policies",
     "audit",
     "upstream_ca",
+    "replay",
 ];
 const ISSUER_KEYS: &[&str] = &[
     "name",
@@ -53,6 +55,7 @@ const RESOLVER_KEYS: &[&str] = &[
 ];
 const POLICY_KEYS: &[&str] = &["name", "rule", "effect", "description"];
 const AUDIT_KEYS: &[&str] = &["path", "claims"];
+const REPLAY_KEYS: &[&str] = &["redis_url", "password_env"];
 /// Identity fields a `map` may set.
 const IDENTITY_FIELDS: &[&str] = &kz_identity::MAP_FIELDS;
 /// Every profile, as written in a bundle.
@@ -124,6 +127,7 @@ pub fn check(file: &Path, text: &str) -> Result<Bundle, Vec<Diagnostic>> {
     let policy_entries = c.policies(root.get("policies"));
     let policies = c.compile(&policy_entries);
     let audit = c.audit(root.get("audit"));
+    let replay = c.replay(root.get("replay"));
     let upstream_ca = root
         .get("upstream_ca")
         .and_then(|e| c.string(e, "upstream_ca"))
@@ -144,6 +148,7 @@ pub fn check(file: &Path, text: &str) -> Result<Bundle, Vec<Diagnostic>> {
         policies,
         audit,
         upstream_ca,
+        replay,
     })
 }
 
@@ -1326,6 +1331,52 @@ impl Checker {
                 None
             }
         }
+    }
+
+    /// `replay: { redis_url, password_env }`: where `single_use` records live across replicas.
+    fn replay(&mut self, e: Option<&Entry>) -> Option<ReplayStore> {
+        let e = e?;
+        let t = self.table(e, "replay")?;
+        self.unknown(t, "replay", REPLAY_KEYS);
+        let url_entry = self.required(t, "redis_url", "replay", &e.node.pos)?;
+        let url = self.string(url_entry, "replay.redis_url")?;
+        let pos = url_entry.node.pos.clone();
+        let (scheme, rest) = url.split_once("://").unwrap_or(("", ""));
+        let host = rest.split(['/', '?']).next().unwrap_or_default();
+        let bad = if scheme == "rediss" {
+            Some(
+                "uses TLS (`rediss://`), which this release does not support; use `redis://` on a private network or a local TLS tunnel",
+            )
+        } else if scheme != "redis" {
+            Some("is not a `redis://` URL")
+        } else if host.contains('@') {
+            Some("carries a user or password: a bundle never holds a credential")
+        } else if host.is_empty() {
+            Some("names no host")
+        } else {
+            None
+        };
+        if let Some(why) = bad {
+            self.diags.push(
+                err(
+                    "config::value",
+                    format!("`replay.redis_url` {why}"),
+                    &pos,
+                    "replay",
+                )
+                .help("write `redis://HOST:PORT/DB` and name a password with `password_env`"),
+            );
+            return None;
+        }
+        let password_env = t
+            .iter()
+            .find(|x| x.key == "password_env")
+            .and_then(|x| self.string(x, "replay.password_env"));
+        Some(ReplayStore {
+            redis_url: url,
+            password_env,
+            pos,
+        })
     }
 
     fn audit(&mut self, e: Option<&Entry>) -> Audit {

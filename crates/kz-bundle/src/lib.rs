@@ -251,6 +251,18 @@ pub struct Bundle {
     /// A PEM file of extra roots for upstream TLS (private CAs) of the credential proxy and MCP
     /// `fetch`, as written (relative to the bundle's directory).
     pub upstream_ca: Option<PathBuf>,
+    /// Where `single_use` records live across replicas (`replay:`); `None`: in each process.
+    pub replay: Option<ReplayStore>,
+}
+
+/// `replay: { redis_url, password_env }`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplayStore {
+    /// `redis://HOST:PORT/DB` or `rediss://…`, without user or password.
+    pub redis_url: String,
+    /// The environment variable holding the password, if any.
+    pub password_env: Option<String>,
+    pub pos: Pos,
 }
 
 impl Bundle {
@@ -323,6 +335,18 @@ impl Bundle {
                 "issuers.{}.single_use: the jti replay cache is per replica; a token can be used once per replica (route a workload to one replica, or run one)",
                 i.name
             ));
+        }
+        for r in self.resolvers.iter().filter(|r| r.single_use) {
+            out.push(match &self.replay {
+                Some(store) => format!(
+                    "resolvers.{}.single_use: shared through replay.redis_url ({}): a token is redeemed once across the proxy replicas",
+                    r.name, store.redis_url
+                ),
+                None => format!(
+                    "resolvers.{}.single_use: each proxy replica keeps its own records (a token can be redeemed once per replica); set `replay: {{ redis_url }}` to share them",
+                    r.name
+                ),
+            });
         }
         for r in &self.resolvers {
             if let Some(t) = r.cache_ttl {

@@ -678,3 +678,34 @@ policies:
     assert!(e[2].2.contains("escapes `.`"), "{e:#?}");
     assert!(e[3].2.contains("could never be used"), "{e:#?}");
 }
+
+#[test]
+fn replay_names_a_redis_without_credentials() {
+    let base = r#"
+version: "1"
+issuers:
+  - { name: k8s, type: kubernetes, issuer_url: "https://kubernetes.default.svc", audience: kz }
+policies:
+  - { name: all, rule: "true", effect: allow }
+"#;
+    let b = check(
+        Path::new("b.yaml"),
+        &format!("{base}replay: {{ redis_url: \"redis://10.0.0.5:6379/2\", password_env: REDIS_PASSWORD }}\n"),
+    )
+    .unwrap();
+    let r = b.replay.unwrap();
+    assert_eq!(r.redis_url, "redis://10.0.0.5:6379/2");
+    assert_eq!(r.password_env.as_deref(), Some("REDIS_PASSWORD"));
+    assert!(check(Path::new("b.yaml"), base).unwrap().replay.is_none());
+    for (replay, says) in [
+        ("{ redis_url: \"redis://:hunter2@10.0.0.5:6379\" }", "never holds a credential"),
+        ("{ redis_url: \"rediss://10.0.0.5:6379\" }", "TLS"),
+        ("{ redis_url: \"http://10.0.0.5\" }", "not a `redis://` URL"),
+        ("{ password_env: X }", "redis_url"),
+        ("{ redis_url: \"redis://h\", pool: 3 }", "pool"),
+    ] {
+        let e = errors(&format!("{base}replay: {replay}\n"));
+        assert!(e.iter().any(|(_, l, m)| *l == 7 && m.contains(says)), "{replay}: {e:#?}");
+        assert!(e.iter().all(|(_, _, m)| !m.contains("hunter2")), "{e:#?}");
+    }
+}

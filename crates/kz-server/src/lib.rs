@@ -30,6 +30,7 @@ pub mod api;
 pub mod metrics;
 pub mod pipeline;
 pub mod proxy;
+pub mod replay;
 pub mod serve;
 pub mod state;
 

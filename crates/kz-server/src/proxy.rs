@@ -243,6 +243,7 @@ impl IntoResponse for Refusal {
                 StatusCode::BAD_GATEWAY => "upstream_failed",
                 StatusCode::GATEWAY_TIMEOUT => "upstream_timeout",
                 StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+                StatusCode::SERVICE_UNAVAILABLE => "not_ready",
                 _ => "invalid_request",
             },
             "message": self.message,
@@ -319,12 +320,14 @@ async fn redeem(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let (record, response) = match outcome {
         Ok(resp) => (record.decision(Decision::Allow), resp),
         Err(r) => {
-            let decision =
-                if r.status == StatusCode::BAD_GATEWAY || r.status == StatusCode::GATEWAY_TIMEOUT {
-                    Decision::Error
-                } else {
-                    Decision::Deny
-                };
+            let decision = if r.status == StatusCode::BAD_GATEWAY
+                || r.status == StatusCode::GATEWAY_TIMEOUT
+                || r.status == StatusCode::SERVICE_UNAVAILABLE
+            {
+                Decision::Error
+            } else {
+                Decision::Deny
+            };
             let record = record.decision(decision).reason(r.message.clone());
             (record, r.into_response())
         }
@@ -523,10 +526,25 @@ async fn forward(
         return Err(refuse(StatusCode::FORBIDDEN, why));
     }
     if resolver.single_use {
-        state
-            .replay
-            .redeem(REPLAY_SCOPE, &claims.jti, claims.exp.saturating_add(60))
-            .map_err(|why| refuse(StatusCode::UNAUTHORIZED, why))?;
+        let until = claims.exp.saturating_add(60);
+        match &loaded.replay_store {
+            Some(store) => match store.redeem(REPLAY_SCOPE, &claims.jti, until).await {
+                Ok(()) => {}
+                Err(crate::replay::Refused::Used) => {
+                    return Err(refuse(
+                        StatusCode::UNAUTHORIZED,
+                        "the token was already used (single_use)",
+                    ));
+                }
+                Err(crate::replay::Refused::Unavailable(why)) => {
+                    return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, why));
+                }
+            },
+            None => state
+                .replay
+                .redeem(REPLAY_SCOPE, &claims.jti, until)
+                .map_err(|why| refuse(StatusCode::UNAUTHORIZED, why))?,
+        }
     }
 
     let credential =

@@ -42,6 +42,8 @@ pub struct Loaded {
     pub verify_key: Option<crate::proxy::VerifyKey>,
     /// The credential proxy's upstream client (`--proxy` only).
     pub egress: Option<crate::proxy::Egress>,
+    /// `single_use` records in Redis (the bundle's `replay:`), shared by replicas.
+    pub replay_store: Option<crate::replay::RedisReplay>,
 }
 
 impl std::fmt::Debug for Loaded {
@@ -76,6 +78,13 @@ pub fn load(opts: &Options, records: &ReplayRecords) -> Result<Loaded, Vec<Diagn
     })?;
     let tls = match &opts.tls {
         Some(files) => Some(tls_acceptor(files).map_err(|d| vec![d])?),
+        None => None,
+    };
+    let replay_store = match &bundle.replay {
+        Some(r) => Some(
+            crate::replay::RedisReplay::new(r, &opts.build.getenv, &opts.bundle)
+                .map_err(|d| vec![d])?,
+        ),
         None => None,
     };
     let (verify_key, egress) = match &opts.proxy_public_key {
@@ -124,6 +133,7 @@ pub fn load(opts: &Options, records: &ReplayRecords) -> Result<Loaded, Vec<Diagn
         proxy_url: opts.proxy_url.clone(),
         verify_key,
         egress,
+        replay_store,
     })
 }
 

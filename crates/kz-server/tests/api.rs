@@ -55,7 +55,7 @@ issuers:
 {pem}backends:
   files: {{ type: dotenv, path: secrets.env }}
   slow: {{ type: exec, command: ["python3", "slow.py"], timeout: 1s }}
-  garbage: {{ type: exec, command: ["python3", "garbage.py"], timeout: 2s }}
+  garbage: {{ type: exec, command: ["python3", "garbage.py"], timeout: 10s }}
 resolvers:
   - {{ name: "app/db", backend: files, ref: APP_DB }}
   - {{ name: "app/admin/root", backend: files, ref: ROOT }}

@@ -603,3 +603,121 @@ async fn single_use_tokens_redeem_once_and_query_credentials_replace_the_callers
     assert!(!body.contains(CANARY), "{body}");
     w.stop().await;
 }
+
+/// A `redis-server` on a free loopback port, stopped (by PID) when dropped.
+struct Redis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("redis-server: {e} (scripts/test installs Debian's redis-server)")
+            });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Redis { child, port }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// With `replay: { redis_url }`, two proxy replicas redeem a single-use token exactly once
+/// between them; without it, each replica keeps its own records (as documented); with Redis
+/// down, a single-use token is refused (503), never honoured on doubt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_sharing_redis_redeem_a_single_use_token_once() {
+    let w = World::new().await;
+    let host = w.host();
+    let mut redis = Redis::start();
+    let text = std::fs::read_to_string(w.dir.path().join("bundle.yaml")).unwrap();
+    std::fs::write(
+        w.dir.path().join("bundle.yaml"),
+        format!(
+            "{text}replay: {{ redis_url: \"redis://127.0.0.1:{}/0\" }}\n",
+            redis.port
+        ),
+    )
+    .unwrap();
+    let replica = || {
+        let mut o = options(w.dir.path());
+        o.proxy_public_key = Some(w.dir.path().join("public.pem"));
+        o.audit = Some(w.dir.path().join("replicas.jsonl").display().to_string());
+        kz_server::start(o)
+    };
+    let a = replica().await.unwrap();
+    let b = replica().await.unwrap();
+
+    let once = w.token("once/deploy").await;
+    let request = get(&format!("https://{host}/x"), &host, &once, "");
+    let (first, _, _) = raw(a.addr, &request).await;
+    let (second, _, body) = raw(b.addr, &request).await;
+    let (third, _, _) = raw(a.addr, &request).await;
+    assert_eq!((first, second, third), (200, 401, 401), "{body}");
+    assert!(body.contains("already used"), "{body}");
+    // The per-replica default (the World's proxy has no Redis) would have let it through
+    // once more: the records really are shared through Redis, not in each process.
+    let (own, _, _) = raw(w.proxy.addr, &request).await;
+    assert_eq!(own, 200);
+    let upstream_before = w.upstream_count();
+
+    // Redis down: refused, and nothing is sent upstream.
+    redis.stop();
+    let fresh = w.token("once/deploy").await;
+    let (status, _, body) = raw(
+        b.addr,
+        &get(&format!("https://{host}/x"), &host, &fresh, ""),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("cannot confirm"), "{body}");
+    assert_eq!(w.upstream_count(), upstream_before);
+    // A token that is not single-use does not need the store.
+    let api = w.token("api/x").await;
+    let (status, _, _) = raw(
+        b.addr,
+        &get(&format!("https://{host}/v1/x"), &host, &api, ""),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    for r in [a, b] {
+        r.control.shutdown();
+        r.wait().await;
+    }
+    w.stop().await;
+}
