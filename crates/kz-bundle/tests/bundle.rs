@@ -698,14 +698,20 @@ policies:
     assert_eq!(r.password_env.as_deref(), Some("REDIS_PASSWORD"));
     assert!(check(Path::new("b.yaml"), base).unwrap().replay.is_none());
     for (replay, says) in [
-        ("{ redis_url: \"redis://:hunter2@10.0.0.5:6379\" }", "never holds a credential"),
+        (
+            "{ redis_url: \"redis://:hunter2@10.0.0.5:6379\" }",
+            "never holds a credential",
+        ),
         ("{ redis_url: \"rediss://10.0.0.5:6379\" }", "TLS"),
         ("{ redis_url: \"http://10.0.0.5\" }", "not a `redis://` URL"),
         ("{ password_env: X }", "redis_url"),
         ("{ redis_url: \"redis://h\", pool: 3 }", "pool"),
     ] {
         let e = errors(&format!("{base}replay: {replay}\n"));
-        assert!(e.iter().any(|(_, l, m)| *l == 7 && m.contains(says)), "{replay}: {e:#?}");
+        assert!(
+            e.iter().any(|(_, l, m)| *l == 7 && m.contains(says)),
+            "{replay}: {e:#?}"
+        );
         assert!(e.iter().all(|(_, _, m)| !m.contains("hunter2")), "{e:#?}");
     }
 }

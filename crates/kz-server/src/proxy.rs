@@ -43,7 +43,11 @@ use crate::state::Loaded;
 
 /// The largest request body forwarded and the largest response body returned (both are held
 /// whole: a response is scrubbed before anything of it leaves).
-pub const MAX_BODY: usize = 16 * 1024 * 1024;
+pub const MAX_BODY: usize = 8 * 1024 * 1024;
+/// Redemptions in progress at once (each may hold two bodies of up to [`MAX_BODY`]: the bound
+/// keeps the proxy's memory under about 2 GiB whatever its clients do); more get `503`.
+pub const MAX_IN_FLIGHT: usize = 128;
+static IN_FLIGHT: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_IN_FLIGHT);
 /// How long the upstream may take to answer (head and body).
 pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
 /// The `aud` and `iss` of short-lived tokens.
@@ -547,6 +551,12 @@ async fn forward(
         }
     }
 
+    let _slot = IN_FLIGHT.try_acquire().map_err(|_| {
+        refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{MAX_IN_FLIGHT} requests are in progress; retry shortly"),
+        )
+    })?;
     let credential =
         crate::pipeline::credential(loaded, &state.metrics, resolver, &claims.resource)
             .await
@@ -740,6 +750,14 @@ async fn scrubbed(
         .to_bytes();
     let pairs = || std::iter::once((credential.expose_bytes().to_vec(), SCRUBBED.to_vec()));
     let matcher = kz_redact::decoded::Matcher::new(pairs(), kz_redact::decoded::Options::default());
+    // Header names arrive lowercased: compared without case, as blind mode does.
+    let names = kz_redact::decoded::Matcher::new(
+        pairs(),
+        kz_redact::decoded::Options {
+            ignore_case: true,
+            no_base64: true,
+        },
+    );
     let (body, _) = matcher.replace_all(&body);
     let mut out = Response::new(Body::from(body));
     *out.status_mut() = parts.status;
@@ -751,6 +769,10 @@ async fn scrubbed(
                 | header::CONTENT_LENGTH
                 | header::TRAILER
         ) {
+            continue;
+        }
+        // A header whose name carries the credential is dropped; values are scrubbed.
+        if !names.hits_in(name.as_str().as_bytes()).is_empty() {
             continue;
         }
         let (clean, _) = matcher.replace_all(v.as_bytes());
