@@ -6,7 +6,8 @@
 //! anything else itself (case-sensitive). Before matching, the path is put in one canonical form
 //! ([`canonical_path`]): escapes of unreserved characters are decoded (`%61` is `a`), and a path
 //! that another server could read as a different path is refused outright: a `.` or `..`
-//! segment, an escaped `.`, `/`, `\`, `%` or control byte, a raw `\`, an empty segment (`//`).
+//! segment, an escaped `.`, `/`, `\`, `%`, `;`, control or non-ASCII byte, a raw `\`, `;` or
+//! non-ASCII character, an empty segment (`//`).
 //! So a pattern never matches a path that an upstream would normalise to something else.
 
 use std::fmt;
@@ -187,8 +188,8 @@ fn glob_segment(pieces: &[String], seg: &str) -> bool {
 ///
 /// Escapes of unreserved characters (letters, digits, `-`, `_`, `~`) are decoded; other escapes
 /// are kept with uppercase hex. Refused: a path not starting with `/`; an empty segment; a `.`
-/// or `..` segment; an escaped `.`, `/`, `\`, `%` or control byte; a raw `\` or control
-/// character; a malformed escape. Servers disagree on exactly these, so a binding cannot say
+/// or `..` segment; an escaped `.`, `/`, `\`, `%`, `;`, control or non-ASCII byte; a raw `\`,
+/// `;`, control or non-ASCII character; a malformed escape. Servers disagree on exactly these, so a binding cannot say
 /// which resource such a path names.
 pub fn canonical_path(path: &str) -> Result<String, String> {
     if !path.starts_with('/') {
@@ -207,11 +208,13 @@ pub fn canonical_path(path: &str) -> Result<String, String> {
             };
             if v.is_ascii_alphanumeric() || v == b'-' || v == b'_' || v == b'~' {
                 out.push(char::from(v));
-            } else if matches!(v, b'.' | b'/' | b'\\' | b'%') || v < 0x20 || v == 0x7f {
+            } else if matches!(v, b'.' | b'/' | b'\\' | b'%' | b';') || !(0x20..0x7f).contains(&v) {
                 return Err(format!(
                     "the path escapes `{}` (%{v:02X}), which servers read differently",
                     if v < 0x20 || v == 0x7f {
                         "a control byte".to_string()
+                    } else if v > 0x7f {
+                        "a non-ASCII byte".to_string()
                     } else {
                         char::from(v).to_string()
                     }
@@ -226,19 +229,19 @@ pub fn canonical_path(path: &str) -> Result<String, String> {
         if b == b'\\' || b < 0x20 || b == 0x7f {
             return Err("the path has a `\\` or a control character".into());
         }
-        // Multi-byte UTF-8 (an unescaped non-ASCII path, which hyper does not accept anyway)
-        // is copied through as is.
-        let ch_len = match b {
-            0x00..=0x7f => 1,
-            0xc0..=0xdf => 2,
-            0xe0..=0xef => 3,
-            _ => 4,
-        };
-        match path.get(i..i + ch_len) {
-            Some(c) => out.push_str(c),
-            None => return Err("the path is not valid UTF-8".into()),
+        // Servlet containers cut `;params` off a segment (`/a;.json` is `/a`), and servers that
+        // normalise Unicode read fullwidth or overlong forms as `.` or `/`: neither is in the
+        // one grammar every server reads alike.
+        if b == b';' {
+            return Err(
+                "the path has `;` (path parameters, which servers read differently)".into(),
+            );
         }
-        i += ch_len;
+        if b > 0x7f {
+            return Err("the path has a non-ASCII character".into());
+        }
+        out.push(char::from(b));
+        i += 1;
     }
     for seg in out.split('/').skip(1) {
         // `..;x` and `.;x` are dot segments to servlet containers.
@@ -418,6 +421,11 @@ mod tests {
             "/public/%zz",
             "/public/%2",
             "public/x",
+            "/public/secret;.json",
+            "/public/x%3b.json",
+            "/public/\u{ff0e}\u{ff0e}/admin",
+            "/public/%EF%BC%8E%EF%BC%8E/admin",
+            "/public/%C0%AE%C0%AE/admin",
         ] {
             assert!(
                 matches!(b.check("GET", bad), Err(BindingRefusal::AmbiguousPath(_))),

@@ -47,6 +47,8 @@ pub struct AppState {
     pub body_timeout: std::time::Duration,
     /// `jti` records of redeemed `single_use` short-lived tokens (kept across reloads).
     pub replay: kz_identity::ReplayRecords,
+    /// Callers (issuer and subject) that sent the credential to the proxy: refused from then on.
+    pub guessed: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -80,6 +82,7 @@ impl AppState {
             limiter,
             body_timeout,
             replay,
+            guessed: std::sync::Mutex::default(),
         }
     }
 }

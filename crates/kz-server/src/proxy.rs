@@ -62,13 +62,23 @@ const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUM
     .remove(b'.')
     .remove(b'_')
     .remove(b'~');
+/// The shortest credential the proxy serves: shorter ones cannot be told apart from ordinary
+/// text, so the scrubber does not look for them (`kz_redact::decoded`'s whole-value minimum).
+pub const MIN_SCRUBBED: usize = 8;
 /// What a scrubbed credential reads as.
 const SCRUBBED: &[u8] = b"[scrubbed by keyzero]";
 
-/// The public key that verifies short-lived tokens, and its algorithm.
+/// Tokens remembered as verified (per loaded key; a full table is emptied).
+const VERIFIED_CAPACITY: usize = 4096;
+
+/// The public key that verifies short-lived tokens, and its algorithm; with the tokens it
+/// has verified, so a token used for many requests is checked once (a signature check is
+/// most of a redemption's CPU time). Keyed by the SHA-256 of the whole token: only the very
+/// same bytes hit, and `exp` is checked again on every hit.
 pub struct VerifyKey {
     key: jsonwebtoken::DecodingKey,
     alg: jsonwebtoken::Algorithm,
+    verified: std::sync::Mutex<std::collections::HashMap<[u8; 32], Claims>>,
 }
 
 impl std::fmt::Debug for VerifyKey {
@@ -76,6 +86,16 @@ impl std::fmt::Debug for VerifyKey {
         f.debug_struct("VerifyKey")
             .field("alg", &self.alg)
             .finish_non_exhaustive()
+    }
+}
+
+impl VerifyKey {
+    fn new(key: jsonwebtoken::DecodingKey, alg: jsonwebtoken::Algorithm) -> Self {
+        Self {
+            key,
+            alg,
+            verified: std::sync::Mutex::default(),
+        }
     }
 }
 
@@ -100,22 +120,13 @@ pub fn verify_key(path: &std::path::Path) -> Result<VerifyKey, Diagnostic> {
         .ok_or_else(|| bad("it is larger than 64 KiB"))?;
     use jsonwebtoken::{Algorithm, DecodingKey};
     if let Ok(key) = DecodingKey::from_ed_pem(&pem) {
-        return Ok(VerifyKey {
-            key,
-            alg: Algorithm::EdDSA,
-        });
+        return Ok(VerifyKey::new(key, Algorithm::EdDSA));
     }
     if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
-        return Ok(VerifyKey {
-            key,
-            alg: Algorithm::ES256,
-        });
+        return Ok(VerifyKey::new(key, Algorithm::ES256));
     }
     if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
-        return Ok(VerifyKey {
-            key,
-            alg: Algorithm::RS256,
-        });
+        return Ok(VerifyKey::new(key, Algorithm::RS256));
     }
     Err(bad(
         "it is not an Ed25519, EC P-256 or RSA public key in PEM",
@@ -123,7 +134,7 @@ pub fn verify_key(path: &std::path::Path) -> Result<VerifyKey, Diagnostic> {
 }
 
 /// The claims the proxy reads.
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 struct Claims {
     sub: String,
     #[serde(default)]
@@ -366,10 +377,39 @@ fn token_of(headers: &HeaderMap) -> Option<(HeaderName, String)> {
 }
 
 fn verify(key: &VerifyKey, token: &str) -> Result<Claims, Refusal> {
+    use sha2::Digest as _;
+    let id: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let lock = || {
+        key.verified
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    if let Some(c) = lock().get(&id) {
+        if now <= c.exp.saturating_add(VERIFY_LEEWAY) {
+            return Ok(c.clone());
+        }
+        return Err(refuse(StatusCode::UNAUTHORIZED, "the token has expired"));
+    }
+    let claims = verify_signature(key, token)?;
+    let mut table = lock();
+    if table.len() >= VERIFIED_CAPACITY {
+        table.clear();
+    }
+    table.insert(id, claims.clone());
+    Ok(claims)
+}
+
+/// Seconds of clock difference allowed on `exp`.
+const VERIFY_LEEWAY: i64 = 5;
+
+fn verify_signature(key: &VerifyKey, token: &str) -> Result<Claims, Refusal> {
     let mut v = jsonwebtoken::Validation::new(key.alg);
     v.set_audience(&[AUDIENCE]);
     v.set_issuer(&[ISSUER]);
-    v.leeway = 5;
+    v.leeway = VERIFY_LEEWAY.unsigned_abs();
     v.set_required_spec_claims(&["exp", "iat", "iss", "aud"]);
     jsonwebtoken::decode::<Claims>(token, &key.key, &v)
         .map(|d| d.claims)
@@ -435,7 +475,7 @@ fn claimed_binding(c: &Claims) -> Result<(Vec<HostPattern>, Binding), Refusal> {
 }
 
 /// Headers never forwarded: hop-by-hop ones, and every one that carries a credential.
-const DROPPED: [HeaderName; 10] = [
+const DROPPED: [HeaderName; 13] = [
     header::CONNECTION,
     header::PROXY_AUTHORIZATION,
     header::PROXY_AUTHENTICATE,
@@ -446,7 +486,30 @@ const DROPPED: [HeaderName; 10] = [
     header::UPGRADE,
     header::HOST,
     header::COOKIE,
+    header::EXPECT,
+    header::RANGE,
+    header::IF_RANGE,
 ];
+
+/// Whether the caller may set request header `name` (lowercase). Not forwarded, by principle:
+/// hop-by-hop headers (also every one `Connection` names); credentials; and headers by which a
+/// front end or framework decides another method, path or resource than the request line
+/// says (method overrides, URL rewrites, `Forwarded` and `X-Forwarded-*`), or serves a slice
+/// of the answer (`Range`), so that the binding checked is the call made, and the answer is
+/// scrubbed whole.
+fn forwardable(name: &HeaderName, named_by_connection: &[String]) -> bool {
+    let n = name.as_str();
+    !(DROPPED.contains(name)
+        || named_by_connection.iter().any(|c| c == n)
+        || matches!(
+            n,
+            "keep-alive" | "proxy-connection" | "forwarded" | "via" | "x-real-ip"
+        )
+        || n.starts_with("x-forwarded-")
+        || n.starts_with("x-original-")
+        || n.starts_with("x-rewrite-")
+        || (n.starts_with("x-") && n.contains("method")))
+}
 
 async fn forward(
     state: &AppState,
@@ -497,11 +560,20 @@ async fn forward(
     let path = uri.path().to_owned();
     seen.host = kz_egress::host_port(&dest.host, dest.port);
     seen.path.clone_from(&path);
+    // The call must be within the token's binding and within the resolver's binding in force
+    // (a bundle narrowed after issuance narrows the tokens already out).
     let (hosts, binding) = claimed_binding(&claims)?;
-    if !hosts
-        .iter()
-        .any(|p| (dest.https || p.cleartext) && p.matches(&dest.host, dest.port))
-    {
+    let in_hosts = |list: &[HostPattern]| {
+        list.iter()
+            .any(|p| (dest.https || p.cleartext) && p.matches(&dest.host, dest.port))
+    };
+    if matches!(req.method().as_str(), "CONNECT" | "TRACE" | "TRACK") {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            format!("{} is never forwarded with a credential", req.method()),
+        ));
+    }
+    if !in_hosts(&hosts) {
         return Err(refuse(
             StatusCode::FORBIDDEN,
             format!(
@@ -529,6 +601,63 @@ async fn forward(
         };
         return Err(refuse(StatusCode::FORBIDDEN, why));
     }
+    if resolver
+        .binding
+        .check(req.method().as_str(), &path)
+        .is_err()
+    {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            format!(
+                "resolver `{}` no longer allows {} {path} (its methods: {}; paths: {})",
+                resolver.name,
+                req.method(),
+                resolver.binding.methods,
+                resolver.binding.paths_text()
+            ),
+        ));
+    }
+    if !in_hosts(&resolver.hosts) && in_hosts(&hosts) {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            format!("resolver `{}` no longer binds {}", resolver.name, seen.host),
+        ));
+    }
+    // The body arrives before anything is spent on the request (the credential, a single use),
+    // within the same time the API gives a body.
+    let (parts, body) = req.into_parts();
+    let body = tokio::time::timeout(state.body_timeout, Limited::new(body, MAX_BODY).collect())
+        .await
+        .map_err(|_| {
+            refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} s",
+                    state.body_timeout.as_secs()
+                ),
+            )
+        })?
+        .map_err(|_| {
+            refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body is over {MAX_BODY} bytes or broke off"),
+            )
+        })?
+        .to_bytes();
+    let subject = format!("{}\u{1f}{}", claims.caller_iss, claims.sub);
+    if state
+        .guessed
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .contains(&subject)
+    {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "this caller sent the credential it may only use through the proxy; its tokens are \
+             refused until the proxy restarts (see the audit log)",
+        ));
+    }
+
     if resolver.single_use {
         let until = claims.exp.saturating_add(60);
         match &loaded.replay_store {
@@ -573,18 +702,47 @@ async fn forward(
             name: "Authorization".into(),
             prefix: "Bearer".into(),
         });
-
-    let (parts, body) = req.into_parts();
-    let body = Limited::new(body, MAX_BODY)
-        .collect()
-        .await
-        .map_err(|_| {
-            refuse(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the request body is over {MAX_BODY} bytes or did not arrive"),
-            )
-        })?
-        .to_bytes();
+    if credential.expose_bytes().len() < MIN_SCRUBBED {
+        return Err(refuse(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "the credential is shorter than {MIN_SCRUBBED} bytes, too short to be found in \
+                 an answer and scrubbed; the proxy does not serve it"
+            ),
+        ));
+    }
+    // No credential from the caller: it only ever holds the token, so the credential or a
+    // fragment of it (in the decoded view scrubbing uses) in what it sends is a guess. Refused
+    // before anything is sent, and the caller is refused from then on: scrubbing that answers
+    // "this matched" would otherwise tell a caller, guess by guess, what the credential is.
+    let guess = {
+        let pairs = std::iter::once((credential.expose_bytes().to_vec(), SCRUBBED.to_vec()));
+        let m = kz_redact::decoded::Matcher::new(pairs, kz_redact::decoded::Options::default());
+        let mut hit =
+            !m.hits_in(uri.to_string().as_bytes()).is_empty() || !m.hits_in(&body).is_empty();
+        for (name, v) in &parts.headers {
+            hit |= !m.hits_in(name.as_str().as_bytes()).is_empty()
+                || !m.hits_in(v.as_bytes()).is_empty();
+        }
+        hit
+    };
+    if guess {
+        state
+            .guessed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(subject);
+        tracing::warn!(
+            sub = %claims.sub,
+            resolver = %resolver.name,
+            "a caller sent the credential (or part of it) to the proxy; its tokens are refused from now on"
+        );
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "the request carries the credential (or part of it), which the caller may only use \
+             through the proxy; refused, and this caller's tokens are refused from now on",
+        ));
+    }
     let out = upstream_request(
         &parts.method,
         &parts.headers,
@@ -633,8 +791,15 @@ fn upstream_request(
     })?;
     let mut uri = uri.clone();
     let mut out = HeaderMap::new();
+    let named_by_connection: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .collect();
     for (name, v) in headers {
-        if DROPPED.contains(name) {
+        if !forwardable(name, &named_by_connection) {
             continue;
         }
         if let CredentialLocation::Header { name: at, .. } = location
@@ -762,12 +927,15 @@ async fn scrubbed(
     let mut out = Response::new(Body::from(body));
     *out.status_mut() = parts.status;
     for (name, v) in &parts.headers {
+        // A cookie minted upstream for the credential would be a credential of its own, usable
+        // outside the binding and after `exp`: not returned.
         if matches!(
             *name,
             header::CONNECTION
                 | header::TRANSFER_ENCODING
                 | header::CONTENT_LENGTH
                 | header::TRAILER
+                | header::SET_COOKIE
         ) {
             continue;
         }

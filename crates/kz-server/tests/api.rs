@@ -219,14 +219,6 @@ impl Server {
         }
         self.dir
     }
-
-    fn audit_lines(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.audit_path())
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -513,8 +505,14 @@ async fn backend_faults_stay_with_their_refs_and_the_cache_serves_repeats() {
         v["results"]["cached/a"]["value"],
         format!("{CANARY}-cached")
     );
-    let lines = s.audit_lines();
+    // The writer appends off the request path: read the log once the server has flushed it.
+    let audit = s.audit_path();
     let dir = s.stop().await;
+    let lines: Vec<Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     drop(dir);
     let cache: Vec<&str> = lines
         .iter()

@@ -109,6 +109,12 @@ async fn upstream(dir: &Path) -> (u16, Seen) {
                         if let Ok(v) = hyper::header::HeaderValue::from_str(&auth) {
                             resp.headers_mut().insert("x-echo", v);
                         }
+                        resp.headers_mut().insert(
+                            "set-cookie",
+                            hyper::header::HeaderValue::from_static(
+                                "session=minted-with-the-credential",
+                            ),
+                        );
                         Ok::<_, std::convert::Infallible>(resp)
                     }
                 });
@@ -153,6 +159,7 @@ resolvers:
     credential_location: "header:Authorization:Bearer"
   - {{ name: "once/*", backend: files, ref: CRED, mode: short_lived, single_use: true, hosts: ["localhost:{port}"] }}
   - {{ name: "q/*", backend: files, ref: CRED, mode: short_lived, hosts: ["localhost:{port}"], credential_location: "query:api_key" }}
+  - {{ name: "short/*", backend: files, ref: SHORT, mode: short_lived, hosts: ["localhost:{port}"] }}
 policies:
   - {{ name: ci, rule: 'issuer == "ci"', effect: allow }}
 upstream_ca: upstream-ca.pem
@@ -230,7 +237,11 @@ impl World {
             bundle(&client.public_key_pem(), port),
         )
         .unwrap();
-        std::fs::write(dir.path().join("secrets.env"), format!("CRED={CANARY}\n")).unwrap();
+        std::fs::write(
+            dir.path().join("secrets.env"),
+            format!("CRED={CANARY}\nSHORT=Zq7Kp2x\n"),
+        )
+        .unwrap();
         let signing = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
         std::fs::write(dir.path().join("signing.pem"), signing.serialize_pem()).unwrap();
         std::fs::write(dir.path().join("public.pem"), signing.public_key_pem()).unwrap();
@@ -240,6 +251,7 @@ impl World {
         let issuing = kz_server::start(o).await.unwrap();
         let mut o = options(dir.path());
         o.proxy_public_key = Some(dir.path().join("public.pem"));
+        o.timeouts.body = Duration::from_secs(1);
         let proxy = kz_server::start(o).await.unwrap();
         World {
             dir,
@@ -512,7 +524,15 @@ async fn tokens_outside_their_binding_or_forged_are_refused_before_anything_is_s
                 "",
             ),
             403,
-            "destination is refused",
+            "no longer binds",
+        ),
+        (
+            "TRACE",
+            format!(
+                "TRACE https://{host}/v1/x HTTP/1.1\r\nHost: {host}\r\nProxy-Authorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+            ),
+            403,
+            "never forwarded",
         ),
     ];
     for (what, request, want, says) in &cases {
@@ -720,4 +740,124 @@ async fn replicas_sharing_redis_redeem_a_single_use_token_once() {
         r.wait().await;
     }
     w.stop().await;
+}
+
+/// A token verified once is remembered by its exact bytes, and its `exp` still holds on every
+/// later use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remembered_token_still_expires() {
+    let w = World::new().await;
+    let host = w.host();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // Expired 3 s ago: within the 5 s leeway for now.
+    let claims = json!({
+        "iss": "keyzero", "aud": "keyzero-proxy", "sub": "agent-1", "jti": "late",
+        "resource": "api/github", "resolver": "api/*", "hosts": [host.clone()],
+        "iat": now - 60, "exp": now - 3,
+    });
+    let token = kz_identity::sign(&w.signing_pem, Some("EdDSA"), None, &claims).unwrap();
+    let request = get(&format!("https://{host}/v1/x"), &host, &token, "");
+    let (first, _, body) = raw(w.proxy.addr, &request).await;
+    assert_eq!(first, 200, "{body}");
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let (again, _, body) = raw(w.proxy.addr, &request).await;
+    assert_eq!(again, 401, "{body}");
+    assert!(body.contains("expired"), "{body}");
+    w.stop().await;
+}
+
+/// The hostile review's findings, each as the principle that closes it: headers that would let
+/// the upstream serve another method, resource or slice are not forwarded, nor is a cookie
+/// minted for the credential returned; a body must arrive in time; a credential too short to
+/// scrub is not served; and a caller that sends the credential (the scrubber as a guessing
+/// oracle) is refused, then and from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overrides_slices_cookies_slow_bodies_short_credentials_and_guesses_are_refused() {
+    let w = World::new().await;
+    let host = w.host();
+    let token = w.token("api/github").await;
+    let (status, head, _) = raw(
+        w.proxy.addr,
+        &get(
+            &format!("https://{host}/v1/x"),
+            &host,
+            &token,
+            "Range: bytes=7-12\r\nIf-Range: x\r\nX-HTTP-Method-Override: DELETE\r\nX-Original-URL: /admin\r\nX-Forwarded-For: 10.0.0.1\r\nForwarded: for=10.0.0.1\r\nX-Custom: kept\r\nX-Named: by-connection\r\nConnection: x-named\r\n",
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{head}");
+    assert!(!head.contains("set-cookie"), "{head}");
+    let seen = w.seen.lock().unwrap().clone();
+    let headers = &seen.last().unwrap().2;
+    let names: Vec<&str> = headers.iter().map(|(k, _)| k.as_str()).collect();
+    for gone in [
+        "range",
+        "if-range",
+        "x-http-method-override",
+        "x-original-url",
+        "x-forwarded-for",
+        "forwarded",
+        "x-named",
+    ] {
+        assert!(!names.contains(&gone), "{gone} forwarded: {names:?}");
+    }
+    assert!(names.contains(&"x-custom"), "{names:?}");
+
+    // A body announced and never sent: 408 within the body time, nothing upstream.
+    let before = w.upstream_count();
+    let started = std::time::Instant::now();
+    let (status, _, body) = raw(
+        w.proxy.addr,
+        &format!("POST https://{host}/v1/x HTTP/1.1\r\nHost: {host}\r\nProxy-Authorization: Bearer {token}\r\nContent-Length: 100\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(status, 408, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // Too short to scrub: not served.
+    let short = w.token("short/x").await;
+    let (status, _, body) = raw(
+        w.proxy.addr,
+        &get(&format!("https://{host}/x"), &host, &short, ""),
+    )
+    .await;
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body.contains("too short") && !body.contains("Zq7Kp2x"),
+        "{body}"
+    );
+    assert_eq!(w.upstream_count(), before);
+
+    // A guess: 16 bytes of the credential in the query. Refused before sending, and every
+    // token of this caller after it.
+    let fragment = &CANARY[..16];
+    let (status, _, body) = raw(
+        w.proxy.addr,
+        &get(
+            &format!("https://{host}/v1/search?q={fragment}"),
+            &host,
+            &token,
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("carries the credential"), "{body}");
+    assert!(!body.contains(fragment), "{body}");
+    let fresh = w.token("api/github").await;
+    let (status, _, body) = raw(
+        w.proxy.addr,
+        &get(&format!("https://{host}/v1/x"), &host, &fresh, ""),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("refused until the proxy restarts"), "{body}");
+    assert_eq!(w.upstream_count(), before);
+    let (_, audit) = w.stop().await;
+    assert!(audit.contains("carries the credential"), "{audit}");
+    assert!(!audit.contains(CANARY), "{audit}");
 }
