@@ -151,29 +151,32 @@ struct Claims {
     paths: Vec<String>,
 }
 
-/// Admits the hosts that some `short_lived` resolver of the bundle binds (the token's own
-/// binding is checked before the request is made; this is the connector's second check, and
-/// says whether a pattern names the host exactly, which lets it be a loopback or private
-/// address).
+/// Admits the hosts one `short_lived` resolver binds (the token's own binding is checked
+/// before the request is made; this is the connector's second check), and says whether that
+/// resolver names the host exactly, which alone lets it be a loopback or private address: a
+/// wildcard of one resolver never borrows another resolver's exact pattern.
 #[derive(Debug)]
-pub struct BundleGate {
+pub struct ResolverGate {
+    resolver: String,
     patterns: Vec<HostPattern>,
 }
 
-impl Gate for BundleGate {
+impl Gate for ResolverGate {
     fn admit(&self, host: &str, port: u16) -> Result<bool, String> {
         let mut admitted = None;
         for p in self.patterns.iter().filter(|p| p.matches(host, port)) {
             admitted = Some(admitted.unwrap_or(false) || !p.wildcard);
         }
-        admitted.ok_or_else(|| format!("no short_lived resolver binds {host}:{port}"))
+        admitted.ok_or_else(|| format!("resolver `{}` does not bind {host}:{port}", self.resolver))
     }
 }
 
-/// The proxy's upstream client, built per bundle.
-pub type Egress = CheckedClient<BundleGate, Full<Bytes>>;
+/// The proxy's upstream clients, one per `short_lived` resolver (each pools its connections),
+/// built per bundle.
+pub type Egress = std::collections::HashMap<String, CheckedClient<ResolverGate, Full<Bytes>>>;
 
-/// Builds the upstream client for `bundle`: the system's roots plus the bundle's `upstream_ca`.
+/// Builds the upstream clients for `bundle`: the system's roots plus the bundle's
+/// `upstream_ca`; each client's gate is its resolver's `hosts`.
 pub fn egress(bundle: &kz_bundle::Bundle) -> Result<Egress, Diagnostic> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_native_certs::load_native_certs().certs {
@@ -211,18 +214,25 @@ pub fn egress(bundle: &kz_bundle::Bundle) -> Result<Egress, Diagnostic> {
         .map_err(|e| Diagnostic::error("server::upstream_tls", e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let patterns = bundle
+    let resolver = Arc::new(kz_egress::CheckedResolver::default());
+    Ok(bundle
         .resolvers
         .iter()
         .filter(|r| r.mode == Mode::ShortLived)
-        .flat_map(|r| r.hosts.iter().cloned())
-        .collect();
-    Ok(kz_egress::connect::client(
-        Arc::new(BundleGate { patterns }),
-        Arc::new(kz_egress::CheckedResolver::default()),
-        tls,
-        false,
-    ))
+        .map(|r| {
+            let gate = ResolverGate {
+                resolver: r.name.clone(),
+                patterns: r.hosts.clone(),
+            };
+            let client = kz_egress::connect::client(
+                Arc::new(gate),
+                Arc::clone(&resolver),
+                tls.clone(),
+                false,
+            );
+            (r.name.clone(), client)
+        })
+        .collect())
 }
 
 /// The proxy's router: every request is a redemption.
@@ -240,12 +250,15 @@ pub fn router(state: Arc<AppState>) -> Router {
 struct Refusal {
     status: StatusCode,
     message: String,
+    /// For the audit record only (e.g. what a name resolved to, which the caller is not told).
+    detail: Option<String>,
 }
 
 fn refuse(status: StatusCode, message: impl Into<String>) -> Refusal {
     Refusal {
         status,
         message: message.into(),
+        detail: None,
     }
 }
 
@@ -343,7 +356,8 @@ async fn redeem(State(state): State<Arc<AppState>>, req: Request) -> Response {
             } else {
                 Decision::Deny
             };
-            let record = record.decision(decision).reason(r.message.clone());
+            let reason = r.detail.clone().unwrap_or_else(|| r.message.clone());
+            let record = record.decision(decision).reason(reason);
             (record, r.into_response())
         }
     };
@@ -751,7 +765,13 @@ async fn forward(
         &credential,
         body,
     )?;
-    let response = tokio::time::timeout(UPSTREAM_TIMEOUT, egress.request(out))
+    let client = egress.get(&resolver.name).ok_or_else(|| {
+        refuse(
+            StatusCode::FORBIDDEN,
+            "the bundle in force has no upstream client for this token's resolver",
+        )
+    })?;
+    let response = tokio::time::timeout(UPSTREAM_TIMEOUT, client.request(out))
         .await
         .map_err(|_| {
             refuse(
@@ -760,14 +780,23 @@ async fn forward(
             )
         })?
         .map_err(|e| match kz_egress::connect::classify_error(&e) {
-            ConnectError::Refused(why) => refuse(
-                StatusCode::FORBIDDEN,
-                format!("the destination is refused: {why}"),
-            ),
-            ConnectError::Failed(why) => refuse(
-                StatusCode::BAD_GATEWAY,
-                format!("the upstream request failed: {why}"),
-            ),
+            // What a name resolved to and which address failed stay in the audit record: the
+            // caller learns that, not the internal addresses.
+            ConnectError::Refused(why) => Refusal {
+                detail: Some(format!("the destination is refused: {why}")),
+                ..refuse(
+                    StatusCode::FORBIDDEN,
+                    "the destination is refused: it is not bound, or resolves to a loopback, \
+                     private, link-local or metadata address",
+                )
+            },
+            ConnectError::Failed(why) => Refusal {
+                detail: Some(format!("the upstream request failed: {why}")),
+                ..refuse(
+                    StatusCode::BAD_GATEWAY,
+                    "the upstream request failed (the audit log has the reason)",
+                )
+            },
         })?;
     scrubbed(response, &credential).await
 }
