@@ -10,8 +10,10 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+use common::{indent, options};
+
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kz_server::{Options, Running};
@@ -31,12 +33,6 @@ fn keys() -> Keys {
         private: k.serialize_pem(),
         public: k.public_key_pem(),
     }
-}
-
-fn indent(text: &str, by: usize) -> String {
-    text.lines()
-        .map(|l| format!("{}{l}\n", " ".repeat(by)))
-        .collect()
 }
 
 fn bundle_text(public: &str, extra_policy: &str) -> String {
@@ -94,32 +90,6 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
     p
-}
-
-fn options(dir: &Path) -> Options {
-    Options {
-        bundle: dir.join("bundle.yaml"),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        tls: None,
-        audit: None,
-        rate_limit: None,
-        build: kz_providers::BuildContext {
-            home: None,
-            config_home: dir.join("config"),
-            data_home: dir.join("data"),
-            runtime_dir: None,
-            project_dir: dir.to_path_buf(),
-            getenv: Arc::new(|_| None),
-            verbose: false,
-            interactive: false,
-        },
-        drain: Duration::from_secs(5),
-        watch: None,
-        timeouts: kz_server::Timeouts::default(),
-        signing_key: None,
-        proxy_url: None,
-        proxy_public_key: None,
-    }
 }
 
 impl Server {

@@ -8,6 +8,7 @@
     clippy::indexing_slicing
 )]
 
+mod common;
 #[allow(dead_code)]
 #[path = "../../kz-providers/tests/support/openbao.rs"]
 mod openbao;
@@ -66,31 +67,9 @@ audit: {{ path: audit.jsonl }}
         ),
     )
     .unwrap();
-    let running = kz_server::start(kz_server::Options {
-        bundle: dir.path().join("bundle.yaml"),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        tls: None,
-        audit: None,
-        rate_limit: None,
-        build: kz_providers::BuildContext {
-            home: None,
-            config_home: dir.path().join("config"),
-            data_home: dir.path().join("data"),
-            runtime_dir: None,
-            project_dir: dir.path().to_path_buf(),
-            getenv: Arc::new(|k| (k == "VAULT_TOKEN").then(|| openbao::ROOT.to_owned())),
-            verbose: false,
-            interactive: false,
-        },
-        drain: Duration::from_secs(5),
-        watch: None,
-        timeouts: kz_server::Timeouts::default(),
-        signing_key: None,
-        proxy_url: None,
-        proxy_public_key: None,
-    })
-    .await
-    .unwrap();
+    let mut opts = common::options(dir.path());
+    opts.build.getenv = Arc::new(|k| (k == "VAULT_TOKEN").then(|| openbao::ROOT.to_owned()));
+    let running = kz_server::start(opts).await.unwrap();
     let token = kz_identity::sign(
         &key.serialize_pem(),
         Some("ES256"),

@@ -10,6 +10,9 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+use common::{indent, options};
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -127,12 +130,6 @@ async fn upstream(dir: &Path) -> (u16, Seen) {
     (port, seen)
 }
 
-fn indent(text: &str, by: usize) -> String {
-    text.lines()
-        .map(|l| format!("{}{l}\n", " ".repeat(by)))
-        .collect()
-}
-
 fn bundle(public: &str, port: u16) -> String {
     format!(
         r#"version: "1"
@@ -167,32 +164,6 @@ audit: {{ path: audit.jsonl }}
 "#,
         pem = indent(public, 10)
     )
-}
-
-fn options(dir: &Path) -> kz_server::Options {
-    kz_server::Options {
-        bundle: dir.join("bundle.yaml"),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        tls: None,
-        audit: None,
-        rate_limit: None,
-        build: kz_providers::BuildContext {
-            home: None,
-            config_home: dir.join("config"),
-            data_home: dir.join("data"),
-            runtime_dir: None,
-            project_dir: dir.to_path_buf(),
-            getenv: Arc::new(|_| None),
-            verbose: false,
-            interactive: false,
-        },
-        drain: Duration::from_secs(2),
-        watch: None,
-        timeouts: kz_server::Timeouts::default(),
-        signing_key: None,
-        proxy_url: None,
-        proxy_public_key: None,
-    }
 }
 
 /// A raw HTTP/1.1 exchange with `addr`: status, head (lowercase) and body.
