@@ -715,3 +715,45 @@ policies:
         assert!(e.iter().all(|(_, _, m)| !m.contains("hunter2")), "{e:#?}");
     }
 }
+
+#[test]
+fn single_use_resolvers_say_where_their_records_live() {
+    let text = r#"
+version: "1"
+issuers:
+  - { name: k8s, type: kubernetes, issuer_url: "https://kubernetes.default.svc", audience: kz }
+backends:
+  aws: { type: aws_secrets_manager, region: eu-west-1 }
+resolvers:
+  - { name: deploy, backend: aws, mode: short_lived, single_use: true, hosts: [api.example.com] }
+policies:
+  - { name: all, rule: "true", effect: allow }
+"#;
+    let own = check(Path::new("b.yaml"), text)
+        .unwrap()
+        .per_replica_settings();
+    assert!(
+        own.iter()
+            .any(|s| s.contains("resolvers.deploy.single_use: each proxy replica keeps its own")),
+        "{own:#?}"
+    );
+    let shared = check(
+        Path::new("b.yaml"),
+        &format!("{text}replay: {{ redis_url: \"redis://10.0.0.5:6379/0\" }}\n"),
+    )
+    .unwrap()
+    .per_replica_settings();
+    assert!(
+        shared
+            .iter()
+            .any(|s| s.contains("shared through replay.redis_url")),
+        "{shared:#?}"
+    );
+    // single_use is for short-lived tokens only.
+    let e = errors(&text.replace("mode: short_lived, single_use: true", "single_use: true"));
+    assert!(
+        e.iter()
+            .any(|(_, _, m)| m.contains("applies only to `mode: short_lived`")),
+        "{e:#?}"
+    );
+}
