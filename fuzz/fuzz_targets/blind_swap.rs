@@ -41,6 +41,7 @@ fuzz_target!(|input: &[u8]| {
             value: SecretValue::from_bytes(value.to_vec()),
             token: format!("kz_masked_{i:032x}"),
             hosts: Vec::new(),
+            binding: kz_config::Binding::default(),
             // Every location, so the body checks below see every swap.
             swap: kz_config::SwapIn {
                 headers: true,
