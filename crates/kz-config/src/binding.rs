@@ -208,7 +208,9 @@ pub fn canonical_path(path: &str) -> Result<String, String> {
             };
             if v.is_ascii_alphanumeric() || v == b'-' || v == b'_' || v == b'~' {
                 out.push(char::from(v));
-            } else if matches!(v, b'.' | b'/' | b'\\' | b'%' | b';') || !(0x20..0x7f).contains(&v) {
+            } else if matches!(v, b'.' | b'/' | b'\\' | b'%' | b';' | b'?' | b'#')
+                || !(0x20..0x7f).contains(&v)
+            {
                 return Err(format!(
                     "the path escapes `{}` (%{v:02X}), which servers read differently",
                     if v < 0x20 || v == 0x7f {
@@ -426,6 +428,8 @@ mod tests {
             "/public/\u{ff0e}\u{ff0e}/admin",
             "/public/%EF%BC%8E%EF%BC%8E/admin",
             "/public/%C0%AE%C0%AE/admin",
+            "/public/x%3F.json",
+            "/public/x%23.json",
         ] {
             assert!(
                 matches!(b.check("GET", bad), Err(BindingRefusal::AmbiguousPath(_))),

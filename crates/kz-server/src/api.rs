@@ -49,6 +49,8 @@ pub struct AppState {
     pub replay: kz_identity::ReplayRecords,
     /// Callers (issuer and subject) that sent the credential to the proxy: refused from then on.
     pub guessed: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Credentials (resolver and value digest) no longer served after a guess.
+    pub burned: std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -83,6 +85,7 @@ impl AppState {
             body_timeout,
             replay,
             guessed: std::sync::Mutex::default(),
+            burned: std::sync::Mutex::default(),
         }
     }
 }

@@ -62,9 +62,10 @@ const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUM
     .remove(b'.')
     .remove(b'_')
     .remove(b'~');
-/// The shortest credential the proxy serves: shorter ones cannot be told apart from ordinary
-/// text, so the scrubber does not look for them (`kz_redact::decoded`'s whole-value minimum).
-pub const MIN_SCRUBBED: usize = 8;
+/// The shortest credential the proxy serves: the scrubber finds any 16-byte fragment of a
+/// longer value, but a shorter one only whole (or not at all under 8 bytes), so a shorter
+/// credential could come back in pieces.
+pub const MIN_SCRUBBED: usize = 16;
 /// What a scrubbed credential reads as.
 const SCRUBBED: &[u8] = b"[scrubbed by keyzero]";
 
@@ -508,17 +509,28 @@ const DROPPED: [HeaderName; 13] = [
 /// Whether the caller may set request header `name` (lowercase). Not forwarded, by principle:
 /// hop-by-hop headers (also every one `Connection` names); credentials; and headers by which a
 /// front end or framework decides another method, path or resource than the request line
-/// says (method overrides, URL rewrites, `Forwarded` and `X-Forwarded-*`), or serves a slice
-/// of the answer (`Range`), so that the binding checked is the call made, and the answer is
-/// scrubbed whole.
+/// says (method overrides, URL rewrites, WebDAV `Destination`, cloud `*-copy-source`,
+/// `Forwarded`, `X-Forwarded-*` and client-address headers), or serves a slice or another
+/// charset of the answer (`Range`, `Accept-Charset`), so that the binding checked is the call
+/// made, and the answer is scrubbed whole in a form the scrubber reads.
 fn forwardable(name: &HeaderName, named_by_connection: &[String]) -> bool {
     let n = name.as_str();
     !(DROPPED.contains(name)
         || named_by_connection.iter().any(|c| c == n)
         || matches!(
             n,
-            "keep-alive" | "proxy-connection" | "forwarded" | "via" | "x-real-ip"
+            "keep-alive"
+                | "proxy-connection"
+                | "forwarded"
+                | "via"
+                | "x-real-ip"
+                | "true-client-ip"
+                | "x-client-ip"
+                | "destination"
+                | "accept-charset"
+                | "content-encoding"
         )
+        || n.ends_with("-copy-source")
         || n.starts_with("x-forwarded-")
         || n.starts_with("x-original-")
         || n.starts_with("x-rewrite-")
@@ -637,6 +649,25 @@ async fn forward(
             format!("resolver `{}` no longer binds {}", resolver.name, seen.host),
         ));
     }
+    // A body the credential check cannot read (compressed) is not forwarded.
+    if req
+        .headers()
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+    {
+        return Err(refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "a request body with a Content-Encoding is not forwarded (send it uncompressed)",
+        ));
+    }
+    // One slot of the bounded pool is taken before anything is read or spent.
+    let _slot = IN_FLIGHT.try_acquire().map_err(|_| {
+        refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{MAX_IN_FLIGHT} requests are in progress; retry shortly"),
+        )
+    })?;
     // The body arrives before anything is spent on the request (the credential, a single use),
     // within the same time the API gives a body.
     let (parts, body) = req.into_parts();
@@ -694,12 +725,6 @@ async fn forward(
         }
     }
 
-    let _slot = IN_FLIGHT.try_acquire().map_err(|_| {
-        refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("{MAX_IN_FLIGHT} requests are in progress; retry shortly"),
-        )
-    })?;
     let credential =
         crate::pipeline::credential(loaded, &state.metrics, resolver, &claims.resource)
             .await
@@ -729,18 +754,47 @@ async fn forward(
     // fragment of it (in the decoded view scrubbing uses) in what it sends is a guess. Refused
     // before anything is sent, and the caller is refused from then on: scrubbing that answers
     // "this matched" would otherwise tell a caller, guess by guess, what the credential is.
+    // Only what would be forwarded is looked at (the kz token and dropped headers are not:
+    // a kz token and a JWT credential share their first bytes).
+    let burn_key = burn_key(&resolver.name, &credential);
+    if state
+        .burned
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .contains(&burn_key)
+    {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "this credential is no longer served by this proxy: a request tried to learn it \
+             (see the audit log); rotate it, then restart the proxy",
+        ));
+    }
     let guess = {
         let pairs = std::iter::once((credential.expose_bytes().to_vec(), SCRUBBED.to_vec()));
         let m = kz_redact::decoded::Matcher::new(pairs, kz_redact::decoded::Options::default());
-        let mut hit =
-            !m.hits_in(uri.to_string().as_bytes()).is_empty() || !m.hits_in(&body).is_empty();
-        for (name, v) in &parts.headers {
+        let named_by_connection: Vec<String> = Vec::new();
+        let mut hit = !m.hits_in(parts.method.as_str().as_bytes()).is_empty()
+            || !m.hits_in(uri.to_string().as_bytes()).is_empty()
+            || !m.hits_in(&body).is_empty();
+        for (name, v) in parts
+            .headers
+            .iter()
+            .filter(|(n, _)| forwardable(n, &named_by_connection))
+        {
             hit |= !m.hits_in(name.as_str().as_bytes()).is_empty()
                 || !m.hits_in(v.as_bytes()).is_empty();
         }
         hit
     };
     if guess {
+        // The answer to a guess is a bit about the credential whatever it is, so the first one
+        // ends the credential's service on this replica (the operator rotates it) and the
+        // caller's.
+        state
+            .burned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(burn_key);
         state
             .guessed
             .lock()
@@ -799,6 +853,16 @@ async fn forward(
             },
         })?;
     scrubbed(response, &credential).await
+}
+
+/// What identifies a credential in the burned set: its resolver and the SHA-256 of its value.
+fn burn_key(resolver: &str, credential: &kz_secret::SecretValue) -> [u8; 32] {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(resolver.as_bytes());
+    h.update([0]);
+    h.update(credential.expose_bytes());
+    h.finalize().into()
 }
 
 /// The request sent upstream: the caller's method, target and headers, without any header that

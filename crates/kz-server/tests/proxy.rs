@@ -237,11 +237,16 @@ impl World {
 
     /// A short-lived token for `reference`, from the issuing server.
     async fn token(&self, reference: &str) -> String {
+        self.token_as(reference, "agent-1").await
+    }
+
+    /// A short-lived token for `reference` issued to the workload `sub`.
+    async fn token_as(&self, reference: &str, sub: &str) -> String {
         let id = kz_identity::sign(
             &self.client_key,
             Some("ES256"),
             Some("k1"),
-            &json!({"iss": ISS, "aud": "keyzero", "sub": "agent-1"}),
+            &json!({"iss": ISS, "aud": "keyzero", "sub": sub}),
         )
         .unwrap();
         let resp = reqwest::Client::builder()
@@ -789,6 +794,14 @@ async fn overrides_slices_cookies_slow_bodies_short_credentials_and_guesses_are_
     assert_eq!(status, 408, "{body}");
     assert!(started.elapsed() < Duration::from_secs(10));
 
+    // A body the credential check cannot read is not forwarded.
+    let (status, _, body) = raw(
+        w.proxy.addr,
+        &format!("POST https://{host}/v1/x HTTP/1.1\r\nHost: {host}\r\nProxy-Authorization: Bearer {token}\r\nContent-Encoding: gzip\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc"),
+    )
+    .await;
+    assert_eq!(status, 415, "{body}");
+
     // Too short to scrub: not served.
     let short = w.token("short/x").await;
     let (status, _, body) = raw(
@@ -827,6 +840,15 @@ async fn overrides_slices_cookies_slow_bodies_short_credentials_and_guesses_are_
     .await;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("refused until the proxy restarts"), "{body}");
+    // …and the credential is no longer served to anyone by this replica (rotate it).
+    let other = w.token_as("api/github", "agent-2").await;
+    let (status, _, body) = raw(
+        w.proxy.addr,
+        &get(&format!("https://{host}/v1/x"), &host, &other, ""),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("no longer served"), "{body}");
     assert_eq!(w.upstream_count(), before);
     let (_, audit) = w.stop().await;
     assert!(audit.contains("carries the credential"), "{audit}");
