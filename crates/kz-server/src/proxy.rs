@@ -787,6 +787,9 @@ async fn forward(
         hit
     };
     if guess {
+        // The audit record must not carry what the guess carried.
+        seen.path = "[withheld: it carried the credential]".into();
+        seen.host = "[withheld: it carried the credential]".into();
         // The answer to a guess is a bit about the credential whatever it is, so the first one
         // ends the credential's service on this replica (the operator rotates it) and the
         // caller's.

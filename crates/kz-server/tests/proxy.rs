@@ -822,7 +822,7 @@ async fn overrides_slices_cookies_slow_bodies_short_credentials_and_guesses_are_
     let (status, _, body) = raw(
         w.proxy.addr,
         &get(
-            &format!("https://{host}/v1/search?q={fragment}"),
+            &format!("https://{host}/v1/{fragment}?q={fragment}"),
             &host,
             &token,
             "",
@@ -852,5 +852,12 @@ async fn overrides_slices_cookies_slow_bodies_short_credentials_and_guesses_are_
     assert_eq!(w.upstream_count(), before);
     let (_, audit) = w.stop().await;
     assert!(audit.contains("carries the credential"), "{audit}");
-    assert!(!audit.contains(CANARY), "{audit}");
+    assert!(
+        !audit.contains(CANARY) && !audit.contains(fragment),
+        "{audit}"
+    );
+    assert!(
+        audit.contains("[withheld: it carried the credential]"),
+        "{audit}"
+    );
 }

@@ -1244,6 +1244,9 @@ impl Proxy {
         )
     }
 
+    /// What an audit record says instead of a host or path that carried a secret value.
+    const WITHHELD: &str = "[withheld: it carried a secret value]";
+
     /// Writes an audit record; `false` when the writer refused it.
     fn audit(
         &self,
@@ -1261,11 +1264,17 @@ impl Proxy {
             .filter_map(|i| self.shared.table.secrets.get(*i))
             .map(|s| s.name.as_str())
             .collect();
-        let mut record = record
-            .method(method.as_str())
-            .host(format!("{}:{}", dest.host, dest.port));
+        // What the command sent is recorded only when it carries no secret value (a request
+        // refused for carrying one would otherwise put it in the log).
+        let carries = |s: &str| !self.shared.values.values_in(s.as_bytes()).is_empty();
+        let host = format!("{}:{}", dest.host, dest.port);
+        let mut record = record.method(method.as_str()).host(if carries(&host) {
+            Self::WITHHELD.to_owned()
+        } else {
+            host
+        });
         if !path.is_empty() {
-            record = record.path(path);
+            record = record.path(if carries(path) { Self::WITHHELD } else { path });
         }
         if !names.is_empty() {
             record = record.secrets(names);

@@ -1306,12 +1306,22 @@ for m, p in [("GET", "/get"), ("POST", "/get"), ("GET", "/post")]:
         // A guess holding 16 bytes of the value, toward the host the secret is bound to, then a
         // normal request with the token: both refused, nothing reaches the server.
         let fragment = CANARY.get(..16).unwrap_or(CANARY);
+        let audit = w.s.root.path().join("audit.jsonl");
         let script = format!(
-            "curl -sS -H 'X-Guess: {fragment}' '{u}/get'; echo; \
+            "curl -sS -H 'X-Guess: {fragment}' '{u}/get/{fragment}'; echo; \
              curl -sS -H \"Authorization: Bearer $API_TOKEN\" '{u}/get'; echo; echo '==kz== END'",
             u = w.allowed.url()
         );
-        let r = w.blind_sh(&[], &script, &[]).no_canary();
+        let r = w
+            .blind_sh(&["--audit", audit.to_str().unwrap()], &script, &[])
+            .no_canary();
+        // The audit record of the guess names the secret, not what the guess carried.
+        let text = std::fs::read_to_string(&audit).unwrap();
+        assert!(!text.contains(fragment), "{text}");
+        assert!(
+            text.contains("[withheld: it carried a secret value]"),
+            "{text}"
+        );
         // The guess gets the 403; the next request's CONNECT gets it too (curl reports it).
         assert_eq!(
             r.stdout.matches("blind mode stopped").count(),
