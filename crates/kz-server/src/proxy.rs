@@ -769,10 +769,13 @@ async fn forward(
              (see the audit log); rotate it, then restart the proxy",
         ));
     }
+    // One matcher per redemption: the guess check here, the answer's scrubbing below.
+    let m = kz_redact::decoded::Matcher::new(
+        std::iter::once((credential.expose_bytes().to_vec(), SCRUBBED.to_vec())),
+        kz_redact::decoded::Options::default(),
+    );
+    let named_by_connection = connection_named(&parts.headers);
     let guess = {
-        let pairs = std::iter::once((credential.expose_bytes().to_vec(), SCRUBBED.to_vec()));
-        let m = kz_redact::decoded::Matcher::new(pairs, kz_redact::decoded::Options::default());
-        let named_by_connection: Vec<String> = Vec::new();
         let mut hit = !m.hits_in(parts.method.as_str().as_bytes()).is_empty()
             || !m.hits_in(uri.to_string().as_bytes()).is_empty()
             || !m.hits_in(&body).is_empty();
@@ -817,6 +820,7 @@ async fn forward(
     let out = upstream_request(
         &parts.method,
         &parts.headers,
+        &named_by_connection,
         &uri,
         &location,
         &credential,
@@ -855,7 +859,18 @@ async fn forward(
                 )
             },
         })?;
-    scrubbed(response, &credential).await
+    scrubbed(response, &credential, &m).await
+}
+
+/// The header names a request's `Connection` header lists (hop-by-hop by its sender's say).
+fn connection_named(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .collect()
 }
 
 /// What identifies a credential in the burned set: its resolver and the SHA-256 of its value.
@@ -874,6 +889,7 @@ fn burn_key(resolver: &str, credential: &kz_secret::SecretValue) -> [u8; 32] {
 fn upstream_request(
     method: &Method,
     headers: &HeaderMap,
+    named_by_connection: &[String],
     uri: &Uri,
     location: &CredentialLocation,
     credential: &kz_secret::SecretValue,
@@ -887,15 +903,8 @@ fn upstream_request(
     })?;
     let mut uri = uri.clone();
     let mut out = HeaderMap::new();
-    let named_by_connection: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
-        .collect();
     for (name, v) in headers {
-        if !forwardable(name, &named_by_connection) {
+        if !forwardable(name, named_by_connection) {
             continue;
         }
         if let CredentialLocation::Header { name: at, .. } = location
@@ -981,6 +990,7 @@ fn upstream_request(
 async fn scrubbed(
     response: http::Response<hyper::body::Incoming>,
     credential: &kz_secret::SecretValue,
+    matcher: &kz_redact::decoded::Matcher,
 ) -> Result<Response, Refusal> {
     let (parts, body) = response.into_parts();
     if parts
@@ -1009,11 +1019,9 @@ async fn scrubbed(
             )
         })?
         .to_bytes();
-    let pairs = || std::iter::once((credential.expose_bytes().to_vec(), SCRUBBED.to_vec()));
-    let matcher = kz_redact::decoded::Matcher::new(pairs(), kz_redact::decoded::Options::default());
     // Header names arrive lowercased: compared without case, as blind mode does.
     let names = kz_redact::decoded::Matcher::new(
-        pairs(),
+        std::iter::once((credential.expose_bytes().to_vec(), SCRUBBED.to_vec())),
         kz_redact::decoded::Options {
             ignore_case: true,
             no_base64: true,
