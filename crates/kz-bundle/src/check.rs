@@ -10,7 +10,7 @@ use kz_policy::{Effect, Glob, PolicySet, PolicySource};
 
 use crate::{
     Audit, Bundle, CredentialLocation, Issuer, KeyMaterial, KeySource, MAX_ISSUERS, MAX_POLICIES,
-    MAX_RESOLVERS, Mode, Param, PolicyEntry, Profile, ReplayStore, Resolver, StaticKey,
+    MAX_RESOLVERS, Mcp, Mode, Param, PolicyEntry, Profile, ReplayStore, Resolver, StaticKey,
     validate_ref,
 };
 
@@ -24,6 +24,7 @@ const TOP_KEYS: &[&str] = &[
     "audit",
     "upstream_ca",
     "replay",
+    "mcp",
 ];
 const ISSUER_KEYS: &[&str] = &[
     "name",
@@ -56,6 +57,9 @@ const RESOLVER_KEYS: &[&str] = &[
 const POLICY_KEYS: &[&str] = &["name", "rule", "effect", "description"];
 const AUDIT_KEYS: &[&str] = &["path", "claims"];
 const REPLAY_KEYS: &[&str] = &["redis_url", "password_env"];
+const MCP_KEYS: &[&str] = &["tools"];
+/// The MCP tools a bundle may list under `mcp.tools` (`list_resources` is always served).
+const MCP_TOOLS: &[&str] = &["fetch", "resolve", "list_resources"];
 /// Identity fields a `map` may set.
 const IDENTITY_FIELDS: &[&str] = &kz_identity::MAP_FIELDS;
 /// Every profile, as written in a bundle.
@@ -128,6 +132,7 @@ pub fn check(file: &Path, text: &str) -> Result<Bundle, Vec<Diagnostic>> {
     let policies = c.compile(&policy_entries);
     let audit = c.audit(root.get("audit"));
     let replay = c.replay(root.get("replay"));
+    let mcp = c.mcp(root.get("mcp"));
     let upstream_ca = root
         .get("upstream_ca")
         .and_then(|e| c.string(e, "upstream_ca"))
@@ -149,6 +154,7 @@ pub fn check(file: &Path, text: &str) -> Result<Bundle, Vec<Diagnostic>> {
         audit,
         upstream_ca,
         replay,
+        mcp,
     })
 }
 
@@ -1331,6 +1337,42 @@ impl Checker {
                 None
             }
         }
+    }
+
+    /// `mcp: { tools: [...] }`: which MCP tools are served. Without it, `fetch` and
+    /// `list_resources`; `resolve` (which hands a value to the agent) only when listed.
+    fn mcp(&mut self, e: Option<&Entry>) -> Mcp {
+        let Some(e) = e else {
+            return Mcp::default();
+        };
+        let Some(t) = self.table(e, "mcp") else {
+            return Mcp::default();
+        };
+        self.unknown(t, "mcp", MCP_KEYS);
+        let Some(tools) = t.iter().find(|x| x.key == "tools") else {
+            return Mcp::default();
+        };
+        let mut out = Mcp {
+            fetch: false,
+            resolve: false,
+        };
+        for (name, pos) in self.strings(tools, "mcp.tools") {
+            match name.as_str() {
+                "fetch" => out.fetch = true,
+                "resolve" => out.resolve = true,
+                "list_resources" => {}
+                other => self.diags.push(
+                    err(
+                        "config::value",
+                        format!("`mcp.tools` names an unknown tool `{other}`"),
+                        &pos,
+                        "mcp",
+                    )
+                    .help(format!("the tools are {}", MCP_TOOLS.join(", "))),
+                ),
+            }
+        }
+        out
     }
 
     /// `replay: { redis_url, password_env }`: where `single_use` records live across replicas.

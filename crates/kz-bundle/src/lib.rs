@@ -253,6 +253,27 @@ pub struct Bundle {
     pub upstream_ca: Option<PathBuf>,
     /// Where `single_use` records live across replicas (`replay:`); `None`: in each process.
     pub replay: Option<ReplayStore>,
+    /// Which MCP tools are served (`mcp:`).
+    pub mcp: Mcp,
+}
+
+/// `mcp: { tools: [...] }`: the MCP tools served besides `list_resources` (always served: it
+/// names what the caller may use, never a value).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mcp {
+    /// `fetch`: calls an API with the credential, which the agent never sees (on by default).
+    pub fetch: bool,
+    /// `resolve`: hands the value to the agent (off unless listed).
+    pub resolve: bool,
+}
+
+impl Default for Mcp {
+    fn default() -> Self {
+        Self {
+            fetch: true,
+            resolve: false,
+        }
+    }
 }
 
 /// `replay: { redis_url, password_env }`.

@@ -717,6 +717,44 @@ policies:
 }
 
 #[test]
+fn mcp_tools_default_to_fetch_and_resolve_is_opt_in() {
+    let base = r#"
+version: "1"
+issuers:
+  - { name: k8s, type: kubernetes, issuer_url: "https://kubernetes.default.svc", audience: kz }
+policies:
+  - { name: all, rule: "true", effect: allow }
+"#;
+    let default = check(Path::new("b.yaml"), base).unwrap().mcp;
+    assert!(default.fetch && !default.resolve, "{default:?}");
+    let both = check(
+        Path::new("b.yaml"),
+        &format!("{base}mcp: {{ tools: [fetch, resolve, list_resources] }}\n"),
+    )
+    .unwrap()
+    .mcp;
+    assert!(both.fetch && both.resolve, "{both:?}");
+    let none = check(
+        Path::new("b.yaml"),
+        &format!("{base}mcp: {{ tools: [] }}\n"),
+    )
+    .unwrap()
+    .mcp;
+    assert!(!none.fetch && !none.resolve, "{none:?}");
+    for (mcp, says) in [
+        ("{ tools: [fetch, exec] }", "unknown tool `exec`"),
+        ("{ tools: fetch }", "a list"),
+        ("{ tool: [fetch] }", "tool"),
+    ] {
+        let e = errors(&format!("{base}mcp: {mcp}\n"));
+        assert!(
+            e.iter().any(|(_, l, m)| *l == 7 && m.contains(says)),
+            "{mcp}: {e:#?}"
+        );
+    }
+}
+
+#[test]
 fn single_use_resolvers_say_where_their_records_live() {
     let text = r#"
 version: "1"

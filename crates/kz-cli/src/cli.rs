@@ -216,9 +216,11 @@ SIGUSR1; drains in-flight requests on SIGTERM/SIGINT. Logs go to standard error.
 Examples:
   kz server start --bundle bundle.yaml
   kz server start -b bundle.yaml -l 0.0.0.0:8443 --tls-cert cert.pem --tls-key key.pem
-  kz server start -b bundle.yaml --audit /var/log/keyzero/audit.jsonl"
+  kz server start -b bundle.yaml --audit /var/log/keyzero/audit.jsonl
+  kz server start -b bundle.yaml --proxy --public-key public.pem   (the credential proxy)
+  kz server start -b bundle.yaml --mcp --identity-token-file /var/run/agent.jwt   (MCP on stdio)"
     )]
-    Start(ServerStartArgs),
+    Start(Box<ServerStartArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -261,6 +263,13 @@ pub struct ServerStartArgs {
     /// With --proxy: the public key (PEM) that verifies short-lived tokens
     #[arg(long, value_name = "PATH", env = "KEYZERO_PUBLIC_KEY_PATH")]
     pub public_key: Option<PathBuf>,
+    /// Serve MCP over stdin/stdout instead of the HTTP API (an agent starts `kz` itself)
+    #[arg(long, conflicts_with = "proxy")]
+    pub mcp: bool,
+    /// With --mcp: the file holding the caller's identity token, read at each tool call
+    /// (instead of a `jwt` argument, which puts the token into the model's context)
+    #[arg(long, value_name = "PATH", requires = "mcp")]
+    pub identity_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

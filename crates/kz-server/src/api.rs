@@ -107,6 +107,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// What the caller is told.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     /// An error answer.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
@@ -358,7 +363,8 @@ fn json_problem(e: &serde_json::Error) -> String {
 
 /// Whether the audit queue has room for `n` more records (checked before any backend is
 /// contacted, so a request that could not be recorded is refused before it does anything).
-fn audit_room(state: &AppState, n: usize) -> Result<(), ApiError> {
+/// Refuses when the audit log cannot take `n` more records (it is failing, or behind).
+pub(crate) fn audit_room(state: &AppState, n: usize) -> Result<(), ApiError> {
     if let Err(e) = state.audit.health() {
         return Err(ApiError::new(
             ErrorCode::NotReady,
@@ -375,6 +381,55 @@ fn audit_room(state: &AppState, n: usize) -> Result<(), ApiError> {
         return Err(e);
     }
     Ok(())
+}
+
+/// Refuses an identity over its rate, counted in refs (one decision and one record each).
+pub(crate) fn within_rate(
+    state: &AppState,
+    identity: &kz_policy::Identity,
+    n: usize,
+) -> Result<(), ApiError> {
+    if let Some(limiter) = &state.limiter {
+        // Each ref is one decision and one audit record: the rate counts refs, not requests.
+        let key = format!("{}\u{0}{}", identity.issuer, identity.sub);
+        let n = std::num::NonZeroU32::new(u32::try_from(n).unwrap_or(u32::MAX))
+            .unwrap_or(std::num::NonZeroU32::MIN);
+        let limited = match limiter.check_key_n(&key, n) {
+            Ok(Ok(())) => None,
+            Ok(Err(not_until)) => Some(
+                not_until
+                    .wait_time_from(governor::clock::Clock::now(
+                        &governor::clock::DefaultClock::default(),
+                    ))
+                    .as_secs()
+                    .max(1),
+            ),
+            // More refs than the burst allows at all: as if the identity waited a second.
+            Err(_) => Some(1),
+        };
+        if let Some(wait) = limited {
+            state.metrics.rate_limited.inc();
+            let mut e = ApiError::new(
+                ErrorCode::RateLimited,
+                "too many refs requested by this identity; retry after the time in Retry-After (the limit counts refs)",
+            );
+            e.retry_after = Some(wait);
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// How a token is named in audit records: `jti:ID`, or `sha256:HEX` of the token (never the
+/// token).
+pub(crate) fn token_id(identity: &kz_policy::Identity, token: &str) -> String {
+    match identity.claims.get("jti") {
+        Some(serde_json::Value::String(j)) if !j.is_empty() && j.len() <= 256 => format!("jti:{j}"),
+        _ => format!(
+            "sha256:{}",
+            kz_config::discover::hex(&Sha256::digest(token.as_bytes()))
+        ),
+    }
 }
 
 async fn serve_refs(state: &AppState, req: Request, fetch: bool) -> Result<Response, ApiError> {
@@ -456,45 +511,12 @@ async fn serve_refs(state: &AppState, req: Request, fetch: bool) -> Result<Respo
                 format!("the token was refused ({}); the server's log has the details under request id {request_id}", e.code()),
             )
         })?;
-    if let Some(limiter) = &state.limiter {
-        // Each ref is one decision and one audit record: the rate counts refs, not requests.
-        let key = format!("{}\u{0}{}", identity.issuer, identity.sub);
-        let n = std::num::NonZeroU32::new(u32::try_from(refs.len()).unwrap_or(u32::MAX))
-            .unwrap_or(std::num::NonZeroU32::MIN);
-        let limited = match limiter.check_key_n(&key, n) {
-            Ok(Ok(())) => None,
-            Ok(Err(not_until)) => Some(
-                not_until
-                    .wait_time_from(governor::clock::Clock::now(
-                        &governor::clock::DefaultClock::default(),
-                    ))
-                    .as_secs()
-                    .max(1),
-            ),
-            // More refs than the burst allows at all: as if the identity waited a second.
-            Err(_) => Some(1),
-        };
-        if let Some(wait) = limited {
-            state.metrics.rate_limited.inc();
-            let mut e = ApiError::new(
-                ErrorCode::RateLimited,
-                "too many refs requested by this identity; retry after the time in Retry-After (the limit counts refs)",
-            );
-            e.retry_after = Some(wait);
-            return Err(e);
-        }
-    }
+    within_rate(state, &identity, refs.len())?;
     let context = ask
         .context
         .clone()
         .map_or(serde_json::Value::Null, serde_json::Value::Object);
-    let token_id = match identity.claims.get("jti") {
-        Some(serde_json::Value::String(j)) if !j.is_empty() && j.len() <= 256 => format!("jti:{j}"),
-        _ => format!(
-            "sha256:{}",
-            kz_config::discover::hex(&Sha256::digest(token.as_bytes()))
-        ),
-    };
+    let token_id = token_id(&identity, token);
     let caller = Caller {
         identity: &identity,
         token_id: &token_id,

@@ -6,9 +6,13 @@
 //! - [`state`]: one loaded bundle with everything built from it (verifier, backend instances,
 //!   value cache, TLS), swapped whole on reload, so a request sees one revision throughout.
 //! - [`pipeline`]: the decision and resolution of the refs of one request, and their audit
-//!   records. The HTTP API is its first front-end; MCP and the credential proxy come next.
+//!   records. Its front-ends are the HTTP API, the credential proxy and MCP.
 //! - [`api`]: the axum router: `/healthz`, `/readyz`, `/metrics`, `/v1/resolve`, `/v1/decide`,
 //!   limits, request ids, rate limiting, the JSON error shapes of [`kz_wire`].
+//! - [`upstream`]: one credentialed call upstream (binding-checked target, the credential
+//!   placed, sent through `kz-egress`, the answer scrubbed), shared by [`proxy`] and [`mcp`].
+//! - [`proxy`]: the credential proxy (`--proxy`), redeeming short-lived tokens.
+//! - [`mcp`]: the MCP server (`--mcp`, stdio): `fetch`, `list_resources`, `resolve`.
 //! - [`metrics`]: the Prometheus registry.
 //! - [`serve`]: listening (plain or TLS), graceful shutdown, reload on `SIGHUP` and on file
 //!   change, audit reopen on `SIGUSR1`.
@@ -27,12 +31,14 @@
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod api;
+pub mod mcp;
 pub mod metrics;
 pub mod pipeline;
 pub mod proxy;
 pub mod replay;
 pub mod serve;
 pub mod state;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -40,7 +46,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use serve::{
-    Control, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_IP, Running, run_until_signalled, start,
+    Control, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_IP, Running, run_mcp_until_signalled,
+    run_until_signalled, start,
 };
 
 /// Largest request body accepted (`413` beyond): 100 refs of 512 bytes and a context fit.
@@ -93,6 +100,16 @@ pub struct Options {
     /// Serve as the credential proxy (`--proxy`), verifying short-lived tokens with this public
     /// key (`KEYZERO_PUBLIC_KEY_PATH`), instead of the HTTP API.
     pub proxy_public_key: Option<PathBuf>,
+    /// Serve MCP (`--mcp`) instead of the HTTP API.
+    pub mcp: Option<McpOptions>,
+}
+
+/// How the MCP server takes its caller's identity.
+#[derive(Clone, Debug, Default)]
+pub struct McpOptions {
+    /// `--identity-token-file`: the caller's token, read at each tool call (so a token the
+    /// platform refreshes is picked up); without it, each call must pass `jwt`.
+    pub identity_token_file: Option<PathBuf>,
 }
 
 /// Time limits that keep idle and slow clients from holding connections.

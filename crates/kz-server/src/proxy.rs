@@ -23,52 +23,29 @@
 //! **Invariant:** the kz token never goes upstream, and the credential never comes back.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderName, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full, Limited};
+use http_body_util::{BodyExt as _, Limited};
 use kz_audit::{Decision, Record, Transport};
-use kz_bundle::{CredentialLocation, Mode, Resolver};
+use kz_bundle::{Mode, Resolver};
 use kz_config::{Binding, Diagnostic, HostPattern, Methods, PathPattern};
-use kz_egress::connect::{CheckedClient, ConnectError, Gate};
 use serde::Deserialize;
 
 use crate::api::{AppState, Peer, RequestId};
 use crate::state::Loaded;
+pub use crate::upstream::{MAX_BODY, MAX_IN_FLIGHT, MIN_SCRUBBED, UPSTREAM_TIMEOUT};
+use crate::upstream::{Outgoing, Refusal, WITHHELD, refuse};
 
-/// The largest request body forwarded and the largest response body returned (both are held
-/// whole: a response is scrubbed before anything of it leaves).
-pub const MAX_BODY: usize = 8 * 1024 * 1024;
-/// Redemptions in progress at once (each may hold two bodies of up to [`MAX_BODY`]: the bound
-/// keeps the proxy's memory under about 2 GiB whatever its clients do); more get `503`.
-pub const MAX_IN_FLIGHT: usize = 128;
-static IN_FLIGHT: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_IN_FLIGHT);
-/// How long the upstream may take to answer (head and body).
-pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
 /// The `aud` and `iss` of short-lived tokens.
 pub const AUDIENCE: &str = "keyzero-proxy";
 /// The `iss` of short-lived tokens.
 pub const ISSUER: &str = "keyzero";
 /// The replay scope of redeemed `single_use` tokens.
 const REPLAY_SCOPE: &str = "keyzero-proxy";
-/// What is escaped in a query parameter: everything but RFC 3986's unreserved characters.
-const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-/// The shortest credential the proxy serves: the scrubber finds any 16-byte fragment of a
-/// longer value, but a shorter one only whole (or not at all under 8 bytes), so a shorter
-/// credential could come back in pieces.
-pub const MIN_SCRUBBED: usize = 16;
-/// What a scrubbed credential reads as.
-const SCRUBBED: &[u8] = b"[scrubbed by keyzero]";
-
 /// Tokens remembered as verified (per loaded key; a full table is emptied).
 const VERIFIED_CAPACITY: usize = 4096;
 
@@ -152,90 +129,6 @@ struct Claims {
     paths: Vec<String>,
 }
 
-/// Admits the hosts one `short_lived` resolver binds (the token's own binding is checked
-/// before the request is made; this is the connector's second check), and says whether that
-/// resolver names the host exactly, which alone lets it be a loopback or private address: a
-/// wildcard of one resolver never borrows another resolver's exact pattern.
-#[derive(Debug)]
-pub struct ResolverGate {
-    resolver: String,
-    patterns: Vec<HostPattern>,
-}
-
-impl Gate for ResolverGate {
-    fn admit(&self, host: &str, port: u16) -> Result<bool, String> {
-        let mut admitted = None;
-        for p in self.patterns.iter().filter(|p| p.matches(host, port)) {
-            admitted = Some(admitted.unwrap_or(false) || !p.wildcard);
-        }
-        admitted.ok_or_else(|| format!("resolver `{}` does not bind {host}:{port}", self.resolver))
-    }
-}
-
-/// The proxy's upstream clients, one per `short_lived` resolver (each pools its connections),
-/// built per bundle.
-pub type Egress = std::collections::HashMap<String, CheckedClient<ResolverGate, Full<Bytes>>>;
-
-/// Builds the upstream clients for `bundle`: the system's roots plus the bundle's
-/// `upstream_ca`; each client's gate is its resolver's `hosts`.
-pub fn egress(bundle: &kz_bundle::Bundle) -> Result<Egress, Diagnostic> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    if let Some(ca) = &bundle.upstream_ca {
-        let path = match bundle.file.parent() {
-            Some(dir) if ca.is_relative() => dir.join(ca),
-            _ => ca.clone(),
-        };
-        use rustls_pki_types::CertificateDer;
-        use rustls_pki_types::pem::PemObject as _;
-        let bad = |why: String| {
-            Diagnostic::error(
-                "server::upstream_ca",
-                format!("cannot use {} as upstream_ca: {why}", path.display()),
-            )
-            .in_file(&path)
-            .help("upstream_ca is a PEM file of CA certificates, relative to the bundle")
-        };
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&path)
-            .map_err(|e| bad(e.to_string()))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| bad(e.to_string()))?;
-        if certs.is_empty() {
-            return Err(bad("no CERTIFICATE block".into()));
-        }
-        for c in certs {
-            roots.add(c).map_err(|e| bad(e.to_string()))?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Diagnostic::error("server::upstream_tls", e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let resolver = Arc::new(kz_egress::CheckedResolver::default());
-    Ok(bundle
-        .resolvers
-        .iter()
-        .filter(|r| r.mode == Mode::ShortLived)
-        .map(|r| {
-            let gate = ResolverGate {
-                resolver: r.name.clone(),
-                patterns: r.hosts.clone(),
-            };
-            let client = kz_egress::connect::client(
-                Arc::new(gate),
-                Arc::clone(&resolver),
-                tls.clone(),
-                false,
-            );
-            (r.name.clone(), client)
-        })
-        .collect())
-}
-
 /// The proxy's router: every request is a redemption.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -245,51 +138,6 @@ pub fn router(state: Arc<AppState>) -> Router {
             crate::api::around,
         ))
         .with_state(state)
-}
-
-/// A refusal: status, a message for the client, the audit reason.
-struct Refusal {
-    status: StatusCode,
-    message: String,
-    /// For the audit record only (e.g. what a name resolved to, which the caller is not told).
-    detail: Option<String>,
-}
-
-fn refuse(status: StatusCode, message: impl Into<String>) -> Refusal {
-    Refusal {
-        status,
-        message: message.into(),
-        detail: None,
-    }
-}
-
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        let body = serde_json::json!({
-            "error": match self.status {
-                StatusCode::UNAUTHORIZED => "invalid_token",
-                StatusCode::FORBIDDEN => "forbidden",
-                StatusCode::BAD_GATEWAY => "upstream_failed",
-                StatusCode::GATEWAY_TIMEOUT => "upstream_timeout",
-                StatusCode::PAYLOAD_TOO_LARGE => "too_large",
-                StatusCode::SERVICE_UNAVAILABLE => "not_ready",
-                _ => "invalid_request",
-            },
-            "message": self.message,
-        });
-        let mut resp = (self.status, body.to_string()).into_response();
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        if self.status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer error=\"invalid_token\""),
-            );
-        }
-        resp
-    }
 }
 
 /// What the audit record of a redemption says.
@@ -489,54 +337,6 @@ fn claimed_binding(c: &Claims) -> Result<(Vec<HostPattern>, Binding), Refusal> {
     Ok((hosts, Binding { methods, paths }))
 }
 
-/// Headers never forwarded: hop-by-hop ones, and every one that carries a credential.
-const DROPPED: [HeaderName; 13] = [
-    header::CONNECTION,
-    header::PROXY_AUTHORIZATION,
-    header::PROXY_AUTHENTICATE,
-    header::AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::HOST,
-    header::COOKIE,
-    header::EXPECT,
-    header::RANGE,
-    header::IF_RANGE,
-];
-
-/// Whether the caller may set request header `name` (lowercase). Not forwarded, by principle:
-/// hop-by-hop headers (also every one `Connection` names); credentials; and headers by which a
-/// front end or framework decides another method, path or resource than the request line
-/// says (method overrides, URL rewrites, WebDAV `Destination`, cloud `*-copy-source`,
-/// `Forwarded`, `X-Forwarded-*` and client-address headers), or serves a slice or another
-/// charset of the answer (`Range`, `Accept-Charset`), so that the binding checked is the call
-/// made, and the answer is scrubbed whole in a form the scrubber reads.
-fn forwardable(name: &HeaderName, named_by_connection: &[String]) -> bool {
-    let n = name.as_str();
-    !(DROPPED.contains(name)
-        || named_by_connection.iter().any(|c| c == n)
-        || matches!(
-            n,
-            "keep-alive"
-                | "proxy-connection"
-                | "forwarded"
-                | "via"
-                | "x-real-ip"
-                | "true-client-ip"
-                | "x-client-ip"
-                | "destination"
-                | "accept-charset"
-                | "content-encoding"
-        )
-        || n.ends_with("-copy-source")
-        || n.starts_with("x-forwarded-")
-        || n.starts_with("x-original-")
-        || n.starts_with("x-rewrite-")
-        || (n.starts_with("x-") && n.contains("method")))
-}
-
 async fn forward(
     state: &AppState,
     loaded: &Loaded,
@@ -662,12 +462,7 @@ async fn forward(
         ));
     }
     // One slot of the bounded pool is taken before anything is read or spent.
-    let _slot = IN_FLIGHT.try_acquire().map_err(|_| {
-        refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("{MAX_IN_FLIGHT} requests are in progress; retry shortly"),
-        )
-    })?;
+    let _slot = crate::upstream::slot()?;
     // The body arrives before anything is spent on the request (the credential, a single use),
     // within the same time the API gives a body.
     let (parts, body) = req.into_parts();
@@ -689,19 +484,8 @@ async fn forward(
             )
         })?
         .to_bytes();
-    let subject = format!("{}\u{1f}{}", claims.caller_iss, claims.sub);
-    if state
-        .guessed
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .contains(&subject)
-    {
-        return Err(refuse(
-            StatusCode::FORBIDDEN,
-            "this caller sent the credential it may only use through the proxy; its tokens are \
-             refused until the proxy restarts (see the audit log)",
-        ));
-    }
+    let subject = crate::upstream::subject(&claims.caller_iss, &claims.sub);
+    crate::upstream::not_locked_out(state, &subject)?;
 
     if resolver.single_use {
         let until = claims.exp.saturating_add(60);
@@ -734,323 +518,26 @@ async fn forward(
                     format!("the credential is not available: {why}"),
                 )
             })?;
-    let location = resolver
-        .credential_location
-        .clone()
-        .unwrap_or(CredentialLocation::Header {
-            name: "Authorization".into(),
-            prefix: "Bearer".into(),
-        });
-    if credential.expose_bytes().len() < MIN_SCRUBBED {
-        return Err(refuse(
-            StatusCode::BAD_GATEWAY,
-            format!(
-                "the credential is shorter than {MIN_SCRUBBED} bytes, too short to be found in \
-                 an answer and scrubbed; the proxy does not serve it"
-            ),
-        ));
-    }
-    // No credential from the caller: it only ever holds the token, so the credential or a
-    // fragment of it (in the decoded view scrubbing uses) in what it sends is a guess. Refused
-    // before anything is sent, and the caller is refused from then on: scrubbing that answers
-    // "this matched" would otherwise tell a caller, guess by guess, what the credential is.
-    // Only what would be forwarded is looked at (the kz token and dropped headers are not:
-    // a kz token and a JWT credential share their first bytes).
-    let burn_key = burn_key(&resolver.name, &credential);
-    if state
-        .burned
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .contains(&burn_key)
-    {
-        return Err(refuse(
-            StatusCode::FORBIDDEN,
-            "this credential is no longer served by this proxy: a request tried to learn it \
-             (see the audit log); rotate it, then restart the proxy",
-        ));
-    }
-    // One matcher per redemption: the guess check here, the answer's scrubbing below.
-    let m = kz_redact::decoded::Matcher::new(
-        std::iter::once((credential.expose_bytes().to_vec(), SCRUBBED.to_vec())),
-        kz_redact::decoded::Options::default(),
-    );
-    let named_by_connection = connection_named(&parts.headers);
-    let guess = {
-        let mut hit = !m.hits_in(parts.method.as_str().as_bytes()).is_empty()
-            || !m.hits_in(uri.to_string().as_bytes()).is_empty()
-            || !m.hits_in(&body).is_empty();
-        for (name, v) in parts
-            .headers
-            .iter()
-            .filter(|(n, _)| forwardable(n, &named_by_connection))
-        {
-            hit |= !m.hits_in(name.as_str().as_bytes()).is_empty()
-                || !m.hits_in(v.as_bytes()).is_empty();
-        }
-        hit
-    };
-    if guess {
-        // The audit record must not carry what the guess carried.
-        seen.path = "[withheld: it carried the credential]".into();
-        seen.host = "[withheld: it carried the credential]".into();
-        // The answer to a guess is a bit about the credential whatever it is, so the first one
-        // ends the credential's service on this replica (the operator rotates it) and the
-        // caller's.
-        state
-            .burned
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(burn_key);
-        state
-            .guessed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(subject);
-        tracing::warn!(
-            sub = %claims.sub,
-            resolver = %resolver.name,
-            "a caller sent the credential (or part of it) to the proxy; its tokens are refused from now on"
-        );
-        return Err(refuse(
-            StatusCode::FORBIDDEN,
-            "the request carries the credential (or part of it), which the caller may only use \
-             through the proxy; refused, and this caller's tokens are refused from now on",
-        ));
-    }
-    let out = upstream_request(
-        &parts.method,
-        &parts.headers,
-        &named_by_connection,
-        &uri,
-        &location,
-        &credential,
+    let outgoing = Outgoing {
+        method: &parts.method,
+        uri: &uri,
+        headers: &parts.headers,
         body,
-    )?;
+    };
     let client = egress.get(&resolver.name).ok_or_else(|| {
         refuse(
             StatusCode::FORBIDDEN,
             "the bundle in force has no upstream client for this token's resolver",
         )
     })?;
-    let response = tokio::time::timeout(UPSTREAM_TIMEOUT, client.request(out))
+    let answer = crate::upstream::spend(state, client, resolver, &credential, &subject, outgoing)
         .await
-        .map_err(|_| {
-            refuse(
-                StatusCode::GATEWAY_TIMEOUT,
-                "the upstream did not answer in time",
-            )
-        })?
-        .map_err(|e| match kz_egress::connect::classify_error(&e) {
-            // What a name resolved to and which address failed stay in the audit record: the
-            // caller learns that, not the internal addresses.
-            ConnectError::Refused(why) => Refusal {
-                detail: Some(format!("the destination is refused: {why}")),
-                ..refuse(
-                    StatusCode::FORBIDDEN,
-                    "the destination is refused: it is not bound, or resolves to a loopback, \
-                     private, link-local or metadata address",
-                )
-            },
-            ConnectError::Failed(why) => Refusal {
-                detail: Some(format!("the upstream request failed: {why}")),
-                ..refuse(
-                    StatusCode::BAD_GATEWAY,
-                    "the upstream request failed (the audit log has the reason)",
-                )
-            },
-        })?;
-    scrubbed(response, &credential, &m).await
-}
-
-/// The header names a request's `Connection` header lists (hop-by-hop by its sender's say).
-fn connection_named(headers: &HeaderMap) -> Vec<String> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
-        .collect()
-}
-
-/// What identifies a credential in the burned set: its resolver and the SHA-256 of its value.
-fn burn_key(resolver: &str, credential: &kz_secret::SecretValue) -> [u8; 32] {
-    use sha2::Digest as _;
-    let mut h = sha2::Sha256::new();
-    h.update(resolver.as_bytes());
-    h.update([0]);
-    h.update(credential.expose_bytes());
-    h.finalize().into()
-}
-
-/// The request sent upstream: the caller's method, target and headers, without any header that
-/// carries a credential or collides with the credential's location, and with the credential at
-/// its location.
-fn upstream_request(
-    method: &Method,
-    headers: &HeaderMap,
-    named_by_connection: &[String],
-    uri: &Uri,
-    location: &CredentialLocation,
-    credential: &kz_secret::SecretValue,
-    body: Bytes,
-) -> Result<http::Request<Full<Bytes>>, Refusal> {
-    let value = credential.expose_str().ok_or_else(|| {
-        refuse(
-            StatusCode::BAD_GATEWAY,
-            "the credential is not text and cannot go into a request",
-        )
-    })?;
-    let mut uri = uri.clone();
-    let mut out = HeaderMap::new();
-    for (name, v) in headers {
-        if !forwardable(name, named_by_connection) {
-            continue;
-        }
-        if let CredentialLocation::Header { name: at, .. } = location
-            && name.as_str().eq_ignore_ascii_case(at)
-        {
-            continue;
-        }
-        out.append(name.clone(), v.clone());
-    }
-    // Only encodings kz can read are asked for, so the response can be scrubbed.
-    out.insert(
-        header::ACCEPT_ENCODING,
-        HeaderValue::from_static("identity"),
-    );
-    match location {
-        CredentialLocation::Header { name, prefix } => {
-            let text = if prefix.is_empty() {
-                zeroize::Zeroizing::new(value.to_owned())
-            } else {
-                zeroize::Zeroizing::new(format!("{prefix} {value}"))
-            };
-            let mut v = HeaderValue::from_str(&text).map_err(|_| {
-                refuse(
-                    StatusCode::BAD_GATEWAY,
-                    "the credential cannot go into a header (control characters)",
-                )
-            })?;
-            v.set_sensitive(true);
-            let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                refuse(
-                    StatusCode::BAD_GATEWAY,
-                    "the credential location is not a header name",
-                )
-            })?;
-            out.insert(n, v);
-        }
-        CredentialLocation::Query { name } => {
-            let enc = |s: &str| percent_encoding::utf8_percent_encode(s, QUERY_VALUE).to_string();
-            // Any parameter of the same name the caller sent is dropped.
-            let kept: Vec<&str> = uri
-                .query()
-                .unwrap_or_default()
-                .split('&')
-                .filter(|p| !p.is_empty())
-                .filter(|p| {
-                    let k = p.split('=').next().unwrap_or_default();
-                    percent_encoding::percent_decode_str(k).decode_utf8_lossy() != name.as_str()
-                })
-                .collect();
-            let mut query = kept.join("&");
-            if !query.is_empty() {
-                query.push('&');
+        .inspect_err(|r| {
+            if r.withhold {
+                // The audit record must not carry what the guess carried.
+                seen.path = WITHHELD.into();
+                seen.host = WITHHELD.into();
             }
-            let secret = zeroize::Zeroizing::new(enc(value));
-            query.push_str(&format!("{}={}", enc(name), secret.as_str()));
-            let pq = zeroize::Zeroizing::new(format!("{}?{query}", uri.path()));
-            let mut parts = uri.into_parts();
-            parts.path_and_query = Some(pq.parse().map_err(|_| {
-                refuse(
-                    StatusCode::BAD_REQUEST,
-                    "the target's query cannot take the credential",
-                )
-            })?);
-            uri = Uri::from_parts(parts).map_err(|_| {
-                refuse(
-                    StatusCode::BAD_REQUEST,
-                    "the target cannot take the credential",
-                )
-            })?;
-        }
-    }
-    let mut req = http::Request::builder()
-        .method(method.clone())
-        .uri(uri)
-        .body(Full::new(body))
-        .map_err(|_| refuse(StatusCode::BAD_REQUEST, "the request cannot be rebuilt"))?;
-    *req.headers_mut() = out;
-    Ok(req)
-}
-
-/// The upstream's answer, whole, with every form of the credential scrubbed from the status
-/// text, the header values and the body. A body in an encoding kz cannot read is refused.
-async fn scrubbed(
-    response: http::Response<hyper::body::Incoming>,
-    credential: &kz_secret::SecretValue,
-    matcher: &kz_redact::decoded::Matcher,
-) -> Result<Response, Refusal> {
-    let (parts, body) = response.into_parts();
-    if parts
-        .headers
-        .get_all(header::CONTENT_ENCODING)
-        .iter()
-        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
-    {
-        return Err(refuse(
-            StatusCode::BAD_GATEWAY,
-            "the upstream answered in a content encoding kz cannot scrub (it was asked for identity)",
-        ));
-    }
-    let body = tokio::time::timeout(UPSTREAM_TIMEOUT, Limited::new(body, MAX_BODY).collect())
-        .await
-        .map_err(|_| {
-            refuse(
-                StatusCode::GATEWAY_TIMEOUT,
-                "the upstream's body did not arrive in time",
-            )
-        })?
-        .map_err(|_| {
-            refuse(
-                StatusCode::BAD_GATEWAY,
-                format!("the upstream's body is over {MAX_BODY} bytes or broke off"),
-            )
-        })?
-        .to_bytes();
-    // Header names arrive lowercased: compared without case, as blind mode does.
-    let names = kz_redact::decoded::Matcher::new(
-        std::iter::once((credential.expose_bytes().to_vec(), SCRUBBED.to_vec())),
-        kz_redact::decoded::Options {
-            ignore_case: true,
-            no_base64: true,
-        },
-    );
-    let (body, _) = matcher.replace_all(&body);
-    let mut out = Response::new(Body::from(body));
-    *out.status_mut() = parts.status;
-    for (name, v) in &parts.headers {
-        // A cookie minted upstream for the credential would be a credential of its own, usable
-        // outside the binding and after `exp`: not returned.
-        if matches!(
-            *name,
-            header::CONNECTION
-                | header::TRANSFER_ENCODING
-                | header::CONTENT_LENGTH
-                | header::TRAILER
-                | header::SET_COOKIE
-        ) {
-            continue;
-        }
-        // A header whose name carries the credential is dropped; values are scrubbed.
-        if !names.hits_in(name.as_str().as_bytes()).is_empty() {
-            continue;
-        }
-        let (clean, _) = matcher.replace_all(v.as_bytes());
-        if let Ok(v) = HeaderValue::from_bytes(&clean) {
-            out.headers_mut().append(name.clone(), v);
-        }
-    }
-    Ok(out)
+        })?;
+    Ok(answer.into_response())
 }

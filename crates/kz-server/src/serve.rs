@@ -134,9 +134,16 @@ fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-/// Loads the bundle, opens the audit log, binds and starts serving (on the current tokio
-/// runtime). The bundle's problems are all returned at once.
-pub async fn start(opts: Options) -> Result<Running, StartError> {
+/// What serving needs before it listens: the state, its control, and the stop signal.
+struct Opened {
+    state: Arc<AppState>,
+    control: Arc<Control>,
+    stop: watch::Receiver<bool>,
+}
+
+/// Loads the bundle, opens the audit log and starts the background tasks (file watch,
+/// forgetting idle identities). The bundle's problems are all returned at once.
+async fn open(opts: &Options) -> Result<Opened, StartError> {
     let load_opts = opts.clone();
     let records = ReplayRecords::default();
     let load_records = records.clone();
@@ -155,23 +162,22 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         (None, Some(p)) => p.clone(),
         (None, None) => "-".to_owned(),
     };
+    if opts.mcp.is_some() && audit_path == "-" {
+        // Standard output carries MCP's JSON-RPC: a record there would break the session.
+        return Err(StartError::Bundle(vec![
+            Diagnostic::error(
+                "server::audit",
+                "with --mcp, standard output carries the MCP protocol, so the audit log cannot go there",
+            )
+            .in_file(&opts.bundle)
+            .help("set `audit: { path: FILE }` in the bundle, or pass --audit FILE"),
+        ]));
+    }
     let audit = kz_audit::Writer::open_with_capacity(&audit_path, AUDIT_QUEUE)
         .map_err(StartError::Audit)?;
     tracing::info!(audit = %audit_path, "audit log open");
     let metrics = Metrics::new().map_err(|e| StartError::Runtime(std::io::Error::other(e)))?;
     metrics.bundle_loaded.set(unix_now());
-    let listener = TcpListener::bind(opts.listen)
-        .await
-        .map_err(|e| StartError::Bind(opts.listen, e))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| StartError::Bind(opts.listen, e))?;
-    tracing::info!(
-        addr = %addr,
-        tls = loaded.tls.is_some(),
-        revision = %loaded.revision,
-        "serving"
-    );
     let state = Arc::new(AppState::new(
         loaded,
         audit,
@@ -194,18 +200,92 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
     if state.limiter.is_some() {
         tokio::spawn(forget_idle_identities(Arc::clone(&state), rx.clone()));
     }
+    Ok(Opened {
+        state,
+        control,
+        stop: rx,
+    })
+}
+
+/// Loads the bundle, opens the audit log, binds and starts serving (on the current tokio
+/// runtime). The bundle's problems are all returned at once.
+pub async fn start(opts: Options) -> Result<Running, StartError> {
+    let Opened {
+        state,
+        control,
+        stop,
+    } = open(&opts).await?;
+    let listener = match TcpListener::bind(opts.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            control.shutdown();
+            return Err(StartError::Bind(opts.listen, e));
+        }
+    };
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Bind(opts.listen, e))?;
+    tracing::info!(
+        addr = %addr,
+        tls = state.current.load().tls.is_some(),
+        revision = %state.current.load().revision,
+        "serving"
+    );
     let task = tokio::spawn(accept_loop(
         listener,
         state,
         opts.drain,
         opts.timeouts.idle,
-        rx,
+        stop,
     ));
     Ok(Running {
         addr,
         control,
         task,
     })
+}
+
+/// Serves MCP over stdin/stdout (`--mcp`) until the client closes stdin or `SIGTERM`/`SIGINT`,
+/// reloading on `SIGHUP` and on file change, reopening the audit log on `SIGUSR1`. The audit
+/// log is flushed before it returns.
+pub async fn run_mcp_until_signalled(opts: Options) -> Result<(), StartError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let sig = |k| signal(k).map_err(StartError::Runtime);
+    let mut hup = sig(SignalKind::hangup())?;
+    let mut usr1 = sig(SignalKind::user_defined1())?;
+    let mut term = sig(SignalKind::terminate())?;
+    let mut int = sig(SignalKind::interrupt())?;
+    let identity_file = opts
+        .mcp
+        .as_ref()
+        .and_then(|m| m.identity_token_file.clone());
+    let Opened {
+        state,
+        control,
+        stop,
+    } = open(&opts).await?;
+    tracing::info!(revision = %state.current.load().revision, "serving MCP on stdio");
+    let server = crate::mcp::Server::new(Arc::clone(&state), identity_file);
+    let signals = {
+        let control = Arc::clone(&control);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = hup.recv() => { let _ = control.reload().await; }
+                    _ = usr1.recv() => { let _ = control.reopen_audit(); }
+                    _ = term.recv() => { control.shutdown(); break; }
+                    _ = int.recv() => { control.shutdown(); break; }
+                }
+            }
+        })
+    };
+    let served = crate::mcp::serve_stdio(server, stop).await;
+    signals.abort();
+    control.shutdown();
+    if let Err(e) = state.audit.flush() {
+        tracing::error!(error = %e, "the audit log could not be flushed on shutdown");
+    }
+    served.map_err(|e| StartError::Runtime(std::io::Error::other(e)))
 }
 
 /// Runs the server until `SIGTERM`/`SIGINT`, reloading on `SIGHUP` and reopening the audit log

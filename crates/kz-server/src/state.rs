@@ -40,8 +40,8 @@ pub struct Loaded {
     pub proxy_url: Option<String>,
     /// The credential proxy's public key (`--proxy` only).
     pub verify_key: Option<crate::proxy::VerifyKey>,
-    /// The credential proxy's upstream client (`--proxy` only).
-    pub egress: Option<crate::proxy::Egress>,
+    /// One upstream client per resolver with `hosts` (`--proxy` and `--mcp` only).
+    pub egress: Option<crate::upstream::Egress>,
     /// `single_use` records in Redis (the bundle's `replay:`), shared by replicas.
     pub replay_store: Option<crate::replay::RedisReplay>,
 }
@@ -87,12 +87,14 @@ pub fn load(opts: &Options, records: &ReplayRecords) -> Result<Loaded, Vec<Diagn
         ),
         None => None,
     };
-    let (verify_key, egress) = match &opts.proxy_public_key {
-        Some(path) => (
-            Some(crate::proxy::verify_key(path).map_err(|d| vec![d])?),
-            Some(crate::proxy::egress(&bundle).map_err(|d| vec![d])?),
-        ),
-        None => (None, None),
+    let verify_key = match &opts.proxy_public_key {
+        Some(path) => Some(crate::proxy::verify_key(path).map_err(|d| vec![d])?),
+        None => None,
+    };
+    let egress = if opts.proxy_public_key.is_some() || opts.mcp.is_some() {
+        Some(crate::upstream::egress(&bundle).map_err(|d| vec![d])?)
+    } else {
+        None
     };
     // The proxy redeems tokens and issues none: it needs the public key, not the signing key.
     let signer = if opts.proxy_public_key.is_none()

@@ -839,7 +839,7 @@ async fn overrides_slices_cookies_slow_bodies_short_credentials_and_guesses_are_
     )
     .await;
     assert_eq!(status, 403, "{body}");
-    assert!(body.contains("refused until the proxy restarts"), "{body}");
+    assert!(body.contains("refused until keyzero restarts"), "{body}");
     // …and the credential is no longer served to anyone by this replica (rotate it).
     let other = w.token_as("api/github", "agent-2").await;
     let (status, _, body) = raw(

@@ -34,6 +34,9 @@ pub fn start(ctx: &Ctx, args: &ServerStartArgs) -> CmdResult {
         timeouts: kz_server::Timeouts::default(),
         signing_key: args.signing_key.clone(),
         proxy_url: args.proxy_url.clone(),
+        mcp: args.mcp.then(|| kz_server::McpOptions {
+            identity_token_file: args.identity_token_file.clone(),
+        }),
         proxy_public_key: if args.proxy {
             Some(args.public_key.clone().ok_or_else(|| {
                 Failure::usage(
@@ -56,9 +59,13 @@ pub fn start(ctx: &Ctx, args: &ServerStartArgs) -> CmdResult {
             )
         })?;
     let out = &ctx.out;
-    let result = runtime.block_on(kz_server::run_until_signalled(opts, |addr| {
-        out.note(&format!("kz server listening on {addr}"));
-    }));
+    let result = if args.mcp {
+        runtime.block_on(kz_server::run_mcp_until_signalled(opts))
+    } else {
+        runtime.block_on(kz_server::run_until_signalled(opts, |addr| {
+            out.note(&format!("kz server listening on {addr}"));
+        }))
+    };
     match result {
         Ok(()) => Ok(0),
         Err(kz_server::StartError::Bundle(diags)) => Err(Failure::many(diags)),

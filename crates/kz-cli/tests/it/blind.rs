@@ -14,7 +14,7 @@
 //! Servers and clients are in `blind_support/`; the client programs in `tests/clients/`.
 
 #[path = "blind_support/mod.rs"]
-mod support;
+pub mod support;
 
 use crate::util::{CANARY, Run, Sandbox};
 use support::{

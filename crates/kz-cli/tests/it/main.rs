@@ -23,6 +23,7 @@ mod hook;
 mod import;
 mod isolate;
 mod leaks;
+mod mcp;
 mod put;
 mod run;
 mod server;

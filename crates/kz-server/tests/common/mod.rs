@@ -32,6 +32,7 @@ pub fn options(dir: &Path) -> kz_server::Options {
         signing_key: None,
         proxy_url: None,
         proxy_public_key: None,
+        mcp: None,
     }
 }
 

@@ -177,7 +177,7 @@ pub fn require_tool(tool: &str) {
 }
 
 /// The Python of the tools venv (`KZ_TOOLS_VENV`, default `~/.cache/keyzero-venv`), checked
-/// to have requests, httpx and websockets.
+/// to have requests, httpx, websockets and the MCP SDK.
 pub fn python() -> PathBuf {
     static P: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     P.get_or_init(|| {
@@ -190,7 +190,7 @@ pub fn python() -> PathBuf {
         );
         let py = venv.join("bin/python");
         let ok = Command::new(&py)
-            .args(["-c", "import requests, httpx, websockets"])
+            .args(["-c", "import requests, httpx, websockets, mcp"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -200,7 +200,7 @@ pub fn python() -> PathBuf {
             Ok(py)
         } else {
             Err(install_hint(&format!(
-                "{} cannot import requests, httpx and websockets",
+                "{} cannot import requests, httpx, websockets and mcp",
                 py.display()
             )))
         }
@@ -229,7 +229,12 @@ pub fn node_modules() -> PathBuf {
         if !node_ok {
             return Err(install_hint("`node` is not installed"));
         }
-        for p in ["undici", "ws", "https-proxy-agent"] {
+        for p in [
+            "undici",
+            "ws",
+            "https-proxy-agent",
+            "@modelcontextprotocol/sdk",
+        ] {
             if !dir.join(p).join("package.json").is_file() {
                 return Err(install_hint(&format!(
                     "npm package {p} is not in {}",

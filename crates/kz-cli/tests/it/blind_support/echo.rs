@@ -5,9 +5,11 @@
 //! (on one or more loopback addresses), speaks HTTP/1.1 and HTTP/2 (ALPN `h2`, `http/1.1`),
 //! records every request it receives and answers:
 //!
-//! - `/echo-secret?form=raw|b64|b64url|json|urlenc|gzip`: the bearer value of the request's
-//!   `Authorization` header in that form (`gzip`: the raw value, compressed, with
-//!   `Content-Encoding: gzip`), for the scrub tests;
+//! - `/echo-secret?form=raw|b64|b64url|json|urlenc|gzip|chunked`: the bearer value of the
+//!   request's `Authorization` header in that form (`gzip`: the raw value, compressed, with
+//!   `Content-Encoding: gzip`; `chunked`: the raw value in 3-byte frames, so no frame holds it
+//!   whole), for the scrub tests;
+//! - `/redirect`: `302` to the cloud metadata address, which a credential must never follow;
 //! - `/ws` with a WebSocket upgrade: a minimal RFC 6455 server that first sends the text frame
 //!   `auth:<Authorization header value>` and then echoes every text frame;
 //! - `/repo.git/info/refs?service=git-upload-pack`: the smart-HTTP advertisement of an empty
@@ -318,7 +320,46 @@ fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp
     r
 }
 
-async fn handle(mut req: Request<Incoming>, log: Log) -> Result<Response<Full<Bytes>>, Infallible> {
+/// A body sent as several frames (HTTP/1.1 chunks, HTTP/2 DATA frames).
+pub struct Chunks(std::collections::VecDeque<Bytes>);
+
+impl hyper::body::Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+type EchoBody = http_body_util::Either<Full<Bytes>, Chunks>;
+
+async fn handle(req: Request<Incoming>, log: Log) -> Result<Response<EchoBody>, Infallible> {
+    let chunked = req.uri().path() == "/echo-secret" && req.uri().query() == Some("form=chunked");
+    let resp = handle_whole(req, log).await?;
+    if !chunked {
+        return Ok(resp.map(http_body_util::Either::Left));
+    }
+    let (parts, body) = resp.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let frames = bytes.chunks(3).map(Bytes::copy_from_slice).collect();
+    Ok(Response::from_parts(
+        parts,
+        http_body_util::Either::Right(Chunks(frames)),
+    ))
+}
+
+async fn handle_whole(
+    mut req: Request<Incoming>,
+    log: Log,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = req.method().to_string();
     let target = req
         .uri()
@@ -404,6 +445,14 @@ async fn handle(mut req: Request<Incoming>, log: Log) -> Result<Response<Full<By
             .unwrap_or("raw");
         return Ok(echo_secret(form, &value).await);
     }
+    if path == "/redirect" {
+        let mut r = reply(StatusCode::FOUND, "text/plain", "");
+        r.headers_mut().insert(
+            hyper::header::LOCATION,
+            "http://169.254.169.254/latest/meta-data/".parse().unwrap(),
+        );
+        return Ok(r);
+    }
     if path == "/repo.git/info/refs" {
         let mut r = reply(
             StatusCode::OK,
@@ -432,7 +481,7 @@ async fn echo_secret(form: &str, value: &str) -> Response<Full<Bytes>> {
     let b64 = &base64::engine::general_purpose::STANDARD;
     let b64url = &base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let text = match form {
-        "raw" => value.to_string(),
+        "raw" | "chunked" => value.to_string(),
         "b64" => b64.encode(value),
         "b64url" => b64url.encode(value),
         "json" => serde_json::to_string(&serde_json::json!({ "value": value })).unwrap(),

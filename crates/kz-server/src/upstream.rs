@@ -1,0 +1,632 @@
+//! One credentialed call upstream, shared by the credential proxy and MCP `fetch`.
+//!
+//! The caller's request (already held to its resolver's binding) is checked for the
+//! credential itself, rebuilt without any header that carries a credential, decides another
+//! method or path than the one checked, or collides with the credential's location, given the
+//! credential at the resolver's `credential_location`, sent through `kz-egress` (special
+//! addresses refused after DNS, the connection pinned, no redirect followed), and its answer is
+//! read whole and scrubbed of every form of the credential the decoded view reads.
+//!
+//! **Invariants:** the credential never comes back (status text, header names and values,
+//! body); a request carrying the credential or a fragment of it is a guess, answered by
+//! ending that credential's service and that caller's on this process, before anything is sent.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use kz_bundle::{CredentialLocation, Resolver};
+use kz_config::{Diagnostic, HostPattern};
+use kz_egress::connect::{CheckedClient, ConnectError, Gate};
+
+use crate::api::AppState;
+
+/// The largest request body forwarded and the largest response body returned (both are held
+/// whole: a response is scrubbed before anything of it leaves).
+pub const MAX_BODY: usize = 8 * 1024 * 1024;
+/// Redemptions in progress at once (each may hold two bodies of up to [`MAX_BODY`]: the bound
+/// keeps the proxy's memory under about 2 GiB whatever its clients do); more get `503`.
+pub const MAX_IN_FLIGHT: usize = 128;
+static IN_FLIGHT: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_IN_FLIGHT);
+/// How long the upstream may take to answer (head and body).
+pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What is escaped in a query parameter: everything but RFC 3986's unreserved characters.
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+/// The shortest credential the proxy serves: the scrubber finds any 16-byte fragment of a
+/// longer value, but a shorter one only whole (or not at all under 8 bytes), so a shorter
+/// credential could come back in pieces.
+pub const MIN_SCRUBBED: usize = 16;
+/// What a scrubbed credential reads as.
+const SCRUBBED: &[u8] = b"[scrubbed by keyzero]";
+
+/// Admits the hosts one resolver binds (the caller's binding is checked before the request is
+/// made; this is the connector's second check), and says whether that
+/// resolver names the host exactly, which alone lets it be a loopback or private address: a
+/// wildcard of one resolver never borrows another resolver's exact pattern.
+#[derive(Debug)]
+pub struct ResolverGate {
+    resolver: String,
+    patterns: Vec<HostPattern>,
+}
+
+impl Gate for ResolverGate {
+    fn admit(&self, host: &str, port: u16) -> Result<bool, String> {
+        let mut admitted = None;
+        for p in self.patterns.iter().filter(|p| p.matches(host, port)) {
+            admitted = Some(admitted.unwrap_or(false) || !p.wildcard);
+        }
+        admitted.ok_or_else(|| format!("resolver `{}` does not bind {host}:{port}", self.resolver))
+    }
+}
+
+/// The upstream clients, one per resolver with `hosts` (each pools its connections), built
+/// per bundle.
+pub type Egress = std::collections::HashMap<String, Client>;
+
+/// One resolver's upstream client.
+pub type Client = CheckedClient<ResolverGate, Full<Bytes>>;
+
+/// Builds the upstream clients for `bundle`: the system's roots plus the bundle's
+/// `upstream_ca`; each client's gate is its resolver's `hosts`.
+pub fn egress(bundle: &kz_bundle::Bundle) -> Result<Egress, Diagnostic> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(ca) = &bundle.upstream_ca {
+        let path = match bundle.file.parent() {
+            Some(dir) if ca.is_relative() => dir.join(ca),
+            _ => ca.clone(),
+        };
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject as _;
+        let bad = |why: String| {
+            Diagnostic::error(
+                "server::upstream_ca",
+                format!("cannot use {} as upstream_ca: {why}", path.display()),
+            )
+            .in_file(&path)
+            .help("upstream_ca is a PEM file of CA certificates, relative to the bundle")
+        };
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&path)
+            .map_err(|e| bad(e.to_string()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(bad("no CERTIFICATE block".into()));
+        }
+        for c in certs {
+            roots.add(c).map_err(|e| bad(e.to_string()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Diagnostic::error("server::upstream_tls", e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let resolver = Arc::new(kz_egress::CheckedResolver::default());
+    Ok(bundle
+        .resolvers
+        .iter()
+        .filter(|r| !r.hosts.is_empty())
+        .map(|r| {
+            let gate = ResolverGate {
+                resolver: r.name.clone(),
+                patterns: r.hosts.clone(),
+            };
+            let client = kz_egress::connect::client(
+                Arc::new(gate),
+                Arc::clone(&resolver),
+                tls.clone(),
+                false,
+            );
+            (r.name.clone(), client)
+        })
+        .collect())
+}
+
+/// A refusal: status, a message for the client, the audit reason.
+#[derive(Debug)]
+pub struct Refusal {
+    /// The HTTP status (the proxy's answer; MCP `fetch` reports the message).
+    pub status: StatusCode,
+    /// What the caller is told.
+    pub message: String,
+    /// For the audit record only (e.g. what a name resolved to, which the caller is not told).
+    pub detail: Option<String>,
+    /// The request carried the credential: its target is not written to the audit log.
+    pub withhold: bool,
+}
+
+/// A refusal with `status` and `message`.
+pub fn refuse(status: StatusCode, message: impl Into<String>) -> Refusal {
+    Refusal {
+        status,
+        message: message.into(),
+        detail: None,
+        withhold: false,
+    }
+}
+
+/// What the audit record says in place of a path or host that carried the credential.
+pub const WITHHELD: &str = "[withheld: it carried the credential]";
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "error": match self.status {
+                StatusCode::UNAUTHORIZED => "invalid_token",
+                StatusCode::FORBIDDEN => "forbidden",
+                StatusCode::BAD_GATEWAY => "upstream_failed",
+                StatusCode::GATEWAY_TIMEOUT => "upstream_timeout",
+                StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+                StatusCode::SERVICE_UNAVAILABLE => "not_ready",
+                _ => "invalid_request",
+            },
+            "message": self.message,
+        });
+        let mut resp = (self.status, body.to_string()).into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+        }
+        resp
+    }
+}
+
+/// Headers never forwarded: hop-by-hop ones, and every one that carries a credential.
+const DROPPED: [HeaderName; 13] = [
+    header::CONNECTION,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+    header::AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::HOST,
+    header::COOKIE,
+    header::EXPECT,
+    header::RANGE,
+    header::IF_RANGE,
+];
+
+/// Whether the caller may set request header `name` (lowercase). Not forwarded, by principle:
+/// hop-by-hop headers (also every one `Connection` names); credentials; and headers by which a
+/// front end or framework decides another method, path or resource than the request line
+/// says (method overrides, URL rewrites, WebDAV `Destination`, cloud `*-copy-source`,
+/// `Forwarded`, `X-Forwarded-*` and client-address headers), or serves a slice or another
+/// charset of the answer (`Range`, `Accept-Charset`), so that the binding checked is the call
+/// made, and the answer is scrubbed whole in a form the scrubber reads.
+pub fn forwardable(name: &HeaderName, named_by_connection: &[String]) -> bool {
+    let n = name.as_str();
+    !(DROPPED.contains(name)
+        || named_by_connection.iter().any(|c| c == n)
+        || matches!(
+            n,
+            "keep-alive"
+                | "proxy-connection"
+                | "forwarded"
+                | "via"
+                | "x-real-ip"
+                | "true-client-ip"
+                | "x-client-ip"
+                | "destination"
+                | "accept-charset"
+                | "content-encoding"
+        )
+        || n.ends_with("-copy-source")
+        || n.starts_with("x-forwarded-")
+        || n.starts_with("x-original-")
+        || n.starts_with("x-rewrite-")
+        || (n.starts_with("x-") && n.contains("method")))
+}
+
+/// The header names a request's `Connection` header lists (hop-by-hop by its sender's say).
+pub fn connection_named(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .collect()
+}
+
+/// What identifies a credential in the burned set: its resolver and the SHA-256 of its value.
+fn burn_key(resolver: &str, credential: &kz_secret::SecretValue) -> [u8; 32] {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(resolver.as_bytes());
+    h.update([0]);
+    h.update(credential.expose_bytes());
+    h.finalize().into()
+}
+
+/// The request sent upstream: the caller's method, target and headers, without any header that
+/// carries a credential or collides with the credential's location, and with the credential at
+/// its location.
+fn upstream_request(
+    method: &Method,
+    headers: &HeaderMap,
+    named_by_connection: &[String],
+    uri: &Uri,
+    location: &CredentialLocation,
+    credential: &kz_secret::SecretValue,
+    body: Bytes,
+) -> Result<http::Request<Full<Bytes>>, Refusal> {
+    let value = credential.expose_str().ok_or_else(|| {
+        refuse(
+            StatusCode::BAD_GATEWAY,
+            "the credential is not text and cannot go into a request",
+        )
+    })?;
+    let mut uri = uri.clone();
+    let mut out = HeaderMap::new();
+    for (name, v) in headers {
+        if !forwardable(name, named_by_connection) {
+            continue;
+        }
+        if let CredentialLocation::Header { name: at, .. } = location
+            && name.as_str().eq_ignore_ascii_case(at)
+        {
+            continue;
+        }
+        out.append(name.clone(), v.clone());
+    }
+    // Only encodings kz can read are asked for, so the response can be scrubbed.
+    out.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
+    match location {
+        CredentialLocation::Header { name, prefix } => {
+            let text = if prefix.is_empty() {
+                zeroize::Zeroizing::new(value.to_owned())
+            } else {
+                zeroize::Zeroizing::new(format!("{prefix} {value}"))
+            };
+            let mut v = HeaderValue::from_str(&text).map_err(|_| {
+                refuse(
+                    StatusCode::BAD_GATEWAY,
+                    "the credential cannot go into a header (control characters)",
+                )
+            })?;
+            v.set_sensitive(true);
+            let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                refuse(
+                    StatusCode::BAD_GATEWAY,
+                    "the credential location is not a header name",
+                )
+            })?;
+            out.insert(n, v);
+        }
+        CredentialLocation::Query { name } => {
+            let enc = |s: &str| percent_encoding::utf8_percent_encode(s, QUERY_VALUE).to_string();
+            // Any parameter of the same name the caller sent is dropped.
+            let kept: Vec<&str> = uri
+                .query()
+                .unwrap_or_default()
+                .split('&')
+                .filter(|p| !p.is_empty())
+                .filter(|p| {
+                    let k = p.split('=').next().unwrap_or_default();
+                    percent_encoding::percent_decode_str(k).decode_utf8_lossy() != name.as_str()
+                })
+                .collect();
+            let mut query = kept.join("&");
+            if !query.is_empty() {
+                query.push('&');
+            }
+            let secret = zeroize::Zeroizing::new(enc(value));
+            query.push_str(&format!("{}={}", enc(name), secret.as_str()));
+            let pq = zeroize::Zeroizing::new(format!("{}?{query}", uri.path()));
+            let mut parts = uri.into_parts();
+            parts.path_and_query = Some(pq.parse().map_err(|_| {
+                refuse(
+                    StatusCode::BAD_REQUEST,
+                    "the target's query cannot take the credential",
+                )
+            })?);
+            uri = Uri::from_parts(parts).map_err(|_| {
+                refuse(
+                    StatusCode::BAD_REQUEST,
+                    "the target cannot take the credential",
+                )
+            })?;
+        }
+    }
+    let mut req = http::Request::builder()
+        .method(method.clone())
+        .uri(uri)
+        .body(Full::new(body))
+        .map_err(|_| refuse(StatusCode::BAD_REQUEST, "the request cannot be rebuilt"))?;
+    *req.headers_mut() = out;
+    Ok(req)
+}
+
+/// The upstream's answer, whole, with every form of the credential scrubbed from the status
+/// text, the header values and the body. A body in an encoding kz cannot read is refused.
+async fn scrubbed(
+    response: http::Response<hyper::body::Incoming>,
+    credential: &kz_secret::SecretValue,
+    matcher: &kz_redact::decoded::Matcher,
+) -> Result<Answer, Refusal> {
+    let (parts, body) = response.into_parts();
+    if parts
+        .headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+    {
+        return Err(refuse(
+            StatusCode::BAD_GATEWAY,
+            "the upstream answered in a content encoding kz cannot scrub (it was asked for identity)",
+        ));
+    }
+    let body = tokio::time::timeout(UPSTREAM_TIMEOUT, Limited::new(body, MAX_BODY).collect())
+        .await
+        .map_err(|_| {
+            refuse(
+                StatusCode::GATEWAY_TIMEOUT,
+                "the upstream's body did not arrive in time",
+            )
+        })?
+        .map_err(|_| {
+            refuse(
+                StatusCode::BAD_GATEWAY,
+                format!("the upstream's body is over {MAX_BODY} bytes or broke off"),
+            )
+        })?
+        .to_bytes();
+    // Header names arrive lowercased: compared without case, as blind mode does.
+    let names = kz_redact::decoded::Matcher::new(
+        std::iter::once((credential.expose_bytes().to_vec(), SCRUBBED.to_vec())),
+        kz_redact::decoded::Options {
+            ignore_case: true,
+            no_base64: true,
+        },
+    );
+    let (body, _) = matcher.replace_all(&body);
+    let mut out = Answer {
+        status: parts.status,
+        headers: HeaderMap::new(),
+        body: Bytes::from(body),
+    };
+    for (name, v) in &parts.headers {
+        // A cookie minted upstream for the credential would be a credential of its own, usable
+        // outside the binding and after `exp`: not returned.
+        if matches!(
+            *name,
+            header::CONNECTION
+                | header::TRANSFER_ENCODING
+                | header::CONTENT_LENGTH
+                | header::TRAILER
+                | header::SET_COOKIE
+        ) {
+            continue;
+        }
+        // A header whose name carries the credential is dropped; values are scrubbed.
+        if !names.hits_in(name.as_str().as_bytes()).is_empty() {
+            continue;
+        }
+        let (clean, _) = matcher.replace_all(v.as_bytes());
+        if let Ok(v) = HeaderValue::from_bytes(&clean) {
+            out.headers.append(name.clone(), v);
+        }
+    }
+    Ok(out)
+}
+
+/// The request to send, as the caller made it (the target already checked).
+#[derive(Debug)]
+pub struct Outgoing<'a> {
+    /// The method.
+    pub method: &'a Method,
+    /// The absolute target.
+    pub uri: &'a Uri,
+    /// The caller's headers (filtered here).
+    pub headers: &'a HeaderMap,
+    /// The body, held whole.
+    pub body: Bytes,
+}
+
+/// The upstream's answer, scrubbed.
+#[derive(Debug)]
+pub struct Answer {
+    /// The status.
+    pub status: StatusCode,
+    /// The headers (hop-by-hop ones and `Set-Cookie` dropped, values scrubbed).
+    pub headers: HeaderMap,
+    /// The body, scrubbed.
+    pub body: Bytes,
+}
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        let mut out = Response::new(Body::from(self.body));
+        *out.status_mut() = self.status;
+        *out.headers_mut() = self.headers;
+        out
+    }
+}
+
+/// The key of a caller in the locked-out set: its issuer and subject.
+pub fn subject(issuer: &str, sub: &str) -> String {
+    format!("{issuer}\u{1f}{sub}")
+}
+
+/// Refuses a caller that sent a credential before (until the process restarts).
+pub fn not_locked_out(state: &AppState, subject: &str) -> Result<(), Refusal> {
+    if state
+        .guessed
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .contains(subject)
+    {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "this caller sent a credential it may only use through keyzero; it is refused until \
+             keyzero restarts (see the audit log)",
+        ));
+    }
+    Ok(())
+}
+
+/// Takes one of the [`MAX_IN_FLIGHT`] slots, or refuses.
+pub fn slot() -> Result<tokio::sync::SemaphorePermit<'static>, Refusal> {
+    IN_FLIGHT.try_acquire().map_err(|_| {
+        refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{MAX_IN_FLIGHT} requests are in progress; retry shortly"),
+        )
+    })
+}
+
+/// Sends `out` with `credential` placed at `resolver`'s location through `client`, and returns
+/// the scrubbed answer. `subject` is the caller ([`subject`]), locked out on a guess.
+pub async fn spend(
+    state: &AppState,
+    client: &Client,
+    resolver: &Resolver,
+    credential: &kz_secret::SecretValue,
+    subject: &str,
+    out: Outgoing<'_>,
+) -> Result<Answer, Refusal> {
+    let location = resolver
+        .credential_location
+        .clone()
+        .unwrap_or(CredentialLocation::Header {
+            name: "Authorization".into(),
+            prefix: "Bearer".into(),
+        });
+    if credential.expose_bytes().len() < MIN_SCRUBBED {
+        return Err(refuse(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "the credential is shorter than {MIN_SCRUBBED} bytes, too short to be found in \
+                 an answer and scrubbed; keyzero does not send it"
+            ),
+        ));
+    }
+    // No credential from the caller: it only ever holds the token, so the credential or a
+    // fragment of it (in the decoded view scrubbing uses) in what it sends is a guess. Refused
+    // before anything is sent, and the caller is refused from then on: scrubbing that answers
+    // "this matched" would otherwise tell a caller, guess by guess, what the credential is.
+    // Only what would be forwarded is looked at (the kz token and dropped headers are not:
+    // a kz token and a JWT credential share their first bytes).
+    let burn_key = burn_key(&resolver.name, credential);
+    if state
+        .burned
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .contains(&burn_key)
+    {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "this credential is no longer served by this keyzero process: a request tried to \
+             learn it (see the audit log); rotate it, then restart keyzero",
+        ));
+    }
+    // One matcher per redemption: the guess check here, the answer's scrubbing below.
+    let m = kz_redact::decoded::Matcher::new(
+        std::iter::once((credential.expose_bytes().to_vec(), SCRUBBED.to_vec())),
+        kz_redact::decoded::Options::default(),
+    );
+    let named_by_connection = connection_named(out.headers);
+    let guess = {
+        let mut hit = !m.hits_in(out.method.as_str().as_bytes()).is_empty()
+            || !m.hits_in(out.uri.to_string().as_bytes()).is_empty()
+            || !m.hits_in(&out.body).is_empty();
+        for (name, v) in out
+            .headers
+            .iter()
+            .filter(|(n, _)| forwardable(n, &named_by_connection))
+        {
+            hit |= !m.hits_in(name.as_str().as_bytes()).is_empty()
+                || !m.hits_in(v.as_bytes()).is_empty();
+        }
+        hit
+    };
+    if guess {
+        // The answer to a guess is a bit about the credential whatever it is, so the first one
+        // ends the credential's service on this replica (the operator rotates it) and the
+        // caller's.
+        state
+            .burned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(burn_key);
+        state
+            .guessed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(subject.to_owned());
+        tracing::warn!(
+            caller = %subject.replace('\u{1f}', " "),
+            resolver = %resolver.name,
+            "a caller sent the credential (or part of it) to keyzero; it is refused from now on"
+        );
+        return Err(Refusal {
+            withhold: true,
+            ..refuse(
+                StatusCode::FORBIDDEN,
+                "the request carries the credential (or part of it), which the caller may only \
+                 use through keyzero; refused, and this caller is refused from now on",
+            )
+        });
+    }
+    let request = upstream_request(
+        out.method,
+        out.headers,
+        &named_by_connection,
+        out.uri,
+        &location,
+        credential,
+        out.body,
+    )?;
+    let response = tokio::time::timeout(UPSTREAM_TIMEOUT, client.request(request))
+        .await
+        .map_err(|_| {
+            refuse(
+                StatusCode::GATEWAY_TIMEOUT,
+                "the upstream did not answer in time",
+            )
+        })?
+        .map_err(|e| match kz_egress::connect::classify_error(&e) {
+            // What a name resolved to and which address failed stay in the audit record: the
+            // caller learns that, not the internal addresses.
+            ConnectError::Refused(why) => Refusal {
+                detail: Some(format!("the destination is refused: {why}")),
+                ..refuse(
+                    StatusCode::FORBIDDEN,
+                    "the destination is refused: it is not bound, or resolves to a loopback, \
+                     private, link-local or metadata address",
+                )
+            },
+            ConnectError::Failed(why) => Refusal {
+                detail: Some(format!("the upstream request failed: {why}")),
+                ..refuse(
+                    StatusCode::BAD_GATEWAY,
+                    "the upstream request failed (the audit log has the reason)",
+                )
+            },
+        })?;
+    scrubbed(response, credential, &m).await
+}
