@@ -3,8 +3,8 @@
 //
 // Usage: node mcp_client.mjs PLAN.json   (NODE_PATH names the installed node_modules)
 //
-// PLAN and the printed JSON are as for mcp_client.py: the server gets only PLAN's `env` over
-// the SDK's default environment.
+// PLAN and the printed JSON are as for mcp_client.py: over stdio the server gets only PLAN's
+// `env` over the SDK's default environment; with `url`, Streamable HTTP with PLAN's `headers`.
 
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -15,13 +15,21 @@ const { StdioClientTransport, getDefaultEnvironment } = require(
   "@modelcontextprotocol/sdk/client/stdio.js",
 );
 
+const { StreamableHTTPClientTransport } = require(
+  "@modelcontextprotocol/sdk/client/streamableHttp.js",
+);
+
 const plan = JSON.parse(readFileSync(process.argv[2], "utf8"));
-const transport = new StdioClientTransport({
-  command: plan.command,
-  args: plan.args,
-  env: { ...getDefaultEnvironment(), ...(plan.env || {}) },
-  stderr: "inherit",
-});
+const transport = plan.url
+  ? new StreamableHTTPClientTransport(new URL(plan.url), {
+      requestInit: { headers: plan.headers || {} },
+    })
+  : new StdioClientTransport({
+      command: plan.command,
+      args: plan.args,
+      env: { ...getDefaultEnvironment(), ...(plan.env || {}) },
+      stderr: "inherit",
+    });
 const client = new Client({ name: "kz-test-node", version: "1.0.0" });
 await client.connect(transport);
 const out = { client: "node-sdk", results: [] };

@@ -270,6 +270,14 @@ pub struct ServerStartArgs {
     /// (instead of a `jwt` argument, which puts the token into the model's context)
     #[arg(long, value_name = "PATH", requires = "mcp")]
     pub identity_token_file: Option<PathBuf>,
+    /// Serve MCP over Streamable HTTP on this address instead of the HTTP API (each request's
+    /// bearer token is its caller)
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["mcp", "proxy"])]
+    pub mcp_listen: Option<std::net::SocketAddr>,
+    /// With --mcp-listen: the endpoint's public URL (default http[s]://ADDR/mcp), the audience
+    /// its tokens must carry
+    #[arg(long, value_name = "URL", requires = "mcp_listen")]
+    pub mcp_resource: Option<String>,
 }
 
 #[derive(Debug, Args)]

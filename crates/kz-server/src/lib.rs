@@ -12,7 +12,8 @@
 //! - [`upstream`]: one credentialed call upstream (binding-checked target, the credential
 //!   placed, sent through `kz-egress`, the answer scrubbed), shared by [`proxy`] and [`mcp`].
 //! - [`proxy`]: the credential proxy (`--proxy`), redeeming short-lived tokens.
-//! - [`mcp`]: the MCP server (`--mcp`, stdio): `fetch`, `list_resources`, `resolve`.
+//! - [`mcp`]: the MCP server (`--mcp` on stdio, `--mcp-listen` on Streamable HTTP): `fetch`,
+//!   `list_resources`, `resolve`.
 //! - [`metrics`]: the Prometheus registry.
 //! - [`serve`]: listening (plain or TLS), graceful shutdown, reload on `SIGHUP` and on file
 //!   change, audit reopen on `SIGUSR1`.
@@ -104,12 +105,18 @@ pub struct Options {
     pub mcp: Option<McpOptions>,
 }
 
-/// How the MCP server takes its caller's identity.
+/// How the MCP server is reached and takes its caller's identity.
 #[derive(Clone, Debug, Default)]
 pub struct McpOptions {
-    /// `--identity-token-file`: the caller's token, read at each tool call (so a token the
-    /// platform refreshes is picked up); without it, each call must pass `jwt`.
+    /// stdio: `--identity-token-file`, the caller's token, read at each tool call (so a token
+    /// the platform refreshes is picked up); without it, each call must pass `jwt`.
     pub identity_token_file: Option<PathBuf>,
+    /// `--mcp-listen`: serve Streamable HTTP on this address instead of stdio; each request's
+    /// bearer token is its caller.
+    pub listen: Option<SocketAddr>,
+    /// `--mcp-resource`: the endpoint's public URL (default `http[s]://ADDR/mcp`), the
+    /// audience its tokens must carry.
+    pub resource: Option<String>,
 }
 
 /// Time limits that keep idle and slow clients from holding connections.

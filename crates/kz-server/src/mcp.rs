@@ -1,7 +1,9 @@
-//! The MCP server (`kz server start --mcp`): the pipeline's third front-end, over stdio.
+//! The MCP server: the pipeline's third front-end, over stdio (`kz server start --mcp`) or
+//! Streamable HTTP (`--mcp-listen`, an OAuth 2.1 resource server: [`http_router`]).
 //!
-//! Tools (`server.md`, "MCP"), each taking the caller's identity from `--identity-token-file`
-//! (read at every call) or, for compatibility, a `jwt` argument:
+//! Tools (`server.md`, "MCP"), each taking the caller's identity, over stdio, from
+//! `--identity-token-file` (read at every call) or, for compatibility, a `jwt` argument; over
+//! HTTP, from the request's bearer token:
 //!
 //! - `fetch`: decides the ref as `/v1/resolve` does, then makes the agent's HTTP request with
 //!   the credential at the resolver's `credential_location`, through [`crate::upstream`] (the
@@ -49,15 +51,40 @@ const MAX_TOKEN_FILE: usize = 16 * 1024;
 #[derive(Clone)]
 pub struct Server {
     state: Arc<AppState>,
-    identity_file: Option<PathBuf>,
+    source: Source,
+}
+
+/// Where a tool call's identity comes from.
+#[derive(Clone, Debug)]
+enum Source {
+    /// stdio: the token file (read at each call), or the call's `jwt` argument.
+    Stdio(Option<PathBuf>),
+    /// Streamable HTTP: the request's bearer token, verified by [`authenticate`].
+    Http,
 }
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
-            .field("identity_file", &self.identity_file)
+            .field("source", &self.source)
             .finish_non_exhaustive()
     }
+}
+
+/// The caller of one HTTP request, as [`authenticate`] verified it (in the request's
+/// extensions, which rmcp hands to the tool with the request's parts).
+#[derive(Clone)]
+struct VerifiedCaller {
+    identity: Arc<kz_policy::Identity>,
+    token_id: String,
+}
+
+/// What a tool call knows of its transport: the verified HTTP caller and its address.
+#[derive(Default)]
+struct CallContext {
+    caller: Option<VerifiedCaller>,
+    ip: String,
+    request_id: Option<String>,
 }
 
 /// `fetch`'s arguments.
@@ -151,11 +178,20 @@ fn schema<T: JsonSchema>() -> Arc<Map<String, Value>> {
 }
 
 impl Server {
-    /// A server over `state`, taking identities from `identity_file` when given.
+    /// A stdio server over `state`, taking identities from `identity_file` when given, else
+    /// from each call's `jwt`.
     pub fn new(state: Arc<AppState>, identity_file: Option<PathBuf>) -> Self {
         Self {
             state,
-            identity_file,
+            source: Source::Stdio(identity_file),
+        }
+    }
+
+    /// A Streamable HTTP server over `state`: identities are the requests' bearer tokens.
+    fn http(state: Arc<AppState>) -> Self {
+        Self {
+            state,
+            source: Source::Http,
         }
     }
 
@@ -192,9 +228,12 @@ impl Server {
         tools
     }
 
-    /// The caller's token: the `jwt` argument or the identity file, exactly one of them.
-    fn token(&self, jwt: Option<String>) -> Result<zeroize::Zeroizing<String>, ToolError> {
-        match (&self.identity_file, jwt) {
+    /// The caller's token (stdio): the `jwt` argument or the identity file, exactly one.
+    fn token(
+        file: Option<&PathBuf>,
+        jwt: Option<String>,
+    ) -> Result<zeroize::Zeroizing<String>, ToolError> {
+        match (file, jwt) {
             (Some(_), Some(_)) => Err(ToolError(
                 "this keyzero takes the caller's identity from its --identity-token-file; a `jwt` \
                  argument is refused (it would let the agent act as another identity): call \
@@ -232,14 +271,33 @@ impl Server {
         }
     }
 
-    /// Verifies the caller's token: its identity and how audit records name the token.
+    /// The caller: over HTTP the request's verified bearer token; over stdio the token file
+    /// or `jwt`, verified here. With how audit records name the token.
     async fn identity(
         &self,
         loaded: &crate::state::Loaded,
         jwt: Option<String>,
+        call: &CallContext,
         request_id: &str,
     ) -> Result<(Arc<kz_policy::Identity>, String), ToolError> {
-        let token = self.token(jwt)?;
+        let file = match &self.source {
+            Source::Http => {
+                if jwt.is_some() {
+                    return Err(ToolError(
+                        "over HTTP the caller is the request's bearer token; a `jwt` argument is \
+                         refused: call again without it"
+                            .into(),
+                    ));
+                }
+                let c = call
+                    .caller
+                    .as_ref()
+                    .ok_or_else(|| ToolError("the request carried no verified identity".into()))?;
+                return Ok((Arc::clone(&c.identity), c.token_id.clone()));
+            }
+            Source::Stdio(file) => file.as_ref(),
+        };
+        let token = Self::token(file, jwt)?;
         let identity = loaded
             .verifier
             .verify_shared(&token, SystemTime::now())
@@ -295,7 +353,7 @@ impl Server {
         Ok(answer.response)
     }
 
-    async fn fetch(&self, mut args: FetchArgs, request_id: &str) -> ToolResult {
+    async fn fetch(&self, mut args: FetchArgs, call: &CallContext, request_id: &str) -> ToolResult {
         let started = Instant::now();
         let loaded = self.state.current.load_full();
         if !loaded.bundle.mcp.fetch {
@@ -304,11 +362,13 @@ impl Server {
             ));
         }
         crate::api::audit_room(&self.state, 2)?;
-        let (identity, token_id) = self.identity(&loaded, args.jwt.take(), request_id).await?;
+        let (identity, token_id) = self
+            .identity(&loaded, args.jwt.take(), call, request_id)
+            .await?;
         let caller = Caller {
             identity: &identity,
             token_id: &token_id,
-            ip: "",
+            ip: &call.ip,
             request_id,
             transport: Transport::Mcp,
         };
@@ -324,6 +384,7 @@ impl Server {
         };
         let record = Record::new(AuditTransport::Mcp)
             .request_id(request_id)
+            .client_ip(call.ip.clone())
             .issuer(identity.issuer.clone())
             .subject(identity.sub.clone())
             .token_id(token_id.clone())
@@ -507,7 +568,7 @@ impl Server {
         answer
     }
 
-    async fn resolve(&self, args: ResolveArgs, request_id: &str) -> ToolResult {
+    async fn resolve(&self, args: ResolveArgs, call: &CallContext, request_id: &str) -> ToolResult {
         let loaded = self.state.current.load_full();
         if !loaded.bundle.mcp.resolve {
             return Err(ToolError(
@@ -517,11 +578,11 @@ impl Server {
             ));
         }
         crate::api::audit_room(&self.state, 1)?;
-        let (identity, token_id) = self.identity(&loaded, args.jwt, request_id).await?;
+        let (identity, token_id) = self.identity(&loaded, args.jwt, call, request_id).await?;
         let caller = Caller {
             identity: &identity,
             token_id: &token_id,
-            ip: "",
+            ip: &call.ip,
             request_id,
             transport: Transport::Mcp,
         };
@@ -537,9 +598,14 @@ impl Server {
         Ok(CallToolResult::success(vec![ContentBlock::text(text)]))
     }
 
-    async fn list_resources(&self, args: ListArgs, request_id: &str) -> ToolResult {
+    async fn list_resources(
+        &self,
+        args: ListArgs,
+        call: &CallContext,
+        request_id: &str,
+    ) -> ToolResult {
         let loaded = self.state.current.load_full();
-        let (identity, _) = self.identity(&loaded, args.jwt, request_id).await?;
+        let (identity, _) = self.identity(&loaded, args.jwt, call, request_id).await?;
         let now = chrono::Utc::now();
         let mut out = Vec::new();
         for r in &loaded.bundle.resolvers {
@@ -550,7 +616,7 @@ impl Server {
                 mode: r.mode.name(),
                 context: &Value::Null,
                 time: now,
-                ip: "",
+                ip: &call.ip,
                 transport: Transport::Mcp,
             });
             if !decision.allowed() {
@@ -656,21 +722,42 @@ impl ServerHandler for Server {
     async fn call_tool(
         &self,
         request: CallToolRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let request_id = format!("{:032x}", rand::random::<u128>());
+        // Over HTTP, rmcp hands over the request's parts: the caller verified by
+        // `authenticate`, the peer address and the request id.
+        let call = context
+            .extensions
+            .get::<http::request::Parts>()
+            .map(|parts| CallContext {
+                caller: parts.extensions.get::<VerifiedCaller>().cloned(),
+                ip: parts
+                    .extensions
+                    .get::<crate::api::Peer>()
+                    .map(|p| p.0.ip().to_string())
+                    .unwrap_or_default(),
+                request_id: parts
+                    .extensions
+                    .get::<crate::api::RequestId>()
+                    .map(|r| r.0.clone()),
+            })
+            .unwrap_or_default();
+        let request_id = call
+            .request_id
+            .clone()
+            .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
         let name = request.name.as_ref();
         let outcome = match name {
             "fetch" => match args::<FetchArgs>(name, request.arguments) {
-                Ok(a) => self.fetch(a, &request_id).await,
+                Ok(a) => self.fetch(a, &call, &request_id).await,
                 Err(e) => Err(e),
             },
             "resolve" => match args::<ResolveArgs>(name, request.arguments) {
-                Ok(a) => self.resolve(a, &request_id).await,
+                Ok(a) => self.resolve(a, &call, &request_id).await,
                 Err(e) => Err(e),
             },
             "list_resources" => match args::<ListArgs>(name, request.arguments) {
-                Ok(a) => self.list_resources(a, &request_id).await,
+                Ok(a) => self.list_resources(a, &call, &request_id).await,
                 Err(e) => Err(e),
             },
             other => Err(ToolError(format!(
@@ -700,4 +787,294 @@ pub async fn serve_stdio(
         _ = stop.wait_for(|s| *s) => { cancel.cancel(); }
     }
     Ok(())
+}
+
+/// How the Streamable HTTP endpoint presents itself (`--mcp-listen`).
+#[derive(Clone, Debug)]
+pub struct HttpSettings {
+    /// The canonical URL of the MCP endpoint (`--mcp-resource`, default `http[s]://ADDR/mcp`):
+    /// the RFC 9728 `resource`, and the audience every bearer token must carry.
+    pub resource: String,
+    /// `Host` values accepted (DNS-rebinding defence): the resource's authority and, on a
+    /// loopback address, the loopback names with the port.
+    pub allowed_hosts: Vec<String>,
+    /// `Origin` values accepted when a browser sends one: the resource's origin.
+    pub allowed_origins: Vec<String>,
+}
+
+impl HttpSettings {
+    /// The settings for an endpoint bound to `addr` (`tls`: served over TLS), with the
+    /// operator's `resource` URL if given.
+    pub fn new(
+        addr: std::net::SocketAddr,
+        tls: bool,
+        resource: Option<&str>,
+    ) -> Result<Self, String> {
+        let scheme = if tls { "https" } else { "http" };
+        let resource = match resource {
+            Some(r) => r.trim_end_matches('/').to_owned(),
+            None => format!("{scheme}://{addr}/mcp"),
+        };
+        let uri: Uri = resource
+            .parse()
+            .map_err(|_| format!("`{resource}` is not a URL"))?;
+        let (Some(rscheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+            return Err(format!("`{resource}` is not an absolute http(s) URL"));
+        };
+        if !matches!(rscheme, "http" | "https") || uri.query().is_some() {
+            return Err(format!(
+                "`{resource}` must be an http(s) URL without a query (RFC 9728)"
+            ));
+        }
+        let resource_host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let loopback_resource = resource_host == "localhost"
+            || resource_host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if rscheme == "http" && !loopback_resource {
+            return Err(format!(
+                "`{resource}` would carry bearer tokens in clear text: an MCP endpoint that is \
+                 not on loopback must be https (serve TLS with --tls-cert/--tls-key, or name the \
+                 https URL of the TLS front end with --mcp-resource)"
+            ));
+        }
+        let port = authority
+            .port_u16()
+            .unwrap_or(if rscheme == "https" { 443 } else { 80 });
+        let mut allowed_hosts = vec![
+            authority.as_str().to_owned(),
+            format!("{resource_host}:{port}"),
+        ];
+        if addr.ip().is_loopback() {
+            for name in ["localhost", "127.0.0.1", "[::1]"] {
+                allowed_hosts.push(format!("{name}:{}", addr.port()));
+            }
+        }
+        let allowed_origins = vec![format!("{rscheme}://{resource_host}:{port}")];
+        Ok(Self {
+            resource,
+            allowed_hosts,
+            allowed_origins,
+        })
+    }
+
+    /// The RFC 9728 metadata URL for the resource: the well-known path inserted before the
+    /// resource's path.
+    pub fn metadata_url(&self) -> String {
+        match self.resource.find("://").map(|i| i + 3) {
+            Some(start) => {
+                let path_at = self.resource[start..]
+                    .find('/')
+                    .map_or(self.resource.len(), |i| start + i);
+                let (origin, path) = self.resource.split_at(path_at);
+                format!("{origin}/.well-known/oauth-protected-resource{path}")
+            }
+            None => format!("{}/.well-known/oauth-protected-resource", self.resource),
+        }
+    }
+
+    /// The path of the MCP endpoint within the server (the resource's path, `/mcp` by default).
+    fn endpoint_path(&self) -> String {
+        let path = self
+            .resource
+            .parse::<Uri>()
+            .map(|u| u.path().to_owned())
+            .unwrap_or_default();
+        if path.is_empty() || path == "/" {
+            "/mcp".to_owned()
+        } else {
+            path
+        }
+    }
+}
+
+/// What [`authenticate`] and the metadata route share.
+struct HttpContext {
+    state: Arc<AppState>,
+    settings: HttpSettings,
+}
+
+/// The Streamable HTTP router (`--mcp-listen`): the MCP endpoint behind bearer-token
+/// authentication, and its RFC 9728 protected-resource metadata.
+pub fn http_router(state: Arc<AppState>, settings: HttpSettings) -> axum::Router {
+    use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
+    use rmcp::transport::streamable_http_server::{
+        StreamableHttpServerConfig, StreamableHttpService,
+    };
+    let endpoint = settings.endpoint_path();
+    let metadata_path = settings
+        .metadata_url()
+        .parse::<Uri>()
+        .map(|u| u.path().to_owned())
+        .unwrap_or_else(|_| "/.well-known/oauth-protected-resource".to_owned());
+    let config = StreamableHttpServerConfig::default()
+        // Stateless: each POST stands alone, so replicas behind a load balancer need nothing
+        // shared, and nothing of a session outlives its request.
+        .with_legacy_session_mode(false)
+        .with_json_response(true)
+        .with_sse_keep_alive(None)
+        .with_allowed_hosts(settings.allowed_hosts.clone())
+        .with_allowed_origins(settings.allowed_origins.clone())
+        .with_max_request_body_bytes(crate::MAX_BODY_BYTES + upstream::MAX_BODY);
+    let service_state = Arc::clone(&state);
+    let service = StreamableHttpService::new(
+        move || Ok(Server::http(Arc::clone(&service_state))),
+        Arc::new(NeverSessionManager::default()),
+        config,
+    );
+    let ctx = Arc::new(HttpContext {
+        state: Arc::clone(&state),
+        settings,
+    });
+    let mcp =
+        axum::Router::new()
+            .fallback_service(service)
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::clone(&ctx),
+                authenticate,
+            ));
+    let mut router = axum::Router::new()
+        .route(
+            "/.well-known/oauth-protected-resource",
+            axum::routing::get(metadata),
+        )
+        .nest(&endpoint, mcp);
+    if metadata_path != "/.well-known/oauth-protected-resource" {
+        router = router.route(&metadata_path, axum::routing::get(metadata));
+    }
+    router
+        .with_state(Arc::clone(&ctx))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            crate::api::around,
+        ))
+}
+
+/// RFC 9728 protected-resource metadata: this resource, the issuers the bundle trusts (the
+/// authorization servers), bearer tokens in the header only.
+async fn metadata(
+    axum::extract::State(ctx): axum::extract::State<Arc<HttpContext>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let loaded = ctx.state.current.load();
+    let servers: Vec<&str> = loaded
+        .bundle
+        .issuers
+        .iter()
+        .map(|i| i.issuer_url.as_str())
+        .collect();
+    let body = json!({
+        "resource": ctx.settings.resource,
+        "authorization_servers": servers,
+        "bearer_methods_supported": ["header"],
+        "resource_name": "keyzero",
+        "resource_documentation": "https://github.com/keyzero/keyzero/blob/main/docs/mcp.md",
+    });
+    (
+        [
+            (http::header::CONTENT_TYPE, "application/json"),
+            (http::header::CACHE_CONTROL, "max-age=300"),
+        ],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// A `401` that points the client at the metadata (RFC 9728 §5.1; RFC 6750 §3).
+fn unauthorized(ctx: &HttpContext, error: Option<&str>, message: &str) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let mut challenge = format!(
+        "Bearer resource_metadata=\"{}\"",
+        ctx.settings.metadata_url()
+    );
+    if let Some(e) = error {
+        challenge.push_str(&format!(", error=\"{e}\""));
+    }
+    let mut resp = (
+        http::StatusCode::UNAUTHORIZED,
+        [(http::header::CONTENT_TYPE, "application/json")],
+        json!({"error": "invalid_token", "message": message}).to_string(),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+    }
+    resp
+}
+
+/// Verifies the request's bearer token as `/v1/resolve` does, and that its audience is this
+/// resource (a token minted for another server is not accepted here); the verified caller goes
+/// into the request's extensions for the tools. The token itself goes nowhere else.
+async fn authenticate(
+    axum::extract::State(ctx): axum::extract::State<Arc<HttpContext>>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let request_id = req
+        .extensions()
+        .get::<crate::api::RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
+    let token = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.split_once(' ')
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, t)| zeroize::Zeroizing::new(t.trim().to_owned()))
+        });
+    let Some(token) = token else {
+        return unauthorized(
+            &ctx,
+            None,
+            "this MCP endpoint needs `Authorization: Bearer <token>`; the metadata in \
+             WWW-Authenticate names the issuers it trusts",
+        );
+    };
+    let loaded = ctx.state.current.load_full();
+    let identity = match loaded
+        .verifier
+        .verify_shared(&token, SystemTime::now())
+        .await
+    {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::info!(request_id = %request_id, code = e.code(), reason = %e, "MCP token refused");
+            return unauthorized(
+                &ctx,
+                Some("invalid_token"),
+                &format!(
+                    "the token was refused ({}); the server's log has the details under request id {request_id}",
+                    e.code()
+                ),
+            );
+        }
+    };
+    let audience_ok = match identity.claims.get("aud") {
+        Some(Value::String(a)) => a.trim_end_matches('/') == ctx.settings.resource,
+        Some(Value::Array(list)) => list.iter().any(|a| {
+            a.as_str()
+                .is_some_and(|a| a.trim_end_matches('/') == ctx.settings.resource)
+        }),
+        _ => false,
+    };
+    if !audience_ok {
+        tracing::info!(request_id = %request_id, resource = %ctx.settings.resource, "MCP token of another audience refused");
+        return unauthorized(
+            &ctx,
+            Some("invalid_token"),
+            &format!(
+                "the token's audience is not this MCP server: its `aud` must include {}",
+                ctx.settings.resource
+            ),
+        );
+    }
+    let token_id = crate::api::token_id(&identity, &token);
+    req.extensions_mut()
+        .insert(VerifiedCaller { identity, token_id });
+    next.run(req).await
 }

@@ -162,7 +162,7 @@ async fn open(opts: &Options) -> Result<Opened, StartError> {
         (None, Some(p)) => p.clone(),
         (None, None) => "-".to_owned(),
     };
-    if opts.mcp.is_some() && audit_path == "-" {
+    if opts.mcp.as_ref().is_some_and(|m| m.listen.is_none()) && audit_path == "-" {
         // Standard output carries MCP's JSON-RPC: a record there would break the session.
         return Err(StartError::Bundle(vec![
             Diagnostic::error(
@@ -215,16 +215,37 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         control,
         stop,
     } = open(&opts).await?;
-    let listener = match TcpListener::bind(opts.listen).await {
+    let mcp_http = opts.mcp.as_ref().and_then(|m| m.listen.map(|l| (l, m)));
+    let bind = mcp_http.map_or(opts.listen, |(l, _)| l);
+    let listener = match TcpListener::bind(bind).await {
         Ok(l) => l,
         Err(e) => {
             control.shutdown();
-            return Err(StartError::Bind(opts.listen, e));
+            return Err(StartError::Bind(bind, e));
         }
     };
     let addr = listener
         .local_addr()
-        .map_err(|e| StartError::Bind(opts.listen, e))?;
+        .map_err(|e| StartError::Bind(bind, e))?;
+    let app = match mcp_http {
+        Some((_, m)) => {
+            let tls = state.current.load().tls.is_some();
+            let settings = crate::mcp::HttpSettings::new(addr, tls, m.resource.as_deref())
+                .map_err(|why| {
+                    control.shutdown();
+                    StartError::Bundle(vec![
+                        Diagnostic::error("server::mcp_resource", why)
+                            .help("pass --mcp-resource https://HOST/PATH, the URL agents use"),
+                    ])
+                })?;
+            tracing::info!(resource = %settings.resource, "serving MCP over Streamable HTTP");
+            crate::mcp::http_router(Arc::clone(&state), settings)
+        }
+        None if state.current.load().verify_key.is_some() => {
+            crate::proxy::router(Arc::clone(&state))
+        }
+        None => router(Arc::clone(&state)),
+    };
     tracing::info!(
         addr = %addr,
         tls = state.current.load().tls.is_some(),
@@ -234,6 +255,7 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
     let task = tokio::spawn(accept_loop(
         listener,
         state,
+        app,
         opts.drain,
         opts.timeouts.idle,
         stop,
@@ -403,15 +425,11 @@ impl Drop for PerIpGuard {
 async fn accept_loop(
     listener: TcpListener,
     state: Arc<AppState>,
+    app: Router,
     drain: Duration,
     idle_after: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let app = if state.current.load().verify_key.is_some() {
-        crate::proxy::router(Arc::clone(&state))
-    } else {
-        router(Arc::clone(&state))
-    };
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let per_ip = Arc::new(PerIp::default());

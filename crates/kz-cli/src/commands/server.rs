@@ -34,8 +34,10 @@ pub fn start(ctx: &Ctx, args: &ServerStartArgs) -> CmdResult {
         timeouts: kz_server::Timeouts::default(),
         signing_key: args.signing_key.clone(),
         proxy_url: args.proxy_url.clone(),
-        mcp: args.mcp.then(|| kz_server::McpOptions {
+        mcp: (args.mcp || args.mcp_listen.is_some()).then(|| kz_server::McpOptions {
             identity_token_file: args.identity_token_file.clone(),
+            listen: args.mcp_listen,
+            resource: args.mcp_resource.clone(),
         }),
         proxy_public_key: if args.proxy {
             Some(args.public_key.clone().ok_or_else(|| {

@@ -518,3 +518,214 @@ fn mcp_refuses_an_audit_log_on_standard_output() {
         run.stderr
     );
 }
+
+/// One raw HTTP/1.1 exchange with `addr`: status, lowercase head, body.
+fn http(addr: &str, request: &str) -> (u16, String, String) {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_lowercase(), body.to_owned())
+}
+
+fn initialize(addr: &str, host: &str, extra: &str) -> (u16, String, String) {
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
+    http(
+        addr,
+        &format!(
+            "POST /mcp HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
+#[test]
+fn streamable_http_is_an_oauth_resource_server_that_python_and_node_clients_use() {
+    let ca = TestCa::new();
+    let echo = EchoServer::start(&ca);
+    let (s, _) = world(&echo, &ca);
+    let server = crate::server::Server::start_with(
+        &s,
+        &[
+            "server",
+            "start",
+            "--bundle",
+            "bundle.yaml",
+            "--mcp-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let addr = server.addr.clone();
+    let resource = format!("http://{addr}/mcp");
+    let metadata_url = format!("http://{addr}/.well-known/oauth-protected-resource/mcp");
+    let sign = |aud: Value| {
+        s.kz(&[
+            "token",
+            "sign",
+            "--key",
+            "issuer.pem",
+            "--issuer",
+            ISS,
+            "--alg",
+            "ES256",
+            "--kid",
+            "k1",
+            "--claims",
+            &json!({"aud": aud, "sub": "remote-agent"}).to_string(),
+        ])
+        .ok()
+        .stdout
+        .trim()
+        .to_owned()
+    };
+    let bound = sign(json!(["keyzero", resource]));
+    let other_audience = sign(json!("keyzero"));
+
+    // No token: 401 pointing at the RFC 9728 metadata, which names this resource and the
+    // bundle's issuer.
+    let (status, head, _) = initialize(&addr, &addr, "");
+    assert_eq!(status, 401, "{head}");
+    assert!(
+        head.contains(&format!(
+            "www-authenticate: bearer resource_metadata=\"{}\"",
+            metadata_url.to_lowercase()
+        )),
+        "{head}"
+    );
+    let (status, _, body) = http(
+        &addr,
+        &format!(
+            "GET /.well-known/oauth-protected-resource/mcp HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert_eq!(status, 200, "{body}");
+    let meta: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(meta["resource"], resource.as_str(), "{meta}");
+    assert_eq!(meta["authorization_servers"], json!([ISS]), "{meta}");
+    assert_eq!(
+        meta["bearer_methods_supported"],
+        json!(["header"]),
+        "{meta}"
+    );
+
+    // A token for the bundle's issuer but not for this resource, or a forged one: 401.
+    for (token, says) in [
+        (other_audience.as_str(), "audience is not this mcp server"),
+        (
+            "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.",
+            "the token was refused",
+        ),
+    ] {
+        let (status, head, body) =
+            initialize(&addr, &addr, &format!("Authorization: Bearer {token}\r\n"));
+        assert_eq!(status, 401, "{body}");
+        assert!(head.contains("error=\"invalid_token\""), "{head}");
+        assert!(body.to_lowercase().contains(says), "{body}");
+    }
+    // DNS rebinding: a valid token with a foreign Host or Origin is refused.
+    let auth = format!("Authorization: Bearer {bound}\r\n");
+    let (status, _, body) = initialize(&addr, "rebind.example", &auth);
+    assert_eq!(status, 403, "{body}");
+    let (status, _, body) = initialize(
+        &addr,
+        &addr,
+        &format!("{auth}Origin: http://rebind.example\r\n"),
+    );
+    assert_eq!(status, 403, "{body}");
+    let (status, _, body) = initialize(&addr, &addr, &auth);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"name\":\"keyzero\""), "{body}");
+
+    // Both SDKs over HTTP: fetch works, the credential never comes back, the `jwt` argument is
+    // refused, and the MCP bearer token never reaches the upstream.
+    let calls = vec![
+        ("list", json!({})),
+        (
+            "echo",
+            json!({"resource": "api/echo", "url": format!("{}/echo-secret?form=b64", echo.url())}),
+        ),
+        (
+            "denied",
+            json!({"resource": "api/admin", "url": format!("{}/v1/items", echo.url())}),
+        ),
+        (
+            "jwt",
+            json!({"resource": "api/echo", "url": format!("{}/v1/items", echo.url()), "jwt": bound}),
+        ),
+    ];
+    for kind in ["python", "node"] {
+        let plan = json!({
+            "url": resource,
+            "headers": {"Authorization": format!("Bearer {bound}")},
+            "calls": calls
+                .iter()
+                .map(|(name, args)| json!({"tool": if *name == "list" { "list_resources" } else { "fetch" }, "arguments": args}))
+                .collect::<Vec<_>>(),
+        });
+        let out = run_client(kind, &s, &plan);
+        assert_eq!(out["server"]["name"], "keyzero", "{kind}: {out}");
+        let listed = &result(&out, &calls, "list")["structured"]["resources"];
+        assert_eq!(listed.as_array().unwrap().len(), 2, "{kind}: {listed}");
+        let echoed = &result(&out, &calls, "echo")["structured"];
+        assert_eq!(echoed["status"], 200, "{kind}: {echoed}");
+        assert_eq!(
+            echoed["body"],
+            base64::engine::general_purpose::STANDARD.encode(SCRUBBED),
+            "{kind}"
+        );
+        assert_error(&out, &calls, "denied", "denied by policy `no-admin`");
+        assert_error(&out, &calls, "jwt", "`jwt` argument is refused");
+    }
+    let seen = echo.requests();
+    assert!(!seen.is_empty());
+    for r in &seen {
+        assert_eq!(
+            r.header("authorization"),
+            Some(format!("Bearer {CANARY}").as_str()),
+            "only the credential goes upstream"
+        );
+        assert!(
+            !r.contains(&bound),
+            "the MCP bearer token reached the upstream"
+        );
+    }
+    // The records name the caller by the remote agent's subject and address.
+    let audit = std::fs::read_to_string(s.path("audit.jsonl")).unwrap();
+    assert!(!audit.contains(CANARY) && !audit.contains(&bound));
+    assert!(
+        audit.lines().any(|l| l.contains("\"sub\":\"remote-agent\"")
+            && l.contains("\"client_ip\":\"127.0.0.1\"")
+            && l.contains("\"transport\":\"mcp\"")),
+        "{audit}"
+    );
+    drop(server);
+}
+
+#[test]
+fn a_clear_text_endpoint_off_loopback_is_refused() {
+    let ca = TestCa::new();
+    let echo = EchoServer::start(&ca);
+    let (s, _) = world(&echo, &ca);
+    let run = s.kz(&[
+        "server",
+        "start",
+        "--bundle",
+        "bundle.yaml",
+        "--mcp-listen",
+        "127.0.0.1:0",
+        "--mcp-resource",
+        "http://mcp.example.com/mcp",
+    ]);
+    assert_ne!(run.code, Some(0));
+    assert!(run.stderr.contains("clear text"), "{}", run.stderr);
+}

@@ -12,21 +12,26 @@ use crate::util::{CANARY, Sandbox};
 const ISS: &str = "https://ci.example";
 
 /// A `kz server start` child, killed by its PID on drop.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    addr: String,
+    pub(crate) addr: String,
     stdout: PathBuf,
     stderr: PathBuf,
 }
 
 impl Server {
     fn start(s: &Sandbox, extra: &[&str]) -> Server {
-        let stdout = s.root.path().join(format!("server-{}.out", extra.len()));
-        let stderr = s.root.path().join(format!("server-{}.err", extra.len()));
         let mut args = vec!["server", "start", "-b", "bundle.yaml", "-l", "127.0.0.1:0"];
         args.extend_from_slice(extra);
+        Self::start_with(s, &args)
+    }
+
+    /// `kz` with `args` in the background, once it said where it listens.
+    pub(crate) fn start_with(s: &Sandbox, args: &[&str]) -> Server {
+        let stdout = s.root.path().join(format!("server-{}.out", args.len()));
+        let stderr = s.root.path().join(format!("server-{}.err", args.len()));
         let child = s
-            .cmd(&args)
+            .cmd(args)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout).unwrap())
             .stderr(std::fs::File::create(&stderr).unwrap())
@@ -61,7 +66,7 @@ impl Server {
         rustix::process::kill_process(pid, sig).unwrap();
     }
 
-    fn output(&self) -> String {
+    pub(crate) fn output(&self) -> String {
         std::fs::read_to_string(&self.stdout).unwrap_or_default()
             + &std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
