@@ -161,26 +161,39 @@ pub fn refuse(status: StatusCode, message: impl Into<String>) -> Refusal {
 /// What the audit record says in place of a path or host that carried the credential.
 pub const WITHHELD: &str = "[withheld: it carried the credential]";
 
+impl Refusal {
+    /// The code of the catalogue ([`kz_wire::ErrorCode`]) this refusal answers with.
+    pub fn code(&self) -> kz_wire::ErrorCode {
+        use kz_wire::ErrorCode as C;
+        match self.status {
+            StatusCode::UNAUTHORIZED => C::InvalidToken,
+            StatusCode::FORBIDDEN => C::Forbidden,
+            StatusCode::REQUEST_TIMEOUT => C::RequestTimeout,
+            StatusCode::PAYLOAD_TOO_LARGE => C::PayloadTooLarge,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => C::UnsupportedMediaType,
+            StatusCode::BAD_GATEWAY => C::UpstreamFailed,
+            StatusCode::GATEWAY_TIMEOUT => C::UpstreamTimeout,
+            StatusCode::SERVICE_UNAVAILABLE => C::NotReady,
+            _ => C::InvalidRequest,
+        }
+    }
+}
+
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
-            "error": match self.status {
-                StatusCode::UNAUTHORIZED => "invalid_token",
-                StatusCode::FORBIDDEN => "forbidden",
-                StatusCode::BAD_GATEWAY => "upstream_failed",
-                StatusCode::GATEWAY_TIMEOUT => "upstream_timeout",
-                StatusCode::PAYLOAD_TOO_LARGE => "too_large",
-                StatusCode::SERVICE_UNAVAILABLE => "not_ready",
-                _ => "invalid_request",
-            },
-            "message": self.message,
-        });
-        let mut resp = (self.status, body.to_string()).into_response();
+        let code = self.code();
+        let status = self.status;
+        let body = serde_json::to_vec(&kz_wire::ErrorBody {
+            error: code,
+            message: self.message,
+        })
+        .unwrap_or_default();
+        let mut resp = (status, body).into_response();
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if self.status == StatusCode::UNAUTHORIZED {
+        if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer error=\"invalid_token\""),
@@ -629,4 +642,42 @@ pub async fn spend(
             },
         })?;
     scrubbed(response, credential, &m).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_answer_with_codes_of_the_api_catalogue() {
+        for (status, code) in [
+            (StatusCode::UNAUTHORIZED, "invalid_token"),
+            (StatusCode::FORBIDDEN, "forbidden"),
+            (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+            (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            (StatusCode::BAD_GATEWAY, "upstream_failed"),
+            (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+            (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            (StatusCode::BAD_REQUEST, "invalid_request"),
+        ] {
+            let r = refuse(status, "why");
+            assert_eq!(r.code().status(), status.as_u16(), "{status}");
+            let resp = r.into_response();
+            assert_eq!(resp.status(), status);
+            let body = futures_util::FutureExt::now_or_never(axum::body::to_bytes(
+                resp.into_body(),
+                1024,
+            ))
+            .unwrap()
+            .unwrap();
+            // The client's parser (the same wire type) reads every proxy error.
+            let parsed: kz_wire::ErrorBody = serde_json::from_slice(&body).unwrap();
+            assert_eq!(
+                serde_json::to_value(parsed.error).unwrap(),
+                serde_json::Value::String(code.into())
+            );
+            assert_eq!(parsed.message, "why");
+        }
+    }
 }

@@ -401,20 +401,29 @@ pub enum ErrorCode {
     InvalidRequest,
     /// 401: the bearer token is missing, malformed or cannot be verified.
     InvalidToken,
+    /// 403: the credential proxy refuses the request (outside the token's binding, a guess,
+    /// a burned credential).
+    Forbidden,
     /// 404: no such endpoint.
     NotFound,
     /// 405: the endpoint does not take this method.
     MethodNotAllowed,
     /// 413: the body is too large.
     PayloadTooLarge,
-    /// 415: the body is not `application/json`.
+    /// 415: the body is not `application/json` (the API), or is compressed (the proxy).
     UnsupportedMediaType,
+    /// 408: the request body did not arrive in time (the credential proxy).
+    RequestTimeout,
     /// 429: this identity sent too many requests.
     RateLimited,
     /// 503: no bundle, or the audit log cannot take the record.
     NotReady,
     /// 500: a fault of the server itself (never caused by client input).
     Internal,
+    /// 502: the credential proxy's upstream failed, or the credential is not available.
+    UpstreamFailed,
+    /// 504: the credential proxy's upstream did not answer in time.
+    UpstreamTimeout,
 }
 
 impl ErrorCode {
@@ -423,6 +432,8 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidRequest => 400,
             ErrorCode::InvalidToken => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::RequestTimeout => 408,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::PayloadTooLarge => 413,
@@ -430,6 +441,8 @@ impl ErrorCode {
             ErrorCode::RateLimited => 429,
             ErrorCode::NotReady => 503,
             ErrorCode::Internal => 500,
+            ErrorCode::UpstreamFailed => 502,
+            ErrorCode::UpstreamTimeout => 504,
         }
     }
 }
