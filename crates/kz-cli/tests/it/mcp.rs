@@ -67,27 +67,31 @@ fn world(echo: &EchoServer, ca: &TestCa) -> (Sandbox, String) {
     s.write("bundle.yaml", &bundle(&key.public_key_pem(), echo.port));
     s.write("secrets.env", &format!("TOKEN={CANARY}\n"));
     ca.write_pem(&s.project);
-    let token = s
-        .kz(&[
-            "token",
-            "sign",
-            "--key",
-            "issuer.pem",
-            "--issuer",
-            ISS,
-            "--alg",
-            "ES256",
-            "--kid",
-            "k1",
-            "--claims",
-            r#"{"aud":"keyzero","sub":"agent-7"}"#,
-        ])
-        .ok()
-        .stdout
-        .trim()
-        .to_owned();
+    let token = sign(&s, &json!({"aud": "keyzero", "sub": "agent-7"}));
     s.write("identity.jwt", &token);
     (s, token)
+}
+
+/// A token of the test issuer with `claims`.
+fn sign(s: &Sandbox, claims: &Value) -> String {
+    s.kz(&[
+        "token",
+        "sign",
+        "--key",
+        "issuer.pem",
+        "--issuer",
+        ISS,
+        "--alg",
+        "ES256",
+        "--kid",
+        "k1",
+        "--claims",
+        &claims.to_string(),
+    ])
+    .ok()
+    .stdout
+    .trim()
+    .to_owned()
 }
 
 /// The forms of the canary a leak would take.
@@ -569,26 +573,7 @@ fn streamable_http_is_an_oauth_resource_server_that_python_and_node_clients_use(
     let addr = server.addr.clone();
     let resource = format!("http://{addr}/mcp");
     let metadata_url = format!("http://{addr}/.well-known/oauth-protected-resource/mcp");
-    let sign = |aud: Value| {
-        s.kz(&[
-            "token",
-            "sign",
-            "--key",
-            "issuer.pem",
-            "--issuer",
-            ISS,
-            "--alg",
-            "ES256",
-            "--kid",
-            "k1",
-            "--claims",
-            &json!({"aud": aud, "sub": "remote-agent"}).to_string(),
-        ])
-        .ok()
-        .stdout
-        .trim()
-        .to_owned()
-    };
+    let sign = |aud: Value| sign(&s, &json!({"aud": aud, "sub": "remote-agent"}));
     let bound = sign(json!(["keyzero", resource]));
     let other_audience = sign(json!("keyzero"));
 
@@ -803,25 +788,10 @@ fn the_official_inspector_and_conformance_suite_accept_the_http_endpoint() {
     );
     let addr = server.addr.clone();
     let resource = format!("http://{addr}/mcp");
-    let token = s
-        .kz(&[
-            "token",
-            "sign",
-            "--key",
-            "issuer.pem",
-            "--issuer",
-            ISS,
-            "--alg",
-            "ES256",
-            "--kid",
-            "k1",
-            "--claims",
-            &json!({"aud": ["keyzero", resource], "sub": "inspector"}).to_string(),
-        ])
-        .ok()
-        .stdout
-        .trim()
-        .to_owned();
+    let token = sign(
+        &s,
+        &json!({"aud": ["keyzero", resource], "sub": "inspector"}),
+    );
     let header = format!("Authorization: Bearer {token}");
 
     // The Inspector CLI: list the tools, call fetch against the echo.
