@@ -112,6 +112,11 @@ impl ApiError {
         &self.message
     }
 
+    /// Seconds after which a retry may succeed (`Retry-After`), when known.
+    pub fn retry_after(&self) -> Option<u64> {
+        self.retry_after
+    }
+
     /// An error answer.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {

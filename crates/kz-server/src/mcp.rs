@@ -330,7 +330,12 @@ impl Server {
                 Value::String(resource.to_owned())
             ))
         })?;
-        crate::api::within_rate(&self.state, caller.identity, 1)?;
+        crate::api::within_rate(&self.state, caller.identity, 1).map_err(|e| {
+            ToolError(format!(
+                "this identity is over its rate (--rate-limit, counted in refs); retry in {} s",
+                e.retry_after().unwrap_or(1)
+            ))
+        })?;
         let context = context.map_or(Value::Null, Value::Object);
         let answer = pipeline::answer(
             loaded,

@@ -665,12 +665,10 @@ mod tests {
             assert_eq!(r.code().status(), status.as_u16(), "{status}");
             let resp = r.into_response();
             assert_eq!(resp.status(), status);
-            let body = futures_util::FutureExt::now_or_never(axum::body::to_bytes(
-                resp.into_body(),
-                1024,
-            ))
-            .unwrap()
-            .unwrap();
+            let body =
+                futures_util::FutureExt::now_or_never(axum::body::to_bytes(resp.into_body(), 1024))
+                    .unwrap()
+                    .unwrap();
             // The client's parser (the same wire type) reads every proxy error.
             let parsed: kz_wire::ErrorBody = serde_json::from_slice(&body).unwrap();
             assert_eq!(
