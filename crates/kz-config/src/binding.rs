@@ -51,6 +51,11 @@ impl Methods {
         self.0.is_empty() || self.0.iter().any(|m| m == method)
     }
 
+    /// Whether only some methods are allowed (a list was given).
+    pub fn restricts(&self) -> bool {
+        !self.0.is_empty()
+    }
+
     /// The methods, uppercase.
     pub fn as_slice(&self) -> &[String] {
         &self.0
@@ -246,8 +251,9 @@ pub fn canonical_path(path: &str) -> Result<String, String> {
         i += 1;
     }
     for seg in out.split('/').skip(1) {
-        // `..;x` and `.;x` are dot segments to servlet containers.
-        let name = seg.split(';').next().unwrap_or_default();
+        // `..;x` and `.;x` are dot segments to servlet containers, and servers that trim
+        // whitespace read `..%20` as `..`.
+        let name = seg.split(';').next().unwrap_or_default().replace("%20", "");
         if name == "." || name == ".." {
             return Err("the path has a `.` or `..` segment".into());
         }
@@ -430,6 +436,9 @@ mod tests {
             "/public/%C0%AE%C0%AE/admin",
             "/public/x%3F.json",
             "/public/x%23.json",
+            "/public/..%20/admin",
+            "/public/%20..%20/admin",
+            "/public/.%20/x",
         ] {
             assert!(
                 matches!(b.check("GET", bad), Err(BindingRefusal::AmbiguousPath(_))),

@@ -47,10 +47,8 @@ pub struct AppState {
     pub body_timeout: std::time::Duration,
     /// `jti` records of redeemed `single_use` short-lived tokens (kept across reloads).
     pub replay: kz_identity::ReplayRecords,
-    /// Callers (issuer and subject) that sent the credential to the proxy: refused from then on.
-    pub guessed: std::sync::Mutex<std::collections::HashSet<String>>,
-    /// Credentials (resolver and value digest) no longer served after a guess.
-    pub burned: std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
+    /// Credentials no longer served and callers no longer answered after a guess.
+    pub lockout: crate::lockout::Lockout,
 }
 
 impl std::fmt::Debug for AppState {
@@ -72,6 +70,7 @@ impl AppState {
         rate: Option<std::num::NonZeroU32>,
         body_timeout: std::time::Duration,
         replay: kz_identity::ReplayRecords,
+        lockout: crate::lockout::Lockout,
     ) -> Self {
         let limiter = rate.map(|r| {
             let burst = r.saturating_mul(std::num::NonZeroU32::MIN.saturating_add(1));
@@ -84,8 +83,7 @@ impl AppState {
             limiter,
             body_timeout,
             replay,
-            guessed: std::sync::Mutex::default(),
-            burned: std::sync::Mutex::default(),
+            lockout,
         }
     }
 }

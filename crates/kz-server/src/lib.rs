@@ -32,6 +32,7 @@
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod api;
+pub mod lockout;
 pub mod mcp;
 pub mod metrics;
 pub mod pipeline;

@@ -401,6 +401,14 @@ impl Server {
         let outcome = self
             .use_credential(&loaded, resolver, &identity, &args, &mut seen)
             .await;
+        if matches!(&outcome, Err(r) if r.withhold) {
+            // The audit record must not carry what the guess carried.
+            seen = Target {
+                method: WITHHELD.to_owned(),
+                host: WITHHELD.to_owned(),
+                path: WITHHELD.to_owned(),
+            };
+        }
         let latency = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let mut record = record.method(seen.method);
         for (v, set) in [
@@ -436,8 +444,10 @@ impl Server {
         Ok(CallToolResult::structured(answer_json(&answer)))
     }
 
-    /// Checks the agent's request against the resolver's binding and makes it with the
-    /// credential; `seen` gets the target as checked.
+    /// Checks the agent's request and makes it with the credential; `seen` gets the target as
+    /// checked. Order: what the request is (method, URL) → the caller not locked out → the
+    /// credential → a guess anywhere in what the agent wrote (before anything of it can reach a
+    /// refusal message or the audit log) → the resolver's binding → the call.
     async fn use_credential(
         &self,
         loaded: &crate::state::Loaded,
@@ -448,15 +458,57 @@ impl Server {
     ) -> Result<upstream::Answer, Refusal> {
         let forbidden = |m: String| upstream::refuse(http::StatusCode::FORBIDDEN, m);
         let bad = |m: String| upstream::refuse(http::StatusCode::BAD_REQUEST, m);
+        let caller = upstream::CallerId {
+            issuer: &identity.issuer,
+            sub: &identity.sub,
+        };
+        if resolver.hosts.is_empty() {
+            return Err(forbidden(format!(
+                "resolver `{}` is bound to no host, so its credential is sent nowhere; the \
+                 bundle must give it `hosts`",
+                resolver.name
+            )));
+        }
+        upstream::not_locked_out(&self.state, caller)?;
+        let body = Bytes::from(args.body.clone().unwrap_or_default());
+        if body.len() > upstream::MAX_BODY {
+            return Err(upstream::refuse(
+                http::StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is over {} bytes", upstream::MAX_BODY),
+            ));
+        }
+        let _slot = upstream::slot()?;
+        let credential =
+            pipeline::credential(loaded, &self.state.metrics, resolver, &args.resource)
+                .await
+                .map_err(|why| {
+                    upstream::refuse(
+                        http::StatusCode::BAD_GATEWAY,
+                        format!("the credential is not available: {why}"),
+                    )
+                })?;
+        upstream::not_burned(&self.state, resolver, &credential)?;
+        // Everything the agent wrote, as written (headers that will be dropped included): the
+        // credential in any of it is a guess.
+        let m = upstream::matcher(&credential);
         let method_text = args.method.as_deref().unwrap_or("GET");
+        let mut written: Vec<&[u8]> = vec![method_text.as_bytes(), args.url.as_bytes(), &body];
+        for (name, value) in args.headers.iter().flatten() {
+            written.push(name.as_bytes());
+            written.push(value.as_bytes());
+        }
+        if written.iter().any(|w| !m.hits_in(w).is_empty()) {
+            return Err(upstream::guessed(
+                &self.state,
+                resolver,
+                &credential,
+                caller,
+            ));
+        }
         let method = Method::from_bytes(method_text.as_bytes())
             .map_err(|_| bad(format!("`{method_text}` is not an HTTP method")))?;
         seen.method = method.as_str().to_owned();
-        if matches!(method.as_str(), "CONNECT" | "TRACE" | "TRACK") {
-            return Err(forbidden(format!(
-                "{method} is never sent with a credential"
-            )));
-        }
+        upstream::never_sent(&method)?;
         // The URL is parsed once: what is checked is what is connected to.
         let uri: Uri = args.url.parse().map_err(|_| {
             bad("`url` is not a URL: write an absolute `https://host/path`".to_owned())
@@ -465,19 +517,12 @@ impl Server {
             .map_err(|why| bad(format!("`url` is refused: {why}")))?;
         let path = uri.path().to_owned();
         let host = kz_egress::host_port(&dest.host, dest.port);
-        if resolver.hosts.is_empty() {
-            return Err(forbidden(format!(
-                "resolver `{}` is bound to no host, so its credential is sent nowhere; the \
-                 bundle must give it `hosts`",
-                resolver.name
-            )));
-        }
+        seen.host.clone_from(&host);
         let in_hosts = resolver
             .hosts
             .iter()
             .any(|p| (dest.https || p.cleartext) && p.matches(&dest.host, dest.port));
         if !in_hosts {
-            seen.host.clone_from(&host);
             return Err(forbidden(format!(
                 "`{}` may not be sent to {}{host} (its hosts: {})",
                 resolver.name,
@@ -490,8 +535,8 @@ impl Server {
                     .join(", ")
             )));
         }
+        seen.path.clone_from(&path);
         if let Err(r) = resolver.binding.check(method.as_str(), &path) {
-            seen.host.clone_from(&host);
             let why = match r {
                 kz_config::BindingRefusal::Method => format!(
                     "`{}` may not be used for {method} (its methods: {})",
@@ -519,16 +564,6 @@ impl Server {
             })?;
             headers.append(n, v);
         }
-        let body = Bytes::from(args.body.clone().unwrap_or_default());
-        if body.len() > upstream::MAX_BODY {
-            return Err(upstream::refuse(
-                http::StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the body is over {} bytes", upstream::MAX_BODY),
-            ));
-        }
-        let subject = upstream::subject(&identity.issuer, &identity.sub);
-        upstream::not_locked_out(&self.state, &subject)?;
-        let _slot = upstream::slot()?;
         let client = loaded
             .egress
             .as_ref()
@@ -540,37 +575,13 @@ impl Server {
                     resolver.name
                 ))
             })?;
-        let credential =
-            pipeline::credential(loaded, &self.state.metrics, resolver, &args.resource)
-                .await
-                .map_err(|why| {
-                    upstream::refuse(
-                        http::StatusCode::BAD_GATEWAY,
-                        format!("the credential is not available: {why}"),
-                    )
-                })?;
         let outgoing = Outgoing {
             method: &method,
             uri: &uri,
             headers: &headers,
             body,
         };
-        let answer = upstream::spend(
-            &self.state,
-            client,
-            resolver,
-            &credential,
-            &subject,
-            outgoing,
-        )
-        .await;
-        let (host, path) = match &answer {
-            Err(r) if r.withhold => (WITHHELD.to_owned(), WITHHELD.to_owned()),
-            _ => (host, path),
-        };
-        seen.host = host;
-        seen.path = path;
-        answer
+        upstream::spend(&self.state, client, resolver, &credential, caller, outgoing).await
     }
 
     async fn resolve(&self, args: ResolveArgs, call: &CallContext, request_id: &str) -> ToolResult {

@@ -393,12 +393,7 @@ async fn forward(
         list.iter()
             .any(|p| (dest.https || p.cleartext) && p.matches(&dest.host, dest.port))
     };
-    if matches!(req.method().as_str(), "CONNECT" | "TRACE" | "TRACK") {
-        return Err(refuse(
-            StatusCode::FORBIDDEN,
-            format!("{} is never forwarded with a credential", req.method()),
-        ));
-    }
+    crate::upstream::never_sent(req.method())?;
     if !in_hosts(&hosts) {
         return Err(refuse(
             StatusCode::FORBIDDEN,
@@ -484,8 +479,11 @@ async fn forward(
             )
         })?
         .to_bytes();
-    let subject = crate::upstream::subject(&claims.caller_iss, &claims.sub);
-    crate::upstream::not_locked_out(state, &subject)?;
+    let caller = crate::upstream::CallerId {
+        issuer: &claims.caller_iss,
+        sub: &claims.sub,
+    };
+    crate::upstream::not_locked_out(state, caller)?;
 
     if resolver.single_use {
         let until = claims.exp.saturating_add(60);
@@ -530,13 +528,14 @@ async fn forward(
             "the bundle in force has no upstream client for this token's resolver",
         )
     })?;
-    let answer = crate::upstream::spend(state, client, resolver, &credential, &subject, outgoing)
+    let answer = crate::upstream::spend(state, client, resolver, &credential, caller, outgoing)
         .await
         .inspect_err(|r| {
             if r.withhold {
                 // The audit record must not carry what the guess carried.
                 seen.path = WITHHELD.into();
                 seen.host = WITHHELD.into();
+                seen.method = WITHHELD.into();
             }
         })?;
     Ok(answer.into_response())

@@ -173,6 +173,19 @@ async fn open(opts: &Options) -> Result<Opened, StartError> {
             .help("set `audit: { path: FILE }` in the bundle, or pass --audit FILE"),
         ]));
     }
+    // Guesses are kept next to the audit log, so a restart does not forget them.
+    let lockout = if audit_path == "-" {
+        crate::lockout::Lockout::in_memory()
+    } else {
+        let file = format!("{audit_path}.lockout");
+        crate::lockout::Lockout::open(Path::new(&file)).map_err(|why| {
+            StartError::Bundle(vec![
+                Diagnostic::error("server::lockout", why)
+                    .in_file(Path::new(&file))
+                    .help("the lockout file records callers and credentials refused after a guess"),
+            ])
+        })?
+    };
     let audit = kz_audit::Writer::open_with_capacity(&audit_path, AUDIT_QUEUE)
         .map_err(StartError::Audit)?;
     tracing::info!(audit = %audit_path, "audit log open");
@@ -185,6 +198,7 @@ async fn open(opts: &Options) -> Result<Opened, StartError> {
         opts.rate_limit,
         opts.timeouts.body,
         records.clone(),
+        lockout,
     ));
     let (tx, rx) = watch::channel(false);
     let control = Arc::new(Control {

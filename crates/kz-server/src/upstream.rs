@@ -226,10 +226,34 @@ const DROPPED: [HeaderName; 13] = [
 /// says (method overrides, URL rewrites, WebDAV `Destination`, cloud `*-copy-source`,
 /// `Forwarded`, `X-Forwarded-*` and client-address headers), or serves a slice or another
 /// charset of the answer (`Range`, `Accept-Charset`), so that the binding checked is the call
-/// made, and the answer is scrubbed whole in a form the scrubber reads.
+/// made, and the answer is scrubbed whole in a form the scrubber reads. Beyond the names listed,
+/// any header whose name has a word saying where or how the request goes (`method`,
+/// `override`, `original`, `rewrite`, `forwarded`, `path`, `url`, `uri`, `route`,
+/// `destination`, `invoke`, `subrequest`, `script`: `X-Envoy-Original-Path`, `X-Invoke-Path`,
+/// `Request-URI`, …) is dropped: proxies and frameworks invent such headers faster than a list
+/// of names could follow.
 pub fn forwardable(name: &HeaderName, named_by_connection: &[String]) -> bool {
     let n = name.as_str();
-    !(DROPPED.contains(name)
+    const ROUTING_WORDS: [&str; 13] = [
+        "method",
+        "override",
+        "original",
+        "rewrite",
+        "forwarded",
+        "path",
+        "url",
+        "uri",
+        "route",
+        "destination",
+        "invoke",
+        "subrequest",
+        "script",
+    ];
+    let routing = n
+        .split(['-', '_', '.'])
+        .any(|word| ROUTING_WORDS.contains(&word));
+    !(routing
+        || DROPPED.contains(name)
         || named_by_connection.iter().any(|c| c == n)
         || matches!(
             n,
@@ -382,15 +406,23 @@ async fn scrubbed(
     matcher: &kz_redact::decoded::Matcher,
 ) -> Result<Answer, Refusal> {
     let (parts, body) = response.into_parts();
-    if parts
-        .headers
-        .get_all(header::CONTENT_ENCODING)
-        .iter()
-        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+    // Only bytes kz has decoded whole are scrubbed: a content coding, or a transfer coding
+    // other than the `chunked` hyper removes, would come back unread.
+    let coded = |name: HeaderName, plain: &[u8]| {
+        parts
+            .headers
+            .get_all(name)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(plain))
+    };
+    if coded(header::CONTENT_ENCODING, b"identity") || coded(header::TRANSFER_ENCODING, b"chunked")
     {
         return Err(refuse(
             StatusCode::BAD_GATEWAY,
-            "the upstream answered in a content encoding kz cannot scrub (it was asked for identity)",
+            "the upstream answered in a content or transfer coding kz cannot scrub (it was asked \
+             for identity)",
         ));
     }
     let body = tokio::time::timeout(UPSTREAM_TIMEOUT, Limited::new(body, MAX_BODY).collect())
@@ -416,7 +448,10 @@ async fn scrubbed(
             no_base64: true,
         },
     );
-    let (body, _) = matcher.replace_all(&body);
+    let (body, hits) = matcher.replace_all(&body);
+    // Headers computed over the body as the upstream sent it (validators and digests) would
+    // let a caller check guesses against what was scrubbed away: dropped when anything was.
+    let body_changed = !hits.is_empty();
     let mut out = Answer {
         status: parts.status,
         headers: HeaderMap::new(),
@@ -433,6 +468,14 @@ async fn scrubbed(
                 | header::TRAILER
                 | header::SET_COOKIE
         ) {
+            continue;
+        }
+        if body_changed
+            && matches!(
+                name.as_str(),
+                "etag" | "content-md5" | "digest" | "content-digest" | "repr-digest"
+            )
+        {
             continue;
         }
         // A header whose name carries the credential is dropped; values are scrubbed.
@@ -480,26 +523,113 @@ impl IntoResponse for Answer {
     }
 }
 
-/// The key of a caller in the locked-out set: its issuer and subject.
-pub fn subject(issuer: &str, sub: &str) -> String {
-    format!("{issuer}\u{1f}{sub}")
+/// Who makes the call: the issuer and subject of the verified caller.
+#[derive(Clone, Copy, Debug)]
+pub struct CallerId<'a> {
+    /// The issuer URL.
+    pub issuer: &'a str,
+    /// The subject.
+    pub sub: &'a str,
 }
 
-/// Refuses a caller that sent a credential before (until the process restarts).
-pub fn not_locked_out(state: &AppState, subject: &str) -> Result<(), Refusal> {
-    if state
-        .guessed
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .contains(subject)
-    {
+/// Refuses a caller that sent a credential before ([`crate::lockout`]: kept across restarts).
+pub fn not_locked_out(state: &AppState, caller: CallerId<'_>) -> Result<(), Refusal> {
+    if state.lockout.is_locked_out(caller.issuer, caller.sub) {
         return Err(refuse(
             StatusCode::FORBIDDEN,
-            "this caller sent a credential it may only use through keyzero; it is refused until \
-             keyzero restarts (see the audit log)",
+            "this caller sent a credential it may only use through keyzero, and is refused from \
+             then on (see the audit log; the operator lifts it by removing its line from the \
+             lockout file)",
         ));
     }
     Ok(())
+}
+
+/// The credential's matcher: the guess check and the answer's scrubbing share it. A
+/// case-changed copy is the credential too (most of its entropy survives).
+pub fn matcher(credential: &kz_secret::SecretValue) -> kz_redact::decoded::Matcher {
+    kz_redact::decoded::Matcher::new(
+        std::iter::once((credential.expose_bytes().to_vec(), SCRUBBED.to_vec())),
+        kz_redact::decoded::Options {
+            ignore_case: true,
+            no_base64: false,
+        },
+    )
+}
+
+/// Refuses a credential that is no longer served after a guess (until it is rotated).
+pub fn not_burned(
+    state: &AppState,
+    resolver: &Resolver,
+    credential: &kz_secret::SecretValue,
+) -> Result<(), Refusal> {
+    if state
+        .lockout
+        .is_burned(&burn_key(&resolver.name, credential))
+    {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "this credential is no longer served: a request tried to learn it (see the audit \
+             log); rotate it",
+        ));
+    }
+    Ok(())
+}
+
+/// Records a guess (the credential and the caller are refused from now on, across restarts)
+/// and returns its refusal, whose target is withheld from the audit record.
+pub fn guessed(
+    state: &AppState,
+    resolver: &Resolver,
+    credential: &kz_secret::SecretValue,
+    caller: CallerId<'_>,
+) -> Refusal {
+    state.lockout.record_guess(
+        burn_key(&resolver.name, credential),
+        caller.issuer,
+        caller.sub,
+    );
+    tracing::warn!(
+        issuer = %caller.issuer,
+        sub = %caller.sub,
+        resolver = %resolver.name,
+        "a caller sent the credential (or part of it) to keyzero; it is refused from now on"
+    );
+    Refusal {
+        withhold: true,
+        ..refuse(
+            StatusCode::FORBIDDEN,
+            "the request carries the credential (or part of it), which the caller may only use \
+             through keyzero; refused, and this caller is refused from now on",
+        )
+    }
+}
+
+/// Refuses the methods never sent with a credential (`CONNECT`, `TRACE`, `TRACK`), in any
+/// case: a server that compares without case would obey `trace`.
+pub fn never_sent(method: &Method) -> Result<(), Refusal> {
+    if ["CONNECT", "TRACE", "TRACK"]
+        .iter()
+        .any(|m| method.as_str().eq_ignore_ascii_case(m))
+    {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            format!("{method} is never sent with a credential"),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether the request names a method of its own in a `_method` field (Rails, Laravel and
+/// Symfony obey it in the query or the body, in any body format), in any case or escape.
+fn tunnels_a_method(uri: &Uri, body: &[u8]) -> bool {
+    let named = |text: &[u8]| {
+        let decoded = percent_encoding::percent_decode(text).collect::<Vec<u8>>();
+        decoded
+            .windows(b"_method".len())
+            .any(|w| w.eq_ignore_ascii_case(b"_method"))
+    };
+    named(uri.query().unwrap_or_default().as_bytes()) || named(body)
 }
 
 /// Takes one of the [`MAX_IN_FLIGHT`] slots, or refuses.
@@ -513,13 +643,13 @@ pub fn slot() -> Result<tokio::sync::SemaphorePermit<'static>, Refusal> {
 }
 
 /// Sends `out` with `credential` placed at `resolver`'s location through `client`, and returns
-/// the scrubbed answer. `subject` is the caller ([`subject`]), locked out on a guess.
+/// the scrubbed answer. `caller` is locked out on a guess.
 pub async fn spend(
     state: &AppState,
     client: &Client,
     resolver: &Resolver,
     credential: &kz_secret::SecretValue,
-    subject: &str,
+    caller: CallerId<'_>,
     out: Outgoing<'_>,
 ) -> Result<Answer, Refusal> {
     let location = resolver
@@ -529,6 +659,17 @@ pub async fn spend(
             name: "Authorization".into(),
             prefix: "Bearer".into(),
         });
+    never_sent(out.method)?;
+    if resolver.binding.methods.restricts() && tunnels_a_method(out.uri, &out.body) {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            format!(
+                "`{}` may be used only for {}, and this request names another method in a \
+                 `_method` field, which frameworks obey; send the method itself",
+                resolver.name, resolver.binding.methods
+            ),
+        ));
+    }
     if credential.expose_bytes().len() < MIN_SCRUBBED {
         return Err(refuse(
             StatusCode::BAD_GATEWAY,
@@ -544,24 +685,8 @@ pub async fn spend(
     // "this matched" would otherwise tell a caller, guess by guess, what the credential is.
     // Only what would be forwarded is looked at (the kz token and dropped headers are not:
     // a kz token and a JWT credential share their first bytes).
-    let burn_key = burn_key(&resolver.name, credential);
-    if state
-        .burned
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .contains(&burn_key)
-    {
-        return Err(refuse(
-            StatusCode::FORBIDDEN,
-            "this credential is no longer served by this keyzero process: a request tried to \
-             learn it (see the audit log); rotate it, then restart keyzero",
-        ));
-    }
-    // One matcher per redemption: the guess check here, the answer's scrubbing below.
-    let m = kz_redact::decoded::Matcher::new(
-        std::iter::once((credential.expose_bytes().to_vec(), SCRUBBED.to_vec())),
-        kz_redact::decoded::Options::default(),
-    );
+    not_burned(state, resolver, credential)?;
+    let m = matcher(credential);
     let named_by_connection = connection_named(out.headers);
     let guess = {
         let mut hit = !m.hits_in(out.method.as_str().as_bytes()).is_empty()
@@ -578,32 +703,7 @@ pub async fn spend(
         hit
     };
     if guess {
-        // The answer to a guess is a bit about the credential whatever it is, so the first one
-        // ends the credential's service on this replica (the operator rotates it) and the
-        // caller's.
-        state
-            .burned
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(burn_key);
-        state
-            .guessed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(subject.to_owned());
-        tracing::warn!(
-            caller = %subject.replace('\u{1f}', " "),
-            resolver = %resolver.name,
-            "a caller sent the credential (or part of it) to keyzero; it is refused from now on"
-        );
-        return Err(Refusal {
-            withhold: true,
-            ..refuse(
-                StatusCode::FORBIDDEN,
-                "the request carries the credential (or part of it), which the caller may only \
-                 use through keyzero; refused, and this caller is refused from now on",
-            )
-        });
+        return Err(guessed(state, resolver, credential, caller));
     }
     let request = upstream_request(
         out.method,

@@ -508,7 +508,28 @@ async fn tokens_outside_their_binding_or_forged_are_refused_before_anything_is_s
                 "TRACE https://{host}/v1/x HTTP/1.1\r\nHost: {host}\r\nProxy-Authorization: Bearer {token}\r\nConnection: close\r\n\r\n"
             ),
             403,
-            "never forwarded",
+            "never sent",
+        ),
+        // Methods are compared without case: a server that does so would obey `trace`.
+        (
+            "trace",
+            format!(
+                "trace https://{host}/v1/x HTTP/1.1\r\nHost: {host}\r\nProxy-Authorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+            ),
+            403,
+            "never sent",
+        ),
+        // A method-bound token cannot name another method in a `_method` field.
+        (
+            "method tunnel",
+            get(
+                &format!("https://{host}/v1/x?_method=DELETE"),
+                &host,
+                &token,
+                "",
+            ),
+            403,
+            "`_method` field",
         ),
     ];
     for (what, request, want, says) in &cases {
@@ -839,7 +860,7 @@ async fn overrides_slices_cookies_slow_bodies_short_credentials_and_guesses_are_
     )
     .await;
     assert_eq!(status, 403, "{body}");
-    assert!(body.contains("refused until keyzero restarts"), "{body}");
+    assert!(body.contains("refused from then on"), "{body}");
     // …and the credential is no longer served to anyone by this replica (rotate it).
     let other = w.token_as("api/github", "agent-2").await;
     let (status, _, body) = raw(

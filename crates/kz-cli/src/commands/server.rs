@@ -87,17 +87,40 @@ pub fn start(ctx: &Ctx, args: &ServerStartArgs) -> CmdResult {
     }
 }
 
-/// Server events go to stderr, one line each; `-v` adds debug events.
+/// Server events go to stderr, one line each; `-v` adds kz's debug events. Libraries kz uses
+/// speak only of warnings and errors, whatever `-v` says: their debug events print whole
+/// messages (an MCP library's print tool calls, `jwt` arguments included).
 fn init_logging(verbose: u8) {
-    let level = if verbose > 0 {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let ours = if verbose > 0 {
         tracing::Level::DEBUG
     } else {
         tracing::Level::INFO
     };
+    let filter = tracing_subscriber::filter::Targets::new()
+        .with_default(tracing::Level::WARN)
+        .with_targets(
+            [
+                "kz",
+                "kz_server",
+                "kz_cli",
+                "kz_audit",
+                "kz_identity",
+                "kz_resolve",
+                "kz_providers",
+                "kz_egress",
+                "kz_policy",
+                "kz_bundle",
+            ]
+            .map(|t| (t, ours)),
+        );
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_max_level(level)
+        .with_max_level(tracing::Level::DEBUG)
         .with_target(false)
         .with_ansi(false)
+        .finish()
+        .with(filter)
         .try_init();
 }

@@ -169,15 +169,19 @@ fn calls(echo: &str, port: u16, jwt: Option<&str>) -> Vec<(&'static str, Value)>
                     "Proxy-Authorization": "Basic YWdlbnQ=",
                     "Cookie": "session=agent",
                     "X-HTTP-Method-Override": "DELETE",
+                    "X-Envoy-Original-Path": "/admin",
+                    "X-Invoke-Path": "/admin",
+                    "Request-URI": "/admin",
                     "X-Trace": "kept"
                 },
                 "body": "{\"hello\": 1}"
             }),
         ),
     ];
-    for form in ["raw", "b64", "b64url", "json", "urlenc", "chunked"] {
+    for form in ["raw", "upper", "b64", "b64url", "json", "urlenc", "chunked"] {
         let name: &'static str = match form {
             "raw" => "raw",
+            "upper" => "upper",
             "b64" => "b64",
             "b64url" => "b64url",
             "json" => "json",
@@ -207,6 +211,18 @@ fn calls(echo: &str, port: u16, jwt: Option<&str>) -> Vec<(&'static str, Value)>
             fetch(format!("https://localhost:{port}\\@127.0.0.1:{port}/v1/x")),
         ),
         ("plain-http", fetch(format!("http://localhost:{port}/v1/x"))),
+        (
+            "trace-lower",
+            json!({"resource": "api/echo", "url": format!("{echo}/v1/items"), "method": "trace"}),
+        ),
+        (
+            "method-tunnel",
+            json!({"resource": "api/narrow", "url": format!("{echo}/v1/items?_method=DELETE")}),
+        ),
+        (
+            "method-tunnel-body",
+            json!({"resource": "api/narrow", "url": format!("{echo}/v1/items"), "headers": {"Content-Type": "application/x-www-form-urlencoded"}, "body": "a=1&%5Fmethod=DELETE"}),
+        ),
         (
             "narrow-method",
             json!({"resource": "api/narrow", "url": format!("{echo}/v1/items"), "method": "DELETE"}),
@@ -348,7 +364,14 @@ fn check_client_run(
         Some(format!("Bearer {CANARY}").as_str()),
         "the upstream gets the credential"
     );
-    for dropped in ["proxy-authorization", "cookie", "x-http-method-override"] {
+    for dropped in [
+        "proxy-authorization",
+        "cookie",
+        "x-http-method-override",
+        "x-envoy-original-path",
+        "x-invoke-path",
+        "request-uri",
+    ] {
         assert!(
             first.header(dropped).is_none(),
             "{kind}: {dropped} was forwarded"
@@ -363,8 +386,13 @@ fn check_client_run(
     }
 
     // Every echoed form comes back scrubbed.
-    for form in ["raw", "b64", "b64url", "json", "urlenc", "chunked"] {
+    for form in ["raw", "upper", "b64", "b64url", "json", "urlenc", "chunked"] {
         let r = result(out, calls, form);
+        // The upstream's ETag was computed over the credential: gone with it.
+        assert!(
+            r["structured"]["headers"]["etag"].is_null(),
+            "{kind} {form}: {r}"
+        );
         assert_eq!(r["is_error"], false, "{kind} {form}: {r}");
         assert_eq!(r["structured"]["status"], 200, "{kind} {form}: {r}");
         // The marker stands where the value was, in the same encoding.
@@ -376,7 +404,7 @@ fn check_client_run(
         };
         assert!(body.contains(&marker), "{kind} {form}: {r}");
     }
-    assert_error(out, calls, "gzip", "content encoding");
+    assert_error(out, calls, "gzip", "content or transfer coding");
 
     // A redirect is the answer, not followed.
     let redirect = &result(out, calls, "redirect")["structured"];
@@ -394,6 +422,9 @@ fn check_client_run(
         ("userinfo", "refused"),
         ("backslash", "not a URL"),
         ("plain-http", "may not be sent to http://localhost"),
+        ("trace-lower", "never sent with a credential"),
+        ("method-tunnel", "`_method` field"),
+        ("method-tunnel-body", "`_method` field"),
         ("narrow-method", "may not be used for DELETE"),
         ("narrow-path", "may not be used on /admin"),
         ("narrow-dots", "cannot decide this path"),
@@ -407,7 +438,7 @@ fn check_client_run(
     assert_eq!(narrow["status"], 200, "{narrow}");
     // The guess is refused and the caller is locked out.
     assert_error(out, calls, "guess", "carries the credential");
-    assert_error(out, calls, "after-guess", "refused until keyzero restarts");
+    assert_error(out, calls, "after-guess", "refused from then on");
     let targets: Vec<String> = echo.requests().iter().map(|r| r.target.clone()).collect();
     for t in &targets {
         assert!(
@@ -467,8 +498,26 @@ fn python_and_node_clients_fetch_through_keyzero_and_never_see_the_credential() 
         "`jwt` argument is refused",
     );
 
+    // The guess outlives the process: a new kz (a new MCP session) still refuses this caller,
+    // from the lockout file next to the audit log.
+    let again = vec![(
+        "after-restart",
+        json!({"resource": "api/echo", "url": format!("{}/v1/items", echo.url())}),
+    )];
+    let out = run_client("python", &s, &plan(&s, true, &again));
+    assert_error(&out, &again, "after-restart", "refused from then on");
+    let lockout = std::fs::read_to_string(s.path("audit.jsonl.lockout")).unwrap();
+    assert!(lockout.contains("\"sub\":\"agent-7\""), "{lockout}");
+    for form in canary_forms() {
+        assert!(
+            !lockout.contains(&form),
+            "the lockout file has the credential"
+        );
+    }
+    std::fs::remove_file(s.path("audit.jsonl.lockout")).unwrap();
+
     // Node: the identity as a `jwt` argument (the published tools' way), in a fresh process
-    // (the lockout is per process) with a fresh audit log.
+    // with a fresh audit log and lockout file.
     std::fs::remove_file(s.path("audit.jsonl")).unwrap();
     echo.clear();
     let node_calls = calls(&echo.url(), port, Some(&token));

@@ -5,10 +5,11 @@
 //! (on one or more loopback addresses), speaks HTTP/1.1 and HTTP/2 (ALPN `h2`, `http/1.1`),
 //! records every request it receives and answers:
 //!
-//! - `/echo-secret?form=raw|b64|b64url|json|urlenc|gzip|chunked`: the bearer value of the
-//!   request's `Authorization` header in that form (`gzip`: the raw value, compressed, with
-//!   `Content-Encoding: gzip`; `chunked`: the raw value in 3-byte frames, so no frame holds it
-//!   whole), for the scrub tests;
+//! - `/echo-secret?form=raw|upper|b64|b64url|json|urlenc|gzip|chunked`: the bearer value of
+//!   the request's `Authorization` header in that form (`upper`: upper-cased; `gzip`: the raw
+//!   value, compressed, with `Content-Encoding: gzip`; `chunked`: the raw value in 3-byte
+//!   frames, so no frame holds it whole), with an `ETag` computed over that body, for the scrub
+//!   tests;
 //! - `/redirect`: `302` to the cloud metadata address, which a credential must never follow;
 //! - `/ws` with a WebSocket upgrade: a minimal RFC 6455 server that first sends the text frame
 //!   `auth:<Authorization header value>` and then echoes every text frame;
@@ -482,6 +483,7 @@ async fn echo_secret(form: &str, value: &str) -> Response<Full<Bytes>> {
     let b64url = &base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let text = match form {
         "raw" | "chunked" => value.to_string(),
+        "upper" => value.to_ascii_uppercase(),
         "b64" => b64.encode(value),
         "b64url" => b64url.encode(value),
         "json" => serde_json::to_string(&serde_json::json!({ "value": value })).unwrap(),
@@ -506,7 +508,13 @@ async fn echo_secret(form: &str, value: &str) -> Response<Full<Bytes>> {
             );
         }
     };
-    reply(StatusCode::OK, "text/plain", text)
+    let mut sha = Sha1::new();
+    sha.update(text.as_bytes());
+    let etag = format!("\"{:x}\"", sha.finalize());
+    let mut r = reply(StatusCode::OK, "text/plain", text);
+    r.headers_mut()
+        .insert(hyper::header::ETAG, etag.parse().unwrap());
+    r
 }
 
 /// A pkt-line.
