@@ -603,8 +603,8 @@ fn initialize(addr: &str, host: &str, extra: &str) -> (u16, String, String) {
     )
 }
 
-#[test]
-fn streamable_http_is_an_oauth_resource_server_that_python_and_node_clients_use() {
+/// The echo upstream, the sandbox and `kz server start --mcp-listen 127.0.0.1:0` on its bundle.
+fn http_world() -> (EchoServer, Sandbox, crate::server::Server) {
     let ca = TestCa::new();
     let echo = EchoServer::start(&ca);
     let (s, _) = world(&echo, &ca);
@@ -619,6 +619,12 @@ fn streamable_http_is_an_oauth_resource_server_that_python_and_node_clients_use(
             "127.0.0.1:0",
         ],
     );
+    (echo, s, server)
+}
+
+#[test]
+fn streamable_http_is_an_oauth_resource_server_that_python_and_node_clients_use() {
+    let (echo, s, server) = http_world();
     let addr = server.addr.clone();
     let resource = format!("http://{addr}/mcp");
     let metadata_url = format!("http://{addr}/.well-known/oauth-protected-resource/mcp");
@@ -821,20 +827,7 @@ fn node_tool(node: &Path, modules: &Path, tool: &str, args: &[&str]) -> (bool, S
 #[test]
 fn the_official_inspector_and_conformance_suite_accept_the_http_endpoint() {
     let (node, modules) = mcp_tools();
-    let ca = TestCa::new();
-    let echo = EchoServer::start(&ca);
-    let (s, _) = world(&echo, &ca);
-    let server = crate::server::Server::start_with(
-        &s,
-        &[
-            "server",
-            "start",
-            "--bundle",
-            "bundle.yaml",
-            "--mcp-listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let (echo, s, server) = http_world();
     let addr = server.addr.clone();
     let resource = format!("http://{addr}/mcp");
     let token = sign(
