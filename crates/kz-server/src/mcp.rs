@@ -878,15 +878,17 @@ impl HttpSettings {
     /// The RFC 9728 metadata URL for the resource: the well-known path inserted before the
     /// resource's path.
     pub fn metadata_url(&self) -> String {
-        match self.resource.find("://").map(|i| i + 3) {
-            Some(start) => {
-                let path_at = self.resource[start..]
-                    .find('/')
-                    .map_or(self.resource.len(), |i| start + i);
-                let (origin, path) = self.resource.split_at(path_at);
-                format!("{origin}/.well-known/oauth-protected-resource{path}")
+        let well_known = "/.well-known/oauth-protected-resource";
+        match self.resource.parse::<Uri>() {
+            Ok(u) => {
+                let path = u.path().trim_end_matches('/');
+                format!(
+                    "{}://{}{well_known}{path}",
+                    u.scheme_str().unwrap_or("https"),
+                    u.authority().map_or("", |a| a.as_str())
+                )
             }
-            None => format!("{}/.well-known/oauth-protected-resource", self.resource),
+            Err(_) => format!("{}{well_known}", self.resource),
         }
     }
 
@@ -1153,4 +1155,50 @@ async fn authenticate(
     req.extensions_mut()
         .insert(VerifiedCaller { identity, token_id });
     next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_resource_names_its_metadata_hosts_and_origin() {
+        let local = HttpSettings::new("127.0.0.1:8090".parse().unwrap(), false, None).unwrap();
+        assert_eq!(local.resource, "http://127.0.0.1:8090/mcp");
+        assert_eq!(
+            local.metadata_url(),
+            "http://127.0.0.1:8090/.well-known/oauth-protected-resource/mcp"
+        );
+        assert_eq!(local.endpoint_path(), "/mcp");
+        assert!(local.allowed_hosts.contains(&"localhost:8090".to_owned()));
+        assert!(!local.allowed_hosts.iter().any(|h| h.starts_with("evil")));
+        let public = HttpSettings::new(
+            "0.0.0.0:8443".parse().unwrap(),
+            false,
+            Some("https://kz.example.com/agents/mcp/"),
+        )
+        .unwrap();
+        assert_eq!(public.resource, "https://kz.example.com/agents/mcp");
+        assert_eq!(
+            public.metadata_url(),
+            "https://kz.example.com/.well-known/oauth-protected-resource/agents/mcp"
+        );
+        assert_eq!(public.endpoint_path(), "/agents/mcp");
+        assert_eq!(
+            public.allowed_hosts,
+            ["kz.example.com", "kz.example.com:443"]
+        );
+        assert_eq!(public.allowed_origins, ["https://kz.example.com:443"]);
+        for bad in [
+            "http://kz.example.com/mcp",
+            "ftp://kz/mcp",
+            "https://kz/mcp?x=1",
+            "/mcp",
+        ] {
+            assert!(
+                HttpSettings::new("0.0.0.0:1".parse().unwrap(), false, Some(bad)).is_err(),
+                "{bad}"
+            );
+        }
+    }
 }
