@@ -410,9 +410,10 @@ impl Server {
             };
         }
         let latency = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let mut record = record.method(seen.method);
+        let mut record = record;
         for (v, set) in [
-            (seen.host, Record::host as fn(Record, String) -> Record),
+            (seen.method, Record::method as fn(Record, String) -> Record),
+            (seen.host, Record::host),
             (seen.path, Record::path),
         ] {
             if !v.is_empty() {
