@@ -406,7 +406,16 @@ fn replicas_behind_nginx_share_tokens_reload_together_and_keep_their_own_audit_c
         .collect();
     for (r, before) in [(&a, before_a), (&b, before_b)] {
         let upstream = r.addr.as_str();
-        let text = std::fs::read_to_string(&r.audit).unwrap();
+        // The audit writer appends from its own thread: wait until it has finished the line
+        // it is writing (a read can land in the middle of one).
+        let mut text = std::fs::read_to_string(&r.audit).unwrap();
+        for _ in 0..100 {
+            if text.is_empty() || text.ends_with('\n') {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            text = std::fs::read_to_string(&r.audit).unwrap();
+        }
         for line in text.lines().skip(before) {
             let record: Value = serde_json::from_str(line).unwrap();
             let id = record["request_id"].as_str().unwrap();
