@@ -413,7 +413,7 @@ fn replicas_behind_nginx_share_tokens_reload_together_and_keep_their_own_audit_c
             if text.is_empty() || text.ends_with('\n') {
                 break;
             }
-            std::thread::sleep(std::time::Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(20));
             text = std::fs::read_to_string(&r.audit).unwrap();
         }
         for line in text.lines().skip(before) {
