@@ -582,7 +582,16 @@ impl Server {
             headers: &headers,
             body,
         };
-        upstream::spend(&self.state, client, resolver, &credential, caller, outgoing).await
+        upstream::spend(
+            &self.state,
+            client,
+            resolver,
+            &credential,
+            &m,
+            caller,
+            outgoing,
+        )
+        .await
     }
 
     async fn resolve(&self, args: ResolveArgs, call: &CallContext, request_id: &str) -> ToolResult {

@@ -528,7 +528,9 @@ async fn forward(
             "the bundle in force has no upstream client for this token's resolver",
         )
     })?;
-    let answer = crate::upstream::spend(state, client, resolver, &credential, caller, outgoing)
+    crate::upstream::not_burned(state, resolver, &credential)?;
+    let m = crate::upstream::matcher(&credential);
+    let answer = crate::upstream::spend(state, client, resolver, &credential, &m, caller, outgoing)
         .await
         .inspect_err(|r| {
             if r.withhold {

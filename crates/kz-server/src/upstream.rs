@@ -621,13 +621,19 @@ pub fn never_sent(method: &Method) -> Result<(), Refusal> {
 }
 
 /// Whether the request names a method of its own in a `_method` field (Rails, Laravel and
-/// Symfony obey it in the query or the body, in any body format), in any case or escape.
+/// Symfony obey it in the query or the body, in any body format), in any case or escape. A
+/// field is the name standing alone: `payment_method` or `_methods` is another name.
 fn tunnels_a_method(uri: &Uri, body: &[u8]) -> bool {
+    const FIELD: &[u8] = b"_method";
+    let part_of_a_name =
+        |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_');
     let named = |text: &[u8]| {
         let decoded = percent_encoding::percent_decode(text).collect::<Vec<u8>>();
-        decoded
-            .windows(b"_method".len())
-            .any(|w| w.eq_ignore_ascii_case(b"_method"))
+        decoded.windows(FIELD.len()).enumerate().any(|(at, w)| {
+            w.eq_ignore_ascii_case(FIELD)
+                && !part_of_a_name(at.checked_sub(1).and_then(|i| decoded.get(i)))
+                && !part_of_a_name(decoded.get(at + FIELD.len()))
+        })
     };
     named(uri.query().unwrap_or_default().as_bytes()) || named(body)
 }
@@ -643,12 +649,14 @@ pub fn slot() -> Result<tokio::sync::SemaphorePermit<'static>, Refusal> {
 }
 
 /// Sends `out` with `credential` placed at `resolver`'s location through `client`, and returns
-/// the scrubbed answer. `caller` is locked out on a guess.
+/// the scrubbed answer. `m` is the credential's [`matcher`] (built once per call by the front
+/// end, which has checked [`not_burned`]); `caller` is locked out on a guess.
 pub async fn spend(
     state: &AppState,
     client: &Client,
     resolver: &Resolver,
     credential: &kz_secret::SecretValue,
+    m: &kz_redact::decoded::Matcher,
     caller: CallerId<'_>,
     out: Outgoing<'_>,
 ) -> Result<Answer, Refusal> {
@@ -685,8 +693,6 @@ pub async fn spend(
     // "this matched" would otherwise tell a caller, guess by guess, what the credential is.
     // Only what would be forwarded is looked at (the kz token and dropped headers are not:
     // a kz token and a JWT credential share their first bytes).
-    not_burned(state, resolver, credential)?;
-    let m = matcher(credential);
     let named_by_connection = connection_named(out.headers);
     let guess = {
         let mut hit = !m.hits_in(out.method.as_str().as_bytes()).is_empty()
@@ -741,12 +747,46 @@ pub async fn spend(
                 )
             },
         })?;
-    scrubbed(response, credential, &m).await
+    scrubbed(response, credential, m).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_method_field_is_a_name_standing_alone() {
+        let uri = |q: &str| -> Uri { format!("https://api.example.com/v1/x{q}").parse().unwrap() };
+        for (query, body) in [
+            ("?_method=DELETE", ""),
+            ("?a=1&%5F%4Dethod=DELETE", ""),
+            ("", "a=1&_method=PUT"),
+            ("", r#"{"_method": "DELETE"}"#),
+            (
+                "",
+                "------b\r\nContent-Disposition: form-data; name=\"_METHOD\"\r\n\r\nDELETE",
+            ),
+        ] {
+            assert!(
+                tunnels_a_method(&uri(query), body.as_bytes()),
+                "{query} {body}"
+            );
+        }
+        // Other names that contain it are other fields (Stripe's `payment_method`).
+        for (query, body) in [
+            ("?payment_method=pm_1", ""),
+            (
+                "",
+                r#"{"payment_method": "pm_1", "x__method": 1, "_methods": []}"#,
+            ),
+            ("", "default_method=card"),
+        ] {
+            assert!(
+                !tunnels_a_method(&uri(query), body.as_bytes()),
+                "{query} {body}"
+            );
+        }
+    }
 
     #[test]
     fn refusals_answer_with_codes_of_the_api_catalogue() {
