@@ -837,47 +837,34 @@ fn the_official_inspector_and_conformance_suite_accept_the_http_endpoint() {
     let header = format!("Authorization: Bearer {token}");
 
     // The Inspector CLI: list the tools, call fetch against the echo.
-    let (ok, out) = node_tool(
-        &node,
-        &modules,
-        "inspector",
-        &[
+    let inspector = |call: &[&str]| {
+        let mut args = vec![
             "--cli",
             &resource,
             "--transport",
             "http",
             "--header",
             &header,
-            "--method",
-            "tools/list",
-        ],
-    );
+        ];
+        args.extend_from_slice(call);
+        node_tool(&node, &modules, "inspector", &args)
+    };
+    let (ok, out) = inspector(&["--method", "tools/list"]);
     assert!(
         ok && out.contains("\"fetch\"") && out.contains("\"list_resources\""),
         "{out}"
     );
     let url = format!("url={}/echo-secret?form=raw", echo.url());
-    let (ok, out) = node_tool(
-        &node,
-        &modules,
-        "inspector",
-        &[
-            "--cli",
-            &resource,
-            "--transport",
-            "http",
-            "--header",
-            &header,
-            "--method",
-            "tools/call",
-            "--tool-name",
-            "fetch",
-            "--tool-arg",
-            "resource=api/echo",
-            "--tool-arg",
-            &url,
-        ],
-    );
+    let (ok, out) = inspector(&[
+        "--method",
+        "tools/call",
+        "--tool-name",
+        "fetch",
+        "--tool-arg",
+        "resource=api/echo",
+        "--tool-arg",
+        &url,
+    ]);
     assert!(ok && out.contains(SCRUBBED), "{out}");
     for form in canary_forms() {
         assert!(
